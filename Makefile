@@ -1,0 +1,43 @@
+# tokensync developer commands. Everything installs into .venv from the project's own files.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)/tools
+
+.PHONY: install lint test test-unit test-e2e controlplane controlplane-binaries demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check operator tools tests
+	$(BIN)/ruff format --check operator tools tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test-unit: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+# Builds (once, cached outside the repo) and starts a real kube-apiserver + etcd.
+test-e2e: install controlplane-binaries
+	$(BIN)/pytest -q -p no:cacheprovider tests/e2e
+
+test: lint test-unit test-e2e
+
+controlplane-binaries:
+	@if [ -z "$$KUBEBUILDER_ASSETS" ]; then bash hack/build-controlplane.sh >/dev/null; fi
+
+controlplane: install controlplane-binaries
+	$(BIN)/python -m localcluster
+
+demo: install controlplane-binaries
+	$(BIN)/python -m demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

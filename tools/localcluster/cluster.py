@@ -1,0 +1,367 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver (RBAC on), and
+optionally kube-controller-manager for owner-reference garbage collection.
+
+Tests, ``make demo``, ``make controlplane`` and the benchmarks all start it through
+:class:`LocalCluster`, so they exercise the same thing. Every run gets fresh ports, a fresh
+temporary directory and fresh certificates; :meth:`LocalCluster.stop` ends every process it
+started (SIGTERM, then SIGKILL), and so does interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from types import TracebackType
+from typing import IO, Any, Self
+
+import yaml
+
+from localcluster import binaries, pki
+
+READY_TIMEOUT = 90.0
+_LIVE_CLUSTERS: set[LocalCluster] = set()
+
+
+class ClusterError(RuntimeError):
+    """The control plane did not come up; the message names the cause and the log file."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class _Process:
+    """One child process with its log file; started in its own process group."""
+
+    def __init__(self, name: str, argv: list[str], log_path: pathlib.Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("ab")
+        self.popen = subprocess.Popen(  # noqa: S603 -- argv is built here from fixed flags
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+        self._log.close()
+
+
+class LocalCluster:
+    """kube-apiserver + etcd (+ kube-controller-manager) on 127.0.0.1 with free ports."""
+
+    def __init__(
+        self,
+        *,
+        controller_manager: bool = True,
+        bins: binaries.Binaries | None = None,
+        workdir: pathlib.Path | None = None,
+    ) -> None:
+        self._want_kcm = controller_manager
+        self._bins = bins
+        self._own_workdir = workdir is None
+        self.workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix="tokensync-cp-"))
+        self.processes: dict[str, _Process] = {}
+        self.ca = pki.CertificateAuthority()
+        self.apiserver_port = 0
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def bins(self) -> binaries.Binaries:
+        if self._bins is None:
+            self._bins = binaries.locate()
+        return self._bins
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def start(self) -> None:
+        _LIVE_CLUSTERS.add(self)
+        try:
+            self._write_pki()
+            self._start_etcd()
+            self.start_apiserver()
+            self.write_kubeconfig(self.kubeconfig, user="admin", groups=("system:masters",))
+            if self._want_kcm and self.bins.kube_controller_manager is not None:
+                self._start_controller_manager()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            proc = self.processes.pop(name, None)
+            if proc is not None:
+                proc.stop()
+        _LIVE_CLUSTERS.discard(self)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes.values()]
+
+    # -- components ------------------------------------------------------------------
+
+    def _write_pki(self) -> None:
+        d = self.workdir
+        (d / "ca.crt").write_bytes(self.ca.cert_pem)
+        serving = self.ca.issue("kube-apiserver", server_hosts=("127.0.0.1", "localhost"))
+        (d / "apiserver.crt").write_bytes(serving.cert_pem)
+        (d / "apiserver.key").write_bytes(serving.key_pem)
+        pki.write_service_account_keys(d)
+
+    def _spawn(self, name: str, argv: list[str]) -> _Process:
+        proc = _Process(name, argv, self.workdir / f"{name}.log")
+        self.processes[name] = proc
+        return proc
+
+    def _start_etcd(self) -> None:
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        proc = self._spawn(
+            "etcd",
+            [
+                str(self.bins.etcd),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",  # throwaway data; fsync only slows tests down
+                "--log-level=warn",
+            ],
+        )
+        self._wait(proc, lambda: self._http_ok(f"{self.etcd_url}/health"))
+
+    def start_apiserver(self) -> None:
+        """Start (or restart, keeping etcd and the port) the API server."""
+        if not self.apiserver_port:
+            self.apiserver_port = free_port()
+        d = self.workdir
+        proc = self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bins.kube_apiserver),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--tls-cert-file={d / 'apiserver.crt'}",
+                f"--tls-private-key-file={d / 'apiserver.key'}",
+                f"--client-ca-file={d / 'ca.crt'}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={d / 'sa.pub'}",
+                f"--service-account-signing-key-file={d / 'sa.key'}",
+                "--service-cluster-ip-range=10.96.0.0/24",
+                "--disable-admission-plugins=ServiceAccount",
+                "--enable-priority-and-fairness=false",
+                "--endpoint-reconciler-type=none",  # 127.0.0.1 cannot back the kubernetes Service
+                "--profiling=false",
+                f"--cert-dir={d / 'apiserver-certs'}",
+                "--v=1",
+            ],
+        )
+        self._wait(proc, self._apiserver_ready)
+
+    def stop_apiserver(self) -> None:
+        proc = self.processes.pop("kube-apiserver", None)
+        if proc is not None:
+            proc.stop()
+
+    def _start_controller_manager(self) -> None:
+        assert self.bins.kube_controller_manager is not None  # noqa: S101
+        kcm_config = self.workdir / "kcm.kubeconfig"
+        self.write_kubeconfig(kcm_config, user="system:kube-controller-manager")
+        proc = self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bins.kube_controller_manager),
+                f"--kubeconfig={kcm_config}",
+                f"--authentication-kubeconfig={kcm_config}",
+                f"--authorization-kubeconfig={kcm_config}",
+                "--controllers=garbagecollector,namespace,serviceaccount",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                "--concurrent-gc-syncs=5",
+                "--v=1",
+            ],
+        )
+        # The controller manager has no readiness we need to wait for beyond starting.
+        time.sleep(0.2)
+        if not proc.alive():
+            raise ClusterError(
+                f"kube-controller-manager exited at start; read {proc.log_path}\n"
+                + proc.log_tail()
+            )
+
+    # -- readiness -------------------------------------------------------------------
+
+    def _ssl_context(self, user: str = "admin", groups: tuple[str, ...] = ("system:masters",)) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cadata=self.ca.cert_pem.decode())
+        pair = self.ca.issue(user, organizations=groups)
+        cert = self.workdir / f"probe-{user.replace(':', '_')}.crt"
+        key = self.workdir / f"probe-{user.replace(':', '_')}.key"
+        cert.write_bytes(pair.cert_pem)
+        key.write_bytes(pair.key_pem)
+        ctx.load_cert_chain(cert, key)
+        return ctx
+
+    @staticmethod
+    def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def _apiserver_ready(self) -> bool:
+        if not hasattr(self, "_probe_ctx"):
+            self._probe_ctx = self._ssl_context()
+        return self._http_ok(f"{self.server}/readyz", self._probe_ctx)
+
+    def _wait(self, proc: _Process, ready: Any, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise ClusterError(
+                    f"{proc.name} exited with code {proc.popen.returncode} before it was "
+                    f"ready; read {proc.log_path}\n{proc.log_tail()}"
+                )
+            if ready():
+                return
+            time.sleep(0.1)
+        raise ClusterError(
+            f"{proc.name} was not ready within {timeout:.0f}s; read {proc.log_path}\n"
+            + proc.log_tail()
+        )
+
+    # -- identities ------------------------------------------------------------------
+
+    def write_kubeconfig(
+        self, path: pathlib.Path, *, user: str, groups: tuple[str, ...] = ()
+    ) -> pathlib.Path:
+        """A kubeconfig for ``user`` (in ``groups``) authenticated by a client certificate.
+
+        Certificates prove identity only; what the user may do is up to RBAC, which is how
+        tests obtain a less privileged identity and prove rules rather than assume them.
+        """
+        pair = self.ca.issue(user, organizations=groups)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": _b64(self.ca.cert_pem),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate-data": _b64(pair.cert_pem),
+                        "client-key-data": _b64(pair.key_pem),
+                    },
+                }
+            ],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+            "current-context": "local",
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    def token_kubeconfig(self, path: pathlib.Path, *, token: str) -> pathlib.Path:
+        """A kubeconfig that authenticates with a bearer token (e.g. from TokenRequest)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": _b64(self.ca.cert_pem),
+                    },
+                }
+            ],
+            "users": [{"name": "token", "user": {"token": token}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "token"}}],
+            "current-context": "local",
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+
+@atexit.register
+def _stop_all() -> None:
+    for cluster in list(_LIVE_CLUSTERS):
+        cluster.stop()
