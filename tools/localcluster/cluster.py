@@ -233,7 +233,11 @@ class LocalCluster:
     def _start_controller_manager(self) -> None:
         assert self.bins.kube_controller_manager is not None  # noqa: S101
         kcm_config = self.workdir / "kcm.kubeconfig"
-        self.write_kubeconfig(kcm_config, user="system:kube-controller-manager")
+        # One identity for every controller (no per-controller ServiceAccounts): it needs the
+        # union of their permissions, which only system:masters gives without more setup.
+        self.write_kubeconfig(
+            kcm_config, user="system:kube-controller-manager", groups=("system:masters",)
+        )
         proc = self._spawn(
             "kube-controller-manager",
             [

@@ -1,0 +1,168 @@
+"""Entry points: ``tokensync run`` (the operator) and ``tokensync fetch`` (one request).
+
+``fetch`` needs no cluster: it sends the same token request the operator would, from
+flags or a ClientCredential YAML file, and prints the token's metadata. It is the quickest
+way to debug an identity provider's settings. The token itself is printed only on request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import yaml
+
+from tokensync import model, oauth, runtime
+
+SECRET_ENV = "TOKENSYNC_CLIENT_SECRET"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokensync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--namespace", action="append", default=[], help="watch only these (repeatable)")
+    run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: off)")
+    run.add_argument("--health-port", type=int, default=8081, help="liveness probe port (0: off)")
+    run.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="accept http:// token URLs (local demos and tests only)",
+    )
+    run.add_argument(
+        "--allowed-token-host",
+        action="append",
+        default=[],
+        help="restrict token endpoints to these hosts; '*.example.com' matches subdomains",
+    )
+    run.add_argument("--workers", type=int, default=16, help="concurrent refreshes")
+    run.add_argument("--token-rate", type=float, default=20.0, help="token requests/s per host")
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+
+    fetch = sub.add_parser("fetch", help="request one token, no cluster needed")
+    fetch.add_argument("--file", type=pathlib.Path, help="a ClientCredential YAML file")
+    fetch.add_argument("--token-url")
+    fetch.add_argument("--client-id")
+    fetch.add_argument("--auth-method", choices=[m.value for m in model.AuthMethod])
+    fetch.add_argument("--scope", action="append", default=[])
+    fetch.add_argument("--audience")
+    fetch.add_argument("--resource", action="append", default=[])
+    fetch.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    fetch.add_argument("--allow-insecure-http", action="store_true")
+    fetch.add_argument("--show-token", action="store_true", help="also print the access token")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    return asyncio.run(_fetch(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf  # imported here so that `tokensync fetch` starts fast
+
+    from tokensync import handlers  # noqa: F401 -- registers the kopf handlers
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Request-level logs of the clients carry URLs and headers; keep them quiet.
+    for noisy in ("httpx", "httpcore", "urllib3", "kubernetes", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = runtime.Config(
+        allow_insecure_http=args.allow_insecure_http,
+        allowed_hosts=frozenset(args.allowed_token_host) or None,
+        metrics_port=args.metrics_port or None,
+        workers=args.workers,
+        token_rate_per_host=args.token_rate,
+        token_burst_per_host=max(1, int(args.token_rate)),
+    )
+    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(config=config),
+        )
+    )
+    return 0
+
+
+def _request_from(args: argparse.Namespace) -> tuple[model.TokenRequest, str | None, model.RefreshPolicy]:
+    if args.file:
+        doc = yaml.safe_load(args.file.read_text())
+        docs = doc if isinstance(doc, list) else [doc]
+        found = next((d for d in docs if isinstance(d, dict) and d.get("kind") == model.KIND), None)
+        if found is None:
+            raise SystemExit(f"{args.file}: no {model.KIND} in the file")
+        spec = model.parse_spec(found.get("spec") or {}, name=found["metadata"]["name"])
+        request, client_id, refresh = spec.request, spec.client_id, spec.refresh
+    elif args.token_url:
+        request, client_id, refresh = model.TokenRequest(token_url=args.token_url), None, model.RefreshPolicy()
+    else:
+        raise SystemExit("give --token-url or --file")
+    extra = dict(request.extra_params)
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--param {item!r}: use KEY=VALUE")
+        extra[key] = value
+    request = model.TokenRequest(
+        token_url=args.token_url or request.token_url,
+        auth_method=model.AuthMethod(args.auth_method) if args.auth_method else request.auth_method,
+        scopes=tuple(args.scope) or request.scopes,
+        audience=args.audience or request.audience,
+        resources=tuple(args.resource) or request.resources,
+        extra_params=tuple(sorted(extra.items())),
+    )
+    return request, args.client_id or client_id, refresh
+
+
+async def _fetch(args: argparse.Namespace) -> int:
+    request, client_id, refresh = _request_from(args)
+    secret = os.environ.get(SECRET_ENV)
+    if not client_id or not secret:
+        print(f"need a client id (--client-id or spec.clientID) and ${SECRET_ENV}", file=sys.stderr)
+        return 2
+    try:
+        oauth.check_token_url(request.token_url, allow_insecure_http=args.allow_insecure_http)
+        async with httpx.AsyncClient(follow_redirects=False) as http:
+            result = await oauth.fetch_token(
+                http,
+                request=request,
+                credentials=model.ClientCredentials(client_id=client_id, client_secret=secret),
+                default_lifetime=refresh.default_lifetime,
+                now=lambda: datetime.datetime.now(datetime.UTC),
+            )
+    except oauth.TokenError as exc:
+        print(f"error: {exc.reason}: {exc}", file=sys.stderr)
+        return 1
+    token = result.token
+    out: dict[str, Any] = {
+        "auth_method": result.auth_method.value,
+        "token_type": token.token_type,
+        "issued_at": token.issued_at.isoformat(),
+        "expires_at": token.expires_at.isoformat(),
+        "lifetime_seconds": int(token.lifetime.total_seconds()),
+        "lifetime_source": token.lifetime_source,
+        "scope": token.scope,
+    }
+    if args.show_token:
+        out["access_token"] = token.access_token
+    print(json.dumps(out, indent=2))
+    return 0

@@ -1,0 +1,143 @@
+"""Kubernetes API calls, off the event loop.
+
+The official ``kubernetes`` client is synchronous; every call here runs in one bounded
+thread pool so the asyncio loop never blocks and the API server sees at most ``workers``
+requests at once. Responses are read as raw JSON (``_preload_content=False``): building
+the client's model objects costs more CPU and memory than the operator needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import functools
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from kubernetes import client
+
+from tokensync import model
+
+T = TypeVar("T")
+_MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    """An API request failed; ``status`` is the HTTP status (0 when none was received)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"Kubernetes API error {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient, *, workers: int = 8) -> None:
+        self._core = client.CoreV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="kube"
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(fn, *args, _preload_content=False, **kwargs)
+        try:
+            response = await loop.run_in_executor(self._pool, call)
+        except client.ApiException as exc:
+            # The body of an error response may echo what we sent (a Secret): keep only
+            # the machine-readable reason.
+            raise ApiError(exc.status or 0, _status_reason(exc.body)) from None
+        except Exception as exc:  # urllib3 errors: connection refused, timeouts, ...
+            raise ApiError(0, type(exc).__name__) from None
+        data = response.data
+        return json.loads(data) if data else {}
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            secret: dict[str, Any] = await self._call(
+                self._core.read_namespaced_secret, name, namespace
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return secret
+
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = await self._call(
+            self._core.create_namespaced_secret, namespace, body
+        )
+        return created
+
+    async def patch_secret(
+        self, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        patched: dict[str, Any] = await self._call(
+            self._core.patch_namespaced_secret, name, namespace, body, _content_type=_MERGE_PATCH
+        )
+        return patched
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        await self._call(
+            self._custom.patch_namespaced_custom_object_status,
+            model.GROUP,
+            model.VERSION,
+            namespace,
+            model.PLURAL,
+            name,
+            {"status": status},
+            _content_type=_MERGE_PATCH,
+        )
+
+    async def post_event(
+        self,
+        *,
+        involved: Mapping[str, str],
+        type_: str,
+        reason: str,
+        message: str,
+        now: datetime.datetime,
+    ) -> None:
+        """A core/v1 Event about a ClientCredential (``involved``: namespace, name, uid)."""
+        stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {
+                "name": f"{involved['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": involved["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": f"{model.GROUP}/{model.VERSION}",
+                "kind": model.KIND,
+                "name": involved["name"],
+                "namespace": involved["namespace"],
+                "uid": involved["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "tokensync"},
+            "reportingComponent": "tokensync.dev/operator",
+            "reportingInstance": "tokensync",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self._call(self._core.create_namespaced_event, involved["namespace"], body)
+
+
+def _status_reason(body: object) -> str:
+    if isinstance(body, bytes | str):
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return "Unknown"
+        if isinstance(parsed, dict) and isinstance(parsed.get("reason"), str):
+            return str(parsed["reason"])
+    return "Unknown"

@@ -1,0 +1,590 @@
+"""One credential's cycle: read the client Secret, fetch a token, write the target Secret,
+report status, and decide when to come back.
+
+The :class:`Reconciler` also keeps the little that must be remembered between events
+(:class:`Credential`): what generation and force-refresh request were last handled, when
+the current token expires, which client Secret version it came from. It is initialised
+from ``status`` when the operator (re)starts, which is what lets a restarted operator
+fetch nothing that is still valid and not due.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from tokensync import kube, metrics, model, oauth, scheduler, secrets, status, timing
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    allow_insecure_http: bool = False
+    allowed_hosts: frozenset[str] | None = None
+    request_timeout: float = 10.0
+
+
+class TargetConflict(Exception):
+    """The target Secret exists and tokensync does not manage it for this credential."""
+
+
+@dataclasses.dataclass(slots=True)
+class Credential:
+    """What the operator remembers about one ClientCredential between events."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    refresh_request: str | None
+    handled_generation: int | None = None
+    handled_request: str | None = None
+    expires_at: datetime.datetime | None = None
+    next_refresh_at: datetime.datetime | None = None
+    not_before: datetime.datetime | None = None
+    client_secret_version: str | None = None
+    auth_method: str | None = None
+    failed_attempts: int = 0
+    failure_reason: str | None = None
+    conditions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    target_name: str | None = None
+    target_uid: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @property
+    def involved(self) -> dict[str, str]:
+        return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
+
+    @property
+    def client_secret_name(self) -> str | None:
+        ref = self.spec.get("clientSecretRef")
+        name = ref.get("name") if isinstance(ref, Mapping) else None
+        return name if isinstance(name, str) else None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Credential:
+        meta = body["metadata"]
+        st = body.get("status") or {}
+        ready = status.ready_condition(st.get("conditions") or [])
+        return cls(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 0),
+            spec=body.get("spec") or {},
+            refresh_request=(meta.get("annotations") or {}).get(
+                model.REFRESH_REQUESTED_ANNOTATION
+            ),
+            handled_generation=st.get("observedGeneration"),
+            handled_request=st.get("handledRefreshRequest"),
+            expires_at=status.parse_time(st.get("expiresAt")),
+            next_refresh_at=status.parse_time(st.get("nextRefreshAt")),
+            client_secret_version=st.get("clientSecretVersion"),
+            auth_method=st.get("authMethod"),
+            failed_attempts=int(st.get("failedAttempts") or 0),
+            failure_reason=(
+                str(ready.get("reason")) if ready and ready.get("status") == "False" else None
+            ),
+            conditions=[dict(c) for c in st.get("conditions") or []],
+            target_name=st.get("target"),
+        )
+
+    def needs_refresh_now(self) -> bool:
+        """A new spec generation or an unhandled force-refresh request."""
+        if self.generation != self.handled_generation:
+            return True
+        return bool(self.refresh_request) and self.refresh_request != self.handled_request
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        kube_api: kube.Kube,
+        http: httpx.AsyncClient,
+        metrics_: metrics.Metrics,
+        queue: scheduler.RefreshQueue[Key],
+        pacer: scheduler.HostPacer,
+        settings: Settings,
+        clock: Callable[[], datetime.datetime] = utcnow,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._kube = kube_api
+        self._http = http
+        self._metrics = metrics_
+        self._queue = queue
+        self._pacer = pacer
+        self._settings = settings
+        self._clock = clock
+        self._draw = draw
+        self._credentials: dict[Key, Credential] = {}
+        self._by_client_secret: dict[Key, set[Key]] = {}
+
+    def __len__(self) -> int:
+        return len(self._credentials)
+
+    # -- events ----------------------------------------------------------------------
+
+    def observe(self, body: Mapping[str, Any]) -> None:
+        """A ClientCredential was listed, added or modified."""
+        fresh = Credential.from_body(body)
+        cred = self._credentials.get(fresh.key)
+        if cred is None or cred.uid != fresh.uid:
+            cred = fresh
+            self._credentials[cred.key] = cred
+        else:
+            self._unindex(cred)
+            cred.generation = fresh.generation
+            cred.spec = fresh.spec
+            cred.refresh_request = fresh.refresh_request
+        self._index(cred)
+        if cred.needs_refresh_now():
+            self._queue.trigger(cred.key)
+        elif not self._queue.is_known(cred.key):
+            due = cred.next_refresh_at or self._clock()
+            self._queue.schedule(cred.key, at=due.timestamp())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A ClientCredential was deleted: stop refreshing it."""
+        cred = self._credentials.pop((namespace, name), None)
+        if cred is not None:
+            self._unindex(cred)
+        self._queue.cancel((namespace, name))
+        self._metrics.forget(namespace, name)
+
+    def client_secret_changed(self, namespace: str, name: str, version: str) -> None:
+        """A client Secret was listed, added or modified: refetch with a rotated secret."""
+        for key in self._by_client_secret.get((namespace, name), set()).copy():
+            cred = self._credentials.get(key)
+            if cred is not None and cred.client_secret_version != version:
+                self._queue.trigger(key)
+
+    def _index(self, cred: Credential) -> None:
+        if cred.client_secret_name:
+            ref = (cred.namespace, cred.client_secret_name)
+            self._by_client_secret.setdefault(ref, set()).add(cred.key)
+
+    def _unindex(self, cred: Credential) -> None:
+        if cred.client_secret_name:
+            ref = (cred.namespace, cred.client_secret_name)
+            keys = self._by_client_secret.get(ref)
+            if keys is not None:
+                keys.discard(cred.key)
+                if not keys:
+                    del self._by_client_secret[ref]
+
+    # -- the cycle -------------------------------------------------------------------
+
+    async def refresh(self, key: Key, due: float) -> None:
+        """The refresh queue's work: one attempt for one credential."""
+        cred = self._credentials.get(key)
+        if cred is None:
+            return
+        now = self._clock()
+        self._metrics.lateness.observe(max(0.0, now.timestamp() - due))
+        if cred.not_before and now < cred.not_before and not cred.needs_refresh_now():
+            # Woken at expiry while the token endpoint asked us to wait (Retry-After).
+            await self._mark_expired_if_needed(cred, now)
+            self._queue.schedule(key, at=cred.not_before.timestamp())
+            return
+        attempt = _Attempt(generation=cred.generation, request=cred.refresh_request, now=now)
+        try:
+            spec = model.parse_spec(cred.spec, name=cred.name)
+        except model.SpecError as exc:
+            await self._fail(cred, attempt, reason=status.INVALID_SPEC, message=str(exc))
+            return
+        try:
+            oauth.check_token_url(
+                spec.request.token_url,
+                allow_insecure_http=self._settings.allow_insecure_http,
+                allowed_hosts=self._settings.allowed_hosts,
+            )
+        except oauth.TokenError as exc:
+            await self._fail(cred, attempt, reason=exc.reason, message=str(exc))
+            return
+        try:
+            source = await self._kube.read_secret(cred.namespace, spec.secret_ref.name)
+            client = secrets.client_credentials(source, spec=spec)
+        except secrets.ClientSecretProblem as exc:
+            await self._fail(
+                cred, attempt, reason=exc.reason, message=str(exc), retry=timing.PERMANENT_RETRY
+            )
+            return
+        except kube.ApiError as exc:
+            await self._fail_transient(cred, attempt, reason="KubernetesAPIError", message=str(exc))
+            return
+        assert source is not None  # noqa: S101 -- client_credentials refuses None
+        source_version = str(source["metadata"].get("resourceVersion") or "")
+
+        result = await self._fetch(cred, attempt, spec=spec, client=client)
+        if result is None:
+            return
+        token = result.token
+        body = secrets.render_target(
+            namespace=cred.namespace,
+            credential=cred.name,
+            credential_uid=cred.uid,
+            target=spec.target,
+            access_token=token.access_token,
+            token_type=token.token_type,
+            expires_at=token.expires_at,
+            scope=token.scope,
+        )
+        try:
+            await self._write_target(cred, body)
+        except TargetConflict:
+            await self._fail(
+                cred,
+                attempt,
+                reason=status.TARGET_CONFLICT,
+                message=f"Secret {spec.target.name!r} exists and is not managed by this "
+                "ClientCredential; delete it or choose another spec.target.name",
+                retry=timing.PERMANENT_RETRY,
+            )
+            return
+        except kube.ApiError as exc:
+            await self._fail_transient(cred, attempt, reason="TargetWriteFailed", message=str(exc))
+            return
+        if self._credentials.get(key) is not cred:
+            return  # deleted while we worked; its Secret goes with it (ownerReference)
+        await self._succeed(cred, attempt, spec=spec, result=result, source_version=source_version)
+
+    async def _fetch(
+        self,
+        cred: Credential,
+        attempt: _Attempt,
+        *,
+        spec: model.CredentialSpec,
+        client: model.ClientCredentials,
+    ) -> oauth.FetchResult | None:
+        request = spec.request
+        remembered = _remembered_method(spec, cred.auth_method)
+        host = urllib.parse.urlsplit(request.token_url).hostname or ""
+        await self._pacer.acquire(host)
+        started = time.monotonic()
+        try:
+            try:
+                if remembered is not None:
+                    attempt_request = dataclasses.replace(request, auth_method=remembered)
+                    return await self._token(attempt_request, spec, client)
+                return await self._token(request, spec, client)
+            except oauth.TokenError as exc:
+                if remembered is None or exc.reason != "InvalidClient":
+                    raise
+                # What worked before no longer does: let `auto` try every method again.
+                return await self._token(request, spec, client)
+        except oauth.TokenError as exc:
+            self._metrics.requests.labels("error", exc.reason).inc()
+            if exc.permanent:
+                await self._fail(
+                    cred, attempt, reason=exc.reason, message=str(exc), retry=timing.PERMANENT_RETRY
+                )
+            else:
+                await self._fail_transient(
+                    cred, attempt, reason=exc.reason, message=str(exc), retry_after=exc.retry_after
+                )
+            return None
+        finally:
+            self._metrics.duration.observe(time.monotonic() - started)
+
+    async def _token(
+        self,
+        request: model.TokenRequest,
+        spec: model.CredentialSpec,
+        client: model.ClientCredentials,
+    ) -> oauth.FetchResult:
+        result = await oauth.fetch_token(
+            self._http,
+            request=request,
+            credentials=client,
+            default_lifetime=spec.refresh.default_lifetime,
+            now=self._clock,
+            timeout=self._settings.request_timeout,
+        )
+        self._metrics.requests.labels("success", "").inc()
+        return result
+
+    async def _write_target(self, cred: Credential, body: dict[str, Any]) -> None:
+        """Write the whole target Secret in one request, refusing Secrets we do not own."""
+        name = body["metadata"]["name"]
+        if cred.target_uid and cred.target_name == name:
+            try:
+                await self._patch_target(cred, body, uid=cred.target_uid)
+            except kube.ApiError as exc:
+                if exc.status not in (404, 409):
+                    raise
+            else:
+                return
+        try:
+            created = await self._kube.create_secret(cred.namespace, secrets.for_create(body))
+        except kube.ApiError as exc:
+            if exc.status != 409:
+                raise
+        else:
+            cred.target_name, cred.target_uid = name, created["metadata"]["uid"]
+            return
+        existing = await self._kube.read_secret(cred.namespace, name)
+        if existing is None or not secrets.owned_by(existing, credential_uid=cred.uid):
+            raise TargetConflict(name)
+        await self._patch_target(cred, body, uid=existing["metadata"]["uid"])
+
+    async def _patch_target(self, cred: Credential, body: dict[str, Any], *, uid: str) -> None:
+        # The uid makes the patch conditional: if the Secret was deleted and someone else
+        # created one with the same name, the API server answers 409 instead of applying.
+        patch = {**body, "metadata": {**body["metadata"], "uid": uid}}
+        await self._kube.patch_secret(cred.namespace, body["metadata"]["name"], patch)
+        cred.target_name, cred.target_uid = body["metadata"]["name"], uid
+
+    # -- outcomes --------------------------------------------------------------------
+
+    async def _succeed(
+        self,
+        cred: Credential,
+        attempt: _Attempt,
+        *,
+        spec: model.CredentialSpec,
+        result: oauth.FetchResult,
+        source_version: str,
+    ) -> None:
+        token = result.token
+        now = self._clock()
+        refresh_at = timing.refresh_at(
+            issued_at=token.issued_at,
+            expires_at=token.expires_at,
+            policy=spec.refresh,
+            jitter=self._draw(),
+        )
+        message = f"token valid until {secrets.format_time(token.expires_at)}"
+        if timing.short_lifetime_warning(lifetime=token.lifetime, policy=spec.refresh):
+            message += (
+                "; warning: the token lifetime leaves pods less than the kubelet sync period "
+                "(about a minute) to see a refreshed Secret"
+            )
+        first_issue = cred.expires_at is None
+        recovered = cred.failure_reason is not None
+        cred.conditions = status.set_condition(
+            cred.conditions,
+            type_=status.READY,
+            status=True,
+            reason=status.TOKEN_ISSUED,
+            message=message,
+            generation=attempt.generation,
+            now=now,
+        )
+        cred.handled_generation = attempt.generation
+        cred.handled_request = attempt.request
+        cred.expires_at = token.expires_at
+        cred.next_refresh_at = refresh_at
+        cred.not_before = None
+        cred.client_secret_version = source_version
+        cred.auth_method = result.auth_method.value
+        cred.failed_attempts = 0
+        cred.failure_reason = None
+        self._queue.schedule(cred.key, at=refresh_at.timestamp())
+        await self._patch_status(
+            cred,
+            {
+                "conditions": cred.conditions,
+                "observedGeneration": attempt.generation,
+                "handledRefreshRequest": attempt.request,
+                **status.times(
+                    expiresAt=token.expires_at,
+                    lastRefreshAt=token.issued_at,
+                    nextRefreshAt=refresh_at,
+                ),
+                "authMethod": cred.auth_method,
+                "failedAttempts": 0,
+                "target": spec.target.name,
+                "clientSecretVersion": source_version,
+                "tokenType": token.token_type,
+                "scope": token.scope,
+            },
+        )
+        self._metrics.expiration.labels(cred.namespace, cred.name).set(token.expires_at.timestamp())
+        self._metrics.renewal.labels(cred.namespace, cred.name).set(refresh_at.timestamp())
+        self._metrics.set_ready(cred.namespace, cred.name, "True")
+        logger.info(
+            "issued a token for %s/%s, valid until %s, next refresh at %s",
+            cred.namespace,
+            cred.name,
+            secrets.format_time(token.expires_at),
+            secrets.format_time(refresh_at),
+        )
+        if first_issue:
+            await self._event(cred, "Normal", "Issued", message, now)
+        elif recovered:
+            await self._event(cred, "Normal", "Recovered", f"refresh succeeded; {message}", now)
+
+    async def _fail_transient(
+        self,
+        cred: Credential,
+        attempt: _Attempt,
+        *,
+        reason: str,
+        message: str,
+        retry_after: float | None = None,
+    ) -> None:
+        delay = timing.backoff_delay(
+            attempt=cred.failed_attempts + 1,
+            base=timing.TRANSIENT_BASE,
+            cap=timing.TRANSIENT_CAP,
+            draw=self._draw(),
+        )
+        not_before = None
+        if retry_after is not None:
+            not_before = attempt.now + datetime.timedelta(seconds=retry_after)
+            delay = max(delay, datetime.timedelta(seconds=retry_after))
+        await self._fail(
+            cred,
+            attempt,
+            reason=reason,
+            message=message,
+            retry=delay,
+            transient=True,
+            not_before=not_before,
+        )
+
+    async def _fail(
+        self,
+        cred: Credential,
+        attempt: _Attempt,
+        *,
+        reason: str,
+        message: str,
+        retry: datetime.timedelta | None = None,
+        transient: bool = False,
+        not_before: datetime.datetime | None = None,
+    ) -> None:
+        """Record a failed attempt. The target Secret is never touched here."""
+        now = attempt.now
+        cred.failed_attempts += 1
+        valid = cred.expires_at is not None and cred.expires_at > now
+        retry_at = now + retry if retry is not None else None
+        if transient and valid and cred.expires_at is not None:
+            ready, ready_reason = True, status.REFRESH_FAILING
+            ready_message = (
+                f"current token valid until {secrets.format_time(cred.expires_at)}; "
+                f"refresh failed ({reason}: {message})"
+            )
+            if retry_at is not None and retry_at > cred.expires_at:
+                retry_at = cred.expires_at  # come back at expiry to report it
+        elif transient and cred.expires_at is not None:
+            ready, ready_reason = False, status.EXPIRED
+            ready_message = (
+                f"token expired at {secrets.format_time(cred.expires_at)}; "
+                f"refresh failed ({reason}: {message})"
+            )
+        else:
+            ready, ready_reason, ready_message = False, reason, message
+        if retry_at is not None:
+            ready_message += f"; next attempt at {secrets.format_time(retry_at)}"
+        cred.conditions = status.set_condition(
+            cred.conditions,
+            type_=status.READY,
+            status=ready,
+            reason=ready_reason,
+            message=ready_message,
+            generation=attempt.generation,
+            now=now,
+        )
+        cred.handled_generation = attempt.generation
+        cred.handled_request = attempt.request
+        cred.next_refresh_at = retry_at
+        cred.not_before = not_before
+        new_reason = cred.failure_reason != reason
+        cred.failure_reason = reason
+        if retry_at is not None:
+            self._queue.schedule(cred.key, at=retry_at.timestamp())
+        else:
+            self._queue.cancel(cred.key)  # only a change to the spec can help
+        await self._patch_status(
+            cred,
+            {
+                "conditions": cred.conditions,
+                "observedGeneration": attempt.generation,
+                "handledRefreshRequest": attempt.request,
+                "failedAttempts": cred.failed_attempts,
+                **status.times(nextRefreshAt=retry_at),
+            },
+        )
+        self._metrics.set_ready(cred.namespace, cred.name, "True" if ready else "False")
+        logger.warning(
+            "refresh of %s/%s failed (%s): %s", cred.namespace, cred.name, reason, message
+        )
+        if new_reason:
+            await self._event(cred, "Warning", reason, f"refresh failed: {message}", now)
+
+    async def _mark_expired_if_needed(self, cred: Credential, now: datetime.datetime) -> None:
+        if cred.expires_at is None or cred.expires_at > now:
+            return
+        ready = status.ready_condition(cred.conditions)
+        if ready is not None and ready.get("reason") == status.EXPIRED:
+            return
+        cred.conditions = status.set_condition(
+            cred.conditions,
+            type_=status.READY,
+            status=False,
+            reason=status.EXPIRED,
+            message=f"token expired at {secrets.format_time(cred.expires_at)}; the token "
+            "endpoint asked to wait before retrying",
+            generation=cred.handled_generation or cred.generation,
+            now=now,
+        )
+        await self._patch_status(cred, {"conditions": cred.conditions})
+        self._metrics.set_ready(cred.namespace, cred.name, "False")
+
+    async def _patch_status(self, cred: Credential, patch: Mapping[str, Any]) -> None:
+        try:
+            await self._kube.patch_status(cred.namespace, cred.name, patch)
+        except kube.ApiError as exc:
+            # The token is safe in its Secret; status is rewritten on the next cycle.
+            logger.warning("status of %s/%s not updated: %s", cred.namespace, cred.name, exc)
+
+    async def _event(
+        self, cred: Credential, type_: str, reason: str, message: str, now: datetime.datetime
+    ) -> None:
+        try:
+            await self._kube.post_event(
+                involved=cred.involved, type_=type_, reason=reason, message=message, now=now
+            )
+        except kube.ApiError as exc:
+            logger.warning("event for %s/%s not posted: %s", cred.namespace, cred.name, exc)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Attempt:
+    """What one attempt acts on, captured at its start (the spec may change meanwhile)."""
+
+    generation: int
+    request: str | None
+    now: datetime.datetime
+
+
+def _remembered_method(spec: model.CredentialSpec, remembered: str | None) -> model.AuthMethod | None:
+    """With ``auto``, start with the method that worked last time (from status)."""
+    if spec.request.auth_method is not model.AuthMethod.AUTO or not remembered:
+        return None
+    try:
+        method = model.AuthMethod(remembered)
+    except ValueError:
+        return None
+    return None if method is model.AuthMethod.AUTO else method

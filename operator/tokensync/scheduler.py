@@ -1,0 +1,170 @@
+"""When to act: one refresh queue for every credential, and a per-host request pacer.
+
+A single heap keyed by due time and a bounded pool of workers replace one timer task per
+credential: ten thousand credentials cost ten thousand heap entries, not ten thousand
+tasks; concurrency has one global bound; and lateness (due time to start) is measured in
+one place. Times are wall-clock seconds (``time.time()``) because due times come from
+timestamps stored in status, which must survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+Work = Callable[[K, float], Awaitable[None]]
+
+logger = logging.getLogger(__name__)
+
+#: The dispatcher wakes at least this often, so its heartbeat proves it is alive.
+HEARTBEAT_INTERVAL = 1.0
+
+
+class RefreshQueue(Generic[K]):
+    """Keys become due at a wall-clock time; due keys run on at most ``workers`` tasks.
+
+    A key runs on one worker at a time. :meth:`trigger` during a run makes the key run again
+    right after, so a change that arrives mid-refresh is never lost.
+    """
+
+    def __init__(self, *, workers: int, clock: Callable[[], float] = time.time) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._workers = workers
+        self._clock = clock
+        self._heap: list[tuple[float, int, K]] = []
+        self._pending: dict[K, tuple[float, int]] = {}
+        self._seq = 0
+        self._running: set[K] = set()
+        self._dirty: set[K] = set()
+        self._ready: asyncio.Queue[tuple[K, float]] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self.heartbeat = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def due_at(self, key: K) -> float | None:
+        entry = self._pending.get(key)
+        return entry[0] if entry else None
+
+    def is_known(self, key: K) -> bool:
+        return key in self._pending or key in self._running
+
+    def schedule(self, key: K, *, at: float) -> None:
+        """Make ``key`` due at ``at``, replacing any due time it had."""
+        self._seq += 1
+        self._pending[key] = (at, self._seq)
+        heapq.heappush(self._heap, (at, self._seq, key))
+        if self._heap[0][1] == self._seq:
+            self._wake.set()
+
+    def trigger(self, key: K) -> None:
+        """Run ``key`` as soon as possible (again, if it is running now)."""
+        if key in self._running:
+            self._dirty.add(key)
+        else:
+            self.schedule(key, at=self._clock())
+
+    def cancel(self, key: K) -> None:
+        self._pending.pop(key, None)
+        self._dirty.discard(key)
+
+    async def run(self, work: Work[K]) -> None:
+        """Dispatch due keys to the workers until cancelled."""
+        workers = [asyncio.create_task(self._worker(work)) for _ in range(self._workers)]
+        try:
+            await self._dispatch()
+        finally:
+            for task in workers:
+                task.cancel()
+            for task in workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _pop_due(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            at, seq, key = heapq.heappop(self._heap)
+            if self._pending.get(key) != (at, seq):
+                continue  # superseded by a later schedule() or cancelled
+            del self._pending[key]
+            if key in self._running:
+                self._dirty.add(key)
+            else:
+                self._running.add(key)
+                self._ready.put_nowait((key, at))
+
+    async def _dispatch(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            now = self._clock()
+            self._pop_due(now)
+            # Drop superseded entries so that the head is a real due time.
+            while self._heap and self._pending.get(self._heap[0][2]) != self._heap[0][:2]:
+                heapq.heappop(self._heap)
+            timeout = HEARTBEAT_INTERVAL
+            if self._heap:
+                timeout = min(timeout, max(0.0, self._heap[0][0] - now))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    async def _worker(self, work: Work[K]) -> None:
+        while True:
+            key, due = await self._ready.get()
+            try:
+                await work(key, due)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug in one credential's cycle must not stop the others; retry later.
+                logger.exception("refresh of %s failed unexpectedly", key)
+                if key not in self._pending:
+                    self.schedule(key, at=self._clock() + 60.0)
+            finally:
+                self._running.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.schedule(key, at=self._clock())
+
+
+class HostPacer:
+    """Spreads token requests per host: ``rate`` per second with bursts of ``burst``.
+
+    GCRA (the generic cell rate algorithm): one float per host, no background task.
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self._interval = 1.0 / rate
+        self._tolerance = (burst - 1) * self._interval
+        self._tat: dict[str, float] = {}
+        self._clock = clock
+        self._sleep = sleep
+
+    def reserve(self, host: str) -> float:
+        """Book the next slot for ``host``; returns how long to wait before using it."""
+        now = self._clock()
+        tat = max(self._tat.get(host, now), now)
+        start = max(now, tat - self._tolerance)
+        self._tat[host] = tat + self._interval
+        return start - now
+
+    async def acquire(self, host: str) -> None:
+        delay = self.reserve(host)
+        if delay > 0:
+            await self._sleep(delay)

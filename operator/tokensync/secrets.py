@@ -1,0 +1,148 @@
+"""The two Secrets a credential touches: reading the client Secret, rendering the target.
+
+Pure functions over plain dicts (the JSON the API server speaks): what a target Secret
+looks like, whether tokensync owns an existing one, and which client credentials a client
+Secret holds. One place renders the target, so every write has the same shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from tokensync import model
+
+CREDENTIAL_LABEL = f"{model.GROUP}/credential"
+
+
+class ClientSecretProblem(Exception):
+    """The client Secret cannot be used; ``reason`` is a condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def format_time(moment: datetime.datetime) -> str:
+    """RFC 3339 in UTC with a Z, to the second: the form Kubernetes uses."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _decode(data: Mapping[str, Any], key: str) -> str | None:
+    raw = data.get(key)
+    if not isinstance(raw, str):
+        return None
+    try:
+        return base64.b64decode(raw, validate=True).decode("utf-8").strip()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def client_credentials(
+    secret: Mapping[str, Any] | None, *, spec: model.CredentialSpec
+) -> model.ClientCredentials:
+    """Extract the client id and secret, refusing Secrets that did not opt in."""
+    ref = spec.secret_ref
+    if secret is None:
+        raise ClientSecretProblem("ClientSecretNotFound", f"Secret {ref.name!r} not found")
+    labels = (secret.get("metadata") or {}).get("labels") or {}
+    if labels.get(model.CLIENT_SECRET_LABEL) != "true":
+        raise ClientSecretProblem(
+            "ClientSecretNotOptedIn",
+            f"Secret {ref.name!r} lacks the label {model.CLIENT_SECRET_LABEL}=true that "
+            "allows its use as OAuth client credentials",
+        )
+    data = secret.get("data") or {}
+    client_secret = _decode(data, ref.client_secret_key)
+    if not client_secret:
+        raise ClientSecretProblem(
+            "ClientSecretKeyMissing",
+            f"Secret {ref.name!r} has no non-empty key {ref.client_secret_key!r}",
+        )
+    client_id = spec.client_id or _decode(data, ref.client_id_key)
+    if not client_id:
+        raise ClientSecretProblem(
+            "ClientSecretKeyMissing",
+            f"Secret {ref.name!r} has no non-empty key {ref.client_id_key!r} "
+            "and spec.clientID is not set",
+        )
+    return model.ClientCredentials(client_id=client_id, client_secret=client_secret)
+
+
+def owner_reference(*, name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{model.GROUP}/{model.VERSION}",
+        "kind": model.KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+
+
+def render_target(
+    *,
+    namespace: str,
+    credential: str,
+    credential_uid: str,
+    target: model.TargetSpec,
+    access_token: str,
+    token_type: str,
+    expires_at: datetime.datetime,
+    scope: str | None,
+) -> dict[str, Any]:
+    """The complete target Secret. Written in one request, so never torn."""
+    expiry = format_time(expires_at)
+    labels = dict(target.labels)
+    labels[model.MANAGED_BY_LABEL] = model.MANAGED_BY_VALUE
+    labels[CREDENTIAL_LABEL] = credential
+    annotations = dict(target.annotations)
+    annotations[model.EXPIRES_AT_ANNOTATION] = expiry
+    # None deletes the key in a merge patch: a scope from an earlier token must not linger.
+    data: dict[str, str | None] = {
+        "access_token": _b64(access_token),
+        "token_type": _b64(token_type),
+        "expires_at": _b64(expiry),
+        "authorization": _b64(f"{_header_scheme(token_type)} {access_token}"),
+        "scope": _b64(scope) if scope else None,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": target.name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(name=credential, uid=credential_uid)],
+        },
+        "data": data,
+    }
+
+
+def _header_scheme(token_type: str) -> str:
+    # RFC 6750: the scheme is "Bearer"; servers send "bearer" as often as not.
+    return "Bearer" if token_type.lower() == "bearer" else token_type
+
+
+def for_create(rendered: Mapping[str, Any]) -> dict[str, Any]:
+    """A create body: like the patch, without the null markers for removed keys."""
+    body = dict(rendered)
+    body["data"] = {k: v for k, v in rendered["data"].items() if v is not None}
+    return body
+
+
+def owned_by(secret: Mapping[str, Any], *, credential_uid: str) -> bool:
+    """True when ``secret`` is managed by tokensync for the credential with that uid."""
+    meta = secret.get("metadata") or {}
+    if (meta.get("labels") or {}).get(model.MANAGED_BY_LABEL) != model.MANAGED_BY_VALUE:
+        return False
+    return any(ref.get("uid") == credential_uid for ref in meta.get("ownerReferences") or [])

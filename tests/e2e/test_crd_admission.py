@@ -1,0 +1,611 @@
+"""What a real kube-apiserver admits under crds/clientcredentials.tokensync.dev.yaml.
+
+The CRD's schema and CEL rules are the first line of defence: a bad spec is refused by
+``kubectl apply`` with a message that names the field, before the operator sees it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any, cast
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tokensync import model
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
+CRD_NAME = f"{model.PLURAL}.{model.GROUP}"
+TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io"
+
+#: A minimal valid spec; every invalid case below changes one thing in it.
+BASE_SPEC: dict[str, Any] = {
+    "tokenURL": "https://login.example.com/oauth2/token",
+    "clientSecretRef": {"name": "oauth-client"},
+}
+DROP = object()  # marks a key to remove from BASE_SPEC
+
+
+@pytest.fixture
+def custom(api_client: client.ApiClient, crds: None) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture
+def core(api_client: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api_client)
+
+
+def credential(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{model.GROUP}/{model.VERSION}",
+        "kind": model.KIND,
+        "metadata": {"name": name},
+        "spec": dict(spec),
+    }
+
+
+def create(
+    custom: client.CustomObjectsApi, namespace: str, body: Mapping[str, Any]
+) -> dict[str, Any]:
+    created = custom.create_namespaced_custom_object(
+        model.GROUP, model.VERSION, namespace, model.PLURAL, dict(body)
+    )
+    return cast("dict[str, Any]", created)
+
+
+def error_status(exc: client.ApiException) -> dict[str, Any]:
+    """The Status object the API server sent with a refusal."""
+    assert exc.status == 422, exc.body
+    return cast("dict[str, Any]", json.loads(exc.body or "{}"))
+
+
+def with_changes(**changes: Any) -> dict[str, Any]:
+    """BASE_SPEC with top-level keys replaced (or removed, with DROP)."""
+    spec = copy.deepcopy(BASE_SPEC)
+    for key, value in changes.items():
+        if value is DROP:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return spec
+
+
+def is_subset(wanted: object, actual: object) -> bool:
+    """Whether everything in ``wanted`` survived in ``actual`` (nothing was pruned)."""
+    if isinstance(wanted, Mapping):
+        return isinstance(actual, Mapping) and all(
+            key in actual and is_subset(value, actual[key]) for key, value in wanted.items()
+        )
+    return bool(wanted == actual)
+
+
+# -- (a) the examples apply ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_is_admitted(
+    path: pathlib.Path,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> None:
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    assert any(doc["kind"] == model.KIND for doc in docs), f"{path.name} has no {model.KIND}"
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            core.create_namespaced_secret(namespace, doc)
+            continue
+        assert doc["kind"] == model.KIND, f"unexpected kind {doc['kind']} in {path.name}"
+        created = create(custom, namespace, doc)
+        # Structural schemas prune unknown fields silently: a misspelt field in an example
+        # would vanish instead of failing, so check that everything written came back.
+        assert is_subset(doc["spec"], created["spec"]), (doc["spec"], created["spec"])
+
+
+# -- (b) invalid specs are refused, naming the field --------------------------------------
+
+LONG_NAME = "a" * 248  # 248 + len("-token") > 253
+PATTERN = "should match"
+CEL_URL = "must be an absolute https:// URL"
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """A spec the API server must refuse, the field the error names, a piece of its message."""
+
+    spec: dict[str, Any]
+    field: str
+    expect: str
+    name: str = "ok"
+
+
+def case(id_: str, spec: dict[str, Any], field: str, expect: str, *, name: str = "ok") -> Any:
+    return pytest.param(Refused(spec, field, expect, name), id=id_)
+
+
+INVALID_SPECS = [
+    # spec and tokenURL
+    case("spec-missing", {}, "spec", "Required value"),
+    case("tokenURL-missing", with_changes(tokenURL=DROP), "spec.tokenURL", "Required value"),
+    case("tokenURL-not-a-string", with_changes(tokenURL=42), "spec.tokenURL", "of type string"),
+    case(
+        "tokenURL-no-scheme", with_changes(tokenURL="login.example.com"), "spec.tokenURL", CEL_URL
+    ),
+    case("tokenURL-relative", with_changes(tokenURL="/oauth2/token"), "spec.tokenURL", CEL_URL),
+    case(
+        "tokenURL-ftp-scheme",
+        with_changes(tokenURL="ftp://login.example.com/token"),
+        "spec.tokenURL",
+        "--allow-insecure-http",
+    ),
+    case(
+        "tokenURL-no-host",
+        with_changes(tokenURL="https:///oauth2/token"),
+        "spec.tokenURL",
+        "must name a host",
+    ),
+    case(
+        "tokenURL-userinfo",
+        with_changes(tokenURL="https://user:pass@login.example.com/token"),
+        "spec.tokenURL",
+        "must not contain credentials",
+    ),
+    case(
+        "tokenURL-fragment",
+        with_changes(tokenURL="https://login.example.com/token#frag"),
+        "spec.tokenURL",
+        "must not contain a fragment",
+    ),
+    case(
+        "tokenURL-cloud-metadata",
+        with_changes(tokenURL="http://169.254.169.254/latest/meta-data"),
+        "spec.tokenURL",
+        "cloud metadata",
+    ),
+    case(
+        "tokenURL-link-local-ipv6",
+        with_changes(tokenURL="https://[fe80::1]:8443/token"),
+        "spec.tokenURL",
+        "link-local",
+    ),
+    case(
+        "tokenURL-too-long",
+        with_changes(tokenURL="https://login.example.com/" + "a" * 2048),
+        "spec.tokenURL",
+        "Too long",
+    ),
+    # clientSecretRef
+    case(
+        "secretRef-missing",
+        with_changes(clientSecretRef=DROP),
+        "spec.clientSecretRef",
+        "Required value",
+    ),
+    case(
+        "secretRef-name-missing",
+        with_changes(clientSecretRef={"clientIDKey": "id"}),
+        "spec.clientSecretRef.name",
+        "Required value",
+    ),
+    case(
+        "secretRef-name-not-dns",
+        with_changes(clientSecretRef={"name": "OAuth_Client"}),
+        "spec.clientSecretRef.name",
+        PATTERN,
+    ),
+    case(
+        "secretRef-name-too-long",
+        with_changes(clientSecretRef={"name": "a" * 254}),
+        "spec.clientSecretRef.name",
+        "Too long",
+    ),
+    case(
+        "secretRef-clientIDKey-slash",
+        with_changes(clientSecretRef={"name": "oauth-client", "clientIDKey": "client/id"}),
+        "spec.clientSecretRef.clientIDKey",
+        PATTERN,
+    ),
+    case(
+        "secretRef-clientSecretKey-empty",
+        with_changes(clientSecretRef={"name": "oauth-client", "clientSecretKey": ""}),
+        "spec.clientSecretRef.clientSecretKey",
+        "at least 1 chars long",
+    ),
+    # clientID, authMethod
+    case("clientID-empty", with_changes(clientID=""), "spec.clientID", "at least 1 chars long"),
+    case(
+        "authMethod-unknown",
+        with_changes(authMethod="private_key_jwt"),
+        "spec.authMethod",
+        "Unsupported value",
+    ),
+    case(
+        "authMethod-wrong-case",
+        with_changes(authMethod="Auto"),
+        "spec.authMethod",
+        "Unsupported value",
+    ),
+    # scopes, audience, resources
+    case("scopes-item-whitespace", with_changes(scopes=["read write"]), "spec.scopes[0]", PATTERN),
+    case(
+        "scopes-item-empty",
+        with_changes(scopes=[""]),
+        "spec.scopes[0]",
+        "at least 1 chars long",
+    ),
+    case(
+        "scopes-duplicate",
+        with_changes(scopes=["read", "read"]),
+        "spec.scopes[1]",
+        "Duplicate value",
+    ),
+    case(
+        "scopes-too-many",
+        with_changes(scopes=[f"s{i}" for i in range(65)]),
+        "spec.scopes",
+        "Too many",
+    ),
+    case("scopes-not-a-list", with_changes(scopes="read write"), "spec.scopes", "of type array"),
+    case("audience-empty", with_changes(audience=""), "spec.audience", "at least 1 chars long"),
+    case(
+        "resources-relative",
+        with_changes(resources=["/api"]),
+        "spec.resources[0]",
+        "must be an absolute URI",
+    ),
+    case(
+        "resources-fragment",
+        with_changes(resources=["https://api.example.com/#x"]),
+        "spec.resources[0]",
+        "without a fragment",
+    ),
+    # extraParams: each reserved parameter has its own field or is set by tokensync
+    *(
+        case(
+            f"extraParams-{param}",
+            with_changes(extraParams={param: "x"}),
+            "spec.extraParams",
+            f"must not set {param}:",
+        )
+        for param in (
+            "grant_type",
+            "client_id",
+            "client_secret",
+            "client_assertion",
+            "client_assertion_type",
+            "scope",
+            "audience",
+            "resource",
+        )
+    ),
+    case(
+        "extraParams-name-with-space",
+        with_changes(extraParams={"tenant id": "acme"}),
+        "spec.extraParams",
+        "parameter names",
+    ),
+    case(
+        "extraParams-value-not-a-string",
+        with_changes(extraParams={"tenant": 7}),
+        "spec.extraParams.tenant",
+        "of type string",
+    ),
+    # refresh
+    case(
+        "renewBefore-words",
+        with_changes(refresh={"renewBefore": "5 minutes"}),
+        "spec.refresh.renewBefore",
+        PATTERN,
+    ),
+    case(
+        "renewBefore-negative",
+        with_changes(refresh={"renewBefore": "-5m"}),
+        "spec.refresh.renewBefore",
+        PATTERN,
+    ),
+    case(
+        "renewBefore-days",
+        with_changes(refresh={"renewBefore": "1d"}),
+        "spec.refresh.renewBefore",
+        PATTERN,
+    ),
+    case(
+        "refresh-both-renew-fields",
+        with_changes(refresh={"renewBefore": "5m", "renewBeforePercentage": 20}),
+        "spec.refresh",
+        "not both",
+    ),
+    case(
+        "renewBeforePercentage-zero",
+        with_changes(refresh={"renewBeforePercentage": 0}),
+        "spec.refresh.renewBeforePercentage",
+        "greater than or equal to 1",
+    ),
+    case(
+        "renewBeforePercentage-100",
+        with_changes(refresh={"renewBeforePercentage": 100}),
+        "spec.refresh.renewBeforePercentage",
+        "less than or equal to 99",
+    ),
+    case(
+        "renewBeforePercentage-fraction",
+        with_changes(refresh={"renewBeforePercentage": 33.3}),
+        "spec.refresh.renewBeforePercentage",
+        "of type integer",
+    ),
+    case(
+        "minInterval-no-unit",
+        with_changes(refresh={"minInterval": "30"}),
+        "spec.refresh.minInterval",
+        PATTERN,
+    ),
+    case(
+        "defaultLifetime-zero",
+        with_changes(refresh={"defaultLifetime": "0s"}),
+        "spec.refresh.defaultLifetime",
+        "greater than zero",
+    ),
+    case(
+        "defaultLifetime-zero-compound",
+        with_changes(refresh={"defaultLifetime": "0h0m0.0s"}),
+        "spec.refresh.defaultLifetime",
+        "greater than zero",
+    ),
+    # target
+    case(
+        "target-name-not-dns",
+        with_changes(target={"name": "Token_Secret"}),
+        "spec.target.name",
+        PATTERN,
+    ),
+    case(
+        "target-name-too-long",
+        with_changes(target={"name": "a" * 254}),
+        "spec.target.name",
+        "Too long",
+    ),
+    case(
+        "target-name-is-client-secret",
+        with_changes(target={"name": "oauth-client"}),
+        "spec.target.name",
+        "must not be the client Secret",
+    ),
+    case(
+        "default-target-name-is-client-secret",
+        with_changes(clientSecretRef={"name": "ok-token"}),
+        "spec.target.name",
+        "must not be the client Secret",
+    ),
+    case(
+        "default-target-name-too-long",
+        copy.deepcopy(BASE_SPEC),
+        "spec.target.name",
+        "longer than 247 characters",
+        name=LONG_NAME,
+    ),
+    case(
+        "target-label-key-invalid",
+        with_changes(target={"labels": {"-bad-": "x"}}),
+        "spec.target.labels",
+        "label keys",
+    ),
+    case(
+        "target-label-value-invalid",
+        with_changes(target={"labels": {"team": "a b"}}),
+        "spec.target.labels.team",
+        PATTERN,
+    ),
+    case(
+        "target-label-managed-by",
+        with_changes(target={"labels": {"app.kubernetes.io/managed-by": "me"}}),
+        "spec.target.labels",
+        "must not set app.kubernetes.io/managed-by",
+    ),
+    case(
+        "target-label-reserved-prefix",
+        with_changes(target={"labels": {"tokensync.dev/credential": "other"}}),
+        "spec.target.labels",
+        "labels under tokensync.dev/",
+    ),
+    case(
+        "target-annotation-reserved-prefix",
+        with_changes(target={"annotations": {"tokensync.dev/expires-at": "never"}}),
+        "spec.target.annotations",
+        "annotations under tokensync.dev/",
+    ),
+    case(
+        "target-annotation-key-invalid",
+        with_changes(target={"annotations": {"bad key": "x"}}),
+        "spec.target.annotations",
+        "annotation keys",
+    ),
+]
+
+
+@pytest.mark.parametrize("refused", INVALID_SPECS)
+def test_invalid_spec_is_refused_naming_the_field(
+    refused: Refused, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    field, expect = refused.field, refused.expect
+    body = credential(refused.name, refused.spec)
+    if not refused.spec:
+        del body["spec"]
+    with pytest.raises(client.ApiException) as caught:
+        create(custom, namespace, body)
+    status = error_status(caught.value)
+    # Each cause names the field it is about; the message is what kubectl prints.
+    messages = [
+        cause.get("message", "")
+        for cause in status["details"]["causes"]
+        if cause.get("field") == field
+    ]
+    assert messages, status["message"]
+    assert any(expect in message for message in messages), status["message"]
+    assert f"{field}: " in status["message"]
+
+
+def test_invalid_table_is_broad() -> None:
+    ids = [case.id for case in INVALID_SPECS]
+    assert len(set(ids)) == len(ids) >= 30
+
+
+def test_http_token_url_is_admitted(custom: client.CustomObjectsApi, namespace: str) -> None:
+    """Plain http passes admission (for demos); the operator refuses it unless opted in."""
+    spec = with_changes(tokenURL="http://localhost:8080/token")
+    assert create(custom, namespace, credential("plain-http", spec))["spec"]["tokenURL"]
+
+
+# -- (c) defaults -------------------------------------------------------------------------
+
+
+def test_minimal_credential_gets_defaults(custom: client.CustomObjectsApi, namespace: str) -> None:
+    created = create(custom, namespace, credential("minimal", BASE_SPEC))
+    spec = created["spec"]
+    assert spec["authMethod"] == model.AuthMethod.AUTO.value
+    model_defaults = model.SecretRef(name="oauth-client")
+    assert spec["clientSecretRef"] == {
+        "name": "oauth-client",
+        "clientIDKey": model_defaults.client_id_key,
+        "clientSecretKey": model_defaults.client_secret_key,
+    }
+    # The target name default (<metadata.name>-token) is documented, not written.
+    assert "target" not in spec
+    assert "refresh" not in spec
+    parsed = model.parse_spec(spec, name="minimal")
+    assert parsed.target.name == "minimal-token"
+
+
+# -- (d) names and printer columns --------------------------------------------------------
+
+EXPECTED_COLUMNS = [
+    ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', 0),
+    ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', 1),
+    ("Target", "string", ".status.target", 0),
+    ("Expires", "date", ".status.expiresAt", 0),
+    ("Next Refresh", "date", ".status.nextRefreshAt", 0),
+    ("Age", "date", ".metadata.creationTimestamp", 0),
+]
+
+
+def test_names_and_printer_columns(api_client: client.ApiClient, crds: None) -> None:
+    crd = client.ApiextensionsV1Api(api_client).read_custom_resource_definition(CRD_NAME)
+    names = crd.spec.names
+    assert (names.kind, names.plural, names.singular) == (
+        model.KIND,
+        model.PLURAL,
+        "clientcredential",
+    )
+    assert names.short_names == ["ccred"]
+    assert names.categories == ["tokensync"]
+    assert crd.spec.scope == "Namespaced"
+    (version,) = crd.spec.versions
+    assert (version.name, version.served, version.storage) == (model.VERSION, True, True)
+    assert version.subresources is not None
+    assert version.subresources.status is not None
+    columns = [
+        (c.name, c.type, c.json_path, c.priority or 0)
+        for c in version.additional_printer_columns or []
+    ]
+    assert columns == EXPECTED_COLUMNS
+
+
+FULL_STATUS: dict[str, Any] = {
+    "observedGeneration": 1,
+    "conditions": [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "TokenIssued",
+            "message": "token valid until 2026-11-22T23:15:00Z",
+            "lastTransitionTime": "2026-11-22T22:15:00Z",
+            "observedGeneration": 1,
+        }
+    ],
+    "expiresAt": "2026-11-22T23:15:00Z",
+    "nextRefreshAt": "2026-11-22T23:10:00Z",
+    "lastRefreshAt": "2026-11-22T22:15:00Z",
+    "authMethod": "client_secret_basic",
+    "failedAttempts": 0,
+    "target": "status-demo-token",
+    "handledRefreshRequest": "2026-11-22T22:14:59Z",
+    "clientSecretVersion": "4711",
+    "tokenType": "Bearer",
+    "scope": "payments.read payments.write",
+}
+
+
+def patch_status(
+    custom: client.CustomObjectsApi, namespace: str, name: str, status: Mapping[str, Any]
+) -> dict[str, Any]:
+    patched = custom.patch_namespaced_custom_object_status(
+        model.GROUP,
+        model.VERSION,
+        namespace,
+        model.PLURAL,
+        name,
+        {"status": dict(status)},
+        _content_type="application/merge-patch+json",
+    )
+    return cast("dict[str, Any]", patched)
+
+
+def test_status_round_trips_and_feeds_the_columns(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    create(custom, namespace, credential("status-demo", BASE_SPEC))
+    patched = patch_status(custom, namespace, "status-demo", FULL_STATUS)
+    assert patched["status"] == FULL_STATUS  # nothing the operator writes is pruned
+
+    # The server-side table is what `kubectl get ccred -o wide` prints.
+    table = cast(
+        "dict[str, Any]",
+        custom.list_namespaced_custom_object(
+            model.GROUP, model.VERSION, namespace, model.PLURAL, _headers={"Accept": TABLE_ACCEPT}
+        ),
+    )
+    assert table["kind"] == "Table", table.get("kind")
+    headers = [c["name"] for c in table["columnDefinitions"]]
+    assert headers == ["Name"] + [name for name, *_ in EXPECTED_COLUMNS]
+    (row,) = table["rows"]
+    cells = dict(zip(headers, row["cells"], strict=True))
+    assert cells["Name"] == "status-demo"
+    assert cells["Ready"] == "True"
+    assert cells["Reason"] == "TokenIssued"
+    assert cells["Target"] == "status-demo-token"
+    # date columns render as relative ages; that they are non-empty shows the paths resolve
+    assert cells["Expires"]
+    assert cells["Next Refresh"]
+
+
+@pytest.mark.parametrize(
+    ("status", "field"),
+    [
+        pytest.param(
+            {"conditions": [{"type": "Ready", "status": "Maybe"}]},
+            "status.conditions[0].status",
+            id="condition-status-not-enum",
+        ),
+        pytest.param(
+            {"conditions": [{"status": "True"}]},
+            "status.conditions[0].type",
+            id="condition-without-type",
+        ),
+        pytest.param({"expiresAt": "tomorrow"}, "status.expiresAt", id="expiresAt-not-a-time"),
+    ],
+)
+def test_invalid_status_is_refused(
+    status: dict[str, Any], field: str, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    create(custom, namespace, credential("bad-status", BASE_SPEC))
+    with pytest.raises(client.ApiException) as caught:
+        patch_status(custom, namespace, "bad-status", status)
+    assert field in error_status(caught.value)["message"]

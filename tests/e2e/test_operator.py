@@ -1,0 +1,321 @@
+"""The operator end to end: real API server, real token server, the operator as a process
+running under the ServiceAccount and RBAC from deploy/.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import pathlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from localcluster import LocalCluster
+from support.operatorproc import OperatorProcess, install_operator_identity
+from support.tokenserver import TokenServer
+
+T = TypeVar("T")
+GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "clientcredentials"
+CLIENT_SECRET = "s3cr3t-Zq8!visible-if-leaked"
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float = 20.0, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+
+
+@pytest.fixture(scope="module")
+def token_server() -> Iterator[TokenServer]:
+    with TokenServer(lifetime=3600) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: LocalCluster,
+    api_client: client.ApiClient,
+    crds: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = install_operator_identity(cluster, api_client, workdir / "sa.kubeconfig")
+    with OperatorProcess(kubeconfig=kubeconfig, log_path=workdir / "operator.log") as proc:
+        yield proc
+
+
+class Env:
+    """One test's namespace, its client on the token server, and shortcuts."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, server: TokenServer) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.ns = namespace
+        self.server = server
+        self.client_id = f"client-{uuid.uuid4().hex[:8]}"
+        server.add_client(self.client_id, CLIENT_SECRET)
+
+    def client_secret(
+        self, name: str = "oauth-client", *, secret: str = CLIENT_SECRET, opt_in: bool = True
+    ) -> None:
+        labels = {"tokensync.dev/client-secret": "true"} if opt_in else {}
+        self.core.create_namespaced_secret(
+            self.ns,
+            {
+                "metadata": {"name": name, "labels": labels},
+                "stringData": {"client_id": self.client_id, "client_secret": secret},
+            },
+        )
+
+    def credential(self, name: str = "api", **spec: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ClientCredential",
+            "metadata": {"name": name},
+            "spec": {
+                "tokenURL": self.server.url,
+                "clientSecretRef": {"name": "oauth-client"},
+                "refresh": {"minInterval": "1s"},
+                **spec,
+            },
+        }
+        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, body
+        )
+        return created
+
+    def get(self, name: str = "api") -> dict[str, Any]:
+        got: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name
+        )
+        return got
+
+    def ready(self, name: str = "api") -> dict[str, Any] | None:
+        conditions = (self.get(name).get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Ready"), None)
+
+    def target(self, name: str = "api-token") -> dict[str, str] | None:
+        try:
+            secret = self.core.read_namespaced_secret(name, self.ns)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+    def token(self, name: str = "api-token") -> str | None:
+        data = self.target(name)
+        return data["access_token"] if data else None
+
+    def wait_ready(self, name: str = "api", *, reason: str = "TokenIssued") -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            ready = self.ready(name)
+            return ready if ready and ready["reason"] == reason else None
+
+        return wait_for(check, what=f"{name} Ready with reason {reason}")
+
+    def wait_new_token(self, old: str, name: str = "api-token", timeout: float = 20) -> str:
+        def check() -> str | None:
+            token = self.token(name)
+            return token if token and token != old else None
+
+        return wait_for(check, timeout=timeout, what="a new token")
+
+    def events(self) -> list[client.CoreV1Event]:
+        return list(self.core.list_namespaced_event(self.ns).items)
+
+
+@pytest.fixture
+def env(
+    api_client: client.ApiClient, namespace: str, token_server: TokenServer, operator: OperatorProcess
+) -> Env:
+    return Env(api_client, namespace, token_server)
+
+
+def test_issues_a_token_the_server_accepts(env: Env, operator: OperatorProcess) -> None:
+    env.client_secret()
+    env.credential(scopes=["read", "write"])
+    token = wait_for(env.token, what="the target Secret")
+    assert env.server.verify(token)
+    data = env.target()
+    assert data is not None
+    assert data["token_type"].lower() == "bearer"
+    assert data["authorization"] == f"Bearer {token}"
+    assert data["scope"] == "read write"
+    expires_at = datetime.datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
+    assert 3500 < (expires_at - datetime.datetime.now(datetime.UTC)).total_seconds() <= 3600
+
+    secret = env.core.read_namespaced_secret("api-token", env.ns)
+    assert secret.metadata.labels["app.kubernetes.io/managed-by"] == "tokensync"
+    owner = secret.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.controller) == ("ClientCredential", "api", True)
+
+    ready = env.wait_ready()
+    status = env.get()["status"]
+    assert ready["status"] == "True"
+    assert status["observedGeneration"] == env.get()["metadata"]["generation"]
+    assert status["authMethod"] == "client_secret_basic"
+    assert status["failedAttempts"] == 0
+    assert status["target"] == "api-token"
+    assert status["expiresAt"] == data["expires_at"]
+    issued = [e for e in env.events() if e.reason == "Issued"]
+    assert len(issued) == 1
+    assert 'tokensync_credential_ready{condition="True",name="api",namespace="' in (
+        operator.metrics()
+    )
+
+
+def test_refreshes_before_expiry(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    with TokenServer(lifetime=6) as server:
+        env = Env(api_client, namespace, server)
+        env.client_secret()
+        env.credential()
+        first = wait_for(env.token, what="the first token")
+        first_expiry = next(i.expires_at for i in server.issued if i.access_token == first)
+        # Default policy: refresh when a third of the 6 s lifetime remains (minus jitter).
+        second = env.wait_new_token(first, timeout=10)
+        now = datetime.datetime.now(datetime.UTC)
+        assert now < first_expiry, "the refresh came after the old token expired"
+        assert server.verify(second)
+        assert env.ready()["reason"] == "TokenIssued"  # type: ignore[index]
+        # Refreshes are routine: no event per refresh.
+        assert [e.reason for e in env.events()].count("Issued") == 1
+
+
+def test_client_secret_rotation_fetches_with_the_new_secret(env: Env) -> None:
+    env.client_secret()
+    env.credential()
+    old = wait_for(env.token, what="the first token")
+    env.server.set_secret(env.client_id, "rotated-secret-value")
+    rotated_at = datetime.datetime.now(datetime.UTC)
+    env.core.patch_namespaced_secret(
+        "oauth-client", env.ns, {"stringData": {"client_secret": "rotated-secret-value"}}
+    )
+    new = env.wait_new_token(old, timeout=10)
+    record = next(i for i in env.server.issued if i.access_token == new)
+    assert record.issued_at >= rotated_at
+    assert env.server.verify(new)
+
+
+def test_force_refresh_annotation(env: Env) -> None:
+    env.client_secret()
+    env.credential()
+    old = wait_for(env.token, what="the first token")
+    env.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, env.ns, PLURAL, "api",
+        {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "now-1"}}},
+    )
+    new = env.wait_new_token(old, timeout=10)
+    assert env.server.verify(new)
+    wait_for(lambda: env.get()["status"].get("handledRefreshRequest") == "now-1")
+
+
+def test_spec_change_refetches_and_delete_stops(env: Env) -> None:
+    env.client_secret()
+    env.credential(scopes=["read"])
+    old = wait_for(env.token, what="the first token")
+    env.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, env.ns, PLURAL, "api", {"spec": {"scopes": ["read", "admin"]}}
+    )
+    new = env.wait_new_token(old, timeout=10)
+    assert env.target()["scope"] == "read admin"  # type: ignore[index]
+    wait_for(lambda: env.get()["status"]["observedGeneration"] == 2)
+
+    env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL, "api")
+    # The garbage collector notices a new CRD at its next discovery resync (30 s).
+    wait_for(lambda: env.target() is None, timeout=90, what="garbage collection of the Secret")
+    before = len([i for i in env.server.issued if i.client_id == env.client_id])
+    env.custom.create_namespaced_custom_object  # noqa: B018 -- nothing else to do; wait
+    time.sleep(2)
+    after = len([i for i in env.server.issued if i.client_id == env.client_id])
+    assert after == before
+    assert new
+
+
+def test_wrong_secret_is_invalid_client_and_keeps_the_old_token(env: Env) -> None:
+    env.client_secret()
+    env.credential()
+    good = wait_for(env.token, what="the first token")
+    env.core.patch_namespaced_secret(
+        "oauth-client", env.ns, {"stringData": {"client_secret": "wrong-secret"}}
+    )
+    ready = env.wait_ready(reason="InvalidClient")
+    assert ready["status"] == "False"
+    assert env.token() == good
+    assert any(e.reason == "InvalidClient" and e.type == "Warning" for e in env.events())
+
+
+def test_refuses_to_overwrite_a_foreign_secret(env: Env) -> None:
+    env.client_secret()
+    env.core.create_namespaced_secret(
+        env.ns, {"metadata": {"name": "api-token"}, "stringData": {"mine": "keep"}}
+    )
+    env.credential()
+    ready = env.wait_ready(reason="TargetConflict")
+    assert ready["status"] == "False"
+    assert env.target() == {"mine": "keep"}
+
+
+def test_refuses_a_client_secret_that_did_not_opt_in(env: Env) -> None:
+    env.client_secret(opt_in=False)
+    env.credential()
+    ready = env.wait_ready(reason="ClientSecretNotOptedIn")
+    assert "tokensync.dev/client-secret" in ready["message"]
+    assert env.server.requests == env.server.requests  # no request was needed to refuse
+    assert not [i for i in env.server.issued if i.client_id == env.client_id]
+
+
+def test_restart_fetches_nothing_still_valid(
+    env: Env,
+    operator: OperatorProcess,
+) -> None:
+    env.client_secret()
+    for i in range(5):
+        env.credential(f"c{i}")
+    for i in range(5):
+        wait_for(lambda i=i: env.token(f"c{i}-token"), what=f"token c{i}")
+    for i in range(5):
+        env.wait_ready(f"c{i}")
+    operator.stop()
+    before = {i.access_token for i in env.server.issued}
+    operator.start()
+    time.sleep(3)
+    fetched = [i for i in env.server.issued if i.access_token not in before]
+    assert fetched == [], operator.log()[-5000:]
+
+
+def test_no_secret_in_logs_events_status_or_metrics(env: Env, operator: OperatorProcess) -> None:
+    env.client_secret()
+    env.credential()
+    token = wait_for(env.token, what="the token")
+    env.wait_ready()
+    # A failure path too: the wrong secret makes the server answer invalid_client.
+    env.core.patch_namespaced_secret(
+        "oauth-client", env.ns, {"stringData": {"client_secret": "another-distinct-secret"}}
+    )
+    env.wait_ready(reason="InvalidClient")
+    haystacks = {
+        "log": operator.log(),
+        "metrics": operator.metrics(),
+        "status": str(env.get()["status"]),
+        "events": " ".join(f"{e.reason} {e.message}" for e in env.events()),
+    }
+    for where, text in haystacks.items():
+        for needle in (CLIENT_SECRET, "another-distinct-secret", token, token[-20:]):
+            assert needle not in text, f"a secret leaked into the {where}"
+
+
+def test_wait_ready_helper_times_out(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(AssertionError, match="timed out"):
+        wait_for(lambda: None, timeout=0.2)

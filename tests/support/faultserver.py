@@ -1,0 +1,207 @@
+"""A token endpoint that misbehaves on demand: 5xx, 429, hangs, garbage, huge bodies.
+
+A real authorization server cannot be made to fail in the ways the operator's error
+taxonomy must handle, so this one answers from a queue of scripted :class:`Fault` responses
+(falling back to a default when the queue is empty) and records every request it gets. It is
+deliberately plain ``http.server``: no framework sits between a test and the bytes it wants
+on the wire.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+_JSON = (("Content-Type", "application/json"),)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted response. Build them with the class methods."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = _JSON
+    #: Seconds to wait before answering; released early when the server stops.
+    delay: float = 0.0
+    #: Send no Content-Length and close the connection after the body.
+    unframed: bool = False
+
+    @classmethod
+    def token(cls, *, access_token: str = "fault-token", expires_in: object = 300) -> Fault:
+        document: dict[str, object] = {"access_token": access_token, "token_type": "Bearer"}
+        if expires_in is not None:
+            document["expires_in"] = expires_in
+        return cls(body=json.dumps(document).encode())
+
+    @classmethod
+    def server_error(cls, status: int = 503, *, retry_after: str | None = None) -> Fault:
+        headers = _JSON + ((("Retry-After", retry_after),) if retry_after is not None else ())
+        return cls(status=status, body=b'{"error":"server_error"}', headers=headers)
+
+    @classmethod
+    def rate_limited(cls, *, retry_after: str | None = "1") -> Fault:
+        """429; ``retry_after`` is delay-seconds or an HTTP-date, as the header carries it."""
+        headers = _JSON + ((("Retry-After", retry_after),) if retry_after is not None else ())
+        return cls(status=429, body=b"{}", headers=headers)
+
+    @classmethod
+    def hang(cls, seconds: float = 30.0) -> Fault:
+        return cls(delay=seconds, body=Fault.token().body)
+
+    @classmethod
+    def garbage(cls, data: bytes = b"\x00\xff<html>not json") -> Fault:
+        return cls(body=data, headers=(("Content-Type", "text/html"),))
+
+    @classmethod
+    def missing_fields(cls) -> Fault:
+        return cls(body=b'{"token_type":"Bearer","expires_in":300}')
+
+    @classmethod
+    def oauth_error(cls, code: str, *, status: int = 400, description: str = "") -> Fault:
+        document = {"error": code, "error_description": description}
+        return cls(status=status, body=json.dumps(document).encode())
+
+    @classmethod
+    def error_200(cls, code: str = "invalid_client") -> Fault:
+        return cls.oauth_error(code, status=200)
+
+    @classmethod
+    def huge(cls, size: int = 2 * 1024 * 1024, *, unframed: bool = False) -> Fault:
+        return cls(body=b" " * size, unframed=unframed)
+
+    @classmethod
+    def redirect(cls, location: str, *, status: int = 302) -> Fault:
+        return cls(status=status, headers=(("Location", location),))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes = field(repr=False)
+
+
+class FaultServer:
+    """Scripted token endpoint on 127.0.0.1; use as a context manager.
+
+    ``push(*faults)`` queues responses, served first in first out; when the queue is empty
+    every request gets ``default`` (a valid token unless changed).
+    """
+
+    def __init__(self, *, default: Fault | None = None) -> None:
+        self.default = default or Fault.token()
+        self._queue: collections.deque[Fault] = collections.deque()
+        self._recorded: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FaultServer is not running")
+        return f"http://127.0.0.1:{self._server.server_port}/token"
+
+    @property
+    def requests(self) -> list[Recorded]:
+        with self._lock:
+            return list(self._recorded)
+
+    def push(self, *faults: Fault) -> None:
+        with self._lock:
+            self._queue.extend(faults)
+
+    def release(self) -> None:
+        """Let hanging responses finish now."""
+        self._released.set()
+
+    def start(self) -> FaultServer:
+        self._released.clear()
+        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
+        self._thread = threading.Thread(
+            # A short poll keeps stop() fast: shutdown() waits for the loop's next check.
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="faultserver",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.release()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _next(self, record: Recorded) -> Fault:
+        with self._lock:
+            self._recorded.append(record)
+            return self._queue.popleft() if self._queue else self.default
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hanging up mid-response is what most faults provoke; anything else is a bug.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def _handler_for(owner: FaultServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            fault = owner._next(Recorded(self.command, self.path, dict(self.headers.items()), body))
+            if fault.delay:
+                owner._released.wait(fault.delay)
+            try:
+                self._answer(fault)
+            except ConnectionError:
+                # The client gave up (timeout, body cap): that is the point of most faults.
+                self.close_connection = True
+
+        def _answer(self, fault: Fault) -> None:
+            self.send_response(fault.status)
+            for name, value in fault.headers:
+                self.send_header(name, value)
+            if fault.unframed:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(fault.body)))
+            self.end_headers()
+            view = memoryview(fault.body)
+            for start in range(0, len(view), 64 * 1024):
+                self.wfile.write(view[start : start + 64 * 1024])
+            self.wfile.flush()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output clean; requests are recorded instead
+
+    return Handler

@@ -1,0 +1,150 @@
+"""The operator as a real process, under the identity the deploy/ manifests give it.
+
+Tests run ``python -m tokensync run`` exactly as a user would, authenticated as the
+``tokensync`` ServiceAccount with a token from the TokenRequest API, so every e2e test
+also proves that the RBAC in deploy/ is sufficient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+from kubernetes import client, dynamic
+
+from localcluster import LocalCluster
+from localcluster.cluster import free_port
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+RBAC = REPO_ROOT / "deploy" / "base" / "rbac.yaml"
+NAMESPACE_MANIFEST = REPO_ROOT / "deploy" / "base" / "namespace.yaml"
+
+
+def apply_files(api: client.ApiClient, paths: Iterable[pathlib.Path]) -> None:
+    """Server-side apply every document of every file (like ``kubectl apply --server-side``)."""
+    dyn = dynamic.DynamicClient(api)
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+            namespace = doc["metadata"].get("namespace")
+            resource.server_side_apply(
+                body=doc,
+                name=doc["metadata"]["name"],
+                namespace=namespace,
+                field_manager="tokensync-tests",
+                force_conflicts=True,
+            )
+
+
+def service_account_kubeconfig(
+    cluster: LocalCluster,
+    api: client.ApiClient,
+    path: pathlib.Path,
+    *,
+    namespace: str = "tokensync-system",
+    name: str = "tokensync",
+) -> pathlib.Path:
+    """A kubeconfig holding a TokenRequest token for the ServiceAccount."""
+    request = client.CoreV1Api(api).create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": 6 * 3600}}
+    )
+    return cluster.token_kubeconfig(path, token=request.status.token)
+
+
+def install_operator_identity(
+    cluster: LocalCluster, api: client.ApiClient, path: pathlib.Path
+) -> pathlib.Path:
+    apply_files(api, [NAMESPACE_MANIFEST, RBAC])
+    return service_account_kubeconfig(cluster, api, path)
+
+
+class OperatorProcess:
+    def __init__(
+        self, *, kubeconfig: pathlib.Path, log_path: pathlib.Path, extra_args: Iterable[str] = ()
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+        self.health_port = 0
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        self.metrics_port, self.health_port = free_port(), free_port()
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tokensync",
+                    "run",
+                    "--allow-insecure-http",
+                    f"--metrics-port={self.metrics_port}",
+                    f"--health-port={self.health_port}",
+                    "--verbose",
+                    *self.extra_args,
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited at start:\n{self.log()[-3000:]}")
+            if self._get(f"http://127.0.0.1:{self.health_port}/healthz") is not None:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"operator not healthy within {timeout}s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(20)
+            self.proc = None
+
+    def __enter__(self) -> OperatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @staticmethod
+    def _get(url: str) -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 -- loopback
+                return str(resp.read().decode())
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def metrics(self) -> str:
+        return self._get(f"http://127.0.0.1:{self.metrics_port}/metrics") or ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,268 @@
+"""The CRD, the examples and ``model.parse_spec`` describe the same resource.
+
+The API server prunes every field the CRD schema does not declare, so a field that
+parse_spec reads but the CRD lacks would silently never arrive; a field the CRD declares
+but parse_spec ignores would be accepted and do nothing. Both directions are checked by
+recording which keys parse_spec looks up.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+import yaml
+
+from tokensync import model
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+CRD_PATH = REPO_ROOT / "crds" / f"{model.PLURAL}.{model.GROUP}.yaml"
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
+FULL_EXAMPLE = REPO_ROOT / "examples" / "clientcredential-full.yaml"
+
+
+def load_crd() -> dict[str, Any]:
+    (crd,) = [doc for doc in yaml.safe_load_all(CRD_PATH.read_text()) if doc]
+    return dict(crd)
+
+
+def version_schema() -> dict[str, Any]:
+    crd = load_crd()
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == model.VERSION]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def spec_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = version_schema()["properties"]["spec"]
+    return schema
+
+
+def credentials_in(path: pathlib.Path) -> list[dict[str, Any]]:
+    return [
+        doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == model.KIND
+    ]
+
+
+EXAMPLE_CREDENTIALS = [
+    pytest.param(doc, id=f"{path.name}:{doc['metadata']['name']}")
+    for path in EXAMPLES
+    for doc in credentials_in(path)
+]
+
+
+def schema_paths(schema: Mapping[str, Any], prefix: str = "spec") -> Iterator[str]:
+    """Every declared property below ``schema`` (maps and lists are leaves)."""
+    for name, sub in schema.get("properties", {}).items():
+        path = f"{prefix}.{name}"
+        yield path
+        yield from schema_paths(sub, path)
+
+
+def used_paths(value: object, prefix: str = "spec") -> Iterator[str]:
+    """Every object key set in an example spec (inside the declared objects only)."""
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            path = f"{prefix}.{key}"
+            yield path
+            yield from used_paths(sub, path)
+
+
+class Recording(Mapping[str, Any]):
+    """A read-only mapping that records every key looked up, present or not.
+
+    Only objects with declared ``properties`` are wrapped; free-form maps (labels,
+    extraParams) are handed over as they are, since their keys are data, not fields.
+    """
+
+    def __init__(
+        self, data: Mapping[str, Any], schema: Mapping[str, Any], path: str, seen: set[str]
+    ) -> None:
+        self._data = data
+        self._schema = schema
+        self._path = path
+        self._seen = seen
+
+    def __getitem__(self, key: str) -> Any:
+        path = f"{self._path}.{key}"
+        self._seen.add(path)
+        value = self._data[key]
+        sub = self._schema.get("properties", {}).get(key, {})
+        if isinstance(value, Mapping) and "properties" in sub:
+            return Recording(value, sub, path, self._seen)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def walk_schema(schema: Mapping[str, Any], path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from walk_schema(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), Mapping):
+        yield from walk_schema(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), Mapping):
+        yield from walk_schema(schema["additionalProperties"], f"{path}{{}}")
+
+
+# -- examples -----------------------------------------------------------------------------
+
+
+def test_examples_contain_credentials() -> None:
+    assert len(EXAMPLE_CREDENTIALS) >= 2
+    for path in EXAMPLES:
+        assert credentials_in(path), f"{path.name} has no {model.KIND}"
+
+
+@pytest.mark.parametrize("doc", EXAMPLE_CREDENTIALS)
+def test_parse_spec_accepts_example(doc: dict[str, Any]) -> None:
+    spec, name = doc["spec"], doc["metadata"]["name"]
+    parsed = model.parse_spec(spec, name=name)
+    assert parsed.request.token_url == spec["tokenURL"]
+    assert parsed.secret_ref.name == spec["clientSecretRef"]["name"]
+    assert parsed.target.name == spec.get("target", {}).get("name", f"{name}-token")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_client_secrets_opt_in(path: pathlib.Path) -> None:
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    for cred in credentials_in(path):
+        ref = cred["spec"]["clientSecretRef"]
+        secret = secrets[ref["name"]]  # every example brings the Secret it refers to
+        assert secret["metadata"]["labels"][model.CLIENT_SECRET_LABEL] == "true"
+        keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+        assert ref.get("clientSecretKey", "client_secret") in keys
+        if "clientID" not in cred["spec"]:
+            assert ref.get("clientIDKey", "client_id") in keys
+
+
+def test_full_example_uses_every_field() -> None:
+    declared = set(schema_paths(spec_schema()))
+    used = {p for doc in credentials_in(FULL_EXAMPLE) for p in used_paths(doc["spec"])}
+    assert declared - used == set(), "fields missing from clientcredential-full.yaml"
+
+
+# -- the CRD and parse_spec agree ---------------------------------------------------------
+
+
+def test_parse_spec_reads_exactly_the_declared_fields() -> None:
+    schema = spec_schema()
+    seen: set[str] = set()
+    for doc in credentials_in(FULL_EXAMPLE):
+        model.parse_spec(Recording(doc["spec"], schema, "spec", seen), name="x")
+    declared = set(schema_paths(schema))
+    assert declared - seen == set(), "declared in the CRD but never read by parse_spec"
+    assert seen - declared == set(), "read by parse_spec but pruned by the API server"
+
+
+def test_schema_defaults_and_enums_match_model() -> None:
+    props = spec_schema()["properties"]
+    assert props["authMethod"]["default"] == model.AuthMethod.AUTO.value
+    assert props["authMethod"]["enum"] == [m.value for m in model.AuthMethod]
+    ref = props["clientSecretRef"]["properties"]
+    defaults = model.SecretRef(name="x")
+    assert ref["clientIDKey"]["default"] == defaults.client_id_key
+    assert ref["clientSecretKey"]["default"] == defaults.client_secret_key
+    assert set(spec_schema()["required"]) == {"tokenURL", "clientSecretRef"}
+    refresh = props["refresh"]["properties"]
+    assert "1h" in refresh["defaultLifetime"]["description"]
+    assert model.DEFAULT_LIFETIME.total_seconds() == 3600
+    assert "30s" in refresh["minInterval"]["description"]
+    assert model.DEFAULT_MIN_INTERVAL.total_seconds() == 30
+    assert "default" not in props.get("target", {}).get("properties", {}).get("name", {})
+
+
+def test_names_match_model() -> None:
+    crd = load_crd()
+    assert crd["metadata"]["name"] == f"{model.PLURAL}.{model.GROUP}"
+    assert crd["spec"]["group"] == model.GROUP
+    assert crd["spec"]["names"]["kind"] == model.KIND
+    assert crd["spec"]["names"]["plural"] == model.PLURAL
+
+
+DURATIONS = [
+    ("30s", True),
+    ("5m", True),
+    ("1h30m", True),
+    ("250ms", True),
+    ("1.5h", True),
+    ("0s", True),
+    ("1h0m0.5s", True),
+    ("", False),
+    ("30", False),
+    ("-5m", False),
+    ("1d", False),
+    ("5 m", False),
+    ("m", False),
+    (".5s", False),
+    ("5m ", False),
+    ("1us", False),
+]
+
+
+@pytest.mark.parametrize(("value", "valid"), DURATIONS, ids=[repr(v) for v, _ in DURATIONS])
+def test_duration_pattern_agrees_with_parse_duration(value: str, valid: bool) -> None:
+    pattern = spec_schema()["properties"]["refresh"]["properties"]["renewBefore"]["pattern"]
+    assert bool(re.fullmatch(pattern, value)) is valid
+    if valid:
+        model.parse_duration(value, field="f")
+    else:
+        with pytest.raises(model.SpecError):
+            model.parse_duration(value, field="f")
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("billing-api-token", True),
+        ("a.b-c.d", True),
+        ("a" * 253, True),
+        ("Billing", False),
+        ("-a", False),
+        ("a_b", False),
+        ("a" * 254, False),
+    ],
+)
+def test_target_name_rules_agree_with_parse_spec(name: str, valid: bool) -> None:
+    schema = spec_schema()["properties"]["target"]["properties"]["name"]
+    admitted = len(name) <= schema["maxLength"] and bool(re.fullmatch(schema["pattern"], name))
+    assert admitted is valid
+    spec = {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}}
+    spec["target"] = {"name": name}
+    if valid:
+        assert model.parse_spec(spec, name="x").target.name == name
+    else:
+        with pytest.raises(model.SpecError, match=r"spec\.target\.name"):
+            model.parse_spec(spec, name="x")
+
+
+# -- documentation ------------------------------------------------------------------------
+
+
+def test_every_schema_node_has_a_description() -> None:
+    missing = [
+        path
+        for path, node in walk_schema(version_schema(), "")
+        if not str(node.get("description", "")).strip()
+    ]
+    assert missing == []
+
+
+def test_every_rule_has_a_message() -> None:
+    for path, node in walk_schema(version_schema(), ""):
+        for rule in node.get("x-kubernetes-validations", []):
+            assert rule.get("message") or rule.get("messageExpression"), (path, rule["rule"])
+
+
+def test_printer_columns_are_described() -> None:
+    (version,) = load_crd()["spec"]["versions"]
+    for column in version["additionalPrinterColumns"]:
+        assert column.get("description"), column["name"]
