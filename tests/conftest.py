@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pathlib
+import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -53,8 +55,6 @@ def apply_crds(api: client.ApiClient) -> None:
 
 
 def wait_established(ext: client.ApiextensionsV1Api, name: str, timeout: float = 30) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         crd = ext.read_custom_resource_definition(name)
@@ -74,8 +74,6 @@ def crds(api_client: client.ApiClient) -> None:
 @pytest.fixture
 def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards."""
-    import uuid
-
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(api_client)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))

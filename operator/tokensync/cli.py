@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the operator")
-    run.add_argument("--namespace", action="append", default=[], help="watch only these (repeatable)")
+    run.add_argument(
+        "--namespace", action="append", default=[], help="watch only these (repeatable)"
+    )
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: off)")
     run.add_argument("--health-port", type=int, default=8081, help="liveness probe port (0: off)")
     run.add_argument(
@@ -71,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import kopf  # imported here so that `tokensync fetch` starts fast
+    import kopf  # noqa: PLC0415 -- imported here so that `tokensync fetch` starts fast
 
-    from tokensync import handlers  # noqa: F401 -- registers the kopf handlers
+    from tokensync import handlers  # noqa: F401, PLC0415 -- registers the kopf handlers
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -103,7 +105,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request_from(args: argparse.Namespace) -> tuple[model.TokenRequest, str | None, model.RefreshPolicy]:
+def _request_from(
+    args: argparse.Namespace,
+) -> tuple[model.TokenRequest, str | None, model.RefreshPolicy]:
     if args.file:
         doc = yaml.safe_load(args.file.read_text())
         docs = doc if isinstance(doc, list) else [doc]
@@ -113,7 +117,11 @@ def _request_from(args: argparse.Namespace) -> tuple[model.TokenRequest, str | N
         spec = model.parse_spec(found.get("spec") or {}, name=found["metadata"]["name"])
         request, client_id, refresh = spec.request, spec.client_id, spec.refresh
     elif args.token_url:
-        request, client_id, refresh = model.TokenRequest(token_url=args.token_url), None, model.RefreshPolicy()
+        request, client_id, refresh = (
+            model.TokenRequest(token_url=args.token_url),
+            None,
+            model.RefreshPolicy(),
+        )
     else:
         raise SystemExit("give --token-url or --file")
     extra = dict(request.extra_params)

@@ -40,7 +40,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(model.GROUP, model.VERSION, model.PLURAL)
-def credential_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+def credential_changed(*, event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     body = event["object"]
     if event["type"] == "DELETED":
         memo.runtime.reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
@@ -49,7 +49,7 @@ def credential_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None
 
 
 @kopf.on.event("", "v1", "secrets", labels={model.CLIENT_SECRET_LABEL: "true"})
-def client_secret_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+def client_secret_changed(*, event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     if event["type"] != "DELETED":
         meta = event["object"]["metadata"]
         memo.runtime.reconciler.client_secret_changed(

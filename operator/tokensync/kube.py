@@ -47,6 +47,7 @@ class Kube:
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
+        kwargs.setdefault("_request_timeout", 30)
         call = functools.partial(fn, *args, _preload_content=False, **kwargs)
         try:
             response = await loop.run_in_executor(self._pool, call)
@@ -54,7 +55,7 @@ class Kube:
             # The body of an error response may echo what we sent (a Secret): keep only
             # the machine-readable reason.
             raise ApiError(exc.status or 0, _status_reason(exc.body)) from None
-        except Exception as exc:  # urllib3 errors: connection refused, timeouts, ...
+        except Exception as exc:  # noqa: BLE001 -- urllib3 errors: refused, timeouts, ...
             raise ApiError(0, type(exc).__name__) from None
         data = response.data
         return json.loads(data) if data else {}

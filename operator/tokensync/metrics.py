@@ -7,6 +7,8 @@ ever a label value: error labels are RFC 6749 error codes or reasons, never desc
 
 from __future__ import annotations
 
+import contextlib
+
 import prometheus_client as prom
 
 _READY_STATES = ("True", "False", "Unknown")
@@ -65,23 +67,17 @@ class Metrics:
             if state == condition:
                 self.ready.labels(namespace, name, state).set(1)
             else:
-                try:
+                with contextlib.suppress(KeyError):
                     self.ready.remove(namespace, name, state)
-                except KeyError:
-                    pass
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop every series of a deleted credential."""
         for gauge in (self.expiration, self.renewal):
-            try:
+            with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
-            except KeyError:
-                pass
         for state in _READY_STATES:
-            try:
+            with contextlib.suppress(KeyError):
                 self.ready.remove(namespace, name, state)
-            except KeyError:
-                pass
 
     def exposition(self) -> bytes:
         return prom.generate_latest(self.registry)

@@ -191,7 +191,7 @@ def _parse_refresh(raw: object) -> RefreshPolicy:
 def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     """Turn a raw ``spec`` into a :class:`CredentialSpec` (``name`` is metadata.name)."""
     token_url = _str(spec, "tokenURL", field="spec", required=True)
-    assert token_url is not None  # noqa: S101 -- required=True guarantees it
+    assert token_url is not None
     method_raw = spec.get("authMethod", AuthMethod.AUTO.value)
     try:
         auth_method = AuthMethod(method_raw)
@@ -203,7 +203,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     if not isinstance(ref_raw, Mapping):
         raise SpecError("spec.clientSecretRef", "is required")
     ref_name = _str(ref_raw, "name", field="spec.clientSecretRef", required=True)
-    assert ref_name is not None  # noqa: S101
+    assert ref_name is not None
     secret_ref = SecretRef(
         name=ref_name,
         client_id_key=_str(ref_raw, "clientIDKey", field="spec.clientSecretRef") or "client_id",

@@ -91,9 +91,7 @@ class Credential:
             uid=meta["uid"],
             generation=int(meta.get("generation") or 0),
             spec=body.get("spec") or {},
-            refresh_request=(meta.get("annotations") or {}).get(
-                model.REFRESH_REQUESTED_ANNOTATION
-            ),
+            refresh_request=(meta.get("annotations") or {}).get(model.REFRESH_REQUESTED_ANNOTATION),
             handled_generation=st.get("observedGeneration"),
             handled_request=st.get("handledRefreshRequest"),
             expires_at=status.parse_time(st.get("expiresAt")),
@@ -194,7 +192,7 @@ class Reconciler:
 
     # -- the cycle -------------------------------------------------------------------
 
-    async def refresh(self, key: Key, due: float) -> None:
+    async def refresh(self, key: Key, due: float) -> None:  # noqa: PLR0911 -- reads as steps
         """The refresh queue's work: one attempt for one credential."""
         cred = self._credentials.get(key)
         if cred is None:
@@ -232,7 +230,7 @@ class Reconciler:
         except kube.ApiError as exc:
             await self._fail_transient(cred, attempt, reason="KubernetesAPIError", message=str(exc))
             return
-        assert source is not None  # noqa: S101 -- client_credentials refuses None
+        assert source is not None
         source_version = str(source["metadata"].get("resourceVersion") or "")
 
         result = await self._fetch(cred, attempt, spec=spec, client=client)
@@ -579,7 +577,9 @@ class _Attempt:
     now: datetime.datetime
 
 
-def _remembered_method(spec: model.CredentialSpec, remembered: str | None) -> model.AuthMethod | None:
+def _remembered_method(
+    spec: model.CredentialSpec, remembered: str | None
+) -> model.AuthMethod | None:
     """With ``auto``, start with the method that worked last time (from status)."""
     if spec.request.auth_method is not model.AuthMethod.AUTO or not remembered:
         return None

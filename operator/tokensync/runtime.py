@@ -42,9 +42,13 @@ class Config:
 def _api_client(workers: int) -> k8s_client.ApiClient:
     configuration = k8s_client.Configuration()
     try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
+        k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config(client_configuration=configuration)
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
     configuration.connection_pool_maxsize = workers
     return k8s_client.ApiClient(configuration)
 

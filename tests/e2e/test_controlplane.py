@@ -39,9 +39,13 @@ def _widget(name: str, **spec: object) -> dict[str, object]:
     }
 
 
-def test_crd_from_file_is_served(api_client: client.ApiClient, widgets: str, namespace: str) -> None:
+def test_crd_from_file_is_served(
+    api_client: client.ApiClient, widgets: str, namespace: str
+) -> None:
     custom = client.CustomObjectsApi(api_client)
-    custom.create_namespaced_custom_object(widgets, "v1", namespace, "widgets", _widget("a", size=3))
+    custom.create_namespaced_custom_object(
+        widgets, "v1", namespace, "widgets", _widget("a", size=3)
+    )
     got = custom.get_namespaced_custom_object(widgets, "v1", namespace, "widgets", "a")
     assert got["spec"] == {"size": 3}
 
@@ -56,7 +60,9 @@ def test_schema_violation_is_rejected_with_422(
 ) -> None:
     custom = client.CustomObjectsApi(api_client)
     with pytest.raises(client.ApiException) as err:
-        custom.create_namespaced_custom_object(widgets, "v1", namespace, "widgets", _widget("b", **spec))
+        custom.create_namespaced_custom_object(
+            widgets, "v1", namespace, "widgets", _widget("b", **spec)
+        )
     assert err.value.status == 422
     assert field in err.value.body
 
@@ -77,8 +83,14 @@ def test_less_privileged_identity_is_denied_by_rbac(
         namespace,
         {
             "metadata": {"name": "viewer-reads-configmaps"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-reader"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "viewer"}],
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "configmap-reader",
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "viewer"}
+            ],
         },
     )
     viewer = config.new_client_from_config(config_file=str(kubeconfig))

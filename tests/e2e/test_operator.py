@@ -136,7 +136,10 @@ class Env:
 
 @pytest.fixture
 def env(
-    api_client: client.ApiClient, namespace: str, token_server: TokenServer, operator: OperatorProcess
+    api_client: client.ApiClient,
+    namespace: str,
+    token_server: TokenServer,
+    operator: OperatorProcess,
 ) -> Env:
     return Env(api_client, namespace, token_server)
 
@@ -213,7 +216,11 @@ def test_force_refresh_annotation(env: Env) -> None:
     env.credential()
     old = wait_for(env.token, what="the first token")
     env.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, env.ns, PLURAL, "api",
+        GROUP,
+        VERSION,
+        env.ns,
+        PLURAL,
+        "api",
         {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "now-1"}}},
     )
     new = env.wait_new_token(old, timeout=10)

@@ -138,7 +138,7 @@ class OperatorProcess:
     @staticmethod
     def _get(url: str) -> str | None:
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 -- loopback
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 return str(resp.read().decode())
         except (urllib.error.URLError, OSError):
             return None

@@ -56,7 +56,7 @@ class _Process:
         self.name = name
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
-        self.popen = subprocess.Popen(  # noqa: S603 -- argv is built here from fixed flags
+        self.popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -231,7 +231,7 @@ class LocalCluster:
             proc.stop()
 
     def _start_controller_manager(self) -> None:
-        assert self.bins.kube_controller_manager is not None  # noqa: S101
+        assert self.bins.kube_controller_manager is not None
         kcm_config = self.workdir / "kcm.kubeconfig"
         # One identity for every controller (no per-controller ServiceAccounts): it needs the
         # union of their permissions, which only system:masters gives without more setup.
@@ -258,13 +258,14 @@ class LocalCluster:
         time.sleep(0.2)
         if not proc.alive():
             raise ClusterError(
-                f"kube-controller-manager exited at start; read {proc.log_path}\n"
-                + proc.log_tail()
+                f"kube-controller-manager exited at start; read {proc.log_path}\n" + proc.log_tail()
             )
 
     # -- readiness -------------------------------------------------------------------
 
-    def _ssl_context(self, user: str = "admin", groups: tuple[str, ...] = ("system:masters",)) -> ssl.SSLContext:
+    def _ssl_context(
+        self, user: str = "admin", groups: tuple[str, ...] = ("system:masters",)
+    ) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cadata=self.ca.cert_pem.decode())
         pair = self.ca.issue(user, organizations=groups)
         cert = self.workdir / f"probe-{user.replace(':', '_')}.crt"
