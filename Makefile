@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export PYTHONPATH := $(CURDIR)/tools
+export PYTHONPATH := $(CURDIR)/tools:$(CURDIR)/tests
 
 .PHONY: install lint test test-unit test-e2e controlplane controlplane-binaries demo clean
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import fractions
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -33,9 +34,31 @@ EXPIRES_AT_ANNOTATION = f"{GROUP}/expires-at"
 DEFAULT_MIN_INTERVAL = datetime.timedelta(seconds=30)
 DEFAULT_LIFETIME = datetime.timedelta(hours=1)
 
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: Longest duration accepted anywhere in a spec. Durations feed datetime arithmetic
+#: (expiry minus renewBefore, issue time plus minInterval) that overflows past year 9999.
+MAX_DURATION = datetime.timedelta(days=3650)
+
+#: Form parameters tokensync sets itself, which extraParams must not set, and why.
+RESERVED_EXTRA_PARAMS: Mapping[str, str] = {
+    "grant_type": "tokensync always sends grant_type=client_credentials",
+    "client_id": "set spec.clientID or spec.clientSecretRef.clientIDKey instead",
+    "client_secret": "the client secret comes from the client Secret (spec.clientSecretRef)",
+    "client_assertion": "client assertions are not supported",
+    "client_assertion_type": "client assertions are not supported",
+    "scope": "use spec.scopes",
+    "audience": "use spec.audience",
+    "resource": "use spec.resources",
+}
+#: Label and annotation prefix that tokensync owns on the target Secret.
+_OWNED_KEY_PREFIX = f"{GROUP}/"
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# RFC 6749 section 3.3: printable ASCII except space, double quote and backslash.
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# ASCII digits only: \d would also take digits of other scripts, which float() accepts.
+_DURATION = re.compile(r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_MICROSECONDS = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
 
 
 class SpecError(ValueError):
@@ -109,29 +132,42 @@ class CredentialSpec:
 
 
 def parse_duration(value: object, *, field: str) -> datetime.timedelta:
-    """Parse a Go-style duration (``90s``, ``5m``, ``1h30m``, ``250ms``); negative is an error."""
-    if not isinstance(value, str) or not value:
-        raise SpecError(field, "must be a duration such as 30s, 5m or 1h")
-    pos = 0
-    total = 0.0
-    for match in _DURATION_PART.finditer(value):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos != len(value):
+    """Parse a Go-style duration (``90s``, ``5m``, ``1h30m``, ``250ms``); negative is an error.
+
+    Exact to the microsecond (decimal fractions are summed as fractions, not floats) and at
+    most :data:`MAX_DURATION`.
+    """
+    if not isinstance(value, str) or not _DURATION.fullmatch(value):
         raise SpecError(field, f"invalid duration {value!r}: use units ms, s, m, h (e.g. 1h30m)")
-    return datetime.timedelta(seconds=total)
+    micros = sum(
+        fractions.Fraction(number) * _UNIT_MICROSECONDS[unit]
+        for number, unit in _DURATION_PART.findall(value)
+    )
+    if micros > MAX_DURATION // datetime.timedelta(microseconds=1):
+        raise SpecError(field, f"must be at most {MAX_DURATION.days * 24}h")
+    return datetime.timedelta(microseconds=round(micros))
 
 
-def _str(spec: Mapping[str, Any], key: str, *, field: str, required: bool = False) -> str | None:
-    value = spec.get(key)
+def _optional_str(raw: Mapping[str, Any], key: str, *, parent: str) -> str | None:
+    """``raw[key]`` if set; an empty string is an error, not a request for the default."""
+    value = raw.get(key)
     if value is None:
-        if required:
-            raise SpecError(f"{field}.{key}", "is required")
         return None
-    if not isinstance(value, str) or (required and not value):
-        raise SpecError(f"{field}.{key}", "must be a non-empty string")
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"{parent}.{key}", "must be a non-empty string")
+    return value
+
+
+def _required_str(raw: Mapping[str, Any], key: str, *, parent: str) -> str:
+    value = _optional_str(raw, key, parent=parent)
+    if value is None:
+        raise SpecError(f"{parent}.{key}", "is required")
+    return value
+
+
+def _secret_name(value: str, *, field: str) -> str:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        raise SpecError(field, f"{value!r} is not a valid Secret name")
     return value
 
 
@@ -141,6 +177,18 @@ def _str_list(value: object, *, field: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise SpecError(field, "must be a list of non-empty strings")
     return tuple(value)
+
+
+def _scopes(value: object) -> tuple[str, ...]:
+    scopes = _str_list(value, field="spec.scopes")
+    for index, scope in enumerate(scopes):
+        if not _SCOPE_TOKEN.fullmatch(scope):
+            raise SpecError(
+                f"spec.scopes[{index}]",
+                f"{scope!r} is not a scope token: use printable ASCII without spaces, double "
+                "quotes or backslashes (one scope per list item)",
+            )
+    return scopes
 
 
 def _str_map(value: object, *, field: str) -> tuple[tuple[str, str], ...]:
@@ -153,6 +201,26 @@ def _str_map(value: object, *, field: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(value.items()))
 
 
+def _extra_params(value: object) -> tuple[tuple[str, str], ...]:
+    params = _str_map(value, field="spec.extraParams")
+    for key, _ in params:
+        if key in RESERVED_EXTRA_PARAMS:
+            raise SpecError("spec.extraParams", f"must not set {key}: {RESERVED_EXTRA_PARAMS[key]}")
+    return params
+
+
+def _target_metadata(
+    value: object, *, field: str, reserved: tuple[str, ...] = ()
+) -> tuple[tuple[str, str], ...]:
+    """Extra labels or annotations, refusing the keys that tokensync sets itself."""
+    items = _str_map(value, field=field)
+    owned = " and ".join([*reserved, f"keys under {_OWNED_KEY_PREFIX}"])
+    for key, _ in items:
+        if key in reserved or key.startswith(_OWNED_KEY_PREFIX):
+            raise SpecError(field, f"must not set {key}: tokensync sets {owned} itself")
+    return items
+
+
 def _parse_refresh(raw: object) -> RefreshPolicy:
     if raw is None:
         return RefreshPolicy()
@@ -163,11 +231,10 @@ def _parse_refresh(raw: object) -> RefreshPolicy:
         renew_before = parse_duration(raw["renewBefore"], field="spec.refresh.renewBefore")
     percentage = raw.get("renewBeforePercentage")
     if percentage is not None:
-        if isinstance(percentage, bool) or not isinstance(percentage, int | float):
-            raise SpecError("spec.refresh.renewBeforePercentage", "must be a number")
-        if not 0 < percentage < 100:
-            raise SpecError("spec.refresh.renewBeforePercentage", "must be between 0 and 100")
-        percentage = float(percentage)
+        if isinstance(percentage, bool) or not isinstance(percentage, int):
+            raise SpecError("spec.refresh.renewBeforePercentage", "must be an integer")
+        if not 1 <= percentage <= 99:
+            raise SpecError("spec.refresh.renewBeforePercentage", "must be between 1 and 99")
     if renew_before is not None and percentage is not None:
         raise SpecError("spec.refresh", "set renewBefore or renewBeforePercentage, not both")
     min_interval = DEFAULT_MIN_INTERVAL
@@ -182,7 +249,7 @@ def _parse_refresh(raw: object) -> RefreshPolicy:
             raise SpecError("spec.refresh.defaultLifetime", "must be positive")
     return RefreshPolicy(
         renew_before=renew_before,
-        renew_before_percentage=percentage,
+        renew_before_percentage=None if percentage is None else float(percentage),
         min_interval=min_interval,
         default_lifetime=default_lifetime,
     )
@@ -190,11 +257,10 @@ def _parse_refresh(raw: object) -> RefreshPolicy:
 
 def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     """Turn a raw ``spec`` into a :class:`CredentialSpec` (``name`` is metadata.name)."""
-    token_url = _str(spec, "tokenURL", field="spec", required=True)
-    assert token_url is not None
-    method_raw = spec.get("authMethod", AuthMethod.AUTO.value)
+    token_url = _required_str(spec, "tokenURL", parent="spec")
+    method_raw = spec.get("authMethod")
     try:
-        auth_method = AuthMethod(method_raw)
+        auth_method = AuthMethod.AUTO if method_raw is None else AuthMethod(method_raw)
     except ValueError:
         allowed = ", ".join(m.value for m in AuthMethod)
         raise SpecError("spec.authMethod", f"must be one of {allowed}") from None
@@ -202,39 +268,51 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     ref_raw = spec.get("clientSecretRef")
     if not isinstance(ref_raw, Mapping):
         raise SpecError("spec.clientSecretRef", "is required")
-    ref_name = _str(ref_raw, "name", field="spec.clientSecretRef", required=True)
-    assert ref_name is not None
+    ref_parent = "spec.clientSecretRef"
     secret_ref = SecretRef(
-        name=ref_name,
-        client_id_key=_str(ref_raw, "clientIDKey", field="spec.clientSecretRef") or "client_id",
-        client_secret_key=_str(ref_raw, "clientSecretKey", field="spec.clientSecretRef")
+        name=_secret_name(
+            _required_str(ref_raw, "name", parent=ref_parent), field=f"{ref_parent}.name"
+        ),
+        client_id_key=_optional_str(ref_raw, "clientIDKey", parent=ref_parent) or "client_id",
+        client_secret_key=_optional_str(ref_raw, "clientSecretKey", parent=ref_parent)
         or "client_secret",
     )
 
     target_raw = spec.get("target") or {}
     if not isinstance(target_raw, Mapping):
         raise SpecError("spec.target", "must be an object")
-    target_name = _str(target_raw, "name", field="spec.target") or f"{name}-token"
-    if len(target_name) > 253 or not _DNS_SUBDOMAIN.match(target_name):
-        raise SpecError("spec.target.name", f"{target_name!r} is not a valid Secret name")
+    target_name = _secret_name(
+        _optional_str(target_raw, "name", parent="spec.target") or f"{name}-token",
+        field="spec.target.name",
+    )
+    if target_name == secret_ref.name:
+        raise SpecError(
+            "spec.target.name",
+            f"the target Secret {target_name!r} must not be the client Secret "
+            "(spec.clientSecretRef.name)",
+        )
     target = TargetSpec(
         name=target_name,
-        labels=_str_map(target_raw.get("labels"), field="spec.target.labels"),
-        annotations=_str_map(target_raw.get("annotations"), field="spec.target.annotations"),
+        labels=_target_metadata(
+            target_raw.get("labels"), field="spec.target.labels", reserved=(MANAGED_BY_LABEL,)
+        ),
+        annotations=_target_metadata(
+            target_raw.get("annotations"), field="spec.target.annotations"
+        ),
     )
 
     request = TokenRequest(
         token_url=token_url,
         auth_method=auth_method,
-        scopes=_str_list(spec.get("scopes"), field="spec.scopes"),
-        audience=_str(spec, "audience", field="spec"),
+        scopes=_scopes(spec.get("scopes")),
+        audience=_optional_str(spec, "audience", parent="spec"),
         resources=_str_list(spec.get("resources"), field="spec.resources"),
-        extra_params=_str_map(spec.get("extraParams"), field="spec.extraParams"),
+        extra_params=_extra_params(spec.get("extraParams")),
     )
     return CredentialSpec(
         request=request,
         secret_ref=secret_ref,
-        client_id=_str(spec, "clientID", field="spec"),
+        client_id=_optional_str(spec, "clientID", parent="spec"),
         refresh=_parse_refresh(spec.get("refresh")),
         target=target,
     )

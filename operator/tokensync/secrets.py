@@ -16,6 +16,8 @@ from typing import Any
 from tokensync import model
 
 CREDENTIAL_LABEL = f"{model.GROUP}/credential"
+# A label value holds at most 63 characters; a resource name may have 253.
+_MAX_LABEL_VALUE = 63
 
 
 class ClientSecretProblem(Exception):
@@ -102,7 +104,10 @@ def render_target(
     expiry = format_time(expires_at)
     labels = dict(target.labels)
     labels[model.MANAGED_BY_LABEL] = model.MANAGED_BY_VALUE
-    labels[CREDENTIAL_LABEL] = credential
+    # A convenience for `kubectl get secrets -l`; the ownerReference is what links the two.
+    # A longer name would make the API server refuse the whole Secret, so it is left out.
+    if len(credential) <= _MAX_LABEL_VALUE:
+        labels[CREDENTIAL_LABEL] = credential
     annotations = dict(target.annotations)
     annotations[model.EXPIRES_AT_ANNOTATION] = expiry
     # None deletes the key in a merge patch: a scope from an earlier token must not linger.

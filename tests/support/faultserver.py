@@ -13,6 +13,7 @@ import collections
 import json
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -87,6 +88,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes = field(repr=False)
+    #: Wall-clock time (``time.time()``) at which the request was read, before any delay.
+    at: float = field(default_factory=time.time)
 
 
 class FaultServer:
@@ -115,6 +118,10 @@ class FaultServer:
     def requests(self) -> list[Recorded]:
         with self._lock:
             return list(self._recorded)
+
+    def requests_since(self, moment: float) -> list[Recorded]:
+        """Requests read at or after ``moment`` (a ``time.time()`` value)."""
+        return [r for r in self.requests if r.at >= moment]
 
     def push(self, *faults: Fault) -> None:
         with self._lock:
