@@ -328,8 +328,11 @@ class Reconciler:
             try:
                 await self._patch_target(cred, body, uid=cred.target_uid)
             except kube.ApiError as exc:
-                if exc.status not in (404, 409):
+                # 404: deleted. 422 "metadata.uid: field is immutable": deleted and replaced
+                # by another Secret of the same name. Either way, start over and check.
+                if exc.status not in (404, 409, 422):
                     raise
+                cred.target_uid = None
             else:
                 return
         try:
@@ -347,7 +350,7 @@ class Reconciler:
 
     async def _patch_target(self, cred: Credential, body: dict[str, Any], *, uid: str) -> None:
         # The uid makes the patch conditional: if the Secret was deleted and someone else
-        # created one with the same name, the API server answers 409 instead of applying.
+        # created one with the same name, the API server refuses to change its uid (422).
         patch = {**body, "metadata": {**body["metadata"], "uid": uid}}
         await self._kube.patch_secret(cred.namespace, body["metadata"]["name"], patch)
         cred.target_name, cred.target_uid = body["metadata"]["name"], uid

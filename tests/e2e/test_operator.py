@@ -326,3 +326,29 @@ def test_no_secret_in_logs_events_status_or_metrics(env: Env, operator: Operator
 def test_wait_ready_helper_times_out(tmp_path: pathlib.Path) -> None:
     with pytest.raises(AssertionError, match="timed out"):
         wait_for(lambda: None, timeout=0.2)
+
+
+def test_a_replaced_target_is_not_overwritten(env: Env) -> None:
+    """The patch carries the uid of the Secret tokensync wrote: a look-alike is refused."""
+    env.client_secret()
+    env.credential()
+    wait_for(env.token, what="the first token")
+    env.core.delete_namespaced_secret("api-token", env.ns)
+    env.core.create_namespaced_secret(
+        env.ns,
+        {
+            "metadata": {"name": "api-token", "labels": {"app.kubernetes.io/managed-by": "x"}},
+            "stringData": {"mine": "keep"},
+        },
+    )
+    env.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        env.ns,
+        PLURAL,
+        "api",
+        {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "replaced"}}},
+    )
+    ready = env.wait_ready(reason="TargetConflict")
+    assert ready["status"] == "False"
+    assert env.target() == {"mine": "keep"}
