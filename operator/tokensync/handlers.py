@@ -24,6 +24,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # kopf would watch CRDs cluster-wide to discover resources; ours are known, and not
     # scanning keeps CRD list/watch out of the operator's RBAC.
     settings.scanning.disabled = True
+    # Filter client Secrets on the server: the operator never receives the cluster's other
+    # Secrets (the decorator's `labels=` alone filters on the client side).
+    settings.watching.label_selectors["", "v1", "secrets"] = f"{model.CLIENT_SECRET_LABEL}=true"
     settings.posting.enabled = False  # our own Events are posted on transitions only
     settings.batching.batch_window = 0.01  # kopf's default 0.1 s sits in every create-to-Ready
     settings.watching.server_timeout = 300
