@@ -1,0 +1,90 @@
+"""`tokensync fetch` against the real loopback token server: metadata out, token only on request."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from support.tokenserver import TokenServer
+from tokensync import cli
+
+
+@pytest.fixture
+def server() -> Iterator[TokenServer]:
+    with TokenServer(lifetime=600) as running:
+        running.add_client("cli-client", "cli-secret", auth_methods=("client_secret_post",))
+        yield running
+
+
+def test_fetch_prints_metadata_but_not_the_token(
+    server: TokenServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(cli.SECRET_ENV, "cli-secret")
+    code = cli.main(
+        [
+            "fetch",
+            "--token-url",
+            server.url,
+            "--client-id",
+            "cli-client",
+            "--scope",
+            "a",
+            "--allow-insecure-http",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    meta = json.loads(out)
+    assert meta["auth_method"] == "client_secret_post"  # auto fell back from Basic
+    assert meta["lifetime_seconds"] == 600
+    assert meta["scope"] == "a"
+    assert "access_token" not in meta
+    assert server.issued[-1].access_token not in out
+
+
+def test_fetch_show_token_and_file(
+    server: TokenServer,
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manifest = tmp_path / "cc.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "tokensync.dev/v1alpha1",
+                "kind": "ClientCredential",
+                "metadata": {"name": "x"},
+                "spec": {
+                    "tokenURL": server.url,
+                    "clientID": "cli-client",
+                    "clientSecretRef": {"name": "unused-here"},
+                    "authMethod": "client_secret_post",
+                },
+            }
+        )
+    )
+    monkeypatch.setenv(cli.SECRET_ENV, "cli-secret")
+    code = cli.main(["fetch", "--file", str(manifest), "--allow-insecure-http", "--show-token"])
+    meta = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert server.verify(meta["access_token"])
+
+
+def test_fetch_refuses_http_without_opt_in_and_reports_errors(
+    server: TokenServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(cli.SECRET_ENV, "wrong-secret")
+    assert cli.main(["fetch", "--token-url", server.url, "--client-id", "cli-client"]) == 1
+    assert "TokenURLRefused" in capsys.readouterr().err
+    code = cli.main(
+        ["fetch", "--token-url", server.url, "--client-id", "cli-client", "--allow-insecure-http"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "InvalidClient" in err
+    assert "wrong-secret" not in err
