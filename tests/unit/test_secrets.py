@@ -1,0 +1,361 @@
+"""The target Secret's shape, ownership, and reading the client Secret without leaking it."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from typing import Any
+
+import pytest
+
+from tokensync import model, secrets
+
+EXPIRES = datetime.datetime(2026, 11, 22, 23, 15, tzinfo=datetime.UTC)
+UID = "0b5e0a4c-7f1e-4c38-9d7a-2f3c1d2e4f50"
+TARGET = model.TargetSpec(
+    name="billing-api-token",
+    labels=(("team", "payments"),),
+    annotations=(("reloader.stakater.com/match", "true"),),
+)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def unb64(value: str) -> str:
+    return base64.b64decode(value).decode()
+
+
+def render(**overrides: Any) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "namespace": "payments",
+        "credential": "billing-api",
+        "credential_uid": UID,
+        "target": TARGET,
+        "access_token": "eyJ.token.sig",
+        "token_type": "Bearer",
+        "expires_at": EXPIRES,
+        "scope": "payments.read payments.write",
+    }
+    arguments.update(overrides)
+    return secrets.render_target(**arguments)
+
+
+# -- render_target --------------------------------------------------------------------------
+
+
+def test_render_target_is_a_complete_owned_secret() -> None:
+    rendered = render()
+    assert rendered == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": "billing-api-token",
+            "namespace": "payments",
+            "labels": {
+                "team": "payments",
+                model.MANAGED_BY_LABEL: model.MANAGED_BY_VALUE,
+                secrets.CREDENTIAL_LABEL: "billing-api",
+            },
+            "annotations": {
+                "reloader.stakater.com/match": "true",
+                model.EXPIRES_AT_ANNOTATION: "2026-11-22T23:15:00Z",
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "tokensync.dev/v1alpha1",
+                    "kind": "ClientCredential",
+                    "name": "billing-api",
+                    "uid": UID,
+                    "controller": True,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "data": {
+            "access_token": b64("eyJ.token.sig"),
+            "token_type": b64("Bearer"),
+            "expires_at": b64("2026-11-22T23:15:00Z"),
+            "authorization": b64("Bearer eyJ.token.sig"),
+            "scope": b64("payments.read payments.write"),
+        },
+    }
+    assert secrets.for_create(rendered) == rendered  # nothing to drop
+
+
+@pytest.mark.parametrize(
+    ("token_type", "header"),
+    [
+        ("Bearer", "Bearer eyJ.token.sig"),
+        ("bearer", "Bearer eyJ.token.sig"),  # RFC 6750 scheme, whatever the server wrote
+        ("BEARER", "Bearer eyJ.token.sig"),
+        ("DPoP", "DPoP eyJ.token.sig"),
+    ],
+)
+def test_authorization_header(token_type: str, header: str) -> None:
+    data = render(token_type=token_type)["data"]
+    assert unb64(data["authorization"]) == header
+    assert unb64(data["token_type"]) == token_type  # as the server sent it
+
+
+def test_expiry_is_written_in_utc() -> None:
+    cet = datetime.timezone(datetime.timedelta(hours=1))
+    rendered = render(expires_at=datetime.datetime(2026, 11, 23, 0, 15, 30, 999, tzinfo=cet))
+    assert unb64(rendered["data"]["expires_at"]) == "2026-11-22T23:15:30Z"
+    assert rendered["metadata"]["annotations"][model.EXPIRES_AT_ANNOTATION] == (
+        "2026-11-22T23:15:30Z"
+    )
+
+
+@pytest.mark.parametrize("scope", [None, ""])
+def test_a_missing_scope_removes_the_key(scope: str | None) -> None:
+    rendered = render(scope=scope)
+    # In the merge patch, null deletes a scope left by an earlier token ...
+    assert "scope" in rendered["data"]
+    assert rendered["data"]["scope"] is None
+    # ... and a create body has no nulls at all.
+    created = secrets.for_create(rendered)
+    assert "scope" not in created["data"]
+    assert None not in created["data"].values()
+    assert set(created["data"]) == {"access_token", "token_type", "expires_at", "authorization"}
+    assert rendered["data"]["scope"] is None  # for_create leaves the patch body alone
+    assert created["metadata"] == rendered["metadata"]
+
+
+def test_tokensync_labels_and_annotations_win() -> None:
+    # parse_spec refuses these keys; render_target does not rely on it.
+    target = model.TargetSpec(
+        name="t",
+        labels=((model.MANAGED_BY_LABEL, "someone-else"), (secrets.CREDENTIAL_LABEL, "other")),
+        annotations=((model.EXPIRES_AT_ANNOTATION, "never"),),
+    )
+    meta = render(target=target)["metadata"]
+    assert meta["labels"][model.MANAGED_BY_LABEL] == model.MANAGED_BY_VALUE
+    assert meta["labels"][secrets.CREDENTIAL_LABEL] == "billing-api"
+    assert meta["annotations"][model.EXPIRES_AT_ANNOTATION] == "2026-11-22T23:15:00Z"
+
+
+def test_the_credential_label_is_left_out_when_the_name_is_too_long_for_a_label() -> None:
+    fits, too_long = "a" * 63, "a" * 64  # label values hold 63 characters, names 253
+    assert render(credential=fits)["metadata"]["labels"][secrets.CREDENTIAL_LABEL] == fits
+    rendered = render(credential=too_long)
+    assert secrets.CREDENTIAL_LABEL not in rendered["metadata"]["labels"]
+    assert rendered["metadata"]["ownerReferences"][0]["name"] == too_long
+    assert secrets.owned_by(rendered, credential_uid=UID)
+
+
+# -- owned_by -------------------------------------------------------------------------------
+
+
+def secret_with(
+    *, labels: dict[str, str] | None = None, owners: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "billing-api-token"}
+    if labels is not None:
+        meta["labels"] = labels
+    if owners is not None:
+        meta["ownerReferences"] = owners
+    return {"metadata": meta}
+
+
+MANAGED = {model.MANAGED_BY_LABEL: model.MANAGED_BY_VALUE}
+OWNER = secrets.owner_reference(name="billing-api", uid=UID)
+OTHER_OWNER = secrets.owner_reference(name="billing-api", uid="another-uid")
+
+
+@pytest.mark.parametrize(
+    ("secret", "owned"),
+    [
+        pytest.param(render(), True, id="rendered"),
+        pytest.param(secret_with(labels=MANAGED, owners=[OWNER]), True, id="label-and-owner"),
+        pytest.param(
+            secret_with(labels=MANAGED, owners=[OTHER_OWNER, OWNER]), True, id="one-of-owners"
+        ),
+        pytest.param(secret_with(owners=[OWNER]), False, id="no-labels"),
+        pytest.param(
+            secret_with(labels={model.MANAGED_BY_LABEL: "helm"}, owners=[OWNER]),
+            False,
+            id="managed-by-someone-else",
+        ),
+        pytest.param(secret_with(labels=MANAGED), False, id="no-owner"),
+        pytest.param(secret_with(labels=MANAGED, owners=[]), False, id="empty-owners"),
+        pytest.param(
+            # same name, recreated: a different uid is a different ClientCredential
+            secret_with(labels=MANAGED, owners=[OTHER_OWNER]),
+            False,
+            id="owner-with-other-uid",
+        ),
+        pytest.param({}, False, id="no-metadata"),
+        pytest.param({"metadata": None}, False, id="null-metadata"),
+    ],
+)
+def test_owned_by(secret: dict[str, Any], owned: bool) -> None:
+    assert secrets.owned_by(secret, credential_uid=UID) is owned
+
+
+# -- client_credentials ---------------------------------------------------------------------
+
+CLIENT_SECRET = "s3cr3t-Client-Value"
+SPEC = model.parse_spec(
+    {"tokenURL": "https://login.example.com/t", "clientSecretRef": {"name": "oauth-client"}},
+    name="billing-api",
+)
+
+
+def client_secret(
+    data: dict[str, Any] | None, *, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    meta = {
+        "name": "oauth-client",
+        "labels": {model.CLIENT_SECRET_LABEL: "true"} if labels is None else labels,
+    }
+    return {"metadata": meta, "data": data}
+
+
+def spec_with(**changes: Any) -> model.CredentialSpec:
+    raw: dict[str, Any] = {
+        "tokenURL": "https://login.example.com/t",
+        "clientSecretRef": {"name": "oauth-client"},
+    }
+    raw.update(changes)
+    return model.parse_spec(raw, name="billing-api")
+
+
+GOOD = {"client_id": b64("billing-service"), "client_secret": b64(CLIENT_SECRET)}
+
+
+def test_client_credentials() -> None:
+    creds = secrets.client_credentials(client_secret(GOOD), spec=SPEC)
+    assert creds == model.ClientCredentials("billing-service", CLIENT_SECRET)
+    assert CLIENT_SECRET not in repr(creds)
+
+
+def test_values_are_stripped_of_surrounding_whitespace() -> None:
+    # `echo secret | kubectl create secret --from-file` leaves a newline behind.
+    data = {"client_id": b64(" billing-service\n"), "client_secret": b64(CLIENT_SECRET + "\n")}
+    creds = secrets.client_credentials(client_secret(data), spec=SPEC)
+    assert (creds.client_id, creds.client_secret) == ("billing-service", CLIENT_SECRET)
+
+
+def test_custom_keys() -> None:
+    spec = spec_with(
+        clientSecretRef={"name": "oauth-client", "clientIDKey": "id", "clientSecretKey": "pw"}
+    )
+    data = {"id": b64("svc"), "pw": b64(CLIENT_SECRET), "client_id": b64("ignored")}
+    creds = secrets.client_credentials(client_secret(data), spec=spec)
+    assert (creds.client_id, creds.client_secret) == ("svc", CLIENT_SECRET)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(GOOD, id="spec-wins-over-secret"),
+        pytest.param({"client_secret": b64(CLIENT_SECRET)}, id="secret-has-no-id"),
+    ],
+)
+def test_client_id_from_the_spec(data: dict[str, str]) -> None:
+    creds = secrets.client_credentials(client_secret(data), spec=spec_with(clientID="from-spec"))
+    assert (creds.client_id, creds.client_secret) == ("from-spec", CLIENT_SECRET)
+
+
+PROBLEMS = [
+    # (id, client Secret, spec, reason, fragment of the message)
+    ("not-found", None, SPEC, "ClientSecretNotFound", "'oauth-client' not found"),
+    (
+        "no-labels",
+        client_secret(GOOD, labels={}),
+        SPEC,
+        "ClientSecretNotOptedIn",
+        f"{model.CLIENT_SECRET_LABEL}=true",
+    ),
+    (
+        "label-false",
+        client_secret(GOOD, labels={model.CLIENT_SECRET_LABEL: "false"}),
+        SPEC,
+        "ClientSecretNotOptedIn",
+        "lacks the label",
+    ),
+    (
+        "label-True",
+        client_secret(GOOD, labels={model.CLIENT_SECRET_LABEL: "True"}),
+        SPEC,
+        "ClientSecretNotOptedIn",
+        "lacks the label",
+    ),
+    (
+        "secret-key-missing",
+        client_secret({"client_id": b64("billing-service")}),
+        SPEC,
+        "ClientSecretKeyMissing",
+        "no non-empty key 'client_secret'",
+    ),
+    ("no-data", client_secret(None), SPEC, "ClientSecretKeyMissing", "'client_secret'"),
+    (
+        "secret-empty",
+        client_secret({**GOOD, "client_secret": ""}),
+        SPEC,
+        "ClientSecretKeyMissing",
+        "'client_secret'",
+    ),
+    (
+        "secret-only-whitespace",
+        client_secret({**GOOD, "client_secret": b64(" \n")}),
+        SPEC,
+        "ClientSecretKeyMissing",
+        "'client_secret'",
+    ),
+    (
+        "id-key-missing",
+        client_secret({"client_secret": b64(CLIENT_SECRET)}),
+        SPEC,
+        "ClientSecretKeyMissing",
+        "no non-empty key 'client_id' and spec.clientID is not set",
+    ),
+    (
+        "custom-id-key-missing",
+        client_secret(GOOD),
+        spec_with(clientSecretRef={"name": "oauth-client", "clientIDKey": "id"}),
+        "ClientSecretKeyMissing",
+        "'id'",
+    ),
+    (
+        "bad-base64",
+        client_secret({**GOOD, "client_secret": CLIENT_SECRET + "!"}),
+        SPEC,
+        "ClientSecretKeyMissing",
+        "'client_secret'",
+    ),
+    (
+        "not-utf8",
+        client_secret({**GOOD, "client_secret": base64.b64encode(b"\xff\xfe").decode()}),
+        SPEC,
+        "ClientSecretKeyMissing",
+        "'client_secret'",
+    ),
+    (
+        "value-not-a-string",
+        client_secret({**GOOD, "client_secret": 42}),
+        SPEC,
+        "ClientSecretKeyMissing",
+        "'client_secret'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("secret", "spec", "reason", "fragment"),
+    [pytest.param(*case[1:], id=case[0]) for case in PROBLEMS],
+)
+def test_client_secret_problems(
+    secret: dict[str, Any] | None, spec: model.CredentialSpec, reason: str, fragment: str
+) -> None:
+    with pytest.raises(secrets.ClientSecretProblem) as caught:
+        secrets.client_credentials(secret, spec=spec)
+    assert caught.value.reason == reason
+    assert fragment in str(caught.value)
+    # Secrets stay secret: neither the value nor its encoding reaches status or events.
+    text = " ".join([str(caught.value), repr(caught.value), *map(str, caught.value.args)])
+    for leaked in ("s3cr3t", CLIENT_SECRET, b64(CLIENT_SECRET), "billing-service"):
+        assert leaked not in text
