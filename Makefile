@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/tools:$(CURDIR)/tests
 
-.PHONY: install lint test test-unit test-e2e controlplane controlplane-binaries demo clean
+.PHONY: install lint test test-unit test-e2e controlplane controlplane-binaries demo bench clean
 
 install: $(STAMP)
 
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check operator tools tests
-	$(BIN)/ruff format --check operator tools tests
+	$(BIN)/ruff check operator tools tests bench
+	$(BIN)/ruff format --check operator tools tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -41,3 +41,6 @@ demo: install controlplane-binaries
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+bench: install controlplane-binaries
+	$(BIN)/python bench/quick.py -n 100

@@ -16,6 +16,7 @@ import argparse
 import collections
 import pathlib
 import re
+import ssl
 import statistics
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from support.tokenserver import TokenServer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NS = "bench"
-_METRIC = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
+_METRIC = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -46,8 +47,11 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def api_requests(api: client.ApiClient) -> collections.Counter[tuple[str, str, str]]:
-    text = api.call_api("/metrics", "GET", _preload_content=False, auth_settings=["BearerToken"])[0].data.decode()
+def api_requests(cluster: LocalCluster) -> collections.Counter[tuple[str, str, str]]:
+    d = cluster.workdir
+    ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    ctx.load_cert_chain(d / "probe-admin.crt", d / "probe-admin.key")
+    text = httpx.get(f"{cluster.server}/metrics", verify=ctx).text
     counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
     for line in text.splitlines():
         m = _METRIC.match(line)
@@ -73,8 +77,15 @@ class SecretWatcher:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._stream()
+        except Exception:  # noqa: BLE001 -- the stream ends with an error when stopped
+            return
+
+    def _stream(self) -> None:
         for event in self._w.stream(
-            self._core.list_namespaced_secret, NS,
+            self._core.list_namespaced_secret,
+            NS,
             label_selector="app.kubernetes.io/managed-by=tokensync",
         ):
             name = event["object"].metadata.name
@@ -98,10 +109,13 @@ def main() -> int:
         kubeconfig = install_operator_identity(cluster, api, work / "sa.kubeconfig")
         core.create_namespace({"metadata": {"name": NS}})
         server.add_client("bench", "bench-secret")
-        core.create_namespaced_secret(NS, {
-            "metadata": {"name": "client", "labels": {"tokensync.dev/client-secret": "true"}},
-            "stringData": {"client_id": "bench", "client_secret": "bench-secret"},
-        })
+        core.create_namespaced_secret(
+            NS,
+            {
+                "metadata": {"name": "client", "labels": {"tokensync.dev/client-secret": "true"}},
+                "stringData": {"client_id": "bench", "client_secret": "bench-secret"},
+            },
+        )
         time.sleep(1)
 
         # Floor: what a script with no operator needs for the same work.
@@ -109,11 +123,15 @@ def main() -> int:
         with httpx.Client() as http:
             for i in range(20):
                 t0 = time.monotonic()
-                resp = http.post(server.url, data={"grant_type": "client_credentials"},
-                                 auth=("bench", "bench-secret"))
+                resp = http.post(
+                    server.url,
+                    data={"grant_type": "client_credentials"},
+                    auth=("bench", "bench-secret"),
+                )
                 token = resp.json()["access_token"]
-                core.create_namespaced_secret(NS, {"metadata": {"name": f"floor-{i}"},
-                                                   "stringData": {"access_token": token}})
+                core.create_namespaced_secret(
+                    NS, {"metadata": {"name": f"floor-{i}"}, "stringData": {"access_token": token}}
+                )
                 floor.append(time.monotonic() - t0)
 
         with OperatorProcess(kubeconfig=kubeconfig, log_path=work / "operator.log") as op:
@@ -123,12 +141,22 @@ def main() -> int:
             for i in range(args.n):
                 name = f"cc-{i:05d}"
                 t0 = time.monotonic()
-                custom.create_namespaced_custom_object("tokensync.dev", "v1alpha1", NS, "clientcredentials", {
-                    "apiVersion": "tokensync.dev/v1alpha1", "kind": "ClientCredential",
-                    "metadata": {"name": name},
-                    "spec": {"tokenURL": server.url, "clientSecretRef": {"name": "client"},
-                             "refresh": {"minInterval": "1s"}},
-                })
+                custom.create_namespaced_custom_object(
+                    "tokensync.dev",
+                    "v1alpha1",
+                    NS,
+                    "clientcredentials",
+                    {
+                        "apiVersion": "tokensync.dev/v1alpha1",
+                        "kind": "ClientCredential",
+                        "metadata": {"name": name},
+                        "spec": {
+                            "tokenURL": server.url,
+                            "clientSecretRef": {"name": "client"},
+                            "refresh": {"minInterval": "1s"},
+                        },
+                    },
+                )
                 deadline = t0 + 30
                 while f"{name}-token" not in watcher.first_seen and time.monotonic() < deadline:
                     time.sleep(0.001)
@@ -139,32 +167,50 @@ def main() -> int:
             # Cost per refresh: short lifetimes, then force one refresh each to pick them up.
             server.lifetime = 9
             for i in range(args.n):
-                custom.patch_namespaced_custom_object("tokensync.dev", "v1alpha1", NS, "clientcredentials",
-                    f"cc-{i:05d}", {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "bench"}}})
+                custom.patch_namespaced_custom_object(
+                    "tokensync.dev",
+                    "v1alpha1",
+                    NS,
+                    "clientcredentials",
+                    f"cc-{i:05d}",
+                    {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "bench"}}},
+                )
             time.sleep(5)
-            issued0, requests0, api0 = len(server.issued), server.requests, api_requests(api)
+            issued0, requests0, api0 = len(server.issued), server.requests, api_requests(cluster)
             time.sleep(args.refresh_window)
-            issued1, requests1, api1 = len(server.issued), server.requests, api_requests(api)
+            issued1, requests1, api1 = len(server.issued), server.requests, api_requests(cluster)
             watcher.stop()
             log = op.log()
 
         refreshes = issued1 - issued0
         print(f"credentials: {args.n}")
-        print(f"time to Ready (create -> Secret): p50 {statistics.median(latencies)*1000:.0f} ms, "
-              f"p99 {pct(latencies, 0.99)*1000:.0f} ms, max {max(latencies)*1000:.0f} ms")
-        print(f"floor (token request + Secret create, no operator): p50 {statistics.median(floor)*1000:.0f} ms; "
-              f"ratio {statistics.median(latencies)/statistics.median(floor):.1f}x")
-        print(f"operator RSS: {rss_empty:.1f} MiB empty, {rss_full:.1f} MiB with {args.n} credentials "
-              f"({(rss_full - rss_empty) * 1024 / args.n:.1f} KiB each)")
-        print(f"refresh window {args.refresh_window:.0f} s: {refreshes} refreshes, "
-              f"{(requests1 - requests0) / max(refreshes, 1):.2f} token requests per refresh")
+        print(
+            f"time to Ready (create -> Secret): p50 {statistics.median(latencies) * 1000:.0f} ms, "
+            f"p99 {pct(latencies, 0.99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+        )
+        print(
+            f"floor (token request + Secret create, no operator): p50 {statistics.median(floor) * 1000:.0f} ms; "
+            f"ratio {statistics.median(latencies) / statistics.median(floor):.1f}x"
+        )
+        print(
+            f"operator RSS: {rss_empty:.1f} MiB empty, {rss_full:.1f} MiB with {args.n} credentials "
+            f"({(rss_full - rss_empty) * 1024 / args.n:.1f} KiB each)"
+        )
+        print(
+            f"refresh window {args.refresh_window:.0f} s: {refreshes} refreshes, "
+            f"{(requests1 - requests0) / max(refreshes, 1):.2f} token requests per refresh"
+        )
         for key in sorted(set(api1) | set(api0)):
             delta = api1[key] - api0[key]
             if delta:
                 verb, resource, sub = key
-                print(f"  API {verb:6s} {resource}{'/' + sub if sub else '':20s} {delta:6d}  "
-                      f"{delta / max(refreshes, 1):.2f} per refresh")
-        print(f"operator log lines with ERROR: {sum(1 for line in log.splitlines() if ' ERROR ' in line)}")
+                print(
+                    f"  API {verb:6s} {resource}{'/' + sub if sub else '':20s} {delta:6d}  "
+                    f"{delta / max(refreshes, 1):.2f} per refresh"
+                )
+        print(
+            f"operator log lines with ERROR: {sum(1 for line in log.splitlines() if ' ERROR ' in line)}"
+        )
     return 0
 
 
