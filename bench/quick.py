@@ -79,7 +79,7 @@ class SecretWatcher:
     def _run(self) -> None:
         try:
             self._stream()
-        except Exception:  # noqa: BLE001 -- the stream ends with an error when stopped
+        except Exception:
             return
 
     def _stream(self) -> None:

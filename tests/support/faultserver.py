@@ -33,6 +33,8 @@ class Fault:
     delay: float = 0.0
     #: Send no Content-Length and close the connection after the body.
     unframed: bool = False
+    #: Close the connection without sending any response.
+    drop: bool = False
 
     @classmethod
     def token(cls, *, access_token: str = "fault-token", expires_in: object = 300) -> Fault:
@@ -76,6 +78,11 @@ class Fault:
     @classmethod
     def huge(cls, size: int = 2 * 1024 * 1024, *, unframed: bool = False) -> Fault:
         return cls(body=b" " * size, unframed=unframed)
+
+    @classmethod
+    def disconnect(cls) -> Fault:
+        """Hang up without answering (what a crashing server or a reset connection does)."""
+        return cls(drop=True)
 
     @classmethod
     def redirect(cls, location: str, *, status: int = 302) -> Fault:
@@ -145,6 +152,8 @@ class FaultServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening. Connections already open (keep-alive) are still served until
+        their clients close them: set ``default = Fault.disconnect()`` first for an outage."""
         self.release()
         if self._server is not None:
             self._server.shutdown()
@@ -187,6 +196,9 @@ def _handler_for(owner: FaultServer) -> type[BaseHTTPRequestHandler]:
             fault = owner._next(Recorded(self.command, self.path, dict(self.headers.items()), body))
             if fault.delay:
                 owner._released.wait(fault.delay)
+            if fault.drop:
+                self.close_connection = True
+                return
             try:
                 self._answer(fault)
             except ConnectionError:
