@@ -39,10 +39,6 @@ class Settings:
     request_timeout: float = 10.0
 
 
-class TargetConflict(Exception):
-    """The target Secret exists and tokensync does not manage it for this credential."""
-
-
 @dataclasses.dataclass(slots=True)
 class Credential:
     """What the operator remembers about one ClientCredential between events."""
@@ -192,7 +188,7 @@ class Reconciler:
 
     # -- the cycle -------------------------------------------------------------------
 
-    async def refresh(self, key: Key, due: float) -> None:  # noqa: PLR0911 -- reads as steps
+    async def refresh(self, key: Key, due: float) -> None:
         """The refresh queue's work: one attempt for one credential."""
         cred = self._credentials.get(key)
         if cred is None:
@@ -206,10 +202,26 @@ class Reconciler:
             return
         attempt = _Attempt(generation=cred.generation, request=cred.refresh_request, now=now)
         try:
+            spec = self._parse(cred)
+            client = await self._read_client_secret(cred, spec, attempt)
+            await self._check_target(cred, spec)
+            result = await self._fetch(cred, spec=spec, client=client)
+            await self._write_target(cred, self._render(cred, spec, result.token))
+        except _Failure as failure:
+            if self._credentials.get(key) is cred:
+                await self._record_failure(cred, attempt, failure)
+            return
+        if self._credentials.get(key) is not cred:
+            return  # deleted while we worked; its Secret goes with it (ownerReference)
+        await self._succeed(cred, attempt, spec=spec, result=result)
+
+    # -- the steps; each raises _Failure ---------------------------------------------
+
+    def _parse(self, cred: Credential) -> model.CredentialSpec:
+        try:
             spec = model.parse_spec(cred.spec, name=cred.name)
         except model.SpecError as exc:
-            await self._fail(cred, attempt, reason=status.INVALID_SPEC, message=str(exc))
-            return
+            raise _Failure(status.INVALID_SPEC, str(exc), kind=_STOP) from None
         try:
             oauth.check_token_url(
                 spec.request.token_url,
@@ -217,63 +229,42 @@ class Reconciler:
                 allowed_hosts=self._settings.allowed_hosts,
             )
         except oauth.TokenError as exc:
-            await self._fail(cred, attempt, reason=exc.reason, message=str(exc))
-            return
+            raise _Failure(exc.reason, str(exc), kind=_STOP) from None
+        return spec
+
+    async def _read_client_secret(
+        self, cred: Credential, spec: model.CredentialSpec, attempt: _Attempt
+    ) -> model.ClientCredentials:
         try:
             source = await self._kube.read_secret(cred.namespace, spec.secret_ref.name)
-            client = secrets.client_credentials(source, spec=spec)
-        except secrets.ClientSecretProblem as exc:
-            await self._fail(
-                cred, attempt, reason=exc.reason, message=str(exc), retry=timing.PERMANENT_RETRY
-            )
-            return
         except kube.ApiError as exc:
-            await self._fail_transient(cred, attempt, reason="KubernetesAPIError", message=str(exc))
-            return
-        assert source is not None
-        source_version = str(source["metadata"].get("resourceVersion") or "")
-
-        result = await self._fetch(cred, attempt, spec=spec, client=client)
-        if result is None:
-            return
-        token = result.token
-        body = secrets.render_target(
-            namespace=cred.namespace,
-            credential=cred.name,
-            credential_uid=cred.uid,
-            target=spec.target,
-            access_token=token.access_token,
-            token_type=token.token_type,
-            expires_at=token.expires_at,
-            scope=token.scope,
-        )
+            raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
+        if source is not None:
+            # Remembered even if this attempt fails: only a newer version retriggers it.
+            attempt.source_version = str(source["metadata"].get("resourceVersion") or "")
         try:
-            await self._write_target(cred, body)
-        except TargetConflict:
-            await self._fail(
-                cred,
-                attempt,
-                reason=status.TARGET_CONFLICT,
-                message=f"Secret {spec.target.name!r} exists and is not managed by this "
-                "ClientCredential; delete it or choose another spec.target.name",
-                retry=timing.PERMANENT_RETRY,
-            )
+            return secrets.client_credentials(source, spec=spec)
+        except secrets.ClientSecretProblem as exc:
+            raise _Failure(exc.reason, str(exc), kind=_PERMANENT) from None
+
+    async def _check_target(self, cred: Credential, spec: model.CredentialSpec) -> None:
+        """Refuse a foreign target before asking the provider for a token we cannot store."""
+        name = spec.target.name
+        if cred.target_uid and cred.target_name == name:
             return
+        try:
+            existing = await self._kube.read_secret(cred.namespace, name)
         except kube.ApiError as exc:
-            await self._fail_transient(cred, attempt, reason="TargetWriteFailed", message=str(exc))
+            raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
+        if existing is None:
             return
-        if self._credentials.get(key) is not cred:
-            return  # deleted while we worked; its Secret goes with it (ownerReference)
-        await self._succeed(cred, attempt, spec=spec, result=result, source_version=source_version)
+        if not secrets.owned_by(existing, credential_uid=cred.uid):
+            raise _target_conflict(name)
+        cred.target_name, cred.target_uid = name, existing["metadata"]["uid"]
 
     async def _fetch(
-        self,
-        cred: Credential,
-        attempt: _Attempt,
-        *,
-        spec: model.CredentialSpec,
-        client: model.ClientCredentials,
-    ) -> oauth.FetchResult | None:
+        self, cred: Credential, *, spec: model.CredentialSpec, client: model.ClientCredentials
+    ) -> oauth.FetchResult:
         request = spec.request
         remembered = _remembered_method(spec, cred.auth_method)
         host = urllib.parse.urlsplit(request.token_url).hostname or ""
@@ -292,15 +283,8 @@ class Reconciler:
                 return await self._token(request, spec, client)
         except oauth.TokenError as exc:
             self._metrics.requests.labels("error", exc.reason).inc()
-            if exc.permanent:
-                await self._fail(
-                    cred, attempt, reason=exc.reason, message=str(exc), retry=timing.PERMANENT_RETRY
-                )
-            else:
-                await self._fail_transient(
-                    cred, attempt, reason=exc.reason, message=str(exc), retry_after=exc.retry_after
-                )
-            return None
+            kind = _PERMANENT if exc.permanent else _TRANSIENT
+            raise _Failure(exc.reason, str(exc), kind=kind, retry_after=exc.retry_after) from None
         finally:
             self._metrics.duration.observe(time.monotonic() - started)
 
@@ -321,8 +305,28 @@ class Reconciler:
         self._metrics.requests.labels("success", "").inc()
         return result
 
+    def _render(
+        self, cred: Credential, spec: model.CredentialSpec, token: oauth.Token
+    ) -> dict[str, Any]:
+        return secrets.render_target(
+            namespace=cred.namespace,
+            credential=cred.name,
+            credential_uid=cred.uid,
+            target=spec.target,
+            access_token=token.access_token,
+            token_type=token.token_type,
+            expires_at=token.expires_at,
+            scope=token.scope,
+        )
+
     async def _write_target(self, cred: Credential, body: dict[str, Any]) -> None:
         """Write the whole target Secret in one request, refusing Secrets we do not own."""
+        try:
+            await self._write_target_once(cred, body)
+        except kube.ApiError as exc:
+            raise _Failure("TargetWriteFailed", str(exc), kind=_TRANSIENT) from None
+
+    async def _write_target_once(self, cred: Credential, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if cred.target_uid and cred.target_name == name:
             try:
@@ -345,7 +349,7 @@ class Reconciler:
             return
         existing = await self._kube.read_secret(cred.namespace, name)
         if existing is None or not secrets.owned_by(existing, credential_uid=cred.uid):
-            raise TargetConflict(name)
+            raise _target_conflict(name)
         await self._patch_target(cred, body, uid=existing["metadata"]["uid"])
 
     async def _patch_target(self, cred: Credential, body: dict[str, Any], *, uid: str) -> None:
@@ -364,7 +368,6 @@ class Reconciler:
         *,
         spec: model.CredentialSpec,
         result: oauth.FetchResult,
-        source_version: str,
     ) -> None:
         token = result.token
         now = self._clock()
@@ -396,7 +399,7 @@ class Reconciler:
         cred.expires_at = token.expires_at
         cred.next_refresh_at = refresh_at
         cred.not_before = None
-        cred.client_secret_version = source_version
+        cred.client_secret_version = attempt.source_version
         cred.auth_method = result.auth_method.value
         cred.failed_attempts = 0
         cred.failure_reason = None
@@ -415,7 +418,7 @@ class Reconciler:
                 "authMethod": cred.auth_method,
                 "failedAttempts": 0,
                 "target": spec.target.name,
-                "clientSecretVersion": source_version,
+                "clientSecretVersion": attempt.source_version,
                 "tokenType": token.token_type,
                 "scope": token.scope,
             },
@@ -435,15 +438,19 @@ class Reconciler:
         elif recovered:
             await self._event(cred, "Normal", "Recovered", f"refresh succeeded; {message}", now)
 
-    async def _fail_transient(
-        self,
-        cred: Credential,
-        attempt: _Attempt,
-        *,
-        reason: str,
-        message: str,
-        retry_after: float | None = None,
-    ) -> None:
+    async def _record_failure(self, cred: Credential, attempt: _Attempt, failure: _Failure) -> None:
+        if failure.kind == _STOP:
+            await self._fail(cred, attempt, reason=failure.reason, message=failure.message)
+            return
+        if failure.kind == _PERMANENT:
+            await self._fail(
+                cred,
+                attempt,
+                reason=failure.reason,
+                message=failure.message,
+                retry=timing.PERMANENT_RETRY,
+            )
+            return
         delay = timing.backoff_delay(
             attempt=cred.failed_attempts + 1,
             base=timing.TRANSIENT_BASE,
@@ -451,14 +458,14 @@ class Reconciler:
             draw=self._draw(),
         )
         not_before = None
-        if retry_after is not None:
-            not_before = attempt.now + datetime.timedelta(seconds=retry_after)
-            delay = max(delay, datetime.timedelta(seconds=retry_after))
+        if failure.retry_after is not None:
+            not_before = attempt.now + datetime.timedelta(seconds=failure.retry_after)
+            delay = max(delay, datetime.timedelta(seconds=failure.retry_after))
         await self._fail(
             cred,
             attempt,
-            reason=reason,
-            message=message,
+            reason=failure.reason,
+            message=failure.message,
             retry=delay,
             transient=True,
             not_before=not_before,
@@ -511,6 +518,8 @@ class Reconciler:
         cred.handled_request = attempt.request
         cred.next_refresh_at = retry_at
         cred.not_before = not_before
+        if attempt.source_version is not None:
+            cred.client_secret_version = attempt.source_version
         new_reason = cred.failure_reason != reason
         cred.failure_reason = reason
         if retry_at is not None:
@@ -524,6 +533,7 @@ class Reconciler:
                 "observedGeneration": attempt.generation,
                 "handledRefreshRequest": attempt.request,
                 "failedAttempts": cred.failed_attempts,
+                "clientSecretVersion": cred.client_secret_version,
                 **status.times(nextRefreshAt=retry_at),
             },
         )
@@ -571,13 +581,41 @@ class Reconciler:
             logger.warning("event for %s/%s not posted: %s", cred.namespace, cred.name, exc)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class _Attempt:
     """What one attempt acts on, captured at its start (the spec may change meanwhile)."""
 
     generation: int
     request: str | None
     now: datetime.datetime
+    source_version: str | None = None
+
+
+_STOP = "stop"  # only a change of the spec can help: no retry
+_PERMANENT = "permanent"  # slow retry, and an immediate one on a spec or Secret change
+_TRANSIENT = "transient"  # backoff with full jitter; the current token stays valid
+
+
+class _Failure(Exception):
+    """One step of the cycle failed; ``message`` is safe to show anywhere."""
+
+    def __init__(
+        self, reason: str, message: str, *, kind: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+def _target_conflict(name: str) -> _Failure:
+    return _Failure(
+        status.TARGET_CONFLICT,
+        f"Secret {name!r} exists and is not managed by this ClientCredential; "
+        "delete it or choose another spec.target.name",
+        kind=_PERMANENT,
+    )
 
 
 def _remembered_method(
