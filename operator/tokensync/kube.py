@@ -71,6 +71,17 @@ class Kube:
             raise
         return secret
 
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            config_map: dict[str, Any] = await self._call(
+                self._core.read_namespaced_config_map, name, namespace
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return config_map
+
     async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         created: dict[str, Any] = await self._call(
             self._core.create_namespaced_secret, namespace, body

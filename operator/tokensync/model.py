@@ -129,6 +129,29 @@ class CredentialSpec:
     client_id: str | None
     refresh: RefreshPolicy
     target: TargetSpec
+    ca_bundle: CABundleRef | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CABundleRef:
+    """PEM certificates to trust for the token endpoint, from a ConfigMap or Secret."""
+
+    kind: str  # "ConfigMap" or "Secret"
+    name: str
+    key: str = "ca.crt"
+
+
+def _parse_ca_bundle(raw: object) -> CABundleRef | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.caBundleRef", "must be an object")
+    kind = raw.get("kind", "ConfigMap")
+    if kind not in ("ConfigMap", "Secret"):
+        raise SpecError("spec.caBundleRef.kind", "must be ConfigMap or Secret")
+    name = _required_str(raw, "name", parent="spec.caBundleRef")
+    key = _optional_str(raw, "key", parent="spec.caBundleRef") or "ca.crt"
+    return CABundleRef(kind=kind, name=name, key=key)
 
 
 def parse_duration(value: object, *, field: str) -> datetime.timedelta:
@@ -315,4 +338,5 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         client_id=_optional_str(spec, "clientID", parent="spec"),
         refresh=_parse_refresh(spec.get("refresh")),
         target=target,
+        ca_bundle=_parse_ca_bundle(spec.get("caBundleRef")),
     )

@@ -17,6 +17,7 @@ import json
 import math
 import re
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -392,6 +393,14 @@ async def _attempt(
             "token endpoint sent an undecodable body", reason="BadResponse", permanent=False
         ) from None
     except httpx.HTTPError as exc:
+        if _tls_verification_failed(exc):
+            # Retrying cannot help: the certificate or the CA bundle must change.
+            raise TokenError(
+                "the token endpoint's TLS certificate is not trusted "
+                "(set spec.caBundleRef for a private CA)",
+                reason="TLSVerificationFailed",
+                permanent=True,
+            ) from None
         raise TokenError(
             f"cannot reach the token endpoint ({type(exc).__name__})",
             reason="ConnectionFailed",
@@ -404,6 +413,17 @@ async def _attempt(
         sent_at=sent_at,
         default_lifetime=default_lifetime,
     )
+
+
+def _tls_verification_failed(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore, which wraps ssl
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _client_auth_failed(error: TokenError) -> bool:

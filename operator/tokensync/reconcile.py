@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tokensync import kube, metrics, model, oauth, scheduler, secrets, status, timing
+from tokensync import kube, metrics, model, oauth, scheduler, secrets, status, timing, transport
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Reconciler:
         self,
         *,
         kube_api: kube.Kube,
-        http: httpx.AsyncClient,
+        http: transport.HttpClients,
         metrics_: metrics.Metrics,
         queue: scheduler.RefreshQueue[Key],
         pacer: scheduler.HostPacer,
@@ -204,8 +204,9 @@ class Reconciler:
         try:
             spec = self._parse(cred)
             client = await self._read_client_secret(cred, spec, attempt)
+            http = await self._http_client(cred, spec)
             await self._check_target(cred, spec)
-            result = await self._fetch(cred, spec=spec, client=client)
+            result = await self._fetch(cred, spec=spec, client=client, http=http)
             await self._write_target(cred, self._render(cred, spec, result.token))
         except _Failure as failure:
             if self._credentials.get(key) is cred:
@@ -247,6 +248,32 @@ class Reconciler:
         except secrets.ClientSecretProblem as exc:
             raise _Failure(exc.reason, str(exc), kind=_PERMANENT) from None
 
+    async def _http_client(self, cred: Credential, spec: model.CredentialSpec) -> httpx.AsyncClient:
+        ref = spec.ca_bundle
+        if ref is None:
+            return self._http.default
+        try:
+            if ref.kind == "Secret":
+                source = await self._kube.read_secret(cred.namespace, ref.name)
+                pem = secrets.decoded(source, ref.key) if source else None
+            else:
+                source = await self._kube.read_config_map(cred.namespace, ref.name)
+                pem = (source.get("data") or {}).get(ref.key) if source else None
+        except kube.ApiError as exc:
+            raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
+        if not pem:
+            raise _Failure(
+                "CABundleNotFound",
+                f"{ref.kind} {ref.name!r} with key {ref.key!r} not found",
+                kind=_PERMANENT,
+            )
+        try:
+            return self._http.for_ca_bundle(pem)
+        except transport.BadCABundle as exc:
+            raise _Failure(
+                "CABundleInvalid", f"{ref.kind} {ref.name!r}: {exc}", kind=_PERMANENT
+            ) from None
+
     async def _check_target(self, cred: Credential, spec: model.CredentialSpec) -> None:
         """Refuse a foreign target before asking the provider for a token we cannot store."""
         name = spec.target.name
@@ -263,7 +290,12 @@ class Reconciler:
         cred.target_name, cred.target_uid = name, existing["metadata"]["uid"]
 
     async def _fetch(
-        self, cred: Credential, *, spec: model.CredentialSpec, client: model.ClientCredentials
+        self,
+        cred: Credential,
+        *,
+        spec: model.CredentialSpec,
+        client: model.ClientCredentials,
+        http: httpx.AsyncClient,
     ) -> oauth.FetchResult:
         request = spec.request
         remembered = _remembered_method(spec, cred.auth_method)
@@ -274,13 +306,13 @@ class Reconciler:
             try:
                 if remembered is not None:
                     attempt_request = dataclasses.replace(request, auth_method=remembered)
-                    return await self._token(attempt_request, spec, client)
-                return await self._token(request, spec, client)
+                    return await self._token(attempt_request, spec, client, http)
+                return await self._token(request, spec, client, http)
             except oauth.TokenError as exc:
                 if remembered is None or exc.reason != "InvalidClient":
                     raise
                 # What worked before no longer does: let `auto` try every method again.
-                return await self._token(request, spec, client)
+                return await self._token(request, spec, client, http)
         except oauth.TokenError as exc:
             self._metrics.requests.labels("error", exc.reason).inc()
             kind = _PERMANENT if exc.permanent else _TRANSIENT
@@ -293,9 +325,10 @@ class Reconciler:
         request: model.TokenRequest,
         spec: model.CredentialSpec,
         client: model.ClientCredentials,
+        http: httpx.AsyncClient,
     ) -> oauth.FetchResult:
         result = await oauth.fetch_token(
-            self._http,
+            http,
             request=request,
             credentials=client,
             default_lifetime=spec.refresh.default_lifetime,

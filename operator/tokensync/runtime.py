@@ -1,6 +1,6 @@
 """The operator's shared parts, built once at startup and closed at shutdown.
 
-One Kubernetes API client (with its bounded thread pool), one ``httpx.AsyncClient`` for
+One Kubernetes API client (with its bounded thread pool), the HTTP clients for
 every token request, one metrics registry and server, one refresh queue and its workers.
 kopf handlers reach them through ``memo.runtime``.
 """
@@ -13,12 +13,11 @@ import dataclasses
 import logging
 import time
 
-import httpx
 import prometheus_client
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from tokensync import kube, metrics, reconcile, scheduler
+from tokensync import kube, metrics, reconcile, scheduler, transport
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +60,8 @@ class Runtime:
             workers=config.workers
         )
         self.kube = kube.Kube(_api_client(config.kube_workers), workers=config.kube_workers)
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(config.request_timeout),
-            limits=httpx.Limits(
-                max_connections=config.workers, max_keepalive_connections=config.workers
-            ),
-            follow_redirects=False,
+        self.http = transport.HttpClients(
+            timeout=config.request_timeout, max_connections=config.workers
         )
         self.reconciler = reconcile.Reconciler(
             kube_api=self.kube,

@@ -47,6 +47,11 @@ def _decode(data: Mapping[str, Any], key: str) -> str | None:
         return None
 
 
+def decoded(secret: Mapping[str, Any], key: str) -> str | None:
+    """The text value of ``key`` in a Secret's ``data``, or None."""
+    return _decode(secret.get("data") or {}, key)
+
+
 def client_credentials(
     secret: Mapping[str, Any] | None, *, spec: model.CredentialSpec
 ) -> model.ClientCredentials:

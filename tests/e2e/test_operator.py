@@ -9,19 +9,20 @@ import datetime
 import pathlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client
 
-from localcluster import LocalCluster
-from support.operatorproc import OperatorProcess, install_operator_identity
+from support.fixtures import operator, token_server
+from support.operatorproc import OperatorProcess
 from support.tokenserver import TokenServer
 
 T = TypeVar("T")
 GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "clientcredentials"
 CLIENT_SECRET = "s3cr3t-Zq8!visible-if-leaked"
+__all__ = ["operator", "token_server"]  # fixtures used here and by other e2e modules
 
 
 def wait_for(check: Callable[[], T | None], *, timeout: float = 20.0, what: str = "") -> T:
@@ -32,25 +33,6 @@ def wait_for(check: Callable[[], T | None], *, timeout: float = 20.0, what: str 
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-
-
-@pytest.fixture(scope="module")
-def token_server() -> Iterator[TokenServer]:
-    with TokenServer(lifetime=3600) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: LocalCluster,
-    api_client: client.ApiClient,
-    crds: None,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    workdir = tmp_path_factory.mktemp("operator")
-    kubeconfig = install_operator_identity(cluster, api_client, workdir / "sa.kubeconfig")
-    with OperatorProcess(kubeconfig=kubeconfig, log_path=workdir / "operator.log") as proc:
-        yield proc
 
 
 class Env:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
@@ -146,8 +147,10 @@ class TokenServer:
         lifetime: int = 3600,
         token_format: Literal["jwt", "opaque"] = "jwt",
         send_expires_in: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.lifetime = lifetime
+        self._ssl_context = ssl_context
         self.token_format = token_format
         self.send_expires_in = send_expires_in
         self._lock = threading.Lock()
@@ -165,7 +168,8 @@ class TokenServer:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("TokenServer is not running")
-        return f"http://127.0.0.1:{self._server.server_port}{TOKEN_PATH}"
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_port}{TOKEN_PATH}"
 
     @property
     def requests(self) -> int:
@@ -221,7 +225,12 @@ class TokenServer:
 
     def start(self) -> TokenServer:
         self._server = make_server(
-            "127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietHandler
+            "127.0.0.1",
+            0,
+            self._app,
+            threaded=True,
+            request_handler=_QuietHandler,
+            ssl_context=self._ssl_context,
         )
         self._thread = threading.Thread(
             # A short poll keeps stop() fast: shutdown() waits for the loop's next check.
