@@ -189,7 +189,9 @@ def _expires_in(value: object, *, status_code: int) -> timedelta | None:
         seconds = float(value.strip())
     else:
         raise _bad_response("expires_in is not a number", status_code=status_code)
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_LIFETIME.total_seconds()):
+    # RFC 6749 counts whole seconds; less than one is a token already expired when it lands
+    # (and a lifetime that rounds to zero microseconds would refresh in a loop).
+    if not (math.isfinite(seconds) and 1 <= seconds <= MAX_LIFETIME.total_seconds()):
         raise _bad_response("expires_in is out of range", status_code=status_code)
     return timedelta(seconds=seconds)
 

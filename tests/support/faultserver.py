@@ -5,15 +5,24 @@ taxonomy must handle, so this one answers from a queue of scripted :class:`Fault
 (falling back to a default when the queue is empty) and records every request it gets. It is
 deliberately plain ``http.server``: no framework sits between a test and the bytes it wants
 on the wire.
+
+It can also stand in front of a real authorization server: :meth:`Fault.forward` relays a
+request to it and its answer back, so a test can switch one token URL between serving valid,
+verifiable tokens and failing, and :meth:`FaultServer.stop` / :meth:`FaultServer.start` with
+``port=`` turn it into "connection refused" and back on the same URL.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import socket
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -35,6 +44,8 @@ class Fault:
     unframed: bool = False
     #: Close the connection without sending any response.
     drop: bool = False
+    #: Relay the request to this URL (a real token endpoint) and answer with its response.
+    upstream: str | None = None
 
     @classmethod
     def token(cls, *, access_token: str = "fault-token", expires_in: object = 300) -> Fault:
@@ -88,6 +99,13 @@ class Fault:
     def redirect(cls, location: str, *, status: int = 302) -> Fault:
         return cls(status=status, headers=(("Location", location),))
 
+    @classmethod
+    def forward(cls, url: str, *, delay: float = 0.0) -> Fault:
+        """Relay the request to the token endpoint ``url`` and its answer back (502 if it is
+        unreachable). With ``delay``, hang first: a hang that :meth:`FaultServer.release`
+        ends is then answered by the real server, like a provider that comes back."""
+        return cls(upstream=url, delay=delay, headers=())
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -114,6 +132,13 @@ class FaultServer:
         self._released = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._port = 0
+        self._connections: set[socket.socket] = set()
+
+    @property
+    def port(self) -> int:
+        """The port of the last start (still known after :meth:`stop`, for a restart)."""
+        return self._port
 
     @property
     def url(self) -> str:
@@ -138,9 +163,11 @@ class FaultServer:
         """Let hanging responses finish now."""
         self._released.set()
 
-    def start(self) -> FaultServer:
+    def start(self, *, port: int = 0) -> FaultServer:
+        """Listen on ``port`` (0: any free port; ``self.port`` after a stop: the same URL)."""
         self._released.clear()
-        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _QuietServer(("127.0.0.1", port), _handler_for(self))
+        self._port = self._server.server_port
         self._thread = threading.Thread(
             # A short poll keeps stop() fast: shutdown() waits for the loop's next check.
             target=self._server.serve_forever,
@@ -151,13 +178,21 @@ class FaultServer:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, sever: bool = False) -> None:
         """Stop listening. Connections already open (keep-alive) are still served until
-        their clients close them: set ``default = Fault.disconnect()`` first for an outage."""
+        their clients close them: set ``default = Fault.disconnect()`` first for an outage,
+        or pass ``sever=True`` to shut them down too (then every new request is refused)."""
         self.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        if sever:
+            with self._lock:
+                open_connections = list(self._connections)
+            for connection in open_connections:
+                # OSError: its handler closed it meanwhile.
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._server = self._thread = None
@@ -178,6 +213,36 @@ class FaultServer:
             self._recorded.append(record)
             return self._queue.popleft() if self._queue else self.default
 
+    def _track(self, connection: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+
+#: Request headers a relay passes on; hop-by-hop ones (Connection, Host...) stay behind.
+_FORWARDED_REQUEST = ("authorization", "content-type", "accept")
+#: Response headers a relay passes back.
+_FORWARDED_RESPONSE = ("content-type", "cache-control", "pragma", "www-authenticate", "retry-after")
+# Never through an HTTP proxy from the environment: the upstream is on loopback.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _relay(url: str, headers: Any, body: bytes) -> Fault:
+    """Send the request to ``url``; its answer as a Fault (502 when it cannot be reached)."""
+    forwarded = {k: v for k, v in headers.items() if k.lower() in _FORWARDED_REQUEST}
+    request = urllib.request.Request(url, data=body, headers=forwarded, method="POST")
+    try:
+        with _DIRECT.open(request, timeout=30) as response:
+            status, reply_headers, data = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        status, reply_headers, data = error.code, error.headers, error.read()
+    except (urllib.error.URLError, OSError):
+        return Fault.server_error(502)
+    kept = tuple((k, v) for k, v in reply_headers.items() if k.lower() in _FORWARDED_RESPONSE)
+    return Fault(status=status, body=data, headers=kept)
+
 
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -190,6 +255,14 @@ def _handler_for(owner: FaultServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def setup(self) -> None:
+            super().setup()
+            owner._track(self.connection, add=True)
+
+        def finish(self) -> None:
+            owner._track(self.connection, add=False)
+            super().finish()
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
@@ -199,9 +272,11 @@ def _handler_for(owner: FaultServer) -> type[BaseHTTPRequestHandler]:
             if fault.drop:
                 self.close_connection = True
                 return
+            if fault.upstream is not None:
+                fault = _relay(fault.upstream, self.headers, body)
             try:
                 self._answer(fault)
-            except ConnectionError:
+            except OSError:
                 # The client gave up (timeout, body cap): that is the point of most faults.
                 self.close_connection = True
 
