@@ -10,6 +10,7 @@ fetch nothing that is still valid and not due.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
@@ -80,7 +81,6 @@ class Credential:
     def from_body(cls, body: Mapping[str, Any]) -> Credential:
         meta = body["metadata"]
         st = body.get("status") or {}
-        ready = status.ready_condition(st.get("conditions") or [])
         return cls(
             namespace=meta["namespace"],
             name=meta["name"],
@@ -95,9 +95,7 @@ class Credential:
             client_secret_version=st.get("clientSecretVersion"),
             auth_method=st.get("authMethod"),
             failed_attempts=int(st.get("failedAttempts") or 0),
-            failure_reason=(
-                str(ready.get("reason")) if ready and ready.get("status") == "False" else None
-            ),
+            failure_reason=st.get("lastFailureReason"),
             conditions=[dict(c) for c in st.get("conditions") or []],
             target_name=st.get("target"),
         )
@@ -298,27 +296,47 @@ class Reconciler:
         http: httpx.AsyncClient,
     ) -> oauth.FetchResult:
         request = spec.request
-        remembered = _remembered_method(spec, cred.auth_method)
         host = urllib.parse.urlsplit(request.token_url).hostname or ""
         await self._pacer.acquire(host)
         started = time.monotonic()
+        watchdog = self._expiry_watchdog(cred)
         try:
-            try:
-                if remembered is not None:
-                    attempt_request = dataclasses.replace(request, auth_method=remembered)
+            remembered = _remembered_method(spec, cred.auth_method)
+            if remembered is None:
+                return await self._token(request, spec, client, http)
+            # With `auto`, start with what worked last time; if the server now refuses it,
+            # try the other methods, each once.
+            methods = [remembered, *(m for m in _AUTO_METHODS if m is not remembered)]
+            for position, method in enumerate(methods, start=1):
+                try:
+                    attempt_request = dataclasses.replace(request, auth_method=method)
                     return await self._token(attempt_request, spec, client, http)
-                return await self._token(request, spec, client, http)
-            except oauth.TokenError as exc:
-                if remembered is None or exc.reason != "InvalidClient":
-                    raise
-                # What worked before no longer does: let `auto` try every method again.
-                return await self._token(request, spec, client, http)
+                except oauth.TokenError as exc:
+                    if position == len(methods) or exc.reason != "InvalidClient":
+                        raise
+            raise AssertionError("unreachable: the last method returns or raises")
         except oauth.TokenError as exc:
             self._metrics.requests.labels("error", exc.reason).inc()
             kind = _PERMANENT if exc.permanent else _TRANSIENT
             raise _Failure(exc.reason, str(exc), kind=kind, retry_after=exc.retry_after) from None
         finally:
             self._metrics.duration.observe(time.monotonic() - started)
+            if watchdog is not None:
+                watchdog.cancel()
+
+    def _expiry_watchdog(self, cred: Credential) -> asyncio.Task[None] | None:
+        """Report expiry on time even while a token request is still in flight."""
+        if cred.expires_at is None:
+            return None
+        delay = (cred.expires_at - self._clock()).total_seconds()
+        if delay <= 0 or delay > self._settings.request_timeout + 1:
+            return None  # expired already (the attempt's outcome reports it) or far away
+
+        async def report_at_expiry() -> None:
+            await asyncio.sleep(delay)
+            await self._mark_expired_if_needed(cred, self._clock(), message="refresh in progress")
+
+        return asyncio.create_task(report_at_expiry())
 
     async def _token(
         self,
@@ -450,6 +468,7 @@ class Reconciler:
                 ),
                 "authMethod": cred.auth_method,
                 "failedAttempts": 0,
+                "lastFailureReason": None,
                 "target": spec.target.name,
                 "clientSecretVersion": attempt.source_version,
                 "tokenType": token.token_type,
@@ -492,7 +511,8 @@ class Reconciler:
         )
         not_before = None
         if failure.retry_after is not None:
-            not_before = attempt.now + datetime.timedelta(seconds=failure.retry_after)
+            # Counted from now, after the response arrived, never from the attempt's start.
+            not_before = self._clock() + datetime.timedelta(seconds=failure.retry_after)
             delay = max(delay, datetime.timedelta(seconds=failure.retry_after))
         await self._fail(
             cred,
@@ -516,7 +536,7 @@ class Reconciler:
         not_before: datetime.datetime | None = None,
     ) -> None:
         """Record a failed attempt. The target Secret is never touched here."""
-        now = attempt.now
+        now = self._clock()  # not the attempt's start: a request may have taken a while
         cred.failed_attempts += 1
         valid = cred.expires_at is not None and cred.expires_at > now
         retry_at = now + retry if retry is not None else None
@@ -538,6 +558,10 @@ class Reconciler:
             ready, ready_reason, ready_message = False, reason, message
         if retry_at is not None:
             ready_message += f"; next attempt at {secrets.format_time(retry_at)}"
+        previous = status.ready_condition(cred.conditions)
+        newly_expired = ready_reason == status.EXPIRED and (
+            previous is None or previous.get("reason") != status.EXPIRED
+        )
         cred.conditions = status.set_condition(
             cred.conditions,
             type_=status.READY,
@@ -566,6 +590,7 @@ class Reconciler:
                 "observedGeneration": attempt.generation,
                 "handledRefreshRequest": attempt.request,
                 "failedAttempts": cred.failed_attempts,
+                "lastFailureReason": reason,
                 "clientSecretVersion": cred.client_secret_version,
                 **status.times(nextRefreshAt=retry_at),
             },
@@ -576,8 +601,16 @@ class Reconciler:
         )
         if new_reason:
             await self._event(cred, "Warning", reason, f"refresh failed: {message}", now)
+        if newly_expired:
+            await self._event(cred, "Warning", status.EXPIRED, ready_message, now)
 
-    async def _mark_expired_if_needed(self, cred: Credential, now: datetime.datetime) -> None:
+    async def _mark_expired_if_needed(
+        self,
+        cred: Credential,
+        now: datetime.datetime,
+        *,
+        message: str = "the token endpoint asked to wait before retrying",
+    ) -> None:
         if cred.expires_at is None or cred.expires_at > now:
             return
         ready = status.ready_condition(cred.conditions)
@@ -588,13 +621,13 @@ class Reconciler:
             type_=status.READY,
             status=False,
             reason=status.EXPIRED,
-            message=f"token expired at {secrets.format_time(cred.expires_at)}; the token "
-            "endpoint asked to wait before retrying",
+            message=f"token expired at {secrets.format_time(cred.expires_at)}; {message}",
             generation=cred.handled_generation or cred.generation,
             now=now,
         )
         await self._patch_status(cred, {"conditions": cred.conditions})
         self._metrics.set_ready(cred.namespace, cred.name, "False")
+        await self._event(cred, "Warning", status.EXPIRED, str(cred.conditions[-1]["message"]), now)
 
     async def _patch_status(self, cred: Credential, patch: Mapping[str, Any]) -> None:
         try:
@@ -624,6 +657,7 @@ class _Attempt:
     source_version: str | None = None
 
 
+_AUTO_METHODS = (model.AuthMethod.CLIENT_SECRET_BASIC, model.AuthMethod.CLIENT_SECRET_POST)
 _STOP = "stop"  # only a change of the spec can help: no retry
 _PERMANENT = "permanent"  # slow retry, and an immediate one on a spec or Secret change
 _TRANSIENT = "transient"  # backoff with full jitter; the current token stays valid

@@ -558,11 +558,6 @@ def test_metrics_and_liveness(env: Env, faults: FaultServer, operator: OperatorP
         assert response.status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="oauth.py/reconcile.py: delay-seconds Retry-After is counted from before the "
-    "request was sent (attempt start), not from when the response arrived",
-)
 def test_retry_after_counts_from_the_response(env: Env, faults: FaultServer) -> None:
     answer_after, delay = 1.5, 3
     faults.push(dataclasses.replace(Fault.rate_limited(retry_after=str(delay)), delay=answer_after))
@@ -575,11 +570,6 @@ def test_retry_after_counts_from_the_response(env: Env, faults: FaultServer) -> 
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconcile.py: _fetch retries the remembered method inside `auto`, so a failing "
-    "client_secret_basic is sent twice per attempt",
-)
 def test_invalid_client_probes_each_method_once(env: Env, faults: FaultServer) -> None:
     faults.push(Fault.token(access_token="probe-good", expires_in=3600))
     faults.default = Fault.oauth_error("invalid_client", status=401)
@@ -596,11 +586,6 @@ def test_invalid_client_probes_each_method_once(env: Env, faults: FaultServer) -
     assert methods == ["basic", "post"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconcile.py: expiry is only noticed when an attempt ends; a token request "
-    "in flight (up to the 10 s request timeout) keeps Ready=True past expiresAt",
-)
 def test_expiry_is_reported_while_a_request_hangs(env: Env, faults: FaultServer) -> None:
     exp = int(time.time()) + 6
     token = jwt_expiring_at(exp)
@@ -613,12 +598,6 @@ def test_expiry_is_reported_while_a_request_hangs(env: Env, faults: FaultServer)
     assert expired["status"] == "False"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconcile.py Credential.from_body: a restart while Ready=True/RefreshFailing "
-    "forgets the failure, so the recovery that follows posts no Recovered event (and a "
-    "failure that follows posts its Warning a second time)",
-)
 def test_recovery_after_a_restart_is_reported(
     env: Env, faults: FaultServer, operator: OperatorProcess
 ) -> None:
