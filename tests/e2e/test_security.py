@@ -1,0 +1,169 @@
+"""Security properties, proven with real identities: no confused deputy, no cross-namespace
+read, token hosts restricted to an allowlist.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client, config
+from test_operator import GROUP, PLURAL, VERSION, Env, wait_for
+
+from localcluster import LocalCluster
+from support.faultserver import FaultServer
+from support.operatorproc import OperatorProcess, install_operator_identity
+from support.tokenserver import TokenServer
+
+STOLEN = "db-password-that-must-never-leave"
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: LocalCluster,
+    api_client: client.ApiClient,
+    crds: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    """The operator with a token host allowlist: only 127.0.0.1."""
+    workdir = tmp_path_factory.mktemp("operator-allowlist")
+    kubeconfig = install_operator_identity(cluster, api_client, workdir / "sa.kubeconfig")
+    with OperatorProcess(
+        kubeconfig=kubeconfig,
+        log_path=workdir / "operator.log",
+        extra_args=["--allowed-token-host=127.0.0.1"],
+    ) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def attacker() -> Iterator[FaultServer]:
+    """A token endpoint 'controlled by an attacker': it records whatever it receives."""
+    with FaultServer() as server:
+        yield server
+
+
+@pytest.fixture
+def token_server() -> Iterator[TokenServer]:
+    with TokenServer() as server:
+        yield server
+
+
+@pytest.fixture
+def author(
+    cluster: LocalCluster, api_client: client.ApiClient, namespace: str, tmp_path: pathlib.Path
+) -> Iterator[client.ApiClient]:
+    """A user who may manage ClientCredentials in the namespace but not read its Secrets."""
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "ccred-author"},
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [PLURAL],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch"],
+                }
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "ccred-author"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "ccred-author",
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "author"}
+            ],
+        },
+    )
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "author.kubeconfig", user="author")
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    yield api
+    api.close()
+
+
+def test_confused_deputy_cannot_exfiltrate_a_secret(
+    api_client: client.ApiClient,
+    author: client.ApiClient,
+    namespace: str,
+    attacker: FaultServer,
+    operator: OperatorProcess,
+    token_server: TokenServer,
+) -> None:
+    client.CoreV1Api(api_client).create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "database"},
+            "stringData": {"client_id": "db", "client_secret": STOLEN},
+        },
+    )
+    # The author really lacks Secret access...
+    with pytest.raises(client.ApiException) as denied:
+        client.CoreV1Api(author).read_namespaced_secret("database", namespace)
+    assert denied.value.status == 403
+    # ...but may point a ClientCredential at that Secret and at their own server.
+    client.CustomObjectsApi(author).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ClientCredential",
+            "metadata": {"name": "exfiltrate"},
+            "spec": {"tokenURL": attacker.url, "clientSecretRef": {"name": "database"}},
+        },
+    )
+    env = Env(api_client, namespace, token_server)
+    ready = env.wait_ready("exfiltrate", reason="ClientSecretNotOptedIn")
+    assert ready["status"] == "False"
+    assert not attacker.requests, "the operator sent something to the attacker's endpoint"
+    assert STOLEN not in operator.log()
+
+
+def test_client_secret_is_never_read_from_another_namespace(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    token_server: TokenServer,
+) -> None:
+    core = client.CoreV1Api(api_client)
+    other = f"{namespace}-other"
+    core.create_namespace({"metadata": {"name": other}})
+    try:
+        env_other = Env(api_client, other, token_server)
+        env_other.client_secret()  # labelled and valid, but in the other namespace
+        env = Env(api_client, namespace, token_server)
+        # There is no namespace field: the schema prunes one if a user tries.
+        created = env.credential(clientSecretRef={"name": "oauth-client", "namespace": other})
+        assert "namespace" not in created["spec"]["clientSecretRef"]
+        ready = env.wait_ready(reason="ClientSecretNotFound")
+        assert ready["status"] == "False"
+        assert not token_server.issued
+    finally:
+        core.delete_namespace(other)
+
+
+def test_token_host_outside_the_allowlist_is_refused(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    token_server: TokenServer,
+) -> None:
+    env = Env(api_client, namespace, token_server)
+    env.client_secret()
+    allowed = env.credential("allowed")
+    assert allowed["spec"]["tokenURL"].startswith("http://127.0.0.1:")
+    wait_for(lambda: env.token("allowed-token"), what="a token from the allowed host")
+    refused_url = token_server.url.replace("127.0.0.1", "localhost")
+    env.credential("refused", tokenURL=refused_url)
+    ready = env.wait_ready("refused", reason="TokenURLRefused")
+    assert "localhost" in ready["message"]
+    assert len(token_server.issued) == 1  # only the allowed credential's token
