@@ -1,0 +1,534 @@
+"""deploy/ installs cleanly on a real API server, meets Pod Security "restricted", and
+gives the operator exactly the rights it needs: enough for a full credential cycle, and
+nothing more.
+
+Every install here is rendered with ``kubectl kustomize`` and applied with ``kubectl apply
+--server-side``, the commands docs/install.md gives. No kubelet or scheduler runs here, so
+the Deployment is never started; the operator runs as a process under the Deployment's
+ServiceAccount, with the Deployment's own arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import pathlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client, config
+
+from localcluster import LocalCluster
+from support import manifests
+from support.manifests import COMPONENTS, OPERATOR_NAMESPACE, OVERLAYS, Kubectl
+from support.operatorproc import OperatorProcess, service_account_kubeconfig
+from support.tokenserver import TokenServer
+from tokensync import cli, model
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+MONITORING_CRDS = pathlib.Path(__file__).parent / "data" / "monitoring-crds.yaml"
+RESTRICTED = "pod-security.kubernetes.io/enforce"
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float = 30.0, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+
+
+@pytest.fixture(scope="module")
+def kubectl(cluster: LocalCluster) -> Kubectl:
+    return Kubectl(cluster)
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(kubectl: Kubectl) -> None:
+    """ServiceMonitor and PrometheusRule kinds, so that those components can be applied."""
+    kubectl.apply(MONITORING_CRDS.read_text(), field_manager="tokensync-tests")
+    kubectl.run(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+    )
+
+
+def render(
+    workdir: pathlib.Path,
+    kubectl: Kubectl,
+    overlay: str,
+    components: tuple[str, ...] = (),
+    watch_namespace: str | None = None,
+) -> str:
+    directory = manifests.kustomization(
+        workdir, overlay=overlay, components=components, watch_namespace=watch_namespace
+    )
+    return kubectl.kustomize(directory)
+
+
+def new_namespace(core: client.CoreV1Api, *, labels: dict[str, str] | None = None) -> str:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": labels or {}}})
+    return name
+
+
+# -- install ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("components", [(), COMPONENTS], ids=["plain", "with-components"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_applies_with_server_side_apply(
+    *,
+    kubectl: Kubectl,
+    api_client: client.ApiClient,
+    monitoring_crds: None,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    overlay: str,
+    components: tuple[str, ...],
+) -> None:
+    watch = namespace if overlay == "single-namespace" else None
+    rendered = render(tmp_path, kubectl, overlay, components, watch_namespace=watch)
+    docs = manifests.documents(rendered)
+    kubectl.apply(rendered)
+
+    # Everything rendered is there, as rendered.
+    listed = manifests.documents(kubectl.run("get", "-f", "-", "-o", "yaml", stdin=rendered).stdout)
+    items = listed[0]["items"] if listed[0]["kind"] == "List" else listed
+    assert [(d["kind"], d["metadata"]["name"]) for d in items] == [
+        (d["kind"], d["metadata"]["name"]) for d in docs
+    ]
+    # A second apply changes nothing: the manifests are what the server stores (no
+    # defaults fought over, no fields another manager owns).
+    diff = kubectl.run(
+        "diff",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=tokensync-install",
+        "-f",
+        "-",
+        stdin=rendered,
+        check=False,
+    )
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "Namespace", "ServiceAccount", "Deployment", "Service"} <= (
+        kinds
+    )
+    assert ({"ServiceMonitor", "PrometheusRule", "NetworkPolicy"} <= kinds) == bool(components)
+    if overlay == "single-namespace":
+        assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+        assert manifests.find(docs, "Role")["metadata"]["namespace"] == namespace
+        assert manifests.find(docs, "RoleBinding")["metadata"]["namespace"] == namespace
+        assert f"--namespace={namespace}" in manifests.container(docs)["args"]
+    else:
+        assert {"ClusterRole", "ClusterRoleBinding"} <= kinds
+        assert not any(a.startswith("--namespace") for a in manifests.container(docs)["args"])
+
+
+def test_base_rbac_is_the_file_the_operator_tests_run_under(
+    kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    """tests/support/operatorproc.py applies deploy/base/rbac.yaml; the install ships it."""
+    docs = manifests.documents(render(tmp_path, kubectl, "cluster-wide"))
+    shipped = manifests.documents((manifests.DEPLOY / "base" / "rbac.yaml").read_text())
+    for doc in shipped:
+        installed = manifests.find(docs, doc["kind"], doc["metadata"]["name"])
+        for key in ("rules", "roleRef", "subjects"):
+            assert installed.get(key) == doc.get(key)
+
+
+def test_single_namespace_role_has_the_cluster_role_rules(
+    kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cluster_wide = manifests.documents(render(tmp_path / "a", kubectl, "cluster-wide"))
+    single = manifests.documents(render(tmp_path / "b", kubectl, "single-namespace"))
+    assert (
+        manifests.find(single, "Role")["rules"]
+        == manifests.find(cluster_wide, "ClusterRole")["rules"]
+    )
+    binding = manifests.find(single, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "tokensync",
+    }
+    assert binding["subjects"] == manifests.find(cluster_wide, "ClusterRoleBinding")["subjects"]
+
+
+# -- the Deployment -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployment_arguments_are_flags_of_tokensync_run(
+    kubectl: Kubectl, tmp_path: pathlib.Path, overlay: str
+) -> None:
+    docs = manifests.documents(render(tmp_path, kubectl, overlay))
+    spec = manifests.container(docs)
+    parsed = cli._parser().parse_args(["run", *spec["args"]])
+    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+    assert ports == {"metrics": parsed.metrics_port, "health": parsed.health_port}
+    assert parsed.metrics_port == 8080
+    assert parsed.health_port == 8081
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert spec[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    service = manifests.find(docs, "Service", "tokensync-metrics")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    pod_labels = manifests.find(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_deployment_is_a_single_replica_replaced_with_recreate(
+    kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    docs = manifests.documents(render(tmp_path, kubectl, "cluster-wide"))
+    deployment = manifests.find(docs, "Deployment", "tokensync")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "tokensync"
+    spec = manifests.container(docs)
+    assert spec["image"] == "ghcr.io/tokensync/tokensync:0.1.0"
+    assert set(spec["resources"]) == {"requests", "limits"}
+    assert {"cpu", "memory"} <= set(spec["resources"]["requests"])
+    assert "memory" in spec["resources"]["limits"]
+    security = spec["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_network_policy_allows_only_what_the_operator_needs(
+    kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    docs = manifests.documents(render(tmp_path, kubectl, "cluster-wide", ("networkpolicy",)))
+    deny = manifests.find(docs, "NetworkPolicy", "default-deny")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    allow = manifests.find(docs, "NetworkPolicy", "tokensync")["spec"]
+    pod_labels = manifests.find(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert allow["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    egress = {
+        (port["protocol"], port["port"]) for rule in allow["egress"] for port in rule["ports"]
+    }
+    assert egress == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443)}
+    ingress = [port for rule in allow["ingress"] for port in rule["ports"]]
+    assert ingress == [{"port": "metrics", "protocol": "TCP"}]
+
+
+# -- Pod Security -------------------------------------------------------------------------
+
+
+def pod_from_template(docs: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
+    template = copy.deepcopy(manifests.find(docs, "Deployment", "tokensync")["spec"]["template"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "tokensync-pss-check", "namespace": namespace, **template["metadata"]},
+        "spec": template["spec"],
+    }
+
+
+def test_pod_template_is_admitted_under_pod_security_restricted(
+    kubectl: Kubectl, api_client: client.ApiClient, tmp_path: pathlib.Path
+) -> None:
+    core = client.CoreV1Api(api_client)
+    restricted = new_namespace(core, labels={RESTRICTED: "restricted"})
+    try:
+        docs = manifests.documents(render(tmp_path, kubectl, "cluster-wide"))
+        assert (
+            manifests.find(docs, "Namespace", OPERATOR_NAMESPACE)["metadata"]["labels"][RESTRICTED]
+            == "restricted"
+        )
+        pod = pod_from_template(docs, restricted)
+        core.create_namespaced_pod(restricted, pod, dry_run="All")
+
+        # The control: the same pod without its security settings is refused, so the
+        # admission plugin really is judging these pods.
+        loose = copy.deepcopy(pod)
+        del loose["spec"]["securityContext"]
+        del loose["spec"]["containers"][0]["securityContext"]
+        with pytest.raises(client.ApiException) as refused:
+            core.create_namespaced_pod(restricted, loose, dry_run="All")
+        assert refused.value.status == 403
+        assert "violates PodSecurity" in refused.value.body
+    finally:
+        core.delete_namespace(restricted)
+
+
+# -- what the ServiceAccount may and may not do ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installed_cluster_wide(
+    cluster: LocalCluster,
+    api_client: client.ApiClient,
+    kubectl: Kubectl,
+    crds: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> pathlib.Path:
+    """The cluster-wide install, applied; returns a kubeconfig of its ServiceAccount."""
+    workdir = tmp_path_factory.mktemp("cluster-wide")
+    kubectl.apply(render(workdir / "tree", kubectl, "cluster-wide"))
+    return service_account_kubeconfig(cluster, api_client, workdir / "sa.kubeconfig")
+
+
+@pytest.fixture
+def sa_client(installed_cluster_wide: pathlib.Path) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(installed_cluster_wide))
+    yield api
+    api.close()
+
+
+def status_code(call: Callable[[], object]) -> int:
+    try:
+        call()
+    except client.ApiException as exc:
+        return int(exc.status)
+    return 200
+
+
+def test_service_account_is_denied_what_it_does_not_need(
+    api_client: client.ApiClient, sa_client: client.ApiClient, namespace: str
+) -> None:
+    admin_core, admin_custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    admin_core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "some-secret"}, "stringData": {"k": "v"}}
+    )
+    admin_core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "some-config"}, "data": {"k": "v"}}
+    )
+    body = {
+        "apiVersion": f"{model.GROUP}/{model.VERSION}",
+        "kind": model.KIND,
+        "metadata": {"name": "api"},
+        "spec": {"tokenURL": "https://login.example.com/t", "clientSecretRef": {"name": "c"}},
+    }
+    admin_custom.create_namespaced_custom_object(
+        model.GROUP, model.VERSION, namespace, model.PLURAL, body
+    )
+    core, custom = client.CoreV1Api(sa_client), client.CustomObjectsApi(sa_client)
+    apps = client.AppsV1Api(sa_client)
+    crd_args = (model.GROUP, model.VERSION, namespace, model.PLURAL)
+
+    # What it needs works: the identity is real, and the denials below are RBAC's.
+    allowed = {
+        "get a Secret": lambda: core.read_namespaced_secret("some-secret", namespace),
+        "get a ConfigMap by name (CA bundles)": lambda: core.read_namespaced_config_map(
+            "some-config", namespace
+        ),
+        "list ClientCredentials": lambda: custom.list_namespaced_custom_object(*crd_args),
+        "patch ClientCredential status": lambda: custom.patch_namespaced_custom_object_status(
+            *crd_args, "api", {"status": {"failedAttempts": 0}}
+        ),
+        "create an Event": lambda: core.create_namespaced_event(
+            namespace,
+            {
+                "metadata": {"generateName": "api."},
+                "involvedObject": {"kind": model.KIND, "name": "api", "namespace": namespace},
+                "reason": "Test",
+                "message": "allowed",
+                "type": "Normal",
+            },
+        ),
+    }
+    for what, call in allowed.items():
+        assert status_code(call) in {200, 201}, f"the operator must be allowed to {what}"
+
+    denied = {
+        "delete a Secret": lambda: core.delete_namespaced_secret("some-secret", namespace),
+        "update (replace) a Secret": lambda: core.replace_namespaced_secret(
+            "some-secret", namespace, core.read_namespaced_secret("some-secret", namespace)
+        ),
+        "list ConfigMaps": lambda: core.list_namespaced_config_map(namespace),
+        "watch ConfigMaps in every namespace": lambda: core.list_config_map_for_all_namespaces(
+            watch=True, timeout_seconds=1
+        ),
+        "change a ConfigMap": lambda: core.patch_namespaced_config_map(
+            "some-config", namespace, {"data": {"k": "changed"}}
+        ),
+        "patch a ClientCredential's spec": lambda: custom.patch_namespaced_custom_object(
+            *crd_args, "api", {"spec": {"tokenURL": "https://evil.example.com/t"}}
+        ),
+        "create a ClientCredential": lambda: custom.create_namespaced_custom_object(
+            *crd_args, {**body, "metadata": {"name": "other"}}
+        ),
+        "delete a ClientCredential": lambda: custom.delete_namespaced_custom_object(
+            *crd_args, "api"
+        ),
+        "list Namespaces": core.list_namespace,
+        "list Pods": lambda: core.list_namespaced_pod(namespace),
+        "create a Pod": lambda: core.create_namespaced_pod(
+            namespace,
+            {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}},
+        ),
+        "create a ServiceAccount token": lambda: core.create_namespaced_service_account_token(
+            "tokensync", OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 600}}
+        ),
+        "change its own Deployment": lambda: apps.patch_namespaced_deployment(
+            "tokensync", OPERATOR_NAMESPACE, {"spec": {"replicas": 2}}
+        ),
+        "read CRDs": lambda: client.ApiextensionsV1Api(sa_client).list_custom_resource_definition(),
+    }
+    codes = {what: status_code(call) for what, call in denied.items()}
+    assert codes == dict.fromkeys(denied, 403)
+    # and nothing was changed by the attempts
+    assert admin_core.read_namespaced_secret("some-secret", namespace).data == {"k": "dg=="}
+    assert admin_core.read_namespaced_config_map("some-config", namespace).data == {"k": "v"}
+    spec = admin_custom.get_namespaced_custom_object(*crd_args, "api")["spec"]
+    assert spec["tokenURL"] == "https://login.example.com/t"
+
+
+# -- single-namespace install, run under its own identity ------------------------------
+
+
+def test_single_namespace_install_runs_the_operator_in_its_namespace_only(
+    *,
+    cluster: LocalCluster,
+    api_client: client.ApiClient,
+    kubectl: Kubectl,
+    crds: None,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    """The Role is enough for a full credential cycle, and gives nothing outside it.
+
+    Other tests install the cluster-wide ClusterRoleBinding for tokensync-system/tokensync,
+    so this install's operator namespace is renamed: its ServiceAccount then holds only
+    what the single-namespace overlay grants.
+    """
+    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    operator_ns = f"tsn-{uuid.uuid4().hex[:8]}"
+    rendered = render(tmp_path / "tree", kubectl, "single-namespace", watch_namespace=namespace)
+    rendered = rendered.replace(OPERATOR_NAMESPACE, operator_ns)
+    kubectl.apply(rendered)
+    other = new_namespace(core)
+    try:
+        args = [
+            arg
+            for arg in manifests.container(manifests.documents(rendered))["args"]
+            if not arg.startswith(("--metrics-port", "--health-port"))
+        ]
+        assert args == [f"--namespace={namespace}"]
+        kubeconfig = service_account_kubeconfig(
+            cluster, api_client, tmp_path / "sa.kubeconfig", namespace=operator_ns
+        )
+        with TokenServer(lifetime=3600) as server:
+            server.add_client("single-ns-client", "single-ns-secret")
+            for ns in (namespace, other):
+                core.create_namespaced_secret(
+                    ns,
+                    {
+                        "metadata": {
+                            "name": "oauth-client",
+                            "labels": {model.CLIENT_SECRET_LABEL: "true"},
+                        },
+                        "stringData": {
+                            "client_id": "single-ns-client",
+                            "client_secret": "single-ns-secret",
+                        },
+                    },
+                )
+                custom.create_namespaced_custom_object(
+                    model.GROUP,
+                    model.VERSION,
+                    ns,
+                    model.PLURAL,
+                    {
+                        "apiVersion": f"{model.GROUP}/{model.VERSION}",
+                        "kind": model.KIND,
+                        "metadata": {"name": "api"},
+                        "spec": {
+                            "tokenURL": server.url,
+                            "clientSecretRef": {"name": "oauth-client"},
+                        },
+                    },
+                )
+            with OperatorProcess(
+                kubeconfig=kubeconfig, log_path=tmp_path / "operator.log", extra_args=args
+            ) as operator:
+
+                def ready(ns: str) -> bool:
+                    obj = custom.get_namespaced_custom_object(
+                        model.GROUP, model.VERSION, ns, model.PLURAL, "api"
+                    )
+                    conditions = (obj.get("status") or {}).get("conditions") or []
+                    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+                wait_for(lambda: ready(namespace), what="Ready in the watched namespace")
+                token = core.read_namespaced_secret("api-token", namespace).data["access_token"]
+                assert token
+                # The other namespace is neither watched nor reachable.
+                time.sleep(2)
+                other_cred = custom.get_namespaced_custom_object(
+                    model.GROUP, model.VERSION, other, model.PLURAL, "api"
+                )
+                assert "status" not in other_cred
+                assert status_code(lambda: core.read_namespaced_secret("api-token", other)) == 404
+                assert "Forbidden" not in operator.log()
+            with config.new_client_from_config(config_file=str(kubeconfig)) as sa:
+                sa_core = client.CoreV1Api(sa)
+                assert status_code(lambda: sa_core.list_namespaced_secret(namespace)) == 200
+                assert status_code(lambda: sa_core.list_namespaced_secret(other)) == 403
+                assert status_code(sa_core.list_secret_for_all_namespaces) == 403
+                assert (
+                    status_code(
+                        lambda: client.CustomObjectsApi(sa).list_cluster_custom_object(
+                            model.GROUP, model.VERSION, model.PLURAL
+                        )
+                    )
+                    == 403
+                )
+    finally:
+        core.delete_namespace(other)
+        core.delete_namespace(operator_ns)
+
+
+def test_every_overlay_and_component_combination_renders(
+    kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    """Components are independent: any subset works with either overlay."""
+    for index, (overlay, count) in enumerate(
+        itertools.product(OVERLAYS, range(len(COMPONENTS) + 1))
+    ):
+        for subset in itertools.combinations(COMPONENTS, count):
+            workdir = tmp_path / f"{index}-{'-'.join(subset) or 'none'}"
+            workdir.mkdir()
+            docs = manifests.documents(render(workdir, kubectl, overlay, subset))
+            names = [
+                (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs
+            ]
+            assert len(names) == len(set(names)), names
+
+
+# -- kubectl experience -------------------------------------------------------------------
+
+
+def test_kubectl_explain_describes_every_spec_field(kubectl: Kubectl, crds: None) -> None:
+    """``kubectl explain`` reads the CRD's published schema: every field has its text."""
+    schema = manifests.documents(
+        (manifests.REPO_ROOT / "crds" / "clientcredentials.tokensync.dev.yaml").read_text()
+    )[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    # The API server publishes a new CRD's OpenAPI a moment after it is established.
+    wait_for(
+        lambda: kubectl.run("explain", "clientcredential.spec", check=False).returncode == 0,
+        what="the CRD's OpenAPI schema",
+    )
+    for name, field in schema["properties"].items():
+        out = kubectl.run("explain", f"clientcredential.spec.{name}").stdout
+        first_words = " ".join(str(field["description"]).split()[:6])
+        assert first_words in " ".join(out.split()), f"spec.{name}"
