@@ -150,7 +150,10 @@ def test_backoff_is_within_zero_and_the_ceiling(
     got = timing.backoff_delay(attempt=attempt, base=base, cap=cap, draw=draw)
     assert timedelta(0) <= got <= cap
     if attempt < 40:
-        assert got <= base * 2 ** (attempt - 1)
+        # In integer microseconds: base * 2**n as a timedelta can overflow its range.
+        assert got // timedelta(microseconds=1) <= (base // timedelta(microseconds=1)) * 2 ** (
+            attempt - 1
+        )
 
 
 @pytest.mark.parametrize(
