@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import time
 import uuid
@@ -9,11 +10,18 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
+from hypothesis import settings
 from kubernetes import client, config
 
 from localcluster import LocalCluster
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Property tests are reproducible by default (the same examples on every run, so CI is not
+# red one day in a thousand by chance); `HYPOTHESIS_PROFILE=explore` draws new examples.
+settings.register_profile("default", derandomize=True, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 CRD_DIR = REPO_ROOT / "crds"
 
 
