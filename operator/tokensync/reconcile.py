@@ -130,6 +130,9 @@ class Reconciler:
         self._draw = draw
         self._credentials: dict[Key, Credential] = {}
         self._by_client_secret: dict[Key, set[Key]] = {}
+        # Client Secret versions seen while their credential was being refreshed: checked
+        # when that refresh ends, against the version it actually read (see refresh()).
+        self._seen_while_running: dict[Key, str] = {}
 
     def __len__(self) -> int:
         return len(self._credentials)
@@ -158,6 +161,7 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         """A ClientCredential was deleted: stop refreshing it."""
         cred = self._credentials.pop((namespace, name), None)
+        self._seen_while_running.pop((namespace, name), None)
         if cred is not None:
             self._unindex(cred)
         self._queue.cancel((namespace, name))
@@ -167,7 +171,13 @@ class Reconciler:
         """A client Secret was listed, added or modified: refetch with a rotated secret."""
         for key in self._by_client_secret.get((namespace, name), set()).copy():
             cred = self._credentials.get(key)
-            if cred is not None and cred.client_secret_version != version:
+            if cred is None or cred.client_secret_version == version:
+                continue
+            if self._queue.is_running(key):
+                # The refresh in flight may have read this very version (on a cold start the
+                # Secrets' list arrives while the first refreshes run): decide when it ends.
+                self._seen_while_running[key] = version
+            else:
                 self._queue.trigger(key)
 
     def _index(self, cred: Credential) -> None:
@@ -188,6 +198,15 @@ class Reconciler:
 
     async def refresh(self, key: Key, due: float) -> None:
         """The refresh queue's work: one attempt for one credential."""
+        try:
+            await self._refresh(key, due)
+        finally:
+            seen = self._seen_while_running.pop(key, None)
+            cred = self._credentials.get(key)
+            if seen is not None and cred is not None and cred.client_secret_version != seen:
+                self._queue.trigger(key)  # running: runs again right after this attempt
+
+    async def _refresh(self, key: Key, due: float) -> None:
         cred = self._credentials.get(key)
         if cred is None:
             return
@@ -203,16 +222,24 @@ class Reconciler:
             spec = self._parse(cred)
             client = await self._read_client_secret(cred, spec, attempt)
             http = await self._http_client(cred, spec)
-            await self._check_target(cred, spec)
+            existing = await self._check_target(cred, spec)
+            if existing is not None and await self._adopt(cred, attempt, spec, existing):
+                return
             result = await self._fetch(cred, spec=spec, client=client, http=http)
-            await self._write_target(cred, self._render(cred, spec, result.token))
+            refresh_at = timing.refresh_at(
+                issued_at=result.token.issued_at,
+                expires_at=result.token.expires_at,
+                policy=spec.refresh,
+                jitter=self._draw(),
+            )
+            await self._write_target(cred, self._render(cred, spec, result.token, refresh_at))
         except _Failure as failure:
             if self._credentials.get(key) is cred:
                 await self._record_failure(cred, attempt, failure)
             return
         if self._credentials.get(key) is not cred:
             return  # deleted while we worked; its Secret goes with it (ownerReference)
-        await self._succeed(cred, attempt, spec=spec, result=result)
+        await self._succeed(cred, attempt, spec=spec, result=result, refresh_at=refresh_at)
 
     # -- the steps; each raises _Failure ---------------------------------------------
 
@@ -272,20 +299,91 @@ class Reconciler:
                 "CABundleInvalid", f"{ref.kind} {ref.name!r}: {exc}", kind=_PERMANENT
             ) from None
 
-    async def _check_target(self, cred: Credential, spec: model.CredentialSpec) -> None:
-        """Refuse a foreign target before asking the provider for a token we cannot store."""
+    async def _check_target(
+        self, cred: Credential, spec: model.CredentialSpec
+    ) -> dict[str, Any] | None:
+        """Refuse a foreign target before asking the provider for a token we cannot store.
+
+        Returns the target Secret when it was read (the first attempt after a start).
+        """
         name = spec.target.name
         if cred.target_uid and cred.target_name == name:
-            return
+            return None
         try:
             existing = await self._kube.read_secret(cred.namespace, name)
         except kube.ApiError as exc:
             raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
         if existing is None:
-            return
+            return None
         if not secrets.owned_by(existing, credential_uid=cred.uid):
             raise _target_conflict(name)
         cred.target_name, cred.target_uid = name, existing["metadata"]["uid"]
+        return existing
+
+    async def _adopt(
+        self,
+        cred: Credential,
+        attempt: _Attempt,
+        spec: model.CredentialSpec,
+        existing: dict[str, Any],
+    ) -> bool:
+        """Take over a token our Secret holds but status does not know, instead of refetching.
+
+        The Secret is written before status: an operator stopped between the two writes
+        leaves status one token behind. The Secret's own annotations say when its token
+        expires and is due; if it is newer than status and not due, status catches up.
+        """
+        if cred.needs_refresh_now():
+            return False
+        found = secrets.token_times(existing)
+        now = self._clock()
+        if found is None:
+            return False
+        issued_at, expires_at, refresh_at = found
+        if cred.expires_at is not None and expires_at <= cred.expires_at:
+            return False  # status is not behind the Secret
+        if refresh_at <= now or expires_at <= now:
+            return False  # due anyway
+        cred.conditions = status.set_condition(
+            cred.conditions,
+            type_=status.READY,
+            status=True,
+            reason=status.TOKEN_ISSUED,
+            message=f"token valid until {secrets.format_time(expires_at)}",
+            generation=attempt.generation,
+            now=now,
+        )
+        cred.handled_generation = attempt.generation
+        cred.handled_request = attempt.request
+        cred.expires_at, cred.next_refresh_at, cred.not_before = expires_at, refresh_at, None
+        cred.client_secret_version = attempt.source_version
+        cred.failed_attempts, cred.failure_reason = 0, None
+        self._queue.schedule(cred.key, at=refresh_at.timestamp())
+        await self._patch_status(
+            cred,
+            {
+                "conditions": cred.conditions,
+                "observedGeneration": attempt.generation,
+                "handledRefreshRequest": attempt.request,
+                **status.times(
+                    expiresAt=expires_at, lastRefreshAt=issued_at, nextRefreshAt=refresh_at
+                ),
+                "failedAttempts": 0,
+                "lastFailureReason": None,
+                "target": spec.target.name,
+                "clientSecretVersion": attempt.source_version,
+            },
+        )
+        self._metrics.expiration.labels(cred.namespace, cred.name).set(expires_at.timestamp())
+        self._metrics.renewal.labels(cred.namespace, cred.name).set(refresh_at.timestamp())
+        self._metrics.set_ready(cred.namespace, cred.name, "True")
+        logger.info(
+            "adopted the token in %s/%s (status was behind the Secret), next refresh at %s",
+            cred.namespace,
+            spec.target.name,
+            secrets.format_time(refresh_at),
+        )
+        return True
 
     async def _fetch(
         self,
@@ -357,7 +455,11 @@ class Reconciler:
         return result
 
     def _render(
-        self, cred: Credential, spec: model.CredentialSpec, token: oauth.Token
+        self,
+        cred: Credential,
+        spec: model.CredentialSpec,
+        token: oauth.Token,
+        refresh_at: datetime.datetime,
     ) -> dict[str, Any]:
         return secrets.render_target(
             namespace=cred.namespace,
@@ -368,6 +470,8 @@ class Reconciler:
             token_type=token.token_type,
             expires_at=token.expires_at,
             scope=token.scope,
+            issued_at=token.issued_at,
+            refresh_at=refresh_at,
         )
 
     async def _write_target(self, cred: Credential, body: dict[str, Any]) -> None:
@@ -419,15 +523,10 @@ class Reconciler:
         *,
         spec: model.CredentialSpec,
         result: oauth.FetchResult,
+        refresh_at: datetime.datetime,
     ) -> None:
         token = result.token
         now = self._clock()
-        refresh_at = timing.refresh_at(
-            issued_at=token.issued_at,
-            expires_at=token.expires_at,
-            policy=spec.refresh,
-            jitter=self._draw(),
-        )
         message = f"token valid until {secrets.format_time(token.expires_at)}"
         if timing.short_lifetime_warning(lifetime=token.lifetime, policy=spec.refresh):
             message += (
@@ -546,8 +645,11 @@ class Reconciler:
                 f"current token valid until {secrets.format_time(cred.expires_at)}; "
                 f"refresh failed ({reason}: {message})"
             )
-            if retry_at is not None and retry_at > cred.expires_at:
-                retry_at = cred.expires_at  # come back at expiry to report it
+            if retry_at is not None:
+                # Backoff grows past what a valid token can wait for: keep at least one more
+                # try before expiry, so a provider that comes back in time is used in time.
+                remaining = cred.expires_at - now
+                retry_at = min(retry_at, now + max(remaining / 2, _MIN_RETRY))
         elif transient and cred.expires_at is not None:
             ready, ready_reason = False, status.EXPIRED
             ready_message = (
@@ -657,6 +759,7 @@ class _Attempt:
     source_version: str | None = None
 
 
+_MIN_RETRY = datetime.timedelta(seconds=1)
 _AUTO_METHODS = (model.AuthMethod.CLIENT_SECRET_BASIC, model.AuthMethod.CLIENT_SECRET_POST)
 _STOP = "stop"  # only a change of the spec can help: no retry
 _PERMANENT = "permanent"  # slow retry, and an immediate one on a spec or Secret change

@@ -54,6 +54,9 @@ class RefreshQueue(Generic[K]):
         entry = self._pending.get(key)
         return entry[0] if entry else None
 
+    def is_running(self, key: K) -> bool:
+        return key in self._running
+
     def is_known(self, key: K) -> bool:
         return key in self._pending or key in self._running
 

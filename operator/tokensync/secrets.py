@@ -16,6 +16,8 @@ from typing import Any
 from tokensync import model
 
 CREDENTIAL_LABEL = f"{model.GROUP}/credential"
+ISSUED_AT_ANNOTATION = f"{model.GROUP}/issued-at"
+REFRESH_AT_ANNOTATION = f"{model.GROUP}/refresh-at"
 # A label value holds at most 63 characters; a resource name may have 253.
 _MAX_LABEL_VALUE = 63
 
@@ -104,8 +106,14 @@ def render_target(
     token_type: str,
     expires_at: datetime.datetime,
     scope: str | None,
+    issued_at: datetime.datetime | None = None,
+    refresh_at: datetime.datetime | None = None,
 ) -> dict[str, Any]:
-    """The complete target Secret. Written in one request, so never torn."""
+    """The complete target Secret. Written in one request, so never torn.
+
+    Its annotations also carry when the token was issued and is due for refresh, so an
+    operator stopped between this write and the status write can resume from the Secret.
+    """
     expiry = format_time(expires_at)
     labels = dict(target.labels)
     labels[model.MANAGED_BY_LABEL] = model.MANAGED_BY_VALUE
@@ -115,6 +123,10 @@ def render_target(
         labels[CREDENTIAL_LABEL] = credential
     annotations = dict(target.annotations)
     annotations[model.EXPIRES_AT_ANNOTATION] = expiry
+    if issued_at is not None:
+        annotations[ISSUED_AT_ANNOTATION] = format_time(issued_at)
+    if refresh_at is not None:
+        annotations[REFRESH_AT_ANNOTATION] = format_time(refresh_at)
     # None deletes the key in a merge patch: a scope from an earlier token must not linger.
     data: dict[str, str | None] = {
         "access_token": _b64(access_token),
@@ -156,3 +168,26 @@ def owned_by(secret: Mapping[str, Any], *, credential_uid: str) -> bool:
     if (meta.get("labels") or {}).get(model.MANAGED_BY_LABEL) != model.MANAGED_BY_VALUE:
         return False
     return any(ref.get("uid") == credential_uid for ref in meta.get("ownerReferences") or [])
+
+
+def _parse_time(value: object) -> datetime.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def token_times(
+    secret: Mapping[str, Any],
+) -> tuple[datetime.datetime, datetime.datetime, datetime.datetime] | None:
+    """(issued_at, expires_at, refresh_at) from a target Secret's annotations, if all set."""
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    issued = _parse_time(annotations.get(ISSUED_AT_ANNOTATION))
+    expires = _parse_time(annotations.get(model.EXPIRES_AT_ANNOTATION))
+    refresh = _parse_time(annotations.get(REFRESH_AT_ANNOTATION))
+    if issued is None or expires is None or refresh is None:
+        return None
+    return issued, expires, refresh

@@ -72,11 +72,17 @@ def install_operator_identity(
 
 class OperatorProcess:
     def __init__(
-        self, *, kubeconfig: pathlib.Path, log_path: pathlib.Path, extra_args: Iterable[str] = ()
+        self,
+        *,
+        kubeconfig: pathlib.Path,
+        log_path: pathlib.Path,
+        extra_args: Iterable[str] = (),
+        verbose: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_args = list(extra_args)
+        self.verbose = verbose  # debug logging; the benchmarks turn it off
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self.health_port = 0
@@ -94,7 +100,7 @@ class OperatorProcess:
                     "--allow-insecure-http",
                     f"--metrics-port={self.metrics_port}",
                     f"--health-port={self.health_port}",
-                    "--verbose",
+                    *(["--verbose"] if self.verbose else []),
                     *self.extra_args,
                 ],
                 env=env,
