@@ -118,7 +118,7 @@ class Kube:
         now: datetime.datetime,
     ) -> None:
         """A core/v1 Event about a ClientCredential (``involved``: namespace, name, uid)."""
-        stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = model.format_time(now)
         body = {
             "metadata": {
                 "name": f"{involved['name']}.{uuid.uuid4().hex[:16]}",

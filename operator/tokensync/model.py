@@ -61,6 +61,22 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_MICROSECONDS = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
 
 
+def format_time(moment: datetime.datetime) -> str:
+    """RFC 3339 in UTC with a Z, to the second: the form Kubernetes uses in status."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: object) -> datetime.datetime | None:
+    """Read an RFC 3339 timestamp (status, annotations); anything unreadable is None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
 class SpecError(ValueError):
     """A spec that cannot be acted on. ``field`` is the JSON path, e.g. ``spec.tokenURL``."""
 

@@ -42,20 +42,6 @@ class PluginError(Exception):
 # -- pure helpers ---------------------------------------------------------------------
 
 
-def parse_time(value: object) -> datetime.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
-
-
-def format_time(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def short_duration(seconds: float) -> str:
     """``kubectl``-style compact duration: 45s, 12m, 3h5m, 2d4h."""
     total = int(abs(seconds))
@@ -136,8 +122,8 @@ def status_row(obj: Mapping[str, Any], now: datetime.datetime) -> dict[str, str]
         "name": str(meta["name"]),
         "ready": str(ready.get("status") or "Unknown"),
         "reason": str(ready.get("reason") or "-"),
-        "expires": relative(parse_time(status.get("expiresAt")), now),
-        "next refresh": relative(parse_time(status.get("nextRefreshAt")), now),
+        "expires": relative(model.parse_time(status.get("expiresAt")), now),
+        "next refresh": relative(model.parse_time(status.get("nextRefreshAt")), now),
         "last error": last_error(obj) or "-",
     }
 
@@ -212,8 +198,8 @@ class Plugin:
             status = obj.get("status") or {}
             if status.get("handledRefreshRequest") == value:
                 ready = ready_condition(obj)
-                expires = parse_time(status.get("expiresAt"))
-                until = f", token valid until {format_time(expires)}" if expires else ""
+                expires = model.parse_time(status.get("expiresAt"))
+                until = f", token valid until {model.format_time(expires)}" if expires else ""
                 return (
                     f"{done}\nhandled: Ready={ready.get('status', 'Unknown')} "
                     f"({ready.get('reason', '-')}){until}"
@@ -239,7 +225,7 @@ class Plugin:
             raise PluginError(f"secret {namespace}/{target} holds no access_token yet")
         decoded = decode_token(token)
         now = self.now()
-        expires = parse_time(data.get("expires_at"))
+        expires = model.parse_time(data.get("expires_at"))
         report: dict[str, Any] = {
             "clientCredential": f"{namespace}/{name}",
             "ready": dict(ready_condition(obj)),
@@ -248,7 +234,7 @@ class Plugin:
             "scope": data.get("scope"),
             "fingerprint": fingerprint(token),
             "format": decoded.format,
-            "expiresAt": format_time(expires) if expires else None,
+            "expiresAt": model.format_time(expires) if expires else None,
             "header": decoded.header,
             "claims": decoded.claims,
         }
@@ -278,7 +264,7 @@ def _inspect_text(
         f"Token type:       {report['tokenType'] or '-'}",
         f"Scope:            {report['scope'] or '-'}",
         "Expires:          "
-        + (f"{format_time(expires)} ({relative(expires, now)})" if expires else "-"),
+        + (f"{model.format_time(expires)} ({relative(expires, now)})" if expires else "-"),
     ]
     if decoded.header is not None:
         lines.append(f"Header:           {json.dumps(decoded.header, sort_keys=True)}")
@@ -289,7 +275,7 @@ def _inspect_text(
             value = decoded.claims.get(claim)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 moment = datetime.datetime.fromtimestamp(value, datetime.UTC)
-                lines.append(f"  {claim}: {format_time(moment)} ({relative(moment, now)})")
+                lines.append(f"  {claim}: {model.format_time(moment)} ({relative(moment, now)})")
     return "\n".join(lines)
 
 

@@ -90,8 +90,8 @@ class Credential:
             refresh_request=(meta.get("annotations") or {}).get(model.REFRESH_REQUESTED_ANNOTATION),
             handled_generation=st.get("observedGeneration"),
             handled_request=st.get("handledRefreshRequest"),
-            expires_at=status.parse_time(st.get("expiresAt")),
-            next_refresh_at=status.parse_time(st.get("nextRefreshAt")),
+            expires_at=model.parse_time(st.get("expiresAt")),
+            next_refresh_at=model.parse_time(st.get("nextRefreshAt")),
             client_secret_version=st.get("clientSecretVersion"),
             auth_method=st.get("authMethod"),
             failed_attempts=int(st.get("failedAttempts") or 0),
@@ -349,7 +349,7 @@ class Reconciler:
             type_=status.READY,
             status=True,
             reason=status.TOKEN_ISSUED,
-            message=f"token valid until {secrets.format_time(expires_at)}",
+            message=f"token valid until {model.format_time(expires_at)}",
             generation=attempt.generation,
             now=now,
         )
@@ -381,7 +381,7 @@ class Reconciler:
             "adopted the token in %s/%s (status was behind the Secret), next refresh at %s",
             cred.namespace,
             spec.target.name,
-            secrets.format_time(refresh_at),
+            model.format_time(refresh_at),
         )
         return True
 
@@ -527,7 +527,7 @@ class Reconciler:
     ) -> None:
         token = result.token
         now = self._clock()
-        message = f"token valid until {secrets.format_time(token.expires_at)}"
+        message = f"token valid until {model.format_time(token.expires_at)}"
         if timing.short_lifetime_warning(lifetime=token.lifetime, policy=spec.refresh):
             message += (
                 "; warning: the token lifetime leaves pods less than the kubelet sync period "
@@ -581,8 +581,8 @@ class Reconciler:
             "issued a token for %s/%s, valid until %s, next refresh at %s",
             cred.namespace,
             cred.name,
-            secrets.format_time(token.expires_at),
-            secrets.format_time(refresh_at),
+            model.format_time(token.expires_at),
+            model.format_time(refresh_at),
         )
         if first_issue:
             await self._event(cred, "Normal", "Issued", message, now)
@@ -642,7 +642,7 @@ class Reconciler:
         if transient and valid and cred.expires_at is not None:
             ready, ready_reason = True, status.REFRESH_FAILING
             ready_message = (
-                f"current token valid until {secrets.format_time(cred.expires_at)}; "
+                f"current token valid until {model.format_time(cred.expires_at)}; "
                 f"refresh failed ({reason}: {message})"
             )
             if retry_at is not None:
@@ -653,13 +653,13 @@ class Reconciler:
         elif transient and cred.expires_at is not None:
             ready, ready_reason = False, status.EXPIRED
             ready_message = (
-                f"token expired at {secrets.format_time(cred.expires_at)}; "
+                f"token expired at {model.format_time(cred.expires_at)}; "
                 f"refresh failed ({reason}: {message})"
             )
         else:
             ready, ready_reason, ready_message = False, reason, message
         if retry_at is not None:
-            ready_message += f"; next attempt at {secrets.format_time(retry_at)}"
+            ready_message += f"; next attempt at {model.format_time(retry_at)}"
         previous = status.ready_condition(cred.conditions)
         newly_expired = ready_reason == status.EXPIRED and (
             previous is None or previous.get("reason") != status.EXPIRED
@@ -723,7 +723,7 @@ class Reconciler:
             type_=status.READY,
             status=False,
             reason=status.EXPIRED,
-            message=f"token expired at {secrets.format_time(cred.expires_at)}; {message}",
+            message=f"token expired at {model.format_time(cred.expires_at)}; {message}",
             generation=cred.handled_generation or cred.generation,
             now=now,
         )

@@ -30,11 +30,6 @@ class ClientSecretProblem(Exception):
         self.reason = reason
 
 
-def format_time(moment: datetime.datetime) -> str:
-    """RFC 3339 in UTC with a Z, to the second: the form Kubernetes uses."""
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -114,7 +109,7 @@ def render_target(
     Its annotations also carry when the token was issued and is due for refresh, so an
     operator stopped between this write and the status write can resume from the Secret.
     """
-    expiry = format_time(expires_at)
+    expiry = model.format_time(expires_at)
     labels = dict(target.labels)
     labels[model.MANAGED_BY_LABEL] = model.MANAGED_BY_VALUE
     # A convenience for `kubectl get secrets -l`; the ownerReference is what links the two.
@@ -124,9 +119,9 @@ def render_target(
     annotations = dict(target.annotations)
     annotations[model.EXPIRES_AT_ANNOTATION] = expiry
     if issued_at is not None:
-        annotations[ISSUED_AT_ANNOTATION] = format_time(issued_at)
+        annotations[ISSUED_AT_ANNOTATION] = model.format_time(issued_at)
     if refresh_at is not None:
-        annotations[REFRESH_AT_ANNOTATION] = format_time(refresh_at)
+        annotations[REFRESH_AT_ANNOTATION] = model.format_time(refresh_at)
     # None deletes the key in a merge patch: a scope from an earlier token must not linger.
     data: dict[str, str | None] = {
         "access_token": _b64(access_token),
@@ -170,24 +165,14 @@ def owned_by(secret: Mapping[str, Any], *, credential_uid: str) -> bool:
     return any(ref.get("uid") == credential_uid for ref in meta.get("ownerReferences") or [])
 
 
-def _parse_time(value: object) -> datetime.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
-
-
 def token_times(
     secret: Mapping[str, Any],
 ) -> tuple[datetime.datetime, datetime.datetime, datetime.datetime] | None:
     """(issued_at, expires_at, refresh_at) from a target Secret's annotations, if all set."""
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
-    issued = _parse_time(annotations.get(ISSUED_AT_ANNOTATION))
-    expires = _parse_time(annotations.get(model.EXPIRES_AT_ANNOTATION))
-    refresh = _parse_time(annotations.get(REFRESH_AT_ANNOTATION))
+    issued = model.parse_time(annotations.get(ISSUED_AT_ANNOTATION))
+    expires = model.parse_time(annotations.get(model.EXPIRES_AT_ANNOTATION))
+    refresh = model.parse_time(annotations.get(REFRESH_AT_ANNOTATION))
     if issued is None or expires is None or refresh is None:
         return None
     return issued, expires, refresh

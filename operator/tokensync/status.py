@@ -11,6 +11,8 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tokensync import model
+
 READY = "Ready"
 
 # Reasons for Ready=True
@@ -21,21 +23,6 @@ EXPIRED = "Expired"
 INVALID_SPEC = "InvalidSpec"
 TARGET_CONFLICT = "TargetConflict"
 PENDING = "Pending"
-
-
-def _format(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: object) -> datetime.datetime | None:
-    """Read an RFC 3339 timestamp from status; anything unreadable is None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
 def set_condition(
@@ -51,7 +38,7 @@ def set_condition(
     """Return ``conditions`` with ``type_`` set; the transition time moves only on change."""
     wanted = "True" if status else "False"
     previous = next((c for c in conditions if c.get("type") == type_), None)
-    transition = _format(now)
+    transition = model.format_time(now)
     if previous is not None and previous.get("status") == wanted:
         transition = str(previous.get("lastTransitionTime") or transition)
     updated = {
@@ -71,4 +58,4 @@ def ready_condition(conditions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any
 
 def times(**moments: datetime.datetime | None) -> dict[str, str | None]:
     """Status timestamp fields (``expiresAt=...``) formatted, None kept to clear a field."""
-    return {key: _format(value) if value else None for key, value in moments.items()}
+    return {key: model.format_time(value) if value else None for key, value in moments.items()}

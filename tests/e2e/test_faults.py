@@ -26,9 +26,11 @@ import pytest
 from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
-from localcluster import LocalCluster
 from support.faultserver import Fault, FaultServer
-from support.operatorproc import OperatorProcess, install_operator_identity
+from support.fixtures import operator
+from support.operatorproc import OperatorProcess
+
+__all__ = ["operator"]  # the shared fixture, used by the tests below
 
 T = TypeVar("T")
 GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "clientcredentials"
@@ -140,19 +142,6 @@ def ready_of(obj: dict[str, Any]) -> dict[str, Any] | None:
 
 def decoded(data: dict[str, str] | None) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: LocalCluster,
-    api_client: client.ApiClient,
-    crds: None,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    workdir = tmp_path_factory.mktemp("operator-faults")
-    kubeconfig = install_operator_identity(cluster, api_client, workdir / "sa.kubeconfig")
-    with OperatorProcess(kubeconfig=kubeconfig, log_path=workdir / "operator.log") as proc:
-        yield proc
 
 
 class Env:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokensync import status
+from tokensync import model, status
 
 T0 = datetime.datetime(2026, 11, 22, 22, 15, tzinfo=datetime.UTC)
 MINUTE = datetime.timedelta(minutes=1)
@@ -118,7 +118,7 @@ def test_the_transition_time_is_utc() -> None:
     ],
 )
 def test_parse_time(value: object, expected: datetime.datetime | None) -> None:
-    parsed = status.parse_time(value)
+    parsed = model.parse_time(value)
     assert parsed == expected
     if parsed is not None:
         assert parsed.tzinfo is not None  # comparable with the operator's aware clock
@@ -147,4 +147,4 @@ def test_times() -> None:
 )
 def test_times_round_trip_through_parse_time_to_the_second(moment: datetime.datetime) -> None:
     written = status.times(at=moment)["at"]
-    assert status.parse_time(written) == moment.replace(microsecond=0)
+    assert model.parse_time(written) == moment.replace(microsecond=0)
