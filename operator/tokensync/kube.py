@@ -82,6 +82,34 @@ class Kube:
             raise
         return config_map
 
+    async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            account: dict[str, Any] = await self._call(
+                self._core.read_namespaced_service_account, name, namespace
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return account
+
+    async def create_token(
+        self, namespace: str, service_account: str, *, audience: str, seconds: int
+    ) -> str:
+        """A ServiceAccount token for ``audience`` from the TokenRequest API."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": seconds},
+        }
+        created: dict[str, Any] = await self._call(
+            self._core.create_namespaced_service_account_token, service_account, namespace, body
+        )
+        token = (created.get("status") or {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise ApiError(0, "TokenRequestEmpty")
+        return token
+
     async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         created: dict[str, Any] = await self._call(
             self._core.create_namespaced_secret, namespace, body

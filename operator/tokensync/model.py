@@ -30,9 +30,26 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "tokensync"
 #: Annotation on target Secrets carrying the token's expiry (RFC 3339).
 EXPIRES_AT_ANNOTATION = f"{GROUP}/expires-at"
+#: Annotation a ServiceAccount must carry before tokensync mints tokens for it (workload
+#: identity federation): the audiences it may be used for, separated by commas or spaces.
+TOKEN_AUDIENCES_ANNOTATION = f"{GROUP}/token-audiences"
 
 DEFAULT_MIN_INTERVAL = datetime.timedelta(seconds=30)
 DEFAULT_LIFETIME = datetime.timedelta(hours=1)
+#: Client assertions are single-use proofs: short-lived, but longer than any clock skew.
+DEFAULT_ASSERTION_LIFETIME = datetime.timedelta(minutes=2)
+MIN_ASSERTION_LIFETIME = datetime.timedelta(seconds=10)
+MAX_ASSERTION_LIFETIME = datetime.timedelta(hours=1)
+#: Default keys in a private key Secret (the kubernetes.io/tls layout cert-manager writes).
+DEFAULT_PRIVATE_KEY_KEY = "tls.key"
+TLS_CERT_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
+#: Signing algorithms accepted in spec.clientAssertion.algorithm.
+ASSERTION_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA",
+    "HS256", "HS384", "HS512",
+)  # fmt: skip
 
 #: Longest duration accepted anywhere in a spec. Durations feed datetime arithmetic
 #: (expiry minus renewBefore, issue time plus minInterval) that overflows past year 9999.
@@ -43,8 +60,10 @@ RESERVED_EXTRA_PARAMS: Mapping[str, str] = {
     "grant_type": "tokensync always sends grant_type=client_credentials",
     "client_id": "set spec.clientID or spec.clientSecretRef.clientIDKey instead",
     "client_secret": "the client secret comes from the client Secret (spec.clientSecretRef)",
-    "client_assertion": "client assertions are not supported",
-    "client_assertion_type": "client assertions are not supported",
+    "client_assertion": "set spec.authMethod to private_key_jwt, client_secret_jwt or "
+    "workload_identity",
+    "client_assertion_type": "set spec.authMethod to private_key_jwt, client_secret_jwt or "
+    "workload_identity",
     "scope": "use spec.scopes",
     "audience": "use spec.audience",
     "resource": "use spec.resources",
@@ -92,19 +111,68 @@ class AuthMethod(enum.StrEnum):
     CLIENT_SECRET_BASIC = "client_secret_basic"
     CLIENT_SECRET_POST = "client_secret_post"
     CLIENT_SECRET_JSON = "client_secret_json"
+    CLIENT_SECRET_JWT = "client_secret_jwt"
+    PRIVATE_KEY_JWT = "private_key_jwt"
+    TLS_CLIENT_AUTH = "tls_client_auth"
+    SELF_SIGNED_TLS_CLIENT_AUTH = "self_signed_tls_client_auth"
+    WORKLOAD_IDENTITY = "workload_identity"
+
+
+#: Methods that need the client secret (spec.clientSecretRef).
+SECRET_METHODS = frozenset(
+    {
+        AuthMethod.CLIENT_SECRET_BASIC,
+        AuthMethod.CLIENT_SECRET_POST,
+        AuthMethod.CLIENT_SECRET_JSON,
+        AuthMethod.CLIENT_SECRET_JWT,
+    }
+)
+#: Methods that authenticate with the TLS client certificate (RFC 8705).
+TLS_METHODS = frozenset({AuthMethod.TLS_CLIENT_AUTH, AuthMethod.SELF_SIGNED_TLS_CLIENT_AUTH})
+#: Methods that send a client_assertion (RFC 7523 / RFC 7521).
+ASSERTION_METHODS = frozenset(
+    {AuthMethod.CLIENT_SECRET_JWT, AuthMethod.PRIVATE_KEY_JWT, AuthMethod.WORKLOAD_IDENTITY}
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClientCredentials:
-    """The client id and secret read from the client Secret. Never printed."""
+    """The client's identity and whatever proves it, read from Secrets. Never printed.
+
+    ``client_secret`` for the client_secret_* methods; ``private_key`` (PEM or JWK text) and
+    optionally its ``certificate`` (PEM) for private_key_jwt; ``tls_certificate`` and
+    ``tls_key`` (PEM) for mTLS; ``external_assertion`` (a ServiceAccount token) for
+    workload identity federation.
+    """
 
     client_id: str
-    client_secret: str = dataclasses.field(repr=False)
+    client_secret: str | None = dataclasses.field(default=None, repr=False)
+    private_key: str | None = dataclasses.field(default=None, repr=False)
+    certificate: str | None = dataclasses.field(default=None, repr=False)
+    tls_certificate: str | None = dataclasses.field(default=None, repr=False)
+    tls_key: str | None = dataclasses.field(default=None, repr=False)
+    external_assertion: str | None = dataclasses.field(default=None, repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AssertionOptions:
+    """How client assertions are built (spec.clientAssertion)."""
+
+    #: The ``aud`` claim; None means the token endpoint URL.
+    audience: str | None = None
+    #: None: the key's natural algorithm (RS256, ES256/384/512, EdDSA, HS256).
+    algorithm: str | None = None
+    #: The ``kid`` header; None: the JWK's own kid, if any.
+    key_id: str | None = None
+    lifetime: datetime.timedelta = DEFAULT_ASSERTION_LIFETIME
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenRequest:
-    """Everything the token client needs besides the credentials themselves."""
+    """Everything the token client needs besides the credentials themselves.
+
+    ``token_url`` is empty when the spec names an issuer instead: discovery fills it in.
+    """
 
     token_url: str
     auth_method: AuthMethod = AuthMethod.AUTO
@@ -112,6 +180,7 @@ class TokenRequest:
     audience: str | None = None
     resources: tuple[str, ...] = ()
     extra_params: tuple[tuple[str, str], ...] = ()
+    assertion: AssertionOptions = AssertionOptions()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,6 +188,23 @@ class SecretRef:
     name: str
     client_id_key: str = "client_id"
     client_secret_key: str = "client_secret"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrivateKeyRef:
+    """A Secret holding the private key (PEM or JWK) that signs client assertions."""
+
+    name: str
+    key: str = DEFAULT_PRIVATE_KEY_KEY
+    certificate_key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServiceAccountRef:
+    """Workload identity federation: a ServiceAccount token with this audience."""
+
+    name: str
+    audience: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,11 +227,25 @@ class TargetSpec:
 @dataclasses.dataclass(frozen=True, slots=True)
 class CredentialSpec:
     request: TokenRequest
-    secret_ref: SecretRef
+    secret_ref: SecretRef | None
     client_id: str | None
     refresh: RefreshPolicy
     target: TargetSpec
     ca_bundle: CABundleRef | None = None
+    issuer_url: str | None = None
+    private_key_ref: PrivateKeyRef | None = None
+    client_certificate_ref: str | None = None
+    service_account_ref: ServiceAccountRef | None = None
+
+    @property
+    def secret_names(self) -> tuple[str, ...]:
+        """The Secrets holding client credentials, each once, in a fixed order."""
+        names = [
+            self.secret_ref.name if self.secret_ref else None,
+            self.private_key_ref.name if self.private_key_ref else None,
+            self.client_certificate_ref,
+        ]
+        return tuple(dict.fromkeys(n for n in names if n))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -294,9 +394,107 @@ def _parse_refresh(raw: object) -> RefreshPolicy:
     )
 
 
+def _parse_secret_ref(raw: object) -> SecretRef | None:
+    if raw is None:
+        return None
+    parent = "spec.clientSecretRef"
+    if not isinstance(raw, Mapping):
+        raise SpecError(parent, "must be an object")
+    return SecretRef(
+        name=_secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name"),
+        client_id_key=_optional_str(raw, "clientIDKey", parent=parent) or "client_id",
+        client_secret_key=_optional_str(raw, "clientSecretKey", parent=parent) or "client_secret",
+    )
+
+
+def _parse_private_key_ref(raw: object) -> PrivateKeyRef | None:
+    if raw is None:
+        return None
+    parent = "spec.privateKeyRef"
+    if not isinstance(raw, Mapping):
+        raise SpecError(parent, "must be an object")
+    return PrivateKeyRef(
+        name=_secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name"),
+        key=_optional_str(raw, "key", parent=parent) or DEFAULT_PRIVATE_KEY_KEY,
+        certificate_key=_optional_str(raw, "certificateKey", parent=parent),
+    )
+
+
+def _parse_certificate_ref(raw: object) -> str | None:
+    if raw is None:
+        return None
+    parent = "spec.clientCertificateRef"
+    if not isinstance(raw, Mapping):
+        raise SpecError(parent, "must be an object")
+    return _secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name")
+
+
+def _parse_service_account_ref(raw: object) -> ServiceAccountRef | None:
+    if raw is None:
+        return None
+    parent = "spec.serviceAccountRef"
+    if not isinstance(raw, Mapping):
+        raise SpecError(parent, "must be an object")
+    name = _required_str(raw, "name", parent=parent)
+    if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+        raise SpecError(f"{parent}.name", f"{name!r} is not a valid ServiceAccount name")
+    return ServiceAccountRef(name=name, audience=_required_str(raw, "audience", parent=parent))
+
+
+def _parse_assertion(raw: object) -> AssertionOptions:
+    if raw is None:
+        return AssertionOptions()
+    parent = "spec.clientAssertion"
+    if not isinstance(raw, Mapping):
+        raise SpecError(parent, "must be an object")
+    algorithm = _optional_str(raw, "algorithm", parent=parent)
+    if algorithm is not None and algorithm not in ASSERTION_ALGORITHMS:
+        raise SpecError(f"{parent}.algorithm", f"must be one of {', '.join(ASSERTION_ALGORITHMS)}")
+    lifetime = DEFAULT_ASSERTION_LIFETIME
+    if raw.get("lifetime") is not None:
+        lifetime = parse_duration(raw["lifetime"], field=f"{parent}.lifetime")
+        if not MIN_ASSERTION_LIFETIME <= lifetime <= MAX_ASSERTION_LIFETIME:
+            raise SpecError(f"{parent}.lifetime", "must be between 10s and 1h")
+    return AssertionOptions(
+        audience=_optional_str(raw, "audience", parent=parent),
+        algorithm=algorithm,
+        key_id=_optional_str(raw, "keyID", parent=parent),
+        lifetime=lifetime,
+    )
+
+
+def _check_method(
+    method: AuthMethod,
+    *,
+    secret_ref: SecretRef | None,
+    private_key_ref: PrivateKeyRef | None,
+    certificate_ref: str | None,
+    service_account_ref: ServiceAccountRef | None,
+) -> None:
+    """Each method needs its material; ``auto`` needs at least one kind."""
+    needs = {
+        "spec.clientSecretRef": (method in SECRET_METHODS, secret_ref),
+        "spec.privateKeyRef": (method is AuthMethod.PRIVATE_KEY_JWT, private_key_ref),
+        "spec.clientCertificateRef": (method in TLS_METHODS, certificate_ref),
+        "spec.serviceAccountRef": (method is AuthMethod.WORKLOAD_IDENTITY, service_account_ref),
+    }
+    for field, (needed, value) in needs.items():
+        if needed and value is None:
+            raise SpecError(field, f"is required with authMethod {method.value}")
+    if method is AuthMethod.AUTO and all(value is None for _, value in needs.values()):
+        raise SpecError(
+            "spec.clientSecretRef",
+            "is required (or spec.privateKeyRef, spec.clientCertificateRef or "
+            "spec.serviceAccountRef)",
+        )
+
+
 def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     """Turn a raw ``spec`` into a :class:`CredentialSpec` (``name`` is metadata.name)."""
-    token_url = _required_str(spec, "tokenURL", parent="spec")
+    token_url = _optional_str(spec, "tokenURL", parent="spec")
+    issuer_url = _optional_str(spec, "issuerURL", parent="spec")
+    if (token_url is None) == (issuer_url is None):
+        raise SpecError("spec.tokenURL", "set exactly one of tokenURL and issuerURL")
     method_raw = spec.get("authMethod")
     try:
         auth_method = AuthMethod.AUTO if method_raw is None else AuthMethod(method_raw)
@@ -304,18 +502,20 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         allowed = ", ".join(m.value for m in AuthMethod)
         raise SpecError("spec.authMethod", f"must be one of {allowed}") from None
 
-    ref_raw = spec.get("clientSecretRef")
-    if not isinstance(ref_raw, Mapping):
-        raise SpecError("spec.clientSecretRef", "is required")
-    ref_parent = "spec.clientSecretRef"
-    secret_ref = SecretRef(
-        name=_secret_name(
-            _required_str(ref_raw, "name", parent=ref_parent), field=f"{ref_parent}.name"
-        ),
-        client_id_key=_optional_str(ref_raw, "clientIDKey", parent=ref_parent) or "client_id",
-        client_secret_key=_optional_str(ref_raw, "clientSecretKey", parent=ref_parent)
-        or "client_secret",
+    secret_ref = _parse_secret_ref(spec.get("clientSecretRef"))
+    private_key_ref = _parse_private_key_ref(spec.get("privateKeyRef"))
+    certificate_ref = _parse_certificate_ref(spec.get("clientCertificateRef"))
+    service_account_ref = _parse_service_account_ref(spec.get("serviceAccountRef"))
+    _check_method(
+        auth_method,
+        secret_ref=secret_ref,
+        private_key_ref=private_key_ref,
+        certificate_ref=certificate_ref,
+        service_account_ref=service_account_ref,
     )
+    client_id = _optional_str(spec, "clientID", parent="spec")
+    if client_id is None and secret_ref is None:
+        raise SpecError("spec.clientID", "is required when spec.clientSecretRef is not set")
 
     target_raw = spec.get("target") or {}
     if not isinstance(target_raw, Mapping):
@@ -324,12 +524,18 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         _optional_str(target_raw, "name", parent="spec.target") or f"{name}-token",
         field="spec.target.name",
     )
-    if target_name == secret_ref.name:
-        raise SpecError(
-            "spec.target.name",
-            f"the target Secret {target_name!r} must not be the client Secret "
-            "(spec.clientSecretRef.name)",
-        )
+    credential_secrets = {
+        "spec.clientSecretRef.name": secret_ref.name if secret_ref else None,
+        "spec.privateKeyRef.name": private_key_ref.name if private_key_ref else None,
+        "spec.clientCertificateRef.name": certificate_ref,
+    }
+    for field, secret_name in credential_secrets.items():
+        if target_name == secret_name:
+            raise SpecError(
+                "spec.target.name",
+                f"the target Secret {target_name!r} must not be a Secret holding client "
+                f"credentials ({field})",
+            )
     target = TargetSpec(
         name=target_name,
         labels=_target_metadata(
@@ -341,18 +547,23 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     )
 
     request = TokenRequest(
-        token_url=token_url,
+        token_url=token_url or "",
         auth_method=auth_method,
         scopes=_scopes(spec.get("scopes")),
         audience=_optional_str(spec, "audience", parent="spec"),
         resources=_str_list(spec.get("resources"), field="spec.resources"),
         extra_params=_extra_params(spec.get("extraParams")),
+        assertion=_parse_assertion(spec.get("clientAssertion")),
     )
     return CredentialSpec(
         request=request,
         secret_ref=secret_ref,
-        client_id=_optional_str(spec, "clientID", parent="spec"),
+        client_id=client_id,
         refresh=_parse_refresh(spec.get("refresh")),
         target=target,
         ca_bundle=_parse_ca_bundle(spec.get("caBundleRef")),
+        issuer_url=issuer_url,
+        private_key_ref=private_key_ref,
+        client_certificate_ref=certificate_ref,
+        service_account_ref=service_account_ref,
     )

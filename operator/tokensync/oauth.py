@@ -16,17 +16,18 @@ import ipaddress
 import json
 import math
 import re
+import secrets
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
 
-from tokensync import model, timing
+from tokensync import assertion, model, timing
 
 #: Token responses are a few hundred bytes; anything near this is broken or hostile.
 MAX_BODY_BYTES = 1024 * 1024
@@ -60,7 +61,16 @@ _NUMERIC = re.compile(r"\d+(?:\.\d+)?")
 # Parameters the client sets itself; letting extraParams set them would hide the typed fields
 # or, for the credentials, smuggle a second client identity into the request.
 _RESERVED_PARAMS = frozenset(
-    {"grant_type", "client_id", "client_secret", "scope", "audience", "resource"}
+    {
+        "grant_type",
+        "client_id",
+        "client_secret",
+        "client_assertion",
+        "client_assertion_type",
+        "scope",
+        "audience",
+        "resource",
+    }
 )
 _METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal"})
 _METADATA_ADDRESSES = frozenset(
@@ -305,8 +315,61 @@ def _params(request: model.TokenRequest) -> list[tuple[str, str]]:
     return params
 
 
+def _assertion_key(
+    method: model.AuthMethod, request: model.TokenRequest, credentials: model.ClientCredentials
+) -> assertion.SigningKey:
+    options = request.assertion
+    if method is model.AuthMethod.CLIENT_SECRET_JWT:
+        return assertion.hmac_key(
+            _required(credentials.client_secret, "client secret"),
+            algorithm=options.algorithm,
+            key_id=options.key_id,
+        )
+    return assertion.load_private_key(
+        _required(credentials.private_key, "private key"),
+        certificate=credentials.certificate,
+        algorithm=options.algorithm,
+        key_id=options.key_id,
+    )
+
+
+def _required(value: str | None, what: str) -> str:
+    if not value:
+        raise TokenError(
+            f"the {what} this authentication method needs is missing",
+            reason="CredentialsMissing",
+            permanent=True,
+        )
+    return value
+
+
+def _client_assertion(
+    method: model.AuthMethod,
+    request: model.TokenRequest,
+    credentials: model.ClientCredentials,
+    now: datetime,
+) -> str:
+    if method is model.AuthMethod.WORKLOAD_IDENTITY:
+        return _required(credentials.external_assertion, "ServiceAccount token")
+    try:
+        return assertion.sign(
+            _assertion_key(method, request, credentials),
+            client_id=credentials.client_id,
+            audience=request.assertion.audience or request.token_url,
+            now=now,
+            lifetime=request.assertion.lifetime,
+            jti=secrets.token_urlsafe(24),
+        )
+    except assertion.KeyProblem as exc:
+        raise TokenError(str(exc), reason=exc.reason, permanent=True) from None
+
+
 def _build(
-    *, method: model.AuthMethod, request: model.TokenRequest, credentials: model.ClientCredentials
+    *,
+    method: model.AuthMethod,
+    request: model.TokenRequest,
+    credentials: model.ClientCredentials,
+    now: datetime,
 ) -> tuple[dict[str, str], bytes]:
     """Headers and body for one attempt with one (concrete) authentication method."""
     # identity: a compressed body could expand far past the cap inside a single chunk.
@@ -317,22 +380,74 @@ def _build(
         if len(request.resources) > 1:
             document["resource"] = list(request.resources)
         document["client_id"] = credentials.client_id
-        document["client_secret"] = credentials.client_secret
+        document["client_secret"] = _required(credentials.client_secret, "client secret")
         headers["Content-Type"] = "application/json"
         return headers, json.dumps(document).encode()
     if method is model.AuthMethod.CLIENT_SECRET_BASIC:
-        pair = f"{_form_encode(credentials.client_id)}:{_form_encode(credentials.client_secret)}"
+        secret = _required(credentials.client_secret, "client secret")
+        pair = f"{_form_encode(credentials.client_id)}:{_form_encode(secret)}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
     elif method is model.AuthMethod.CLIENT_SECRET_POST:
         params += [("client_id", credentials.client_id)]
-        params += [("client_secret", credentials.client_secret)]
+        params += [("client_secret", _required(credentials.client_secret, "client secret"))]
+    elif method in model.ASSERTION_METHODS:
+        # RFC 7521 section 4.2: client_id is optional with an assertion; Entra ID needs it
+        # for federated credentials, and every server we know accepts it.
+        params += [
+            ("client_id", credentials.client_id),
+            ("client_assertion_type", assertion.ASSERTION_TYPE),
+            ("client_assertion", _client_assertion(method, request, credentials, now)),
+        ]
+    elif method in model.TLS_METHODS:
+        # RFC 8705 section 2: the TLS client certificate is the proof; client_id says whose.
+        params += [("client_id", credentials.client_id)]
     else:
         raise ValueError(f"not a concrete authentication method: {method}")
     headers["Content-Type"] = "application/x-www-form-urlencoded"
     return headers, urllib.parse.urlencode(params).encode()
 
 
-async def _read_capped(response: httpx.Response) -> bytes:
+def candidate_methods(
+    configured: model.AuthMethod,
+    credentials: model.ClientCredentials,
+    supported: Collection[str] | None = None,
+) -> list[model.AuthMethod]:
+    """The methods to try, in order: the configured one, or what ``auto`` may use.
+
+    ``auto`` prefers what needs no shared secret (a ServiceAccount token, a private key, a
+    client certificate), then client_secret_basic and client_secret_post. With a discovery
+    document, ``supported`` (its token_endpoint_auth_methods_supported) filters the list,
+    and client_secret_jwt joins it when the server lists it.
+    """
+    if configured is not model.AuthMethod.AUTO:
+        return [configured]
+    m = model.AuthMethod
+    candidates: list[model.AuthMethod] = []
+    if credentials.external_assertion:
+        candidates.append(m.WORKLOAD_IDENTITY)
+    if credentials.private_key:
+        candidates.append(m.PRIVATE_KEY_JWT)
+    if credentials.tls_certificate:
+        candidates += [m.TLS_CLIENT_AUTH, m.SELF_SIGNED_TLS_CLIENT_AUTH]
+    if credentials.client_secret:
+        candidates += [m.CLIENT_SECRET_BASIC, m.CLIENT_SECRET_POST, m.CLIENT_SECRET_JWT]
+    if supported is None:
+        # Without a list: the two mTLS methods look the same on the wire, and an HMAC
+        # assertion is worth trying only where the server says it takes one.
+        unlisted = {m.SELF_SIGNED_TLS_CLIENT_AUTH, m.CLIENT_SECRET_JWT}
+        return [c for c in candidates if c not in unlisted]
+    # A federated ServiceAccount token is a private_key_jwt assertion to the server.
+    listed = [
+        c
+        for c in candidates
+        if (m.PRIVATE_KEY_JWT.value if c is m.WORKLOAD_IDENTITY else c.value) in supported
+    ]
+    if m.TLS_CLIENT_AUTH in listed:
+        listed = [c for c in listed if c is not m.SELF_SIGNED_TLS_CLIENT_AUTH]
+    return listed
+
+
+async def read_capped(response: httpx.Response) -> bytes:
     """The body, or an error once it passes the cap (checked before and while reading)."""
     status = response.status_code
     # An oversized error body is dropped rather than raised: the status still classifies it,
@@ -363,8 +478,8 @@ async def _attempt(
     now: Callable[[], datetime],
     seconds: float,
 ) -> Token:
-    headers, body = _build(method=method, request=request, credentials=credentials)
     sent_at = now()
+    headers, body = _build(method=method, request=request, credentials=credentials, now=sent_at)
     # Exception texts may carry the URL or bytes from the wire: only class names go out, and
     # "from None" keeps them out of logged tracebacks too.
     try:
@@ -378,7 +493,7 @@ async def _attempt(
                 timeout=seconds,
                 follow_redirects=False,
             ) as response:
-                data = await _read_capped(response)
+                data = await read_capped(response)
                 status, response_headers = response.status_code, response.headers
     except (httpx.TimeoutException, TimeoutError) as exc:
         raise TokenError(
@@ -395,12 +510,19 @@ async def _attempt(
             "token endpoint sent an undecodable body", reason="BadResponse", permanent=False
         ) from None
     except httpx.HTTPError as exc:
-        if _tls_verification_failed(exc):
+        if tls_verification_failed(exc):
             # Retrying cannot help: the certificate or the CA bundle must change.
             raise TokenError(
                 "the token endpoint's TLS certificate is not trusted "
                 "(set spec.caBundleRef for a private CA)",
                 reason="TLSVerificationFailed",
+                permanent=True,
+            ) from None
+        if credentials.tls_certificate and _tls_alert(exc):
+            # The server refused our certificate in the handshake (unknown CA, expired, ...).
+            raise TokenError(
+                "the token endpoint refused the TLS client certificate (spec.clientCertificateRef)",
+                reason="ClientCertificateRejected",
                 permanent=True,
             ) from None
         raise TokenError(
@@ -417,7 +539,7 @@ async def _attempt(
     )
 
 
-def _tls_verification_failed(exc: BaseException) -> bool:
+def tls_verification_failed(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     for _ in range(8):  # httpx wraps httpcore, which wraps ssl
         if seen is None:
@@ -426,6 +548,21 @@ def _tls_verification_failed(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _tls_alert(exc: BaseException) -> bool:
+    """An alert from the peer during the handshake, e.g. tlsv1 alert unknown ca."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) and "ALERT" in str(seen.reason or "").upper():
+            return True
+        if isinstance(seen, ssl.SSLError) and "alert" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    # httpcore may re-raise as its own class with the ssl text in the message.
+    return "alert" in str(exc).lower()
 
 
 def _client_auth_failed(error: TokenError) -> bool:
@@ -441,19 +578,25 @@ async def fetch_token(
     now: Callable[[], datetime],
     # A parameter rather than the caller's asyncio.timeout: it also sets httpx's own timeouts.
     timeout: float = 10.0,  # noqa: ASYNC109
+    methods: Sequence[model.AuthMethod] | None = None,
 ) -> FetchResult:
     """Request a token with the client credentials grant (RFC 6749 section 4.4).
 
-    ``auto`` tries client_secret_basic, then client_secret_post, moving on only when the
-    server rejects the client authentication (HTTP 401 or ``invalid_client``). Callers that
-    remember which method worked can pass it as ``request.auth_method`` to skip the probe.
-    ``now`` must return timezone-aware datetimes. The token URL is not checked here: call
-    :func:`check_token_url` first.
+    Tries ``methods`` in order (by default :func:`candidate_methods` for
+    ``request.auth_method``), moving on only when the server rejects the client
+    authentication (HTTP 401 or ``invalid_client``). Callers that remember which method
+    worked put it first. ``now`` must return timezone-aware datetimes. The token URL is not
+    checked here: call :func:`check_token_url` first. For mTLS methods ``client`` must be
+    the one holding the client certificate.
     """
-    if request.auth_method is model.AuthMethod.AUTO:
-        methods = [model.AuthMethod.CLIENT_SECRET_BASIC, model.AuthMethod.CLIENT_SECRET_POST]
-    else:
-        methods = [request.auth_method]
+    if methods is None:
+        methods = candidate_methods(request.auth_method, credentials)
+    if not methods:
+        raise TokenError(
+            "no client authentication method both configured and supported by the server",
+            reason="NoSupportedAuthMethod",
+            permanent=True,
+        )
     for position, method in enumerate(methods, start=1):
         try:
             token = await _attempt(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import hashlib
 import logging
 import random
 import time
@@ -22,11 +23,26 @@ from typing import Any
 
 import httpx
 
-from tokensync import kube, metrics, model, oauth, scheduler, secrets, status, timing, transport
+from tokensync import (
+    discovery,
+    kube,
+    metrics,
+    model,
+    oauth,
+    scheduler,
+    secrets,
+    status,
+    timing,
+    transport,
+)
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+
+#: Lifetime of the ServiceAccount tokens minted for workload identity federation: the
+#: shortest the TokenRequest API grants. Each is used for one token request.
+SERVICE_ACCOUNT_TOKEN_SECONDS = 600
 
 
 def utcnow() -> datetime.datetime:
@@ -72,10 +88,31 @@ class Credential:
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
 
     @property
-    def client_secret_name(self) -> str | None:
-        ref = self.spec.get("clientSecretRef")
-        name = ref.get("name") if isinstance(ref, Mapping) else None
-        return name if isinstance(name, str) else None
+    def secret_names(self) -> tuple[str, ...]:
+        """The Secrets holding the client's credentials, in the order of their versions.
+
+        Read from the raw spec (it may not parse): the same order as
+        ``model.CredentialSpec.secret_names``.
+        """
+        names = []
+        for field in ("clientSecretRef", "privateKeyRef", "clientCertificateRef"):
+            ref = self.spec.get(field)
+            name = ref.get("name") if isinstance(ref, Mapping) else None
+            if isinstance(name, str) and name:
+                names.append(name)
+        return tuple(dict.fromkeys(names))
+
+    def has_secret_version(self, name: str, version: str) -> bool:
+        """Did the last attempt read this version of the Secret ``name``?
+
+        ``client_secret_version`` holds one resourceVersion per Secret in
+        :attr:`secret_names` order, joined by commas (just the one with one Secret).
+        """
+        names = self.secret_names
+        versions = (self.client_secret_version or "").split(",")
+        if name not in names or len(versions) != len(names):
+            return False
+        return versions[names.index(name)] == version
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Credential:
@@ -119,6 +156,7 @@ class Reconciler:
         settings: Settings,
         clock: Callable[[], datetime.datetime] = utcnow,
         draw: Callable[[], float] = random.random,
+        metadata: discovery.MetadataCache | None = None,
     ) -> None:
         self._kube = kube_api
         self._http = http
@@ -128,11 +166,12 @@ class Reconciler:
         self._settings = settings
         self._clock = clock
         self._draw = draw
+        self._metadata = metadata or discovery.MetadataCache()
         self._credentials: dict[Key, Credential] = {}
         self._by_client_secret: dict[Key, set[Key]] = {}
         # Client Secret versions seen while their credential was being refreshed: checked
         # when that refresh ends, against the version it actually read (see refresh()).
-        self._seen_while_running: dict[Key, str] = {}
+        self._seen_while_running: dict[Key, dict[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self._credentials)
@@ -171,23 +210,23 @@ class Reconciler:
         """A client Secret was listed, added or modified: refetch with a rotated secret."""
         for key in self._by_client_secret.get((namespace, name), set()).copy():
             cred = self._credentials.get(key)
-            if cred is None or cred.client_secret_version == version:
+            if cred is None or cred.has_secret_version(name, version):
                 continue
             if self._queue.is_running(key):
                 # The refresh in flight may have read this very version (on a cold start the
                 # Secrets' list arrives while the first refreshes run): decide when it ends.
-                self._seen_while_running[key] = version
+                self._seen_while_running.setdefault(key, {})[name] = version
             else:
                 self._queue.trigger(key)
 
     def _index(self, cred: Credential) -> None:
-        if cred.client_secret_name:
-            ref = (cred.namespace, cred.client_secret_name)
+        for name in cred.secret_names:
+            ref = (cred.namespace, name)
             self._by_client_secret.setdefault(ref, set()).add(cred.key)
 
     def _unindex(self, cred: Credential) -> None:
-        if cred.client_secret_name:
-            ref = (cred.namespace, cred.client_secret_name)
+        for name in cred.secret_names:
+            ref = (cred.namespace, name)
             keys = self._by_client_secret.get(ref)
             if keys is not None:
                 keys.discard(cred.key)
@@ -201,9 +240,11 @@ class Reconciler:
         try:
             await self._refresh(key, due)
         finally:
-            seen = self._seen_while_running.pop(key, None)
+            seen = self._seen_while_running.pop(key, {})
             cred = self._credentials.get(key)
-            if seen is not None and cred is not None and cred.client_secret_version != seen:
+            if cred is not None and any(
+                not cred.has_secret_version(name, version) for name, version in seen.items()
+            ):
                 self._queue.trigger(key)  # running: runs again right after this attempt
 
     async def _refresh(self, key: Key, due: float) -> None:
@@ -220,12 +261,20 @@ class Reconciler:
         attempt = _Attempt(generation=cred.generation, request=cred.refresh_request, now=now)
         try:
             spec = self._parse(cred)
-            client = await self._read_client_secret(cred, spec, attempt)
-            http = await self._http_client(cred, spec)
+            client = await self._read_credentials(cred, spec, attempt)
+            ca_pem = await self._ca_bundle(cred, spec)
+            endpoint = await self._endpoint(spec, client, ca_pem)
             existing = await self._check_target(cred, spec)
             if existing is not None and await self._adopt(cred, attempt, spec, existing):
                 return
-            result = await self._fetch(cred, spec=spec, client=client, http=http)
+            if spec.service_account_ref is not None:
+                client = dataclasses.replace(
+                    client,
+                    external_assertion=await self._service_account_token(
+                        cred, spec.service_account_ref
+                    ),
+                )
+            result = await self._fetch(cred, spec=spec, client=client, endpoint=endpoint)
             refresh_at = timing.refresh_at(
                 issued_at=result.token.issued_at,
                 expires_at=result.token.expires_at,
@@ -248,35 +297,71 @@ class Reconciler:
             spec = model.parse_spec(cred.spec, name=cred.name)
         except model.SpecError as exc:
             raise _Failure(status.INVALID_SPEC, str(exc), kind=_STOP) from None
+        self._check_url(spec.issuer_url or spec.request.token_url, kind=_STOP)
+        return spec
+
+    def _check_url(self, url: str, *, kind: str) -> None:
         try:
             oauth.check_token_url(
-                spec.request.token_url,
+                url,
                 allow_insecure_http=self._settings.allow_insecure_http,
                 allowed_hosts=self._settings.allowed_hosts,
             )
         except oauth.TokenError as exc:
-            raise _Failure(exc.reason, str(exc), kind=_STOP) from None
-        return spec
+            raise _Failure(exc.reason, str(exc), kind=kind) from None
 
-    async def _read_client_secret(
+    async def _read_credentials(
         self, cred: Credential, spec: model.CredentialSpec, attempt: _Attempt
     ) -> model.ClientCredentials:
+        """Read every Secret holding client credentials (each once) and collect them."""
+        sources: dict[str, dict[str, Any] | None] = {}
+        versions = []
         try:
-            source = await self._kube.read_secret(cred.namespace, spec.secret_ref.name)
+            for name in spec.secret_names:
+                sources[name] = source = await self._kube.read_secret(cred.namespace, name)
+                meta = (source or {}).get("metadata") or {}
+                versions.append(str(meta.get("resourceVersion") or ""))
         except kube.ApiError as exc:
             raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
-        if source is not None:
+        if sources and any(sources.values()):
             # Remembered even if this attempt fails: only a newer version retriggers it.
-            attempt.source_version = str(source["metadata"].get("resourceVersion") or "")
+            attempt.source_version = ",".join(versions)
         try:
-            return secrets.client_credentials(source, spec=spec)
+            return secrets.client_credentials(sources, spec=spec)
         except secrets.ClientSecretProblem as exc:
             raise _Failure(exc.reason, str(exc), kind=_PERMANENT) from None
 
-    async def _http_client(self, cred: Credential, spec: model.CredentialSpec) -> httpx.AsyncClient:
+    async def _service_account_token(self, cred: Credential, ref: model.ServiceAccountRef) -> str:
+        """A fresh ServiceAccount token for workload identity federation, if the account
+        opted in to this audience; tokensync mints none for accounts that did not."""
+        try:
+            account = await self._kube.read_service_account(cred.namespace, ref.name)
+            if account is None:
+                raise _Failure(
+                    "ServiceAccountNotFound",
+                    f"ServiceAccount {ref.name!r} not found",
+                    kind=_PERMANENT,
+                )
+            if not secrets.service_account_allows(account, ref.audience):
+                raise _Failure(
+                    "ServiceAccountNotOptedIn",
+                    f"ServiceAccount {ref.name!r} does not list the audience "
+                    f"{ref.audience!r} in its annotation {model.TOKEN_AUDIENCES_ANNOTATION}",
+                    kind=_PERMANENT,
+                )
+            return await self._kube.create_token(
+                cred.namespace,
+                ref.name,
+                audience=ref.audience,
+                seconds=SERVICE_ACCOUNT_TOKEN_SECONDS,
+            )
+        except kube.ApiError as exc:
+            raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
+
+    async def _ca_bundle(self, cred: Credential, spec: model.CredentialSpec) -> str | None:
         ref = spec.ca_bundle
         if ref is None:
-            return self._http.default
+            return None
         try:
             if ref.kind == "Secret":
                 source = await self._kube.read_secret(cred.namespace, ref.name)
@@ -292,12 +377,55 @@ class Reconciler:
                 f"{ref.kind} {ref.name!r} with key {ref.key!r} not found",
                 kind=_PERMANENT,
             )
+        return str(pem)
+
+    def _client_for(
+        self, ref: model.CABundleRef | None, ca_pem: str | None, client: model.ClientCredentials
+    ) -> httpx.AsyncClient:
         try:
-            return self._http.for_ca_bundle(pem)
+            return self._http.for_tls(
+                ca_pem=ca_pem,
+                client_cert_pem=client.tls_certificate,
+                client_key_pem=client.tls_key,
+            )
         except transport.BadCABundle as exc:
-            raise _Failure(
-                "CABundleInvalid", f"{ref.kind} {ref.name!r}: {exc}", kind=_PERMANENT
-            ) from None
+            where = f"{ref.kind} {ref.name!r}" if ref else "caBundleRef"
+            raise _Failure("CABundleInvalid", f"{where}: {exc}", kind=_PERMANENT) from None
+        except transport.BadClientCertificate as exc:
+            raise _Failure("ClientCertificateInvalid", str(exc), kind=_PERMANENT) from None
+
+    async def _endpoint(
+        self, spec: model.CredentialSpec, client: model.ClientCredentials, ca_pem: str | None
+    ) -> _Endpoint:
+        """The token URL (from the spec, or discovered from the issuer) and its client."""
+        http = self._client_for(spec.ca_bundle, ca_pem, client)
+        if spec.issuer_url is None:
+            return _Endpoint(request=spec.request, http=http)
+        # The document is public: fetched without the client certificate.
+        plain = self._client_for(spec.ca_bundle, ca_pem, model.ClientCredentials(client_id=""))
+        trust = hashlib.sha256((ca_pem or "").encode()).hexdigest()
+        try:
+            metadata = await self._metadata.get(
+                plain, spec.issuer_url, trust=trust, timeout=self._settings.request_timeout
+            )
+        except oauth.TokenError as exc:
+            kind = _PERMANENT if exc.permanent else _TRANSIENT
+            raise _Failure(exc.reason, str(exc), kind=kind) from None
+        token_url = metadata.token_endpoint
+        if client.tls_certificate and metadata.mtls_token_endpoint:
+            token_url = metadata.mtls_token_endpoint  # RFC 8705 section 5
+        try:
+            self._check_url(token_url, kind=_PERMANENT)
+        except _Failure:
+            self._metadata.invalidate(spec.issuer_url, trust=trust)
+            raise
+        return _Endpoint(
+            request=dataclasses.replace(spec.request, token_url=token_url),
+            http=http,
+            supported=metadata.auth_methods,
+            issuer=spec.issuer_url,
+            trust=trust,
+        )
 
     async def _check_target(
         self, cred: Credential, spec: model.CredentialSpec
@@ -391,36 +519,42 @@ class Reconciler:
         *,
         spec: model.CredentialSpec,
         client: model.ClientCredentials,
-        http: httpx.AsyncClient,
+        endpoint: _Endpoint,
     ) -> oauth.FetchResult:
-        request = spec.request
+        request = endpoint.request
         host = urllib.parse.urlsplit(request.token_url).hostname or ""
+        methods = oauth.candidate_methods(request.auth_method, client, endpoint.supported)
+        remembered = _remembered_method(spec, cred.auth_method)
+        if remembered in methods:
+            # With `auto`, start with what worked last time; if the server now refuses it,
+            # the others are tried, each once.
+            methods = [remembered, *(m for m in methods if m is not remembered)]
         await self._pacer.acquire(host)
         started = time.monotonic()
         watchdog = self._expiry_watchdog(cred)
         try:
-            remembered = _remembered_method(spec, cred.auth_method)
-            if remembered is None:
-                return await self._token(request, spec, client, http)
-            # With `auto`, start with what worked last time; if the server now refuses it,
-            # try the other methods, each once.
-            methods = [remembered, *(m for m in _AUTO_METHODS if m is not remembered)]
-            for position, method in enumerate(methods, start=1):
-                try:
-                    attempt_request = dataclasses.replace(request, auth_method=method)
-                    return await self._token(attempt_request, spec, client, http)
-                except oauth.TokenError as exc:
-                    if position == len(methods) or exc.reason != "InvalidClient":
-                        raise
-            raise AssertionError("unreachable: the last method returns or raises")
+            result = await oauth.fetch_token(
+                endpoint.http,
+                request=request,
+                credentials=client,
+                default_lifetime=spec.refresh.default_lifetime,
+                now=self._clock,
+                timeout=self._settings.request_timeout,
+                methods=methods,
+            )
         except oauth.TokenError as exc:
             self._metrics.requests.labels("error", exc.reason).inc()
+            if endpoint.issuer is not None:
+                # The endpoint may have moved: read the issuer's document again next time.
+                self._metadata.invalidate(endpoint.issuer, trust=endpoint.trust)
             kind = _PERMANENT if exc.permanent else _TRANSIENT
             raise _Failure(exc.reason, str(exc), kind=kind, retry_after=exc.retry_after) from None
         finally:
             self._metrics.duration.observe(time.monotonic() - started)
             if watchdog is not None:
                 watchdog.cancel()
+        self._metrics.requests.labels("success", "").inc()
+        return result
 
     def _expiry_watchdog(self, cred: Credential) -> asyncio.Task[None] | None:
         """Report expiry on time even while a token request is still in flight."""
@@ -435,24 +569,6 @@ class Reconciler:
             await self._mark_expired_if_needed(cred, self._clock(), message="refresh in progress")
 
         return asyncio.create_task(report_at_expiry())
-
-    async def _token(
-        self,
-        request: model.TokenRequest,
-        spec: model.CredentialSpec,
-        client: model.ClientCredentials,
-        http: httpx.AsyncClient,
-    ) -> oauth.FetchResult:
-        result = await oauth.fetch_token(
-            http,
-            request=request,
-            credentials=client,
-            default_lifetime=spec.refresh.default_lifetime,
-            now=self._clock,
-            timeout=self._settings.request_timeout,
-        )
-        self._metrics.requests.labels("success", "").inc()
-        return result
 
     def _render(
         self,
@@ -759,8 +875,19 @@ class _Attempt:
     source_version: str | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """Where this attempt sends its token request, and through which client."""
+
+    request: model.TokenRequest
+    http: httpx.AsyncClient
+    #: token_endpoint_auth_methods_supported, when discovery said.
+    supported: tuple[str, ...] | None = None
+    issuer: str | None = None
+    trust: str = ""
+
+
 _MIN_RETRY = datetime.timedelta(seconds=1)
-_AUTO_METHODS = (model.AuthMethod.CLIENT_SECRET_BASIC, model.AuthMethod.CLIENT_SECRET_POST)
 _STOP = "stop"  # only a change of the spec can help: no retry
 _PERMANENT = "permanent"  # slow retry, and an immediate one on a spec or Secret change
 _TRANSIENT = "transient"  # backoff with full jitter; the current token stays valid

@@ -1,24 +1,84 @@
-"""The HTTP clients token requests go through: one shared client, plus one per private CA.
+"""The HTTP clients token requests go through: one shared client, plus one per TLS setup.
 
 Connection pools and TLS contexts are expensive; every credential that trusts the system
-store shares one ``httpx.AsyncClient``. A credential with ``spec.caBundleRef`` gets the
-client for its bundle, keyed by the bundle's SHA-256, so credentials that share a CA share a
-client too. The cache is bounded; the least recently used client is closed when it is full.
+store and presents no client certificate shares one ``httpx.AsyncClient``. A credential
+with ``spec.caBundleRef`` or ``spec.clientCertificateRef`` gets the client for exactly that
+bundle and certificate, keyed by their SHA-256, so credentials that share them share a
+client too, and a rotated certificate gets a new client from the next request on. The cache
+is bounded; the least recently used client is closed a while after it leaves the cache
+(a request may still be using it).
+
+Python's ``ssl`` loads a certificate chain only from files. The key is written to an
+anonymous in-memory file (``memfd_create``), loaded, and the file closed at once: it never
+touches a disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import hashlib
+import os
 import ssl
+import tempfile
+from collections.abc import Iterator
 
 import httpx
 
-MAX_CA_CLIENTS = 32
+MAX_TLS_CLIENTS = 64
+#: Longer than any request may take (request timeout plus margin).
+RETIRE_AFTER = 120.0
 
 
 class BadCABundle(ValueError):
     """The bundle holds no usable PEM certificate."""
+
+
+class BadClientCertificate(ValueError):
+    """The client certificate or its key cannot be loaded."""
+
+
+@contextlib.contextmanager
+def _in_memory_file(data: bytes) -> Iterator[str]:
+    """A path whose content is ``data``, for APIs that only read files."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("tokensync-tls", 0)
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory() as directory:  # pragma: no cover -- not Linux
+        path = os.path.join(directory, "pem")
+        with open(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600), "wb") as handle:
+            handle.write(data)
+        yield path
+
+
+def tls_context(
+    *, ca_pem: str | None, client_cert_pem: str | None, client_key_pem: str | None
+) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cadata=ca_pem) if ca_pem else None
+    except (ssl.SSLError, ValueError):
+        raise BadCABundle("the CA bundle holds no valid PEM certificate") from None
+    if context is None:
+        context = ssl.create_default_context()
+    if client_cert_pem and client_key_pem:
+        with (
+            _in_memory_file(client_cert_pem.encode()) as cert_path,
+            _in_memory_file(client_key_pem.encode()) as key_path,
+        ):
+            try:
+                context.load_cert_chain(cert_path, key_path)
+            except (ssl.SSLError, ValueError, OSError):
+                raise BadClientCertificate(
+                    "tls.crt and tls.key are not a matching PEM certificate and "
+                    "unencrypted private key"
+                ) from None
+    return context
 
 
 class HttpClients:
@@ -28,8 +88,9 @@ class HttpClients:
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self.default = self._client(verify=True)
-        self._by_ca: collections.OrderedDict[str, httpx.AsyncClient] = collections.OrderedDict()
-        self._retired: list[httpx.AsyncClient] = []
+        self._by_tls: collections.OrderedDict[str, httpx.AsyncClient] = collections.OrderedDict()
+        # Clients out of the cache, each with the task that closes it later (or None).
+        self._retiring: dict[httpx.AsyncClient, asyncio.Task[None] | None] = {}
 
     def _client(self, *, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -41,24 +102,53 @@ class HttpClients:
 
     def for_ca_bundle(self, pem: str | None) -> httpx.AsyncClient:
         """The client trusting exactly ``pem`` (or the system store when None)."""
-        if pem is None:
+        return self.for_tls(ca_pem=pem)
+
+    def for_tls(
+        self,
+        *,
+        ca_pem: str | None = None,
+        client_cert_pem: str | None = None,
+        client_key_pem: str | None = None,
+    ) -> httpx.AsyncClient:
+        """The client for this trust store and client certificate (None: the defaults)."""
+        if not (ca_pem or client_cert_pem):
             return self.default
-        digest = hashlib.sha256(pem.encode()).hexdigest()
-        client = self._by_ca.get(digest)
+        digest = hashlib.sha256()
+        for part in (ca_pem, client_cert_pem, client_key_pem):
+            digest.update((part or "").encode() + b"\0")
+        key = digest.hexdigest()
+        client = self._by_tls.get(key)
         if client is not None:
-            self._by_ca.move_to_end(digest)
+            self._by_tls.move_to_end(key)
             return client
-        try:
-            context = ssl.create_default_context(cadata=pem)
-        except (ssl.SSLError, ValueError):
-            raise BadCABundle("the CA bundle holds no valid PEM certificate") from None
+        context = tls_context(
+            ca_pem=ca_pem, client_cert_pem=client_cert_pem, client_key_pem=client_key_pem
+        )
         client = self._client(verify=context)
-        self._by_ca[digest] = client
-        if len(self._by_ca) > MAX_CA_CLIENTS:
-            _, oldest = self._by_ca.popitem(last=False)
-            self._retired.append(oldest)  # closed at shutdown: a request may be using it
+        self._by_tls[key] = client
+        if len(self._by_tls) > MAX_TLS_CLIENTS:
+            _, oldest = self._by_tls.popitem(last=False)
+            self._retire(oldest)
         return client
 
+    def _retire(self, client: httpx.AsyncClient) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._retiring[client] = None  # closed at shutdown
+            return
+
+        async def close_later() -> None:
+            await asyncio.sleep(RETIRE_AFTER)
+            await client.aclose()
+            self._retiring.pop(client, None)
+
+        self._retiring[client] = loop.create_task(close_later())
+
     async def aclose(self) -> None:
-        for client in [self.default, *self._by_ca.values(), *self._retired]:
+        for task in self._retiring.values():
+            if task is not None:
+                task.cancel()
+        for client in [self.default, *self._by_tls.values(), *self._retiring]:
             await client.aclose()

@@ -107,6 +107,9 @@ def test_example_is_admitted(
         if doc["kind"] == "ConfigMap":
             core.create_namespaced_config_map(namespace, doc)
             continue
+        if doc["kind"] == "ServiceAccount":
+            core.create_namespaced_service_account(namespace, doc)
+            continue
         assert doc["kind"] == model.KIND, f"unexpected kind {doc['kind']} in {path.name}"
         created = create(custom, namespace, doc)
         # Structural schemas prune unknown fields silently: a misspelt field in an example

@@ -125,8 +125,11 @@ def test_examples_contain_credentials() -> None:
 def test_parse_spec_accepts_example(doc: dict[str, Any]) -> None:
     spec, name = doc["spec"], doc["metadata"]["name"]
     parsed = model.parse_spec(spec, name=name)
-    assert parsed.request.token_url == spec["tokenURL"]
-    assert parsed.secret_ref.name == spec["clientSecretRef"]["name"]
+    assert parsed.request.token_url == spec.get("tokenURL", "")
+    assert parsed.issuer_url == spec.get("issuerURL")
+    if "clientSecretRef" in spec:
+        assert parsed.secret_ref is not None
+        assert parsed.secret_ref.name == spec["clientSecretRef"]["name"]
     assert parsed.target.name == spec.get("target", {}).get("name", f"{name}-token")
 
 
@@ -135,13 +138,24 @@ def test_example_client_secrets_opt_in(path: pathlib.Path) -> None:
     docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
     for cred in credentials_in(path):
-        ref = cred["spec"]["clientSecretRef"]
-        secret = secrets[ref["name"]]  # every example brings the Secret it refers to
-        assert secret["metadata"]["labels"][model.CLIENT_SECRET_LABEL] == "true"
-        keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
-        assert ref.get("clientSecretKey", "client_secret") in keys
-        if "clientID" not in cred["spec"]:
-            assert ref.get("clientIDKey", "client_id") in keys
+        spec = model.parse_spec(cred["spec"], name=cred["metadata"]["name"])
+        for name in spec.secret_names:
+            secret = secrets[name]  # every example brings the Secrets it refers to
+            assert secret["metadata"]["labels"][model.CLIENT_SECRET_LABEL] == "true"
+        wanted: list[tuple[str, str]] = []
+        if spec.secret_ref is not None:
+            wanted.append((spec.secret_ref.name, spec.secret_ref.client_secret_key))
+            if "clientID" not in cred["spec"]:
+                wanted.append((spec.secret_ref.name, spec.secret_ref.client_id_key))
+        if spec.private_key_ref is not None:
+            wanted.append((spec.private_key_ref.name, spec.private_key_ref.key))
+            if spec.private_key_ref.certificate_key:
+                wanted.append((spec.private_key_ref.name, spec.private_key_ref.certificate_key))
+        if spec.client_certificate_ref is not None:
+            wanted += [(spec.client_certificate_ref, k) for k in ("tls.crt", "tls.key")]
+        for name, key in wanted:
+            secret = secrets[name]
+            assert key in set(secret.get("stringData", {})) | set(secret.get("data", {}))
 
 
 def test_full_example_uses_every_field() -> None:
@@ -171,7 +185,15 @@ def test_schema_defaults_and_enums_match_model() -> None:
     defaults = model.SecretRef(name="x")
     assert ref["clientIDKey"]["default"] == defaults.client_id_key
     assert ref["clientSecretKey"]["default"] == defaults.client_secret_key
-    assert set(spec_schema()["required"]) == {"tokenURL", "clientSecretRef"}
+    # Required-ness depends on other fields: CEL rules (tested in test_crd_admission.py).
+    assert "required" not in spec_schema()
+    key = props["privateKeyRef"]["properties"]
+    assert key["key"]["default"] == model.DEFAULT_PRIVATE_KEY_KEY
+    assertion = props["clientAssertion"]["properties"]
+    assert assertion["algorithm"]["enum"] == list(model.ASSERTION_ALGORITHMS)
+    assert model.parse_duration(assertion["lifetime"]["default"], field="x") == (
+        model.DEFAULT_ASSERTION_LIFETIME
+    )
     refresh = props["refresh"]["properties"]
     assert "1h" in refresh["defaultLifetime"]["description"]
     assert model.DEFAULT_LIFETIME.total_seconds() == 3600

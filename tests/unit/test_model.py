@@ -173,13 +173,13 @@ LONG_NAME = "a" * 248  # "-token" makes it 254, one more than a Secret name may 
 
 REFUSED = [
     # (id, spec, metadata.name, field, fragment of the message)
-    ("token-url-missing", with_(tokenURL=None), "x", "spec.tokenURL", "is required"),
+    ("token-url-missing", with_(tokenURL=None), "x", "spec.tokenURL", "exactly one of"),
     ("token-url-empty", with_(tokenURL=""), "x", "spec.tokenURL", "non-empty"),
     ("token-url-not-string", with_(tokenURL=3), "x", "spec.tokenURL", "non-empty string"),
     ("auth-method-unknown", with_(authMethod="mtls"), "x", "spec.authMethod", "one of auto"),
     ("auth-method-list", with_(authMethod=["auto"]), "x", "spec.authMethod", "one of"),
     ("ref-missing", with_(clientSecretRef=None), "x", "spec.clientSecretRef", "is required"),
-    ("ref-not-object", with_(clientSecretRef="c"), "x", "spec.clientSecretRef", "is required"),
+    ("ref-not-object", with_(clientSecretRef="c"), "x", "spec.clientSecretRef", "an object"),
     ("ref-name-missing", with_(clientSecretRef={}), "x", "spec.clientSecretRef.name", "required"),
     (
         "ref-name-empty",
@@ -246,14 +246,14 @@ REFUSED = [
         with_(target={"name": "billing-oauth-client"}),
         "x",
         "spec.target.name",
-        "must not be the client Secret",
+        "must not be a Secret holding client credentials",
     ),
     (
         "default-target-is-client-secret",
         with_(clientSecretRef={"name": "billing-token"}),
         "billing",
         "spec.target.name",
-        "must not be the client Secret",
+        "must not be a Secret holding client credentials",
     ),
     (
         "label-managed-by",
@@ -397,8 +397,8 @@ def test_refused_naming_the_field(
         ("grant_type", "grant_type=client_credentials"),
         ("client_id", "spec.clientID"),
         ("client_secret", "spec.clientSecretRef"),
-        ("client_assertion", "not supported"),
-        ("client_assertion_type", "not supported"),
+        ("client_assertion", "spec.authMethod"),
+        ("client_assertion_type", "spec.authMethod"),
         ("scope", "spec.scopes"),
         ("audience", "spec.audience"),
         ("resource", "spec.resources"),

@@ -223,11 +223,18 @@ def spec_with(**changes: Any) -> model.CredentialSpec:
     return model.parse_spec(raw, name="billing-api")
 
 
+def client_credentials(
+    secret: dict[str, Any] | None, *, spec: model.CredentialSpec
+) -> model.ClientCredentials:
+    """The client Secret ``oauth-client`` read as ``secret`` (None: not found)."""
+    return secrets.client_credentials({"oauth-client": secret}, spec=spec)
+
+
 GOOD = {"client_id": b64("billing-service"), "client_secret": b64(CLIENT_SECRET)}
 
 
 def test_client_credentials() -> None:
-    creds = secrets.client_credentials(client_secret(GOOD), spec=SPEC)
+    creds = client_credentials(client_secret(GOOD), spec=SPEC)
     assert creds == model.ClientCredentials("billing-service", CLIENT_SECRET)
     assert CLIENT_SECRET not in repr(creds)
 
@@ -235,7 +242,7 @@ def test_client_credentials() -> None:
 def test_values_are_stripped_of_surrounding_whitespace() -> None:
     # `echo secret | kubectl create secret --from-file` leaves a newline behind.
     data = {"client_id": b64(" billing-service\n"), "client_secret": b64(CLIENT_SECRET + "\n")}
-    creds = secrets.client_credentials(client_secret(data), spec=SPEC)
+    creds = client_credentials(client_secret(data), spec=SPEC)
     assert (creds.client_id, creds.client_secret) == ("billing-service", CLIENT_SECRET)
 
 
@@ -244,7 +251,7 @@ def test_custom_keys() -> None:
         clientSecretRef={"name": "oauth-client", "clientIDKey": "id", "clientSecretKey": "pw"}
     )
     data = {"id": b64("svc"), "pw": b64(CLIENT_SECRET), "client_id": b64("ignored")}
-    creds = secrets.client_credentials(client_secret(data), spec=spec)
+    creds = client_credentials(client_secret(data), spec=spec)
     assert (creds.client_id, creds.client_secret) == ("svc", CLIENT_SECRET)
 
 
@@ -256,7 +263,7 @@ def test_custom_keys() -> None:
     ],
 )
 def test_client_id_from_the_spec(data: dict[str, str]) -> None:
-    creds = secrets.client_credentials(client_secret(data), spec=spec_with(clientID="from-spec"))
+    creds = client_credentials(client_secret(data), spec=spec_with(clientID="from-spec"))
     assert (creds.client_id, creds.client_secret) == ("from-spec", CLIENT_SECRET)
 
 
@@ -352,7 +359,7 @@ def test_client_secret_problems(
     secret: dict[str, Any] | None, spec: model.CredentialSpec, reason: str, fragment: str
 ) -> None:
     with pytest.raises(secrets.ClientSecretProblem) as caught:
-        secrets.client_credentials(secret, spec=spec)
+        client_credentials(secret, spec=spec)
     assert caught.value.reason == reason
     assert fragment in str(caught.value)
     # Secrets stay secret: neither the value nor its encoding reaches status or events.

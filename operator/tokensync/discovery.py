@@ -1,0 +1,194 @@
+"""Authorization server metadata: find the token endpoint from the issuer.
+
+``spec.issuerURL`` names the issuer; its metadata document says where the token endpoint
+is and which client authentication methods it takes. The OpenID Connect form
+(``<issuer>/.well-known/openid-configuration``) is tried first, then RFC 8414's
+(``/.well-known/oauth-authorization-server`` inserted before the issuer's path). The
+document's ``issuer`` must equal the configured one (RFC 8414 section 3.3), so that a
+document served elsewhere cannot redirect the credentials. The token endpoint found there
+passes the same URL checks as a configured ``tokenURL``.
+
+Documents are cached per issuer and trust store for a bounded time, the cache has a bounded
+size, and a token request that fails for a reason a moved endpoint could explain drops
+the entry, so the next attempt reads the document again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from tokensync import oauth
+
+OPENID_PATH = "/.well-known/openid-configuration"
+OAUTH_PATH = "/.well-known/oauth-authorization-server"
+DEFAULT_TTL = 3600.0
+MAX_ENTRIES = 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Metadata:
+    issuer: str
+    token_endpoint: str
+    #: ``mtls_endpoint_aliases.token_endpoint`` (RFC 8705 section 5), used with a client
+    #: certificate.
+    mtls_token_endpoint: str | None = None
+    #: ``token_endpoint_auth_methods_supported``; None when the document does not say.
+    auth_methods: tuple[str, ...] | None = None
+
+
+def _error(message: str, *, reason: str = "DiscoveryFailed", permanent: bool) -> oauth.TokenError:
+    return oauth.TokenError(message, reason=reason, permanent=permanent)
+
+
+def well_known_urls(issuer: str) -> list[str]:
+    """Where the metadata may be: the OpenID Connect form, then RFC 8414's."""
+    parts = urllib.parse.urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    openid = urllib.parse.urlunsplit(parts._replace(path=path + OPENID_PATH, query=""))
+    oauth_url = urllib.parse.urlunsplit(parts._replace(path=OAUTH_PATH + path, query=""))
+    return [openid, oauth_url]
+
+
+def _same_issuer(a: str, b: str) -> bool:
+    # RFC 8414 asks for identical strings; a trailing slash is the one difference we forgive.
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def parse_metadata(document: object, *, issuer: str) -> Metadata:
+    """Read the fields tokensync uses, refusing a document for another issuer."""
+    if not isinstance(document, Mapping):
+        raise _error("the discovery document is not a JSON object", permanent=False)
+    found = document.get("issuer")
+    if not isinstance(found, str) or not _same_issuer(found, issuer):
+        raise _error(
+            "the discovery document names another issuer than spec.issuerURL",
+            reason="IssuerMismatch",
+            permanent=True,
+        )
+    endpoint = document.get("token_endpoint")
+    if not isinstance(endpoint, str) or not endpoint:
+        raise _error(
+            "the discovery document has no token_endpoint",
+            reason="DiscoveryInvalid",
+            permanent=True,
+        )
+    aliases = document.get("mtls_endpoint_aliases")
+    mtls = aliases.get("token_endpoint") if isinstance(aliases, Mapping) else None
+    methods = document.get("token_endpoint_auth_methods_supported")
+    return Metadata(
+        issuer=issuer,
+        token_endpoint=endpoint,
+        mtls_token_endpoint=mtls if isinstance(mtls, str) and mtls else None,
+        auth_methods=(
+            tuple(m for m in methods if isinstance(m, str)) if isinstance(methods, list) else None
+        ),
+    )
+
+
+async def _get(client: httpx.AsyncClient, url: str, *, timeout: float) -> tuple[int, object]:  # noqa: ASYNC109
+    try:
+        async with asyncio.timeout(timeout):
+            async with client.stream(
+                "GET",
+                url,
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+                timeout=timeout,
+                follow_redirects=False,
+            ) as response:
+                body = await oauth.read_capped(response)
+                status = response.status_code
+    except oauth.TokenError:
+        raise _error("the discovery document exceeds 1 MiB", permanent=False) from None
+    except (httpx.TimeoutException, TimeoutError):
+        raise _error(f"discovery timed out after {timeout:g}s", permanent=False) from None
+    except httpx.HTTPError as exc:
+        if oauth.tls_verification_failed(exc):
+            raise _error(
+                "the issuer's TLS certificate is not trusted "
+                "(set spec.caBundleRef for a private CA)",
+                reason="TLSVerificationFailed",
+                permanent=True,
+            ) from None
+        raise _error(f"cannot reach the issuer ({type(exc).__name__})", permanent=False) from None
+    try:
+        document: Any = json.loads(body) if 200 <= status < 300 else None
+    except (ValueError, RecursionError):
+        document = None
+    return status, document
+
+
+async def fetch_metadata(
+    client: httpx.AsyncClient,
+    issuer: str,
+    *,
+    timeout: float,  # noqa: ASYNC109 -- also httpx's own timeouts, as in oauth.fetch_token
+) -> Metadata:
+    """Read the issuer's metadata (both well-known forms), or raise ``TokenError``."""
+    statuses = []
+    for url in well_known_urls(issuer):
+        status, document = await _get(client, url, timeout=timeout)
+        if 200 <= status < 300:
+            return parse_metadata(document, issuer=issuer)
+        statuses.append(status)
+        if status not in (404, 405, 410):
+            break  # an outage, not a missing document: retry later rather than guess
+    transient = any(s >= 500 or s == 429 for s in statuses)
+    raise _error(
+        f"no discovery document at the issuer (HTTP {', '.join(map(str, statuses))})",
+        permanent=not transient,
+    )
+
+
+class MetadataCache:
+    """Issuer metadata by (issuer, trust store key), each for at most ``ttl`` seconds."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = DEFAULT_TTL,
+        max_entries: int = MAX_ENTRIES,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._monotonic = monotonic
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[float, Metadata]] = (
+            collections.OrderedDict()
+        )
+        self.fetches = 0
+
+    async def get(
+        self,
+        client: httpx.AsyncClient,
+        issuer: str,
+        *,
+        trust: str,
+        timeout: float,  # noqa: ASYNC109
+    ) -> Metadata:
+        key = (issuer, trust)
+        entry = self._entries.get(key)
+        if entry is not None and self._monotonic() - entry[0] < self._ttl:
+            self._entries.move_to_end(key)
+            return entry[1]
+        self.fetches += 1
+        metadata = await fetch_metadata(client, issuer, timeout=timeout)
+        self._entries[key] = (self._monotonic(), metadata)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return metadata
+
+    def invalidate(self, issuer: str, *, trust: str) -> None:
+        self._entries.pop((issuer, trust), None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
