@@ -356,6 +356,13 @@ class Reconciler:
                 seconds=SERVICE_ACCOUNT_TOKEN_SECONDS,
             )
         except kube.ApiError as exc:
+            if exc.status == 403:
+                raise _Failure(
+                    "ServiceAccountTokenForbidden",
+                    "the operator may not read ServiceAccounts or create their tokens: its "
+                    "RBAC lacks the workload identity rules (deploy/base/rbac.yaml)",
+                    kind=_PERMANENT,
+                ) from None
             raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
 
     async def _ca_bundle(self, cred: Credential, spec: model.CredentialSpec) -> str | None:

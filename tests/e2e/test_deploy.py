@@ -312,6 +312,7 @@ def test_service_account_is_denied_what_it_does_not_need(
     admin_core.create_namespaced_config_map(
         namespace, {"metadata": {"name": "some-config"}, "data": {"k": "v"}}
     )
+    admin_core.create_namespaced_service_account(namespace, {"metadata": {"name": "app"}})
     body = {
         "apiVersion": f"{model.GROUP}/{model.VERSION}",
         "kind": model.KIND,
@@ -330,6 +331,14 @@ def test_service_account_is_denied_what_it_does_not_need(
         "get a Secret": lambda: core.read_namespaced_secret("some-secret", namespace),
         "get a ConfigMap by name (CA bundles)": lambda: core.read_namespaced_config_map(
             "some-config", namespace
+        ),
+        "get a ServiceAccount (federation opt-in)": lambda: core.read_namespaced_service_account(
+            "app", namespace
+        ),
+        "create a ServiceAccount token (federation)": lambda: (
+            core.create_namespaced_service_account_token(
+                "app", namespace, {"spec": {"audiences": ["x"], "expirationSeconds": 600}}
+            )
         ),
         "list ClientCredentials": lambda: custom.list_namespaced_custom_object(*crd_args),
         "patch ClientCredential status": lambda: custom.patch_namespaced_custom_object_status(
@@ -376,8 +385,9 @@ def test_service_account_is_denied_what_it_does_not_need(
             namespace,
             {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}},
         ),
-        "create a ServiceAccount token": lambda: core.create_namespaced_service_account_token(
-            "tokensync", OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 600}}
+        "list ServiceAccounts": lambda: core.list_namespaced_service_account(namespace),
+        "change a ServiceAccount (e.g. its opt-in)": lambda: core.patch_namespaced_service_account(
+            "app", namespace, {"metadata": {"annotations": {"a": "b"}}}
         ),
         "change its own Deployment": lambda: apps.patch_namespaced_deployment(
             "tokensync", OPERATOR_NAMESPACE, {"spec": {"replicas": 2}}
