@@ -407,7 +407,7 @@ class Reconciler:
         """The token URL (from the spec, or discovered from the issuer) and its client."""
         http = self._client_for(spec.ca_bundle, ca_pem, client)
         if spec.issuer_url is None:
-            return _Endpoint(request=spec.request, http=http)
+            return _Endpoint(request=spec.request, http=http, ca_pem=ca_pem)
         # The document is public: fetched without the client certificate.
         plain = self._client_for(spec.ca_bundle, ca_pem, model.ClientCredentials(client_id=""))
         trust = hashlib.sha256((ca_pem or "").encode()).hexdigest()
@@ -432,6 +432,7 @@ class Reconciler:
             supported=metadata.auth_methods,
             issuer=spec.issuer_url,
             trust=trust,
+            ca_pem=ca_pem,
         )
 
     async def _check_target(
@@ -551,6 +552,10 @@ class Reconciler:
             )
         except oauth.TokenError as exc:
             self._metrics.requests.labels("error", exc.reason).inc()
+            if exc.reason == "ConnectionFailed" and client.tls_certificate and client.tls_key:
+                await self._diagnose_certificate(
+                    request.token_url, endpoint.ca_pem, client.tls_certificate, client.tls_key
+                )
             if endpoint.issuer is not None:
                 # The endpoint may have moved: read the issuer's document again next time.
                 self._metadata.invalidate(endpoint.issuer, trust=endpoint.trust)
@@ -562,6 +567,26 @@ class Reconciler:
                 watchdog.cancel()
         self._metrics.requests.labels("success", "").inc()
         return result
+
+    async def _diagnose_certificate(
+        self, url: str, ca_pem: str | None, cert_pem: str, key_pem: str
+    ) -> None:
+        """Tell a refused client certificate from a network failure (see
+        transport.certificate_alert); raises the clearer failure when it is the former."""
+        alert = await transport.certificate_alert(
+            url,
+            ca_pem=ca_pem,
+            client_cert_pem=cert_pem,
+            client_key_pem=key_pem,
+            seconds=self._settings.request_timeout,
+        )
+        if alert is not None:
+            raise _Failure(
+                "ClientCertificateRejected",
+                f"the token endpoint refused the TLS client certificate ({alert}; "
+                "spec.clientCertificateRef)",
+                kind=_PERMANENT,
+            )
 
     def _expiry_watchdog(self, cred: Credential) -> asyncio.Task[None] | None:
         """Report expiry on time even while a token request is still in flight."""
@@ -892,6 +917,7 @@ class _Endpoint:
     supported: tuple[str, ...] | None = None
     issuer: str | None = None
     trust: str = ""
+    ca_pem: str | None = None
 
 
 _MIN_RETRY = datetime.timedelta(seconds=1)

@@ -22,6 +22,7 @@ import hashlib
 import os
 import ssl
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 
 import httpx
@@ -79,6 +80,62 @@ def tls_context(
                     "unencrypted private key"
                 ) from None
     return context
+
+
+#: TLS alerts that mean "your certificate", as OpenSSL names them in ``SSLError.reason``.
+_CERTIFICATE_ALERTS = (
+    "UNKNOWN_CA",
+    "BAD_CERTIFICATE",
+    "CERTIFICATE_REQUIRED",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "CERTIFICATE_UNKNOWN",
+    "UNSUPPORTED_CERTIFICATE",
+    "ACCESS_DENIED",
+)
+
+
+async def certificate_alert(
+    url: str,
+    *,
+    ca_pem: str | None,
+    client_cert_pem: str,
+    client_key_pem: str,
+    seconds: float,
+) -> str | None:
+    """Did the server refuse our client certificate? The TLS alert's name, or None.
+
+    A diagnosis after a request with a client certificate lost its connection. With TLS 1.3
+    the server checks the certificate after the client's handshake is done, and a server
+    that then resets the connection leaves the client a bare read error. One handshake
+    limited to TLS 1.2, where the certificate is checked inside the handshake, brings the
+    alert back. A server that speaks only TLS 1.3 gives no answer here (None).
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        return None
+    context = tls_context(
+        ca_pem=ca_pem, client_cert_pem=client_cert_pem, client_key_pem=client_key_pem
+    )
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    writer = None
+    try:
+        async with asyncio.timeout(seconds):
+            reader, writer = await asyncio.open_connection(
+                parts.hostname, parts.port or 443, ssl=context
+            )
+            writer.write(b"HEAD / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            await reader.read(1)
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or "").upper()
+        return reason if any(alert in reason for alert in _CERTIFICATE_ALERTS) else None
+    except (OSError, TimeoutError, ValueError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+    return None
 
 
 class HttpClients:
