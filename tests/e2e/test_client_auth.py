@@ -169,8 +169,9 @@ class Env:
 
         try:
             return wait_for(check, what=f"{name} failing with {reason}")
-        except AssertionError:
-            raise AssertionError(f"{reason} not seen; status: {self.get(name).get('status')}")
+        except AssertionError as exc:
+            status = self.get(name).get("status")
+            raise AssertionError(f"{reason} not seen; status: {status}") from exc
 
     def token(self, name: str = "api-token") -> str | None:
         try:
