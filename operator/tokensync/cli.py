@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
 import os
 import pathlib
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tokensync import model, oauth, runtime
+from tokensync import discovery, model, oauth, runtime, transport
 
 SECRET_ENV = "TOKENSYNC_CLIENT_SECRET"
 
@@ -54,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch", help="request one token, no cluster needed")
     fetch.add_argument("--file", type=pathlib.Path, help="a ClientCredential YAML file")
     fetch.add_argument("--token-url")
+    fetch.add_argument("--issuer-url", help="find the token endpoint by discovery")
     fetch.add_argument("--client-id")
     fetch.add_argument("--auth-method", choices=[m.value for m in model.AuthMethod])
     fetch.add_argument("--scope", action="append", default=[])
@@ -61,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--resource", action="append", default=[])
     fetch.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     fetch.add_argument("--allow-insecure-http", action="store_true")
+    fetch.add_argument("--private-key", type=pathlib.Path, help="PEM or JWK file: private_key_jwt")
+    fetch.add_argument(
+        "--certificate", type=pathlib.Path, help="PEM certificate of --private-key (x5t#S256)"
+    )
+    fetch.add_argument("--client-cert", type=pathlib.Path, help="PEM client certificate: mTLS")
+    fetch.add_argument("--client-key", type=pathlib.Path, help="PEM key of --client-cert")
+    fetch.add_argument("--ca-bundle", type=pathlib.Path, help="PEM CAs to trust")
     fetch.add_argument("--show-token", action="store_true", help="also print the access token")
     return parser
 
@@ -107,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _request_from(
     args: argparse.Namespace,
-) -> tuple[model.TokenRequest, str | None, model.RefreshPolicy]:
+) -> tuple[model.TokenRequest, str | None, model.RefreshPolicy, str | None]:
     if args.file:
         doc = yaml.safe_load(args.file.read_text())
         docs = doc if isinstance(doc, list) else [doc]
@@ -116,14 +126,16 @@ def _request_from(
             raise SystemExit(f"{args.file}: no {model.KIND} in the file")
         spec = model.parse_spec(found.get("spec") or {}, name=found["metadata"]["name"])
         request, client_id, refresh = spec.request, spec.client_id, spec.refresh
-    elif args.token_url:
+        issuer = spec.issuer_url
+    elif args.token_url or args.issuer_url:
         request, client_id, refresh = (
-            model.TokenRequest(token_url=args.token_url),
+            model.TokenRequest(token_url=args.token_url or ""),
             None,
             model.RefreshPolicy(),
         )
+        issuer = None
     else:
-        raise SystemExit("give --token-url or --file")
+        raise SystemExit("give --token-url, --issuer-url or --file")
     extra = dict(request.extra_params)
     for item in args.param:
         key, sep, value = item.partition("=")
@@ -137,25 +149,70 @@ def _request_from(
         audience=args.audience or request.audience,
         resources=tuple(args.resource) or request.resources,
         extra_params=tuple(sorted(extra.items())),
+        assertion=request.assertion,
     )
-    return request, args.client_id or client_id, refresh
+    issuer = args.issuer_url or (None if args.token_url else issuer)
+    return request, args.client_id or client_id, refresh, issuer
+
+
+def _read(path: pathlib.Path | None) -> str | None:
+    return path.read_text() if path else None
+
+
+def _context(ca_pem: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | bool:
+    if not (ca_pem or cert):
+        return True
+    try:
+        return transport.tls_context(ca_pem=ca_pem, client_cert_pem=cert, client_key_pem=key)
+    except (transport.BadCABundle, transport.BadClientCertificate) as exc:
+        raise SystemExit(str(exc)) from None
 
 
 async def _fetch(args: argparse.Namespace) -> int:
-    request, client_id, refresh = _request_from(args)
-    secret = os.environ.get(SECRET_ENV)
-    if not client_id or not secret:
-        print(f"need a client id (--client-id or spec.clientID) and ${SECRET_ENV}", file=sys.stderr)
+    request, client_id, refresh, issuer = _request_from(args)
+    credentials = model.ClientCredentials(
+        client_id=client_id or "",
+        client_secret=os.environ.get(SECRET_ENV) or None,
+        private_key=_read(args.private_key),
+        certificate=_read(args.certificate),
+        tls_certificate=_read(args.client_cert),
+        tls_key=_read(args.client_key),
+    )
+    if not client_id or not (
+        credentials.client_secret or credentials.private_key or credentials.tls_certificate
+    ):
+        print(
+            f"need a client id (--client-id or spec.clientID) and ${SECRET_ENV}, "
+            "--private-key or --client-cert",
+            file=sys.stderr,
+        )
         return 2
+    ca_pem = _read(args.ca_bundle)
+    supported: tuple[str, ...] | None = None
     try:
-        oauth.check_token_url(request.token_url, allow_insecure_http=args.allow_insecure_http)
-        async with httpx.AsyncClient(follow_redirects=False) as http:
+        async with (
+            httpx.AsyncClient(follow_redirects=False, verify=_context(ca_pem, None, None)) as plain,
+            httpx.AsyncClient(
+                follow_redirects=False,
+                verify=_context(ca_pem, credentials.tls_certificate, credentials.tls_key),
+            ) as http,
+        ):
+            if issuer:
+                oauth.check_token_url(issuer, allow_insecure_http=args.allow_insecure_http)
+                metadata = await discovery.fetch_metadata(plain, issuer, timeout=10.0)
+                token_url = metadata.token_endpoint
+                if credentials.tls_certificate and metadata.mtls_token_endpoint:
+                    token_url = metadata.mtls_token_endpoint
+                request = dataclasses.replace(request, token_url=token_url)
+                supported = metadata.auth_methods
+            oauth.check_token_url(request.token_url, allow_insecure_http=args.allow_insecure_http)
             result = await oauth.fetch_token(
                 http,
                 request=request,
-                credentials=model.ClientCredentials(client_id=client_id, client_secret=secret),
+                credentials=credentials,
                 default_lifetime=refresh.default_lifetime,
                 now=lambda: datetime.datetime.now(datetime.UTC),
+                methods=oauth.candidate_methods(request.auth_method, credentials, supported),
             )
     except oauth.TokenError as exc:
         print(f"error: {exc.reason}: {exc}", file=sys.stderr)

@@ -6,8 +6,11 @@ import json
 import pathlib
 from collections.abc import Iterator
 
+import jwt
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from support.tokenserver import TokenServer
 from tokensync import cli
@@ -88,3 +91,39 @@ def test_fetch_refuses_http_without_opt_in_and_reports_errors(
     assert code == 1
     assert "InvalidClient" in err
     assert "wrong-secret" not in err
+
+
+def test_fetch_private_key_jwt_by_discovery(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--issuer-url and --private-key: no client secret, the server verifies the assertion."""
+    monkeypatch.delenv(cli.SECRET_ENV, raising=False)
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with TokenServer(issuer_path="/realms/cli", discovery="openid") as server:
+        server.add_client("jwt-client", auth_methods=["private_key_jwt"], jwks={"keys": [public]})
+        code = cli.main(
+            [
+                "fetch",
+                "--issuer-url",
+                server.issuer_url,
+                "--client-id",
+                "jwt-client",
+                "--private-key",
+                str(key_file),
+                "--allow-insecure-http",
+            ]
+        )
+        meta = json.loads(capsys.readouterr().out)
+        assert code == 0
+        assert meta["auth_method"] == "private_key_jwt"
+        assert server.discovery_requests == 1
+        assert [i.auth_method for i in server.issued] == ["private_key_jwt"]
