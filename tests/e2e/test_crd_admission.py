@@ -230,7 +230,7 @@ INVALID_SPECS = [
     case("clientID-empty", with_changes(clientID=""), "spec.clientID", "at least 1 chars long"),
     case(
         "authMethod-unknown",
-        with_changes(authMethod="private_key_jwt"),
+        with_changes(authMethod="client_secret_magic"),
         "spec.authMethod",
         "Unsupported value",
     ),
@@ -433,6 +433,90 @@ INVALID_SPECS = [
         with_changes(target={"annotations": {"bad key": "x"}}),
         "spec.target.annotations",
         "annotation keys",
+    ),
+    # client authentication without shared secrets, and discovery
+    case(
+        "tokenURL-and-issuerURL",
+        with_changes(issuerURL="https://login.example.com/realms/a"),
+        "spec.tokenURL",
+        "exactly one of tokenURL and issuerURL",
+    ),
+    case(
+        "issuerURL-userinfo",
+        with_changes(tokenURL=DROP, issuerURL="https://u:p@login.example.com/realms/a"),
+        "spec.issuerURL",
+        "must not contain credentials",
+    ),
+    case(
+        "no-client-authentication-material",
+        with_changes(clientSecretRef=DROP, clientID="svc"),
+        "spec.clientSecretRef",
+        "spec.serviceAccountRef",
+    ),
+    case(
+        "clientID-needed-without-clientSecretRef",
+        with_changes(clientSecretRef=DROP, privateKeyRef={"name": "key"}),
+        "spec.clientID",
+        "is required when spec.clientSecretRef is not set",
+    ),
+    case(
+        "private_key_jwt-without-key",
+        with_changes(authMethod="private_key_jwt"),
+        "spec.privateKeyRef",
+        "is required with authMethod private_key_jwt",
+    ),
+    case(
+        "client_secret_jwt-without-secret",
+        with_changes(
+            authMethod="client_secret_jwt",
+            clientSecretRef=DROP,
+            clientID="svc",
+            privateKeyRef={"name": "key"},
+        ),
+        "spec.clientSecretRef",
+        "client_secret_* authentication methods",
+    ),
+    case(
+        "tls_client_auth-without-certificate",
+        with_changes(authMethod="tls_client_auth"),
+        "spec.clientCertificateRef",
+        "is required with authMethod tls_client_auth",
+    ),
+    case(
+        "workload_identity-without-service-account",
+        with_changes(authMethod="workload_identity"),
+        "spec.serviceAccountRef",
+        "is required with authMethod workload_identity",
+    ),
+    case(
+        "serviceAccountRef-without-audience",
+        with_changes(serviceAccountRef={"name": "billing"}),
+        "spec.serviceAccountRef.audience",
+        "Required value",
+    ),
+    case(
+        "clientAssertion-algorithm-unknown",
+        with_changes(clientAssertion={"algorithm": "none"}),
+        "spec.clientAssertion.algorithm",
+        "Unsupported value",
+    ),
+    case(
+        "clientAssertion-lifetime-not-a-duration",
+        with_changes(clientAssertion={"lifetime": "2 minutes"}),
+        "spec.clientAssertion.lifetime",
+        PATTERN,
+    ),
+    case(
+        "target-is-the-private-key",
+        with_changes(privateKeyRef={"name": "ok-token"}),
+        "spec.target.name",
+        "private key Secret",
+    ),
+    case(
+        "target-is-the-client-certificate",
+        with_changes(target={"name": "client-tls"}, clientCertificateRef={"name": "client-tls"}),
+        "spec.target.name",
+        "client certificate Secret",
     ),
 ]
 
