@@ -532,3 +532,354 @@ def test_what_the_crd_refuses_parse_duration_refuses(text: str) -> None:
     if not re.fullmatch(CRD_DURATION, text):
         with pytest.raises(model.SpecError):
             model.parse_duration(text, field="f")
+
+
+# -- client authentication without shared secrets ---------------------------------------------
+
+ISSUER = "https://login.example.com/tenants/acme"
+KEY_REF = {"name": "payments-signing-key"}
+CERT_REF = {"name": "payments-client-tls"}
+SA_REF = {"name": "payments", "audience": "api://AzureADTokenExchange"}
+
+
+def keyless(**fields: Any) -> dict[str, Any]:
+    """A spec with a token URL and a client ID but no credential material: add some."""
+    return {"tokenURL": MINIMAL["tokenURL"], "clientID": "payments-service", **fields}
+
+
+def test_issuer_url_instead_of_a_token_url() -> None:
+    parsed = model.parse_spec(with_(tokenURL=None, issuerURL=ISSUER), name="billing-api")
+    assert parsed.issuer_url == ISSUER
+    assert parsed.request.token_url == ""  # discovery fills it in
+    assert parsed.secret_ref == model.SecretRef(name="billing-oauth-client")
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        pytest.param({"tokenURL": MINIMAL["tokenURL"], "issuerURL": ISSUER}, id="both"),
+        pytest.param({"tokenURL": None}, id="neither"),
+    ],
+)
+def test_exactly_one_of_token_url_and_issuer_url(urls: dict[str, Any]) -> None:
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(with_(**urls), name="x")
+    assert caught.value.field == "spec.tokenURL"
+    assert "exactly one of tokenURL and issuerURL" in str(caught.value)
+
+
+@pytest.mark.parametrize("issuer", ["", 42, ["https://x"]])
+def test_issuer_url_must_be_a_non_empty_string(issuer: object) -> None:
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(with_(tokenURL=None, issuerURL=issuer), name="x")
+    assert caught.value.field == "spec.issuerURL"
+
+
+def test_every_kind_of_material_at_once() -> None:
+    spec = with_(
+        issuerURL=ISSUER,
+        tokenURL=None,
+        privateKeyRef={**KEY_REF, "key": "key.jwk", "certificateKey": "tls.crt"},
+        clientCertificateRef=CERT_REF,
+        serviceAccountRef=SA_REF,
+        clientAssertion={
+            "audience": "https://login.example.com/tenants/acme/v2",
+            "algorithm": "PS256",
+            "keyID": "key-2026",
+            "lifetime": "90s",
+        },
+    )
+    parsed = model.parse_spec(spec, name="billing-api")
+    assert parsed.private_key_ref == model.PrivateKeyRef(
+        name="payments-signing-key", key="key.jwk", certificate_key="tls.crt"
+    )
+    assert parsed.client_certificate_ref == "payments-client-tls"
+    assert parsed.service_account_ref == model.ServiceAccountRef(
+        name="payments", audience="api://AzureADTokenExchange"
+    )
+    assert parsed.request.assertion == model.AssertionOptions(
+        audience="https://login.example.com/tenants/acme/v2",
+        algorithm="PS256",
+        key_id="key-2026",
+        lifetime=datetime.timedelta(seconds=90),
+    )
+    assert parsed.secret_names == (
+        "billing-oauth-client",
+        "payments-signing-key",
+        "payments-client-tls",
+    )
+
+
+def test_private_key_ref_defaults() -> None:
+    parsed = model.parse_spec(keyless(privateKeyRef=KEY_REF), name="x")
+    assert parsed.private_key_ref == model.PrivateKeyRef(
+        name="payments-signing-key", key="tls.key", certificate_key=None
+    )
+    assert parsed.request.assertion == model.AssertionOptions()
+    assert parsed.request.assertion.lifetime == datetime.timedelta(minutes=2)
+    assert parsed.secret_ref is None
+    assert parsed.client_id == "payments-service"
+
+
+@pytest.mark.parametrize(
+    ("material", "method"),
+    [
+        ({"privateKeyRef": KEY_REF}, "private_key_jwt"),
+        ({"privateKeyRef": KEY_REF}, "auto"),
+        ({"clientCertificateRef": CERT_REF}, "tls_client_auth"),
+        ({"clientCertificateRef": CERT_REF}, "self_signed_tls_client_auth"),
+        ({"clientCertificateRef": CERT_REF}, "auto"),
+        ({"serviceAccountRef": SA_REF}, "workload_identity"),
+        ({"serviceAccountRef": SA_REF}, "auto"),
+        ({"clientSecretRef": {"name": "c"}}, "client_secret_jwt"),
+    ],
+)
+def test_each_method_with_its_material_is_accepted(material: dict[str, Any], method: str) -> None:
+    parsed = model.parse_spec(keyless(authMethod=method, **material), name="x")
+    assert parsed.request.auth_method == method
+
+
+@pytest.mark.parametrize(
+    ("method", "material", "field"),
+    [
+        ("private_key_jwt", {"clientSecretRef": {"name": "c"}}, "spec.privateKeyRef"),
+        ("private_key_jwt", {"clientCertificateRef": CERT_REF}, "spec.privateKeyRef"),
+        ("client_secret_jwt", {"privateKeyRef": KEY_REF}, "spec.clientSecretRef"),
+        ("client_secret_basic", {"privateKeyRef": KEY_REF}, "spec.clientSecretRef"),
+        ("client_secret_post", {"serviceAccountRef": SA_REF}, "spec.clientSecretRef"),
+        ("client_secret_json", {"clientCertificateRef": CERT_REF}, "spec.clientSecretRef"),
+        ("tls_client_auth", {"privateKeyRef": KEY_REF}, "spec.clientCertificateRef"),
+        ("self_signed_tls_client_auth", {"serviceAccountRef": SA_REF}, "spec.clientCertificateRef"),
+        ("workload_identity", {"privateKeyRef": KEY_REF}, "spec.serviceAccountRef"),
+        ("workload_identity", {"clientSecretRef": {"name": "c"}}, "spec.serviceAccountRef"),
+    ],
+)
+def test_each_method_requires_its_material(
+    method: str, material: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(keyless(authMethod=method, **material), name="x")
+    assert caught.value.field == field
+    assert f"is required with authMethod {method}" in str(caught.value)
+
+
+def test_auto_without_any_material_is_refused() -> None:
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(keyless(), name="x")
+    assert caught.value.field == "spec.clientSecretRef"
+    for alternative in (
+        "spec.privateKeyRef",
+        "spec.clientCertificateRef",
+        "spec.serviceAccountRef",
+    ):
+        assert alternative in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "material",
+    [{"privateKeyRef": KEY_REF}, {"clientCertificateRef": CERT_REF}, {"serviceAccountRef": SA_REF}],
+)
+def test_client_id_is_required_without_a_client_secret_ref(material: dict[str, Any]) -> None:
+    spec = keyless(**material)
+    del spec["clientID"]
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(spec, name="x")
+    assert caught.value.field == "spec.clientID"
+    # With a client Secret, the client ID may come from it instead.
+    assert model.parse_spec({**spec, "clientSecretRef": {"name": "c"}}, name="x").client_id is None
+
+
+@pytest.mark.parametrize(
+    ("material", "target", "field"),
+    [
+        ({"privateKeyRef": KEY_REF}, {"name": "payments-signing-key"}, "spec.privateKeyRef.name"),
+        (
+            {"clientCertificateRef": CERT_REF},
+            {"name": "payments-client-tls"},
+            "spec.clientCertificateRef.name",
+        ),
+        # The default target name, <metadata.name>-token, counts too.
+        ({"privateKeyRef": {"name": "billing-token"}}, None, "spec.privateKeyRef.name"),
+        (
+            {"clientCertificateRef": {"name": "billing-token"}},
+            None,
+            "spec.clientCertificateRef.name",
+        ),
+    ],
+)
+def test_the_target_must_not_be_a_credential_secret(
+    material: dict[str, Any], target: dict[str, str] | None, field: str
+) -> None:
+    spec = keyless(**material)
+    if target is not None:
+        spec["target"] = target
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(spec, name="billing")
+    assert caught.value.field == "spec.target.name"
+    assert f"({field})" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "fragment"),
+    [
+        ("key", "spec.privateKeyRef", "an object"),
+        ({}, "spec.privateKeyRef.name", "is required"),
+        ({"name": "Bad_Name"}, "spec.privateKeyRef.name", "not a valid Secret name"),
+        ({"name": "k", "key": ""}, "spec.privateKeyRef.key", "non-empty"),
+        ({"name": "k", "certificateKey": ""}, "spec.privateKeyRef.certificateKey", "non-empty"),
+    ],
+)
+def test_private_key_ref_validation(raw: object, field: str, fragment: str) -> None:
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(keyless(privateKeyRef=raw), name="x")
+    assert caught.value.field == field
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "fragment"),
+    [
+        (["c"], "spec.clientCertificateRef", "an object"),
+        ({}, "spec.clientCertificateRef.name", "is required"),
+        ({"name": "a" * 254}, "spec.clientCertificateRef.name", "not a valid Secret name"),
+    ],
+)
+def test_client_certificate_ref_validation(raw: object, field: str, fragment: str) -> None:
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(keyless(clientCertificateRef=raw), name="x")
+    assert caught.value.field == field
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("algorithm", model.ASSERTION_ALGORITHMS)
+def test_client_assertion_algorithms_accepted(algorithm: str) -> None:
+    spec = keyless(privateKeyRef=KEY_REF, clientAssertion={"algorithm": algorithm})
+    assert model.parse_spec(spec, name="x").request.assertion.algorithm == algorithm
+
+
+@pytest.mark.parametrize("algorithm", ["rs256", "none", "ES256K", "HS128", "EdDSA ", 256])
+def test_client_assertion_algorithms_refused(algorithm: object) -> None:
+    spec = keyless(privateKeyRef=KEY_REF, clientAssertion={"algorithm": algorithm})
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(spec, name="x")
+    assert caught.value.field == "spec.clientAssertion.algorithm"
+
+
+def test_the_algorithm_enum() -> None:
+    assert set(model.ASSERTION_ALGORITHMS) == {
+        *(f"{family}{bits}" for family in ("RS", "PS", "ES", "HS") for bits in (256, 384, 512)),
+        "EdDSA",
+    }
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "expected"),
+    [
+        ("10s", 10 * S),
+        ("10000ms", 10 * S),
+        ("2m", 120 * S),
+        ("1h", 3600 * S),
+        ("59m59.999s", datetime.timedelta(seconds=3599, milliseconds=999)),
+    ],
+)
+def test_client_assertion_lifetime_bounds_accepted(
+    lifetime: str, expected: datetime.timedelta
+) -> None:
+    spec = keyless(privateKeyRef=KEY_REF, clientAssertion={"lifetime": lifetime})
+    assert model.parse_spec(spec, name="x").request.assertion.lifetime == expected
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "fragment"),
+    [
+        ("9s", "between 10s and 1h"),
+        ("9999ms", "between 10s and 1h"),
+        ("0s", "between 10s and 1h"),
+        ("1h1ms", "between 10s and 1h"),
+        ("61m", "between 10s and 1h"),
+        ("10", "invalid duration"),
+        ("-10s", "invalid duration"),
+        (30, "invalid duration"),
+    ],
+)
+def test_client_assertion_lifetime_bounds_refused(lifetime: object, fragment: str) -> None:
+    spec = keyless(privateKeyRef=KEY_REF, clientAssertion={"lifetime": lifetime})
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(spec, name="x")
+    assert caught.value.field == "spec.clientAssertion.lifetime"
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ("opts", "spec.clientAssertion"),
+        ({"audience": ""}, "spec.clientAssertion.audience"),
+        ({"keyID": ""}, "spec.clientAssertion.keyID"),
+        ({"keyID": 7}, "spec.clientAssertion.keyID"),
+    ],
+)
+def test_client_assertion_validation(raw: object, field: str) -> None:
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(keyless(privateKeyRef=KEY_REF, clientAssertion=raw), name="x")
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "fragment"),
+    [
+        ("payments", "spec.serviceAccountRef", "an object"),
+        ({"audience": "api://x"}, "spec.serviceAccountRef.name", "is required"),
+        ({"name": "Payments", "audience": "x"}, "spec.serviceAccountRef.name", "ServiceAccount"),
+        ({"name": "pay_ments", "audience": "x"}, "spec.serviceAccountRef.name", "ServiceAccount"),
+        ({"name": "a" * 254, "audience": "x"}, "spec.serviceAccountRef.name", "ServiceAccount"),
+        ({"name": "-payments", "audience": "x"}, "spec.serviceAccountRef.name", "ServiceAccount"),
+        ({"name": "payments"}, "spec.serviceAccountRef.audience", "is required"),
+        ({"name": "payments", "audience": ""}, "spec.serviceAccountRef.audience", "non-empty"),
+    ],
+)
+def test_service_account_ref_validation(raw: object, field: str, fragment: str) -> None:
+    with pytest.raises(model.SpecError) as caught:
+        model.parse_spec(keyless(serviceAccountRef=raw), name="x")
+    assert caught.value.field == field
+    assert fragment in str(caught.value)
+
+
+def test_service_account_names_may_have_dots() -> None:
+    raw = {"name": "payments.v2", "audience": "sts.amazonaws.com"}
+    parsed = model.parse_spec(keyless(serviceAccountRef=raw), name="x")
+    assert parsed.service_account_ref == model.ServiceAccountRef("payments.v2", "sts.amazonaws.com")
+    assert parsed.secret_names == ()  # a ServiceAccount is not a Secret to read
+
+
+@pytest.mark.parametrize(
+    ("refs", "expected"),
+    [
+        ({"clientSecretRef": {"name": "a"}}, ("a",)),
+        ({"privateKeyRef": {"name": "b"}}, ("b",)),
+        ({"clientCertificateRef": {"name": "c"}}, ("c",)),
+        (
+            {
+                "clientCertificateRef": {"name": "c"},
+                "privateKeyRef": {"name": "b"},
+                "clientSecretRef": {"name": "a"},
+            },
+            ("a", "b", "c"),
+        ),
+        # One Secret holding several kinds of material is read once.
+        ({"clientSecretRef": {"name": "a"}, "privateKeyRef": {"name": "a"}}, ("a",)),
+        (
+            {
+                "clientSecretRef": {"name": "a"},
+                "privateKeyRef": {"name": "b"},
+                "clientCertificateRef": {"name": "a"},
+            },
+            ("a", "b"),
+        ),
+        ({"privateKeyRef": {"name": "b"}, "clientCertificateRef": {"name": "b"}}, ("b",)),
+    ],
+)
+def test_secret_names_each_once_in_a_fixed_order(
+    refs: dict[str, Any], expected: tuple[str, ...]
+) -> None:
+    assert model.parse_spec(keyless(**refs), name="x").secret_names == expected

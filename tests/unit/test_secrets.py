@@ -366,3 +366,321 @@ def test_client_secret_problems(
     text = " ".join([str(caught.value), repr(caught.value), *map(str, caught.value.args)])
     for leaked in ("s3cr3t", CLIENT_SECRET, b64(CLIENT_SECRET), "billing-service"):
         assert leaked not in text
+
+
+# -- several Secrets: private keys, client certificates ----------------------------------------
+
+
+def pem_block(label: str, body: str) -> str:
+    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----"
+
+
+# Only their shape matters here: reading Secrets does not parse keys.
+KEY_PEM = pem_block("PRIVATE KEY", "MC4CAQAwBQYDK2VwBCIEIKeyMaterialForTests0123456789ab")
+CERT_PEM = pem_block("CERTIFICATE", "MIIBCertificateMaterialForTests0123456789")
+TLS_KEY_PEM = pem_block("EC PRIVATE KEY", "MHcCAQEEITlsKeyMaterialForTests0123456789")
+OPTED_IN = {model.CLIENT_SECRET_LABEL: "true"}
+
+
+def named_secret(
+    name: str, data: dict[str, Any] | None, *, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": OPTED_IN if labels is None else labels},
+        "data": data,
+    }
+
+
+def keyless_spec(**fields: Any) -> model.CredentialSpec:
+    raw: dict[str, Any] = {
+        "tokenURL": "https://login.example.com/t",
+        "clientID": "payments-service",
+    }
+    raw.update(fields)
+    return model.parse_spec(raw, name="billing-api")
+
+
+KEY_SPEC = keyless_spec(privateKeyRef={"name": "signing-key"})
+CERT_SPEC = keyless_spec(clientCertificateRef={"name": "client-tls"})
+KEY_SECRET = named_secret("signing-key", {"tls.key": b64(KEY_PEM)})
+TLS_SECRET = named_secret("client-tls", {"tls.crt": b64(CERT_PEM), "tls.key": b64(TLS_KEY_PEM)})
+
+
+def test_private_key_from_its_secret() -> None:
+    creds = secrets.client_credentials({"signing-key": KEY_SECRET}, spec=KEY_SPEC)
+    assert creds == model.ClientCredentials(client_id="payments-service", private_key=KEY_PEM)
+    assert KEY_PEM not in repr(creds)
+    assert "KeyMaterial" not in repr(creds)
+
+
+def test_private_key_with_custom_keys_and_its_certificate() -> None:
+    spec = keyless_spec(
+        privateKeyRef={"name": "signing-key", "key": "key.jwk", "certificateKey": "cert.pem"}
+    )
+    data = {"key.jwk": b64('{"kty":"OKP"}\n'), "cert.pem": b64(CERT_PEM), "tls.key": b64("x")}
+    creds = secrets.client_credentials(
+        {"signing-key": named_secret("signing-key", data)}, spec=spec
+    )
+    assert (creds.private_key, creds.certificate) == ('{"kty":"OKP"}', CERT_PEM)
+    assert creds.tls_certificate is None
+
+
+def test_client_certificate_from_a_tls_secret() -> None:
+    creds = secrets.client_credentials({"client-tls": TLS_SECRET}, spec=CERT_SPEC)
+    assert (creds.tls_certificate, creds.tls_key) == (CERT_PEM, TLS_KEY_PEM)
+    assert (creds.private_key, creds.client_secret, creds.certificate) == (None, None, None)
+    assert "TlsKeyMaterial" not in repr(creds)
+    assert "CertificateMaterial" not in repr(creds)
+
+
+def test_several_secrets_at_once() -> None:
+    spec = keyless_spec(
+        clientSecretRef={"name": "oauth-client"},
+        privateKeyRef={"name": "signing-key", "certificateKey": "tls.crt"},
+        clientCertificateRef={"name": "client-tls"},
+    )
+    key_secret = named_secret("signing-key", {"tls.key": b64(KEY_PEM), "tls.crt": b64(CERT_PEM)})
+    sources = {
+        "oauth-client": client_secret(GOOD),
+        "signing-key": key_secret,
+        "client-tls": TLS_SECRET,
+    }
+    creds = secrets.client_credentials(sources, spec=spec, external_assertion="sa-token")
+    assert creds == model.ClientCredentials(
+        client_id="payments-service",  # spec.clientID wins over the Secret's
+        client_secret=CLIENT_SECRET,
+        private_key=KEY_PEM,
+        certificate=CERT_PEM,
+        tls_certificate=CERT_PEM,
+        tls_key=TLS_KEY_PEM,
+        external_assertion="sa-token",
+    )
+    assert "sa-token" not in repr(creds)
+
+
+def test_one_secret_holding_the_client_secret_and_the_key() -> None:
+    spec = spec_with(privateKeyRef={"name": "oauth-client", "key": "private.pem"})
+    data = {**GOOD, "private.pem": b64(KEY_PEM)}
+    creds = client_credentials(client_secret(data), spec=spec)
+    assert (creds.client_id, creds.client_secret, creds.private_key) == (
+        "billing-service",
+        CLIENT_SECRET,
+        KEY_PEM,
+    )
+
+
+def test_workload_identity_reads_no_secret() -> None:
+    spec = keyless_spec(serviceAccountRef={"name": "payments", "audience": "api://x"})
+    creds = secrets.client_credentials({}, spec=spec, external_assertion="eyJ.sa.token")
+    assert creds == model.ClientCredentials(
+        client_id="payments-service", external_assertion="eyJ.sa.token"
+    )
+
+
+MULTI_SPEC = keyless_spec(
+    clientSecretRef={"name": "oauth-client"},
+    privateKeyRef={"name": "signing-key"},
+    clientCertificateRef={"name": "client-tls"},
+)
+ALL_SOURCES: dict[str, dict[str, Any] | None] = {
+    "oauth-client": client_secret(GOOD),
+    "signing-key": KEY_SECRET,
+    "client-tls": TLS_SECRET,
+}
+UNLABELLED = {"app": "payments"}
+
+MATERIAL_PROBLEMS = [
+    # (id, spec, Secrets that differ from ALL_SOURCES, reason, fragment of the message)
+    (
+        "key-not-found",
+        KEY_SPEC,
+        {"signing-key": None},
+        "PrivateKeyNotFound",
+        "'signing-key' not found",
+    ),
+    (
+        "cert-not-found",
+        CERT_SPEC,
+        {"client-tls": None},
+        "ClientCertificateNotFound",
+        "'client-tls' not found",
+    ),
+    (
+        "key-unlabelled",
+        KEY_SPEC,
+        {"signing-key": named_secret("signing-key", {"tls.key": b64(KEY_PEM)}, labels=UNLABELLED)},
+        "ClientSecretNotOptedIn",
+        "'signing-key' lacks the label",
+    ),
+    (
+        "key-label-false",
+        KEY_SPEC,
+        {
+            "signing-key": named_secret(
+                "signing-key",
+                {"tls.key": b64(KEY_PEM)},
+                labels={model.CLIENT_SECRET_LABEL: "false"},
+            )
+        },
+        "ClientSecretNotOptedIn",
+        "lacks the label",
+    ),
+    (
+        "cert-unlabelled",
+        CERT_SPEC,
+        {"client-tls": {**TLS_SECRET, "metadata": {"name": "client-tls"}}},
+        "ClientSecretNotOptedIn",
+        "'client-tls' lacks the label",
+    ),
+    (
+        "key-missing",
+        KEY_SPEC,
+        {"signing-key": named_secret("signing-key", {"private.pem": b64(KEY_PEM)})},
+        "PrivateKeyMissing",
+        "no non-empty key 'tls.key'",
+    ),
+    (
+        "key-empty",
+        KEY_SPEC,
+        {"signing-key": named_secret("signing-key", {"tls.key": b64(" \n")})},
+        "PrivateKeyMissing",
+        "'tls.key'",
+    ),
+    (
+        "key-not-base64",
+        KEY_SPEC,
+        {"signing-key": named_secret("signing-key", {"tls.key": KEY_PEM})},
+        "PrivateKeyMissing",
+        "'tls.key'",
+    ),
+    (
+        "key-no-data",
+        KEY_SPEC,
+        {"signing-key": named_secret("signing-key", None)},
+        "PrivateKeyMissing",
+        "'tls.key'",
+    ),
+    (
+        "key-cert-missing",
+        keyless_spec(privateKeyRef={"name": "signing-key", "certificateKey": "tls.crt"}),
+        {},
+        "PrivateKeyMissing",
+        "'tls.crt'",
+    ),
+    (
+        "tls-crt-missing",
+        CERT_SPEC,
+        {"client-tls": named_secret("client-tls", {"tls.key": b64(TLS_KEY_PEM)})},
+        "ClientCertificateMissing",
+        "'tls.crt'",
+    ),
+    (
+        "tls-key-missing",
+        CERT_SPEC,
+        {"client-tls": named_secret("client-tls", {"tls.crt": b64(CERT_PEM)})},
+        "ClientCertificateMissing",
+        "'tls.key'",
+    ),
+    # With several Secrets, each must be there and opted in, not just the first.
+    (
+        "multi-client-secret-missing",
+        MULTI_SPEC,
+        {"oauth-client": None},
+        "ClientSecretNotFound",
+        "'oauth-client'",
+    ),
+    ("multi-key-missing", MULTI_SPEC, {"signing-key": None}, "PrivateKeyNotFound", "'signing-key'"),
+    (
+        "multi-cert-missing",
+        MULTI_SPEC,
+        {"client-tls": None},
+        "ClientCertificateNotFound",
+        "'client-tls'",
+    ),
+    (
+        "multi-cert-unlabelled",
+        MULTI_SPEC,
+        {"client-tls": named_secret("client-tls", TLS_SECRET["data"], labels={})},
+        "ClientSecretNotOptedIn",
+        "'client-tls'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "changes", "reason", "fragment"),
+    [pytest.param(*case[1:], id=case[0]) for case in MATERIAL_PROBLEMS],
+)
+def test_material_problems(
+    spec: model.CredentialSpec,
+    changes: dict[str, dict[str, Any] | None],
+    reason: str,
+    fragment: str,
+) -> None:
+    sources = {**ALL_SOURCES, **changes}
+    with pytest.raises(secrets.ClientSecretProblem) as caught:
+        secrets.client_credentials(sources, spec=spec)
+    assert caught.value.reason == reason
+    assert fragment in str(caught.value)
+    text = " ".join([str(caught.value), repr(caught.value), *map(str, caught.value.args)])
+    for leaked in ("KeyMaterial", "CertificateMaterial", b64(KEY_PEM), CLIENT_SECRET):
+        assert leaked not in text
+
+
+def test_a_secret_absent_from_the_sources_is_not_found() -> None:
+    with pytest.raises(secrets.ClientSecretProblem) as caught:
+        secrets.client_credentials({"unrelated": KEY_SECRET}, spec=KEY_SPEC)
+    assert caught.value.reason == "PrivateKeyNotFound"
+
+
+# -- service_account_allows ----------------------------------------------------------------------
+
+
+def account(annotations: dict[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "payments", "namespace": "apps"}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    return {"metadata": meta}
+
+
+@pytest.mark.parametrize(
+    ("listed", "audience", "allowed"),
+    [
+        ("api://AzureADTokenExchange", "api://AzureADTokenExchange", True),
+        ("sts.amazonaws.com,api://AzureADTokenExchange", "api://AzureADTokenExchange", True),
+        ("sts.amazonaws.com, api://AzureADTokenExchange", "sts.amazonaws.com", True),
+        ("sts.amazonaws.com api://AzureADTokenExchange", "api://AzureADTokenExchange", True),
+        ("  sts.amazonaws.com ,,\n api://x  ", "api://x", True),
+        ("sts.amazonaws.com", "api://AzureADTokenExchange", False),
+        # Whole entries only: no prefix, suffix or substring matches.
+        ("api://AzureADTokenExchange", "api://AzureAD", False),
+        ("api://AzureADTokenExchange-evil", "api://AzureADTokenExchange", False),
+        ("sts.amazonaws.com", "amazonaws.com", False),
+        ("sts.amazonaws.com", "STS.AMAZONAWS.COM", False),
+        ("", "sts.amazonaws.com", False),
+        (" , ", "sts.amazonaws.com", False),
+    ],
+)
+def test_service_account_allows(listed: str, audience: str, *, allowed: bool) -> None:
+    annotations = {model.TOKEN_AUDIENCES_ANNOTATION: listed}
+    assert secrets.service_account_allows(account(annotations), audience) is allowed
+
+
+@pytest.mark.parametrize(
+    "sa",
+    [
+        pytest.param(account(None), id="no-annotations"),
+        pytest.param(account({}), id="empty-annotations"),
+        pytest.param(account({"other/annotation": "sts.amazonaws.com"}), id="other-annotation"),
+        pytest.param(account({model.TOKEN_AUDIENCES_ANNOTATION: None}), id="null"),
+        pytest.param(account({model.TOKEN_AUDIENCES_ANNOTATION: ["sts.amazonaws.com"]}), id="list"),
+        pytest.param({"metadata": None}, id="null-metadata"),
+        pytest.param({}, id="no-metadata"),
+    ],
+)
+def test_service_account_without_the_annotation_allows_nothing(sa: dict[str, Any]) -> None:
+    assert secrets.service_account_allows(sa, "sts.amazonaws.com") is False
+
+
+def test_the_audiences_annotation_name() -> None:
+    assert model.TOKEN_AUDIENCES_ANNOTATION == "tokensync.dev/token-audiences"
