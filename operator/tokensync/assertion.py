@@ -93,7 +93,9 @@ def _parse_private_key(text: str) -> tuple[PrivateKey, str | None]:
         try:
             document = json.loads(stripped)
             jwk = jwt.PyJWK(document)
-        except (ValueError, jwt.PyJWKError, jwt.InvalidKeyError):
+        # PyJWK raises whatever its key parsers raise (NotImplementedError for "alg": "none",
+        # TypeError for a list where a string belongs): any of them means a bad JWK.
+        except (ValueError, TypeError, KeyError, NotImplementedError, jwt.PyJWTError):
             raise KeyProblem("the private key is not a valid JWK") from None
         key = jwk.key
         kid = document.get("kid") if isinstance(document.get("kid"), str) else None

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import dataclasses
 import json
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -110,7 +111,7 @@ async def _get(client: httpx.AsyncClient, url: str, *, timeout: float) -> tuple[
         raise _error("the discovery document exceeds 1 MiB", permanent=False) from None
     except (httpx.TimeoutException, TimeoutError):
         raise _error(f"discovery timed out after {timeout:g}s", permanent=False) from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, ssl.SSLError) as exc:
         if oauth.tls_verification_failed(exc):
             raise _error(
                 "the issuer's TLS certificate is not trusted "

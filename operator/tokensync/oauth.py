@@ -400,6 +400,7 @@ def _build(
         ]
     elif method in model.TLS_METHODS:
         # RFC 8705 section 2: the TLS client certificate is the proof; client_id says whose.
+        _required(credentials.tls_certificate, "client certificate")
         params += [("client_id", credentials.client_id)]
     else:
         raise ValueError(f"not a concrete authentication method: {method}")
@@ -509,7 +510,9 @@ async def _attempt(
         raise TokenError(
             "token endpoint sent an undecodable body", reason="BadResponse", permanent=False
         ) from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, ssl.SSLError) as exc:
+        # ssl.SSLError too: with TLS 1.3 a server's alert about our certificate arrives on
+        # the first read, and httpcore's stream lets it through unwrapped.
         if tls_verification_failed(exc):
             # Retrying cannot help: the certificate or the CA bundle must change.
             raise TokenError(

@@ -58,6 +58,10 @@ def _in_memory_file(data: bytes) -> Iterator[str]:
         yield path
 
 
+def _no_password() -> bytes:
+    raise ValueError("encrypted private keys are not supported")
+
+
 def tls_context(
     *, ca_pem: str | None, client_cert_pem: str | None, client_key_pem: str | None
 ) -> ssl.SSLContext:
@@ -73,7 +77,9 @@ def tls_context(
             _in_memory_file(client_key_pem.encode()) as key_path,
         ):
             try:
-                context.load_cert_chain(cert_path, key_path)
+                # A password callback, so that an encrypted key fails instead of OpenSSL
+                # prompting on a terminal (and blocking the event loop).
+                context.load_cert_chain(cert_path, key_path, password=_no_password)
             except (ssl.SSLError, ValueError, OSError):
                 raise BadClientCertificate(
                     "tls.crt and tls.key are not a matching PEM certificate and "

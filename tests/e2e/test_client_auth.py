@@ -111,7 +111,10 @@ def server(
 
 
 class Env:
-    def __init__(self, api: client.ApiClient, namespace: str, server: TokenServer) -> None:
+    def __init__(
+        self, api: client.ApiClient, namespace: str, server: TokenServer, log: Any = None
+    ) -> None:
+        self.log = log or (lambda: "")
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.api = api
@@ -171,7 +174,10 @@ class Env:
             return wait_for(check, what=f"{name} failing with {reason}")
         except AssertionError as exc:
             status = self.get(name).get("status")
-            raise AssertionError(f"{reason} not seen; status: {status}") from exc
+            lines = [line for line in self.log().splitlines() if self.ns in line]
+            raise AssertionError(
+                f"{reason} not seen; status: {status}; log: {lines[-15:]}"
+            ) from exc
 
     def token(self, name: str = "api-token") -> str | None:
         try:
@@ -201,7 +207,7 @@ class Env:
 def env(
     api_client: client.ApiClient, namespace: str, server: TokenServer, operator: OperatorProcess
 ) -> Env:
-    return Env(api_client, namespace, server)
+    return Env(api_client, namespace, server, operator.log)
 
 
 def ca_bundle(env: Env, ca: CertificateAuthority) -> dict[str, str]:
@@ -497,3 +503,32 @@ def test_service_account_must_opt_in(env: Env, audiences: str | None) -> None:
     ready = env.wait_reason("ServiceAccountNotOptedIn")
     assert "tokensync.dev/token-audiences" in ready["message"]
     assert env.server.requests == requests
+
+
+def test_no_key_material_anywhere(env: Env, operator: OperatorProcess) -> None:
+    """Runs last in this module: nothing secret reached the log, events, status or metrics."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_pem = pem(key)
+    env.server.add_client(
+        env.client_id, auth_methods=["private_key_jwt"], jwks={"keys": [public_jwk(key)]}
+    )
+    env.secret("signing-key", {"tls.key": key_pem})
+    env.credential(tokenURL=env.server.url, privateKeyRef={"name": "signing-key"})
+    env.wait_reason("TokenIssued")
+    # and a failing one, whose message is about the key
+    env.secret("broken-key", {"tls.key": key_pem[:200] + LONG_SECRET})
+    env.credential("broken", tokenURL=env.server.url, privateKeyRef={"name": "broken-key"})
+    env.wait_reason("InvalidPrivateKey", name="broken")
+    token = env.token()
+    assert token is not None
+    body = "".join(key_pem.splitlines()[1:-1])
+    seen = " ".join(
+        [
+            operator.log(),
+            operator.metrics(),
+            json.dumps([env.get(n).get("status") for n in ("api", "broken")]),
+            " ".join(str(e.message) for e in env.core.list_namespaced_event(env.ns).items),
+        ]
+    )
+    for leaked in (body[:40], body[-40:], LONG_SECRET, token):
+        assert leaked not in seen

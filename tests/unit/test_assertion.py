@@ -410,12 +410,6 @@ def test_refusals_say_why_without_key_material(
     assert_no_material(caught.value, text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="assertion._parse_private_key catches ValueError/PyJWKError/InvalidKeyError only: "
-    "PyJWK raises NotImplementedError for alg 'none' and TypeError for a non-string alg, "
-    "which escape as non-KeyProblem exceptions (and through oauth._client_assertion)",
-)
 @pytest.mark.parametrize(
     "alg", [pytest.param("none", id="alg-none"), pytest.param(["RS256"], id="alg-list")]
 )

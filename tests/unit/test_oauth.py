@@ -454,7 +454,12 @@ async def test_auto_raises_the_last_error_when_every_method_fails(
 
 # Methods that need no key material beyond CREDS (the assertion methods: test_assertions.py).
 @pytest.mark.parametrize(
-    "method", [m for m in model.AuthMethod if m not in (model.ASSERTION_METHODS | {"auto"})]
+    "method",
+    [
+        m
+        for m in model.AuthMethod
+        if m not in (model.ASSERTION_METHODS | model.TLS_METHODS | {model.AuthMethod.AUTO})
+    ],
 )
 async def test_explicit_methods_never_fall_back(
     recorder: tuple[Recorder, httpx.AsyncClient], method: model.AuthMethod

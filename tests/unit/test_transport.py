@@ -302,12 +302,6 @@ _PROMPT_CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transport.tls_context calls SSLContext.load_cert_chain without a password "
-    "argument: for an encrypted tls.key OpenSSL prompts 'Enter PEM pass phrase:' on the "
-    "controlling terminal and blocks the event loop (only refused when there is no tty)",
-)
 def test_an_encrypted_key_never_prompts_on_a_terminal(client_pair: KeyPair) -> None:
     assert load_encrypted_key(client_pair, terminal=True) == "refused"
 
@@ -398,12 +392,6 @@ async def test_a_refused_certificate_in_a_tls12_handshake_is_client_certificate_
         server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="oauth._attempt catches httpx.HTTPError only; with TLS 1.3 the server's alert "
-    "(unknown ca) arrives on the first read, and httpcore's anyio stream lets the raw "
-    "ssl.SSLError through unmapped, so fetch_token raises ssl.SSLError, not TokenError",
-)
 async def test_a_refused_certificate_in_a_tls13_handshake_is_client_certificate_rejected(
     ca: CertificateAuthority,
     other_ca: CertificateAuthority,

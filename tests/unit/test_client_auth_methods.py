@@ -380,12 +380,6 @@ async def test_missing_material_is_a_permanent_credentials_missing(
     assert rec.requests == []  # nothing sent without the proof
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="oauth._build does not check credentials.tls_certificate for the mTLS methods: "
-    "it sends client_id alone, unauthenticated, where every other method raises "
-    "CredentialsMissing",
-)
 @pytest.mark.parametrize("method", [M.TLS_CLIENT_AUTH, M.SELF_SIGNED_TLS_CLIENT_AUTH])
 def test_tls_methods_without_a_certificate_are_credentials_missing(method: M) -> None:
     with pytest.raises(oauth.TokenError) as caught:
