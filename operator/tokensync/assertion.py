@@ -136,7 +136,9 @@ def _thumbprint(certificate: str, key: PrivateKey) -> str:
     return _b64url(hashlib.sha256(cert.public_bytes(der)).digest())
 
 
-@functools.lru_cache(maxsize=512)
+# Loading an RSA key costs about 45 ms (cryptography validates it), signing 0.3-0.4 ms;
+# EC and Ed25519 keys load in 0.1 ms. The cache holds a few KiB per key.
+@functools.lru_cache(maxsize=4096)
 def load_private_key(
     text: str, *, certificate: str | None, algorithm: str | None, key_id: str | None
 ) -> SigningKey:
