@@ -60,18 +60,7 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _NUMERIC = re.compile(r"\d+(?:\.\d+)?")
 # Parameters the client sets itself; letting extraParams set them would hide the typed fields
 # or, for the credentials, smuggle a second client identity into the request.
-_RESERVED_PARAMS = frozenset(
-    {
-        "grant_type",
-        "client_id",
-        "client_secret",
-        "client_assertion",
-        "client_assertion_type",
-        "scope",
-        "audience",
-        "resource",
-    }
-)
+_RESERVED_PARAMS = frozenset(model.RESERVED_EXTRA_PARAMS)
 _METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal"})
 _METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
