@@ -212,7 +212,12 @@ async def _fetch(args: argparse.Namespace) -> int:
                 credentials=credentials,
                 default_lifetime=refresh.default_lifetime,
                 now=lambda: datetime.datetime.now(datetime.UTC),
-                methods=oauth.candidate_methods(request.auth_method, credentials, supported),
+                methods=oauth.candidate_methods(
+                    request.auth_method,
+                    credentials,
+                    supported,
+                    algorithm=request.assertion.algorithm,
+                ),
             )
     except oauth.TokenError as exc:
         print(f"error: {exc.reason}: {exc}", file=sys.stderr)

@@ -401,30 +401,39 @@ def candidate_methods(
     configured: model.AuthMethod,
     credentials: model.ClientCredentials,
     supported: Collection[str] | None = None,
+    *,
+    algorithm: str | None = None,
 ) -> list[model.AuthMethod]:
     """The methods to try, in order: the configured one, or what ``auto`` may use.
 
     ``auto`` prefers what needs no shared secret (a ServiceAccount token, a private key, a
     client certificate), then client_secret_basic and client_secret_post. With a discovery
     document, ``supported`` (its token_endpoint_auth_methods_supported) filters the list,
-    and client_secret_jwt joins it when the server lists it.
+    and client_secret_jwt joins it when the server lists it. An HMAC ``algorithm``
+    (spec.clientAssertion.algorithm HS256/384/512) asks for client_secret_jwt instead of
+    private_key_jwt.
     """
     if configured is not model.AuthMethod.AUTO:
         return [configured]
     m = model.AuthMethod
+    hmac = algorithm is not None and algorithm.startswith("HS")
     candidates: list[model.AuthMethod] = []
     if credentials.external_assertion:
         candidates.append(m.WORKLOAD_IDENTITY)
-    if credentials.private_key:
+    if credentials.private_key and not hmac:
         candidates.append(m.PRIVATE_KEY_JWT)
+    if credentials.client_secret and hmac:
+        candidates.append(m.CLIENT_SECRET_JWT)
     if credentials.tls_certificate:
         candidates += [m.TLS_CLIENT_AUTH, m.SELF_SIGNED_TLS_CLIENT_AUTH]
     if credentials.client_secret:
-        candidates += [m.CLIENT_SECRET_BASIC, m.CLIENT_SECRET_POST, m.CLIENT_SECRET_JWT]
+        candidates += [m.CLIENT_SECRET_BASIC, m.CLIENT_SECRET_POST]
+        if not hmac:
+            candidates.append(m.CLIENT_SECRET_JWT)
     if supported is None:
         # Without a list: the two mTLS methods look the same on the wire, and an HMAC
         # assertion is worth trying only where the server says it takes one.
-        unlisted = {m.SELF_SIGNED_TLS_CLIENT_AUTH, m.CLIENT_SECRET_JWT}
+        unlisted = {m.SELF_SIGNED_TLS_CLIENT_AUTH} | (set() if hmac else {m.CLIENT_SECRET_JWT})
         return [c for c in candidates if c not in unlisted]
     # A federated ServiceAccount token is a private_key_jwt assertion to the server.
     listed = [

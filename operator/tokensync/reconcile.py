@@ -531,7 +531,12 @@ class Reconciler:
     ) -> oauth.FetchResult:
         request = endpoint.request
         host = urllib.parse.urlsplit(request.token_url).hostname or ""
-        methods = oauth.candidate_methods(request.auth_method, client, endpoint.supported)
+        methods = oauth.candidate_methods(
+            request.auth_method,
+            client,
+            endpoint.supported,
+            algorithm=request.assertion.algorithm,
+        )
         remembered = _remembered_method(spec, cred.auth_method)
         if remembered in methods:
             # With `auto`, start with what worked last time; if the server now refuses it,

@@ -470,3 +470,15 @@ async def test_auto_without_any_material_is_no_supported_auth_method(
 
 def test_the_assertion_type_constant() -> None:
     assert assertion.ASSERTION_TYPE == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@pytest.mark.parametrize("supported", [None, ["client_secret_jwt", "private_key_jwt"]])
+def test_an_hmac_algorithm_asks_auto_for_client_secret_jwt(supported: list[str] | None) -> None:
+    both = model.ClientCredentials(client_id="c", client_secret="s" * 64, private_key="k")
+    methods = oauth.candidate_methods(M.AUTO, both, supported, algorithm="HS256")
+    assert methods[0] is M.CLIENT_SECRET_JWT
+    assert M.PRIVATE_KEY_JWT not in methods
+    # An asymmetric algorithm leaves the usual order.
+    assert oauth.candidate_methods(M.AUTO, both, supported, algorithm="ES256")[0] is (
+        M.PRIVATE_KEY_JWT
+    )
