@@ -100,7 +100,9 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         workers=args.workers,
         token_rate_per_host=args.token_rate,
-        token_burst_per_host=max(1, int(args.token_rate)),
+        # No burst: requests evenly spaced, so no 1-s window holds more than --token-rate.
+        # A burst of B lets a window hold up to B - 1 more (decision 0022).
+        token_burst_per_host=1,
     )
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(

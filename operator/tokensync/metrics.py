@@ -3,41 +3,144 @@
 Per-credential series carry ``namespace`` and ``name`` and are removed when the credential
 is deleted, so a cluster's churn does not grow the operator's memory. Nothing secret is
 ever a label value: error labels are RFC 6749 error codes or reasons, never descriptions.
+
+The per-credential series are not ``prometheus_client`` children: with 10,000 credentials
+those cost about 2 KiB each (a child object, a value object and a lock per series). They
+are one small record per credential here, turned into samples when they are scraped
+(decision 0020).
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterator
 
 import prometheus_client as prom
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 _READY_STATES = ("True", "False", "Unknown")
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
+_EXPIRATION = (
+    "tokensync_token_expiration_timestamp_seconds",
+    "Unix time at which the current access token expires.",
+)
+_RENEWAL = (
+    "tokensync_token_renewal_timestamp_seconds",
+    "Unix time at which the next refresh is due.",
+)
+_READY = (
+    "tokensync_credential_ready",
+    "1 for the credential's current Ready condition status (True, False, Unknown).",
+)
+
+Key = tuple[str, str]
+
+
+class _Series:
+    """The per-credential values; None means the series is not exported."""
+
+    __slots__ = ("expiration", "ready", "renewal")
+
+    def __init__(self) -> None:
+        self.expiration: float | None = None
+        self.renewal: float | None = None
+        self.ready: str | None = None
+
+
+class _Child:
+    __slots__ = ("_field", "_key", "_owner")
+
+    def __init__(self, owner: PerCredential, key: Key, field: str) -> None:
+        self._owner, self._key, self._field = owner, key, field
+
+    def set(self, value: float) -> None:
+        setattr(self._owner.series(self._key), self._field, float(value))
+
+
+class _Gauge:
+    """``labels(namespace, name).set(value)`` and ``remove(namespace, name)``, like a Gauge."""
+
+    def __init__(self, owner: PerCredential, field: str) -> None:
+        self._owner, self._field = owner, field
+
+    def labels(self, namespace: str, name: str) -> _Child:
+        return _Child(self._owner, (namespace, name), self._field)
+
+    def remove(self, namespace: str, name: str) -> None:
+        series = self._owner.get((namespace, name))
+        if series is None:
+            raise KeyError((namespace, name))
+        setattr(series, self._field, None)
+        self._owner.drop_if_empty((namespace, name))
+
+
+class PerCredential:
+    """A collector yielding the per-credential gauges from one record per credential."""
+
+    def __init__(self) -> None:
+        self._series: dict[Key, _Series] = {}
+
+    def __len__(self) -> int:
+        return len(self._series)
+
+    def series(self, key: Key) -> _Series:
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = _Series()
+        return found
+
+    def get(self, key: Key) -> _Series | None:
+        return self._series.get(key)
+
+    def drop_if_empty(self, key: Key) -> None:
+        found = self._series.get(key)
+        if found is not None and (found.expiration, found.renewal, found.ready) == (
+            None,
+            None,
+            None,
+        ):
+            del self._series[key]
+
+    def forget(self, key: Key) -> None:
+        self._series.pop(key, None)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(*_EXPIRATION, labels=["namespace", "name"]),
+            GaugeMetricFamily(*_RENEWAL, labels=["namespace", "name"]),
+            GaugeMetricFamily(*_READY, labels=["namespace", "name", "condition"]),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        # Scraped from the metrics server's thread while the event loop writes: copy first
+        # (dict.copy() holds the GIL throughout, so it never sees the dict change size).
+        items = sorted(self._series.copy().items())
+        expiration, renewal, ready = self._families()
+        for (namespace, name), series in items:
+            if series.expiration is not None:
+                expiration.add_metric([namespace, name], series.expiration)
+            if series.renewal is not None:
+                renewal.add_metric([namespace, name], series.renewal)
+            if series.ready is not None:
+                ready.add_metric([namespace, name, series.ready], 1.0)
+        yield expiration
+        yield renewal
+        yield ready
+
 
 class Metrics:
     def __init__(self, registry: prom.CollectorRegistry | None = None) -> None:
         self.registry = registry or prom.CollectorRegistry()
-        per_credential = ["namespace", "name"]
-        self.expiration = prom.Gauge(
-            "tokensync_token_expiration_timestamp_seconds",
-            "Unix time at which the current access token expires.",
-            per_credential,
-            registry=self.registry,
-        )
-        self.renewal = prom.Gauge(
-            "tokensync_token_renewal_timestamp_seconds",
-            "Unix time at which the next refresh is due.",
-            per_credential,
-            registry=self.registry,
-        )
-        self.ready = prom.Gauge(
-            "tokensync_credential_ready",
-            "1 for the credential's current Ready condition status (True, False, Unknown).",
-            [*per_credential, "condition"],
-            registry=self.registry,
-        )
+        self.per_credential = PerCredential()
+        self.registry.register(self.per_credential)
+        self.expiration = _Gauge(self.per_credential, "expiration")
+        self.renewal = _Gauge(self.per_credential, "renewal")
         self.requests = prom.Counter(
             "tokensync_token_requests",
             "Token endpoint requests by result (success, error) and error reason.",
@@ -63,21 +166,13 @@ class Metrics:
         )
 
     def set_ready(self, namespace: str, name: str, condition: str) -> None:
-        for state in _READY_STATES:
-            if state == condition:
-                self.ready.labels(namespace, name, state).set(1)
-            else:
-                with contextlib.suppress(KeyError):
-                    self.ready.remove(namespace, name, state)
+        if condition not in _READY_STATES:
+            raise ValueError(f"not a condition status: {condition!r}")
+        self.per_credential.series((namespace, name)).ready = condition
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop every series of a deleted credential."""
-        for gauge in (self.expiration, self.renewal):
-            with contextlib.suppress(KeyError):
-                gauge.remove(namespace, name)
-        for state in _READY_STATES:
-            with contextlib.suppress(KeyError):
-                self.ready.remove(namespace, name, state)
+        self.per_credential.forget((namespace, name))
 
     def exposition(self) -> bytes:
         return prom.generate_latest(self.registry)

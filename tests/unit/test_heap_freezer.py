@@ -1,0 +1,30 @@
+"""HeapFreezer: freeze once the credentials are loaded, again only after they grow."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from tokensync import runtime
+
+
+def test_freezes_when_settled_and_grown(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "collect", lambda: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    count = [0]
+    freezer = runtime.HeapFreezer(lambda: count[0])
+    assert not freezer.check()  # nothing loaded
+    count[0] = 1000
+    assert not freezer.check()  # still changing
+    assert freezer.check()  # settled: collect, then freeze
+    assert calls == ["collect", "freeze"]
+    assert not freezer.check()  # settled, not grown
+    count[0] = 1200
+    assert not freezer.check()
+    assert not freezer.check()  # grown by less than a quarter
+    count[0] = 1300
+    assert not freezer.check()
+    assert freezer.check()
+    assert calls == ["collect", "freeze"] * 2
