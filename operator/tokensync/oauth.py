@@ -20,7 +20,7 @@ import secrets
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -519,7 +519,7 @@ async def _attempt(
                 reason="TLSVerificationFailed",
                 permanent=True,
             ) from None
-        if credentials.tls_certificate and _tls_alert(exc):
+        if credentials.tls_certificate and _certificate_refused(exc):
             # The server refused our certificate in the handshake (unknown CA, expired, ...).
             raise TokenError(
                 "the token endpoint refused the TLS client certificate (spec.clientCertificateRef)",
@@ -540,30 +540,42 @@ async def _attempt(
     )
 
 
-def tls_verification_failed(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(8):  # httpx wraps httpcore, which wraps ssl
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+#: TLS alerts that mean "your certificate", as OpenSSL names them in ``SSLError.reason``.
+CERTIFICATE_ALERTS = (
+    "UNKNOWN_CA",
+    "BAD_CERTIFICATE",
+    "CERTIFICATE_REQUIRED",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "CERTIFICATE_UNKNOWN",
+    "UNSUPPORTED_CERTIFICATE",
+    "ACCESS_DENIED",
+)
 
 
-def _tls_alert(exc: BaseException) -> bool:
-    """An alert from the peer during the handshake, e.g. tlsv1 alert unknown ca."""
+def _ssl_errors(exc: BaseException) -> Iterator[ssl.SSLError]:
+    """The ssl errors in an exception's chain (httpx wraps httpcore, which wraps ssl)."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLError) and "ALERT" in str(seen.reason or "").upper():
-            return True
-        if isinstance(seen, ssl.SSLError) and "alert" in str(seen).lower():
-            return True
+            return
+        if isinstance(seen, ssl.SSLError):
+            yield seen
         seen = seen.__cause__ or seen.__context__
-    # httpcore may re-raise as its own class with the ssl text in the message.
-    return "alert" in str(exc).lower()
+
+
+def tls_verification_failed(exc: BaseException) -> bool:
+    return any(isinstance(e, ssl.SSLCertVerificationError) for e in _ssl_errors(exc))
+
+
+def is_certificate_alert(reason: str | None) -> bool:
+    """Is this ``SSLError.reason`` the peer refusing our certificate?"""
+    upper = (reason or "").upper()
+    return "ALERT" in upper and any(alert in upper for alert in CERTIFICATE_ALERTS)
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    return any(is_certificate_alert(e.reason) for e in _ssl_errors(exc))
 
 
 def _client_auth_failed(error: TokenError) -> bool:

@@ -262,11 +262,10 @@ class Reconciler:
         try:
             spec = self._parse(cred)
             client = await self._read_credentials(cred, spec, attempt)
-            ca_pem = await self._ca_bundle(cred, spec)
-            endpoint = await self._endpoint(spec, client, ca_pem)
             existing = await self._check_target(cred, spec)
             if existing is not None and await self._adopt(cred, attempt, spec, existing):
                 return
+            endpoint = await self._endpoint(spec, client, await self._ca_bundle(cred, spec))
             if spec.service_account_ref is not None:
                 client = dataclasses.replace(
                     client,
@@ -387,13 +386,15 @@ class Reconciler:
         return str(pem)
 
     def _client_for(
-        self, ref: model.CABundleRef | None, ca_pem: str | None, client: model.ClientCredentials
+        self,
+        ref: model.CABundleRef | None,
+        ca_pem: str | None,
+        cert_pem: str | None = None,
+        key_pem: str | None = None,
     ) -> httpx.AsyncClient:
         try:
             return self._http.for_tls(
-                ca_pem=ca_pem,
-                client_cert_pem=client.tls_certificate,
-                client_key_pem=client.tls_key,
+                ca_pem=ca_pem, client_cert_pem=cert_pem, client_key_pem=key_pem
             )
         except transport.BadCABundle as exc:
             where = f"{ref.kind} {ref.name!r}" if ref else "caBundleRef"
@@ -405,11 +406,11 @@ class Reconciler:
         self, spec: model.CredentialSpec, client: model.ClientCredentials, ca_pem: str | None
     ) -> _Endpoint:
         """The token URL (from the spec, or discovered from the issuer) and its client."""
-        http = self._client_for(spec.ca_bundle, ca_pem, client)
+        http = self._client_for(spec.ca_bundle, ca_pem, client.tls_certificate, client.tls_key)
         if spec.issuer_url is None:
             return _Endpoint(request=spec.request, http=http, ca_pem=ca_pem)
         # The document is public: fetched without the client certificate.
-        plain = self._client_for(spec.ca_bundle, ca_pem, model.ClientCredentials(client_id=""))
+        plain = self._client_for(spec.ca_bundle, ca_pem)
         trust = hashlib.sha256((ca_pem or "").encode()).hexdigest()
         try:
             metadata = await self._metadata.get(
@@ -557,15 +558,17 @@ class Reconciler:
             )
         except oauth.TokenError as exc:
             self._metrics.requests.labels("error", exc.reason).inc()
-            if exc.reason == "ConnectionFailed" and client.tls_certificate and client.tls_key:
-                await self._diagnose_certificate(
-                    request.token_url, endpoint.ca_pem, client.tls_certificate, client.tls_key
-                )
             if endpoint.issuer is not None:
                 # The endpoint may have moved: read the issuer's document again next time.
                 self._metadata.invalidate(endpoint.issuer, trust=endpoint.trust)
             kind = _PERMANENT if exc.permanent else _TRANSIENT
-            raise _Failure(exc.reason, str(exc), kind=kind, retry_after=exc.retry_after) from None
+            failure = _Failure(exc.reason, str(exc), kind=kind, retry_after=exc.retry_after)
+            if exc.reason == "ConnectionFailed" and client.tls_certificate and client.tls_key:
+                refused = await self._certificate_refused(
+                    request.token_url, endpoint.ca_pem, client.tls_certificate, client.tls_key
+                )
+                failure = refused or failure
+            raise failure from None
         finally:
             self._metrics.duration.observe(time.monotonic() - started)
             if watchdog is not None:
@@ -573,25 +576,26 @@ class Reconciler:
         self._metrics.requests.labels("success", "").inc()
         return result
 
-    async def _diagnose_certificate(
+    async def _certificate_refused(
         self, url: str, ca_pem: str | None, cert_pem: str, key_pem: str
-    ) -> None:
-        """Tell a refused client certificate from a network failure (see
-        transport.certificate_alert); raises the clearer failure when it is the former."""
-        alert = await transport.certificate_alert(
+    ) -> _Failure | None:
+        """Tell a refused client certificate from a network failure after a lost connection
+        (see transport.handshake_alert): the clearer failure when it is the former."""
+        alert = await transport.handshake_alert(
             url,
             ca_pem=ca_pem,
             client_cert_pem=cert_pem,
             client_key_pem=key_pem,
             seconds=self._settings.request_timeout,
         )
-        if alert is not None:
-            raise _Failure(
-                "ClientCertificateRejected",
-                f"the token endpoint refused the TLS client certificate ({alert}; "
-                "spec.clientCertificateRef)",
-                kind=_PERMANENT,
-            )
+        if not oauth.is_certificate_alert(alert):
+            return None
+        return _Failure(
+            "ClientCertificateRejected",
+            f"the token endpoint refused the TLS client certificate ({alert}; "
+            "spec.clientCertificateRef)",
+            kind=_PERMANENT,
+        )
 
     def _expiry_watchdog(self, cred: Credential) -> asyncio.Task[None] | None:
         """Report expiry on time even while a token request is still in flight."""

@@ -88,20 +88,7 @@ def tls_context(
     return context
 
 
-#: TLS alerts that mean "your certificate", as OpenSSL names them in ``SSLError.reason``.
-_CERTIFICATE_ALERTS = (
-    "UNKNOWN_CA",
-    "BAD_CERTIFICATE",
-    "CERTIFICATE_REQUIRED",
-    "CERTIFICATE_EXPIRED",
-    "CERTIFICATE_REVOKED",
-    "CERTIFICATE_UNKNOWN",
-    "UNSUPPORTED_CERTIFICATE",
-    "ACCESS_DENIED",
-)
-
-
-async def certificate_alert(
+async def handshake_alert(
     url: str,
     *,
     ca_pem: str | None,
@@ -109,13 +96,13 @@ async def certificate_alert(
     client_key_pem: str,
     seconds: float,
 ) -> str | None:
-    """Did the server refuse our client certificate? The TLS alert's name, or None.
+    """The TLS error the server answers a handshake with (``SSLError.reason``), or None.
 
     A diagnosis after a request with a client certificate lost its connection. With TLS 1.3
     the server checks the certificate after the client's handshake is done, and a server
     that then resets the connection leaves the client a bare read error. One handshake
     limited to TLS 1.2, where the certificate is checked inside the handshake, brings the
-    alert back. A server that speaks only TLS 1.3 gives no answer here (None).
+    alert back (the caller tells certificate alerts from others: oauth.is_certificate_alert).
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
@@ -134,8 +121,7 @@ async def certificate_alert(
             await writer.drain()
             await reader.read(1)
     except ssl.SSLError as exc:
-        reason = str(exc.reason or "").upper()
-        return reason if any(alert in reason for alert in _CERTIFICATE_ALERTS) else None
+        return str(exc.reason or "") or None
     except (OSError, TimeoutError, ValueError):
         return None
     finally:
