@@ -49,8 +49,14 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="restrict token endpoints to these hosts; '*.example.com' matches subdomains",
     )
-    run.add_argument("--workers", type=int, default=16, help="concurrent refreshes")
+    run.add_argument("--workers", type=_positive_int, default=16, help="concurrent refreshes")
     run.add_argument("--token-rate", type=float, default=20.0, help="token requests/s per host")
+    run.add_argument(
+        "--token-concurrency",
+        type=_positive_int,
+        default=4,
+        help="token requests in flight per host",
+    )
     run.add_argument("--verbose", action="store_true", help="debug logging")
 
     fetch = sub.add_parser("fetch", help="request one token, no cluster needed")
@@ -73,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--ca-bundle", type=pathlib.Path, help="PEM CAs to trust")
     fetch.add_argument("--show-token", action="store_true", help="also print the access token")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         # No burst: requests evenly spaced, so no 1-s window holds more than --token-rate.
         # A burst of B lets a window hold up to B - 1 more (decision 0022).
         token_burst_per_host=1,
+        token_concurrency_per_host=args.token_concurrency,
     )
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(

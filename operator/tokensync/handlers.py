@@ -61,11 +61,12 @@ async def credential_changed(*, event: kopf.RawEvent, memo: Any, **_: Any) -> No
 
 @kopf.on.event("", "v1", "secrets", labels={model.CLIENT_SECRET_LABEL: "true"})
 async def client_secret_changed(*, event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    if event["type"] != "DELETED":
+    # A watch filtered by label reports a Secret that loses the label as DELETED.
+    if event["type"] == "DELETED":
         meta = event["object"]["metadata"]
-        memo.runtime.reconciler.client_secret_changed(
-            meta["namespace"], meta["name"], str(meta.get("resourceVersion") or "")
-        )
+        memo.runtime.reconciler.secret_gone(meta["namespace"], meta["name"])
+    else:
+        memo.runtime.reconciler.secret_seen(event["object"])
 
 
 @kopf.on.probe(id="refresh_queue")

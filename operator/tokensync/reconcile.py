@@ -31,6 +31,7 @@ from tokensync import (
     oauth,
     scheduler,
     secrets,
+    seen,
     status,
     timing,
     transport,
@@ -157,6 +158,7 @@ class Reconciler:
         clock: Callable[[], datetime.datetime] = utcnow,
         draw: Callable[[], float] = random.random,
         metadata: discovery.MetadataCache | None = None,
+        seen_secrets: seen.SeenSecrets | None = None,
     ) -> None:
         self._kube = kube_api
         self._http = http
@@ -167,6 +169,7 @@ class Reconciler:
         self._clock = clock
         self._draw = draw
         self._metadata = metadata or discovery.MetadataCache()
+        self._seen = seen_secrets if seen_secrets is not None else seen.SeenSecrets()
         self._credentials: dict[Key, Credential] = {}
         self._by_client_secret: dict[Key, set[Key]] = {}
         # Client Secret versions seen while their credential was being refreshed: checked
@@ -205,6 +208,18 @@ class Reconciler:
             self._unindex(cred)
         self._queue.cancel((namespace, name))
         self._metrics.forget(namespace, name)
+
+    def secret_seen(self, body: Mapping[str, Any]) -> None:
+        """The watch of opted-in Secrets listed, added or modified one."""
+        self._seen.put(body)
+        meta = body["metadata"]
+        self.client_secret_changed(
+            meta["namespace"], meta["name"], str(meta.get("resourceVersion") or "")
+        )
+
+    def secret_gone(self, namespace: str, name: str) -> None:
+        """An opted-in Secret was deleted or lost its label: read it from the API again."""
+        self._seen.drop(namespace, name)
 
     def client_secret_changed(self, namespace: str, name: str, version: str) -> None:
         """A client Secret was listed, added or modified: refetch with a rotated secret."""
@@ -312,12 +327,18 @@ class Reconciler:
     async def _read_credentials(
         self, cred: Credential, spec: model.CredentialSpec, attempt: _Attempt
     ) -> model.ClientCredentials:
-        """Read every Secret holding client credentials (each once) and collect them."""
+        """Read every Secret holding client credentials (each once) and collect them.
+
+        A Secret the watch delivered shortly before is used as delivered (decision 0025).
+        """
         sources: dict[str, dict[str, Any] | None] = {}
         versions = []
         try:
             for name in spec.secret_names:
-                sources[name] = source = await self._kube.read_secret(cred.namespace, name)
+                source = self._seen.get(cred.namespace, name)
+                if source is None:
+                    source = await self._kube.read_secret(cred.namespace, name)
+                sources[name] = source
                 meta = (source or {}).get("metadata") or {}
                 versions.append(str(meta.get("resourceVersion") or ""))
         except kube.ApiError as exc:
@@ -543,19 +564,20 @@ class Reconciler:
             # With `auto`, start with what worked last time; if the server now refuses it,
             # the others are tried, each once.
             methods = [remembered, *(m for m in methods if m is not remembered)]
-        await self._pacer.acquire(host)
-        started = time.monotonic()
         watchdog = self._expiry_watchdog(cred)
+        started = time.monotonic()
         try:
-            result = await oauth.fetch_token(
-                endpoint.http,
-                request=request,
-                credentials=client,
-                default_lifetime=spec.refresh.default_lifetime,
-                now=self._clock,
-                timeout=self._settings.request_timeout,
-                methods=methods,
-            )
+            async with self._pacer.slot(host):
+                started = time.monotonic()
+                result = await oauth.fetch_token(
+                    endpoint.http,
+                    request=request,
+                    credentials=client,
+                    default_lifetime=spec.refresh.default_lifetime,
+                    now=self._clock,
+                    timeout=self._settings.request_timeout,
+                    methods=methods,
+                )
         except oauth.TokenError as exc:
             self._metrics.requests.labels("error", exc.reason).inc()
             if endpoint.issuer is not None:

@@ -40,6 +40,7 @@ class Config:
     kube_workers: int = 8
     token_rate_per_host: float = 20.0
     token_burst_per_host: int = 20
+    token_concurrency_per_host: int = 4
     request_timeout: float = 10.0
 
 
@@ -114,7 +115,9 @@ class Runtime:
             metrics_=self.metrics,
             queue=self.queue,
             pacer=scheduler.HostPacer(
-                rate=config.token_rate_per_host, burst=config.token_burst_per_host
+                rate=config.token_rate_per_host,
+                burst=config.token_burst_per_host,
+                concurrency=config.token_concurrency_per_host,
             ),
             settings=reconcile.Settings(
                 allow_insecure_http=config.allow_insecure_http,

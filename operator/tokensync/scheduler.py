@@ -14,8 +14,8 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 Work = Callable[[K, float], Awaitable[None]]
@@ -138,7 +138,8 @@ class RefreshQueue(Generic[K]):
 
 
 class HostPacer:
-    """Spreads token requests per host: ``rate`` per second with bursts of ``burst``.
+    """Spreads token requests per host: ``rate`` per second with bursts of ``burst``, and at
+    most ``concurrency`` in flight at once (see :meth:`slot`).
 
     GCRA (the generic cell rate algorithm): one float per host, no background task.
     """
@@ -148,16 +149,42 @@ class HostPacer:
         *,
         rate: float,
         burst: int,
+        concurrency: int = 4,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be positive and burst at least 1")
+        if rate <= 0 or burst < 1 or concurrency < 1:
+            raise ValueError("rate must be positive, burst and concurrency at least 1")
         self._interval = 1.0 / rate
         self._tolerance = (burst - 1) * self._interval
         self._tat: dict[str, float] = {}
+        self._concurrency = concurrency
+        self._in_flight: dict[str, list[Any]] = {}  # host: [semaphore, users]
         self._clock = clock
         self._sleep = sleep
+
+    @contextlib.asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        """Hold one of the host's in-flight places, then its next paced start.
+
+        The place is taken first, so a request waiting for one does not burn a start. The
+        bound keeps connections per host few: the HTTP pool checks every pooled
+        connection before each request, and that cost grows with their number (decision
+        0026). Semaphores of hosts with nothing in flight are dropped.
+        """
+        entry = self._in_flight.get(host)
+        if entry is None:
+            entry = self._in_flight[host] = [asyncio.Semaphore(self._concurrency), 0]
+        gate: asyncio.Semaphore = entry[0]
+        entry[1] += 1  # holders and waiters
+        try:
+            async with gate:
+                await self.acquire(host)
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._in_flight[host]
 
     def reserve(self, host: str) -> float:
         """Book the next slot for ``host``; returns how long to wait before using it."""

@@ -112,6 +112,9 @@ class Env:
 
         return wait_for(check, timeout=timeout, what="a new token")
 
+    def issued(self) -> list[Any]:
+        return [i for i in self.server.issued if i.client_id == self.client_id]
+
     def events(self) -> list[client.CoreV1Event]:
         return list(self.core.list_namespaced_event(self.ns).items)
 
@@ -264,6 +267,46 @@ def test_refuses_a_client_secret_that_did_not_opt_in(env: Env) -> None:
     ready = env.wait_ready(reason="ClientSecretNotOptedIn")
     assert "tokensync.dev/client-secret" in ready["message"]
     assert not [i for i in env.server.issued if i.client_id == env.client_id]
+
+
+def force_refresh(env: Env, value: str, name: str = "api") -> None:
+    env.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        env.ns,
+        PLURAL,
+        name,
+        {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": value}}},
+    )
+
+
+# The operator uses a client Secret as its watch delivered it shortly before (decision 0025):
+# a Secret that loses its label or is deleted must not live on in that copy.
+def test_a_client_secret_that_loses_its_label_is_not_used_again(env: Env) -> None:
+    env.client_secret()
+    env.credential()
+    wait_for(env.token, what="the first token")
+    issued = len(env.issued())
+    env.core.patch_namespaced_secret(
+        "oauth-client", env.ns, {"metadata": {"labels": {"tokensync.dev/client-secret": None}}}
+    )
+    force_refresh(env, "after-unlabel")
+    ready = env.wait_ready(reason="ClientSecretNotOptedIn")
+    assert ready["status"] == "False"
+    assert len(env.issued()) == issued
+
+
+def test_a_deleted_client_secret_is_not_used_again(env: Env) -> None:
+    env.client_secret()
+    env.credential()
+    good = wait_for(env.token, what="the first token")
+    issued = len(env.issued())
+    env.core.delete_namespaced_secret("oauth-client", env.ns)
+    force_refresh(env, "after-delete")
+    ready = env.wait_ready(reason="ClientSecretNotFound")
+    assert ready["status"] == "False"
+    assert len(env.issued()) == issued
+    assert env.token() == good
 
 
 def test_restart_fetches_nothing_still_valid(

@@ -367,3 +367,66 @@ def test_pacer_never_exceeds_burst_plus_rate_in_any_window(
             for j in range(i, len(slots)):
                 window = slots[j] - first
                 assert j - i + 1 <= burst + rate * window + 1e-6, (i, j, window)
+
+
+async def test_slot_bounds_requests_in_flight_per_host() -> None:
+    pacer = scheduler.HostPacer(rate=1_000_000.0, burst=1, concurrency=2)
+    in_flight: collections.Counter[str] = collections.Counter()
+    peak: collections.Counter[str] = collections.Counter()
+    release = asyncio.Event()
+
+    async def request(host: str) -> None:
+        async with pacer.slot(host):
+            in_flight[host] += 1
+            peak[host] = max(peak[host], in_flight[host])
+            await release.wait()
+            in_flight[host] -= 1
+
+    tasks = [asyncio.create_task(request(h)) for h in ["a"] * 5 + ["b"] * 3]
+    await asyncio.sleep(QUIET)
+    assert dict(in_flight) == {"a": 2, "b": 2}  # the others wait, per host
+    release.set()
+    await asyncio.gather(*tasks)
+    assert dict(peak) == {"a": 2, "b": 2}
+    assert pacer._in_flight == {}  # nothing kept for idle hosts
+
+
+async def test_a_request_waiting_for_a_place_books_no_start() -> None:
+    clock = Clock(0.0)
+    pacer = scheduler.HostPacer(rate=1.0, burst=1, concurrency=1, clock=clock)
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with pacer.slot("h"):
+            first_in.set()
+            await release.wait()
+
+    task = asyncio.create_task(first())
+    await first_in.wait()
+    waiting = asyncio.create_task(pacer.slot("h").__aenter__())
+    await asyncio.sleep(QUIET)
+    assert not waiting.done()
+    # Only the first request booked a start: the next free start is 1 s after it.
+    assert pacer._tat["h"] == 1.0
+    clock.now = 5.0  # the place frees long after: the waiter starts at once
+    release.set()
+    await task
+    await waiting
+    assert pacer._tat["h"] == 6.0
+
+
+async def test_slot_is_released_when_the_request_fails() -> None:
+    pacer = scheduler.HostPacer(rate=1_000_000.0, burst=1, concurrency=1)
+    with contextlib.suppress(RuntimeError):
+        async with pacer.slot("h"):
+            raise RuntimeError("boom")
+    async with asyncio.timeout(1):
+        async with pacer.slot("h"):
+            pass
+    assert pacer._in_flight == {}
+
+
+def test_pacer_needs_a_positive_concurrency() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        scheduler.HostPacer(rate=1.0, burst=1, concurrency=0)
