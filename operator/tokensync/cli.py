@@ -50,12 +50,20 @@ def _parser() -> argparse.ArgumentParser:
         help="restrict token endpoints to these hosts; '*.example.com' matches subdomains",
     )
     run.add_argument("--workers", type=_positive_int, default=16, help="concurrent refreshes")
-    run.add_argument("--token-rate", type=float, default=20.0, help="token requests/s per host")
+    run.add_argument(
+        "--token-rate", type=_positive_float, default=20.0, help="token requests/s per host"
+    )
     run.add_argument(
         "--token-concurrency",
         type=_positive_int,
         default=4,
         help="token requests in flight per host",
+    )
+    run.add_argument(
+        "--event-rate",
+        type=_positive_float,
+        default=10.0,
+        help="Kubernetes Events posted per second at most (bursts of 100); the rest are skipped",
     )
     run.add_argument("--verbose", action="store_true", help="debug logging")
 
@@ -88,6 +96,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -117,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         # A burst of B lets a window hold up to B - 1 more (decision 0022).
         token_burst_per_host=1,
         token_concurrency_per_host=args.token_concurrency,
+        event_rate=args.event_rate,
     )
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(

@@ -48,17 +48,15 @@ class Kube:
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         kwargs.setdefault("_request_timeout", 30)
-        call = functools.partial(fn, *args, _preload_content=False, **kwargs)
+        call = functools.partial(_read, fn, *args, _preload_content=False, **kwargs)
         try:
-            response = await loop.run_in_executor(self._pool, call)
+            return await loop.run_in_executor(self._pool, call)
         except client.ApiException as exc:
             # The body of an error response may echo what we sent (a Secret): keep only
             # the machine-readable reason.
             raise ApiError(exc.status or 0, _status_reason(exc.body)) from None
         except Exception as exc:  # noqa: BLE001 -- urllib3 errors: refused, timeouts, ...
             raise ApiError(0, type(exc).__name__) from None
-        data = response.data
-        return json.loads(data) if data else {}
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -170,6 +168,18 @@ class Kube:
             "count": 1,
         }
         await self._call(self._core.create_namespaced_event, involved["namespace"], body)
+
+
+def _read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Make the call and read its body, in the pool's thread.
+
+    Reading there hands the connection back to the client's pool before the thread takes
+    its next call. Read on the event loop instead, a busy loop kept connections checked
+    out while the threads went on and opened new ones, which the full pool then closed
+    (urllib3's "Connection pool is full" warning): a TLS handshake per surplus call.
+    """
+    data = fn(*args, **kwargs).data
+    return json.loads(data) if data else {}
 
 
 def _status_reason(body: object) -> str:

@@ -159,6 +159,11 @@ class Metrics:
             buckets=_LATENESS_BUCKETS,
             registry=self.registry,
         )
+        self.events_dropped = prom.Counter(
+            "tokensync_events_dropped",
+            "Kubernetes Events not posted because more were due than --event-rate allows.",
+            registry=self.registry,
+        )
         self.queue_size = prom.Gauge(
             "tokensync_refresh_queue_size",
             "Credentials waiting in the refresh queue.",

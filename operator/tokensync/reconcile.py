@@ -44,6 +44,9 @@ Key = tuple[str, str]  # (namespace, name)
 #: Lifetime of the ServiceAccount tokens minted for workload identity federation: the
 #: shortest the TokenRequest API grants. Each is used for one token request.
 SERVICE_ACCOUNT_TOKEN_SECONDS = 600
+#: Kubernetes Events posted per second at most, on average and at once (decision 0027).
+EVENT_RATE = 10.0
+EVENT_BURST = 100
 
 
 def utcnow() -> datetime.datetime:
@@ -159,6 +162,7 @@ class Reconciler:
         draw: Callable[[], float] = random.random,
         metadata: discovery.MetadataCache | None = None,
         seen_secrets: seen.SeenSecrets | None = None,
+        events: scheduler.Budget | None = None,
     ) -> None:
         self._kube = kube_api
         self._http = http
@@ -170,6 +174,7 @@ class Reconciler:
         self._draw = draw
         self._metadata = metadata or discovery.MetadataCache()
         self._seen = seen_secrets if seen_secrets is not None else seen.SeenSecrets()
+        self._events = events or scheduler.Budget(rate=EVENT_RATE, burst=EVENT_BURST)
         self._credentials: dict[Key, Credential] = {}
         self._by_client_secret: dict[Key, set[Key]] = {}
         # Client Secret versions seen while their credential was being refreshed: checked
@@ -920,6 +925,10 @@ class Reconciler:
     async def _event(
         self, cred: Credential, type_: str, reason: str, message: str, now: datetime.datetime
     ) -> None:
+        if not self._events.take():
+            # Events are best effort: status holds the same news (decision 0027).
+            self._metrics.events_dropped.inc()
+            return
         try:
             await self._kube.post_event(
                 involved=cred.involved, type_=type_, reason=reason, message=message, now=now

@@ -41,6 +41,7 @@ class Config:
     token_rate_per_host: float = 20.0
     token_burst_per_host: int = 20
     token_concurrency_per_host: int = 4
+    event_rate: float = reconcile.EVENT_RATE
     request_timeout: float = 10.0
 
 
@@ -124,6 +125,7 @@ class Runtime:
                 allowed_hosts=config.allowed_hosts,
                 request_timeout=config.request_timeout,
             ),
+            events=scheduler.Budget(rate=config.event_rate, burst=reconcile.EVENT_BURST),
         )
         # Read at scrape time: kopf caches the health probe's result for up to 10 s, so
         # setting it there made the gauge lag (and a restart look 10 s slower than it is).

@@ -198,3 +198,31 @@ class HostPacer:
         delay = self.reserve(host)
         if delay > 0:
             await self._sleep(delay)
+
+
+class Budget:
+    """A token bucket that never waits: ``take()`` says whether there is room now.
+
+    For what may be skipped under load (Kubernetes Events, decision 0027): ``rate`` per
+    second on average, up to ``burst`` at once.
+    """
+
+    def __init__(
+        self, *, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

@@ -430,3 +430,40 @@ async def test_slot_is_released_when_the_request_fails() -> None:
 def test_pacer_needs_a_positive_concurrency() -> None:
     with pytest.raises(ValueError, match="concurrency"):
         scheduler.HostPacer(rate=1.0, burst=1, concurrency=0)
+
+
+# -- Budget --------------------------------------------------------------------------------
+
+
+def test_budget_allows_a_burst_then_the_rate() -> None:
+    clock = Clock(0.0)
+    budget = scheduler.Budget(rate=10.0, burst=3, clock=clock)
+    assert [budget.take() for _ in range(5)] == [True, True, True, False, False]
+    clock.now = 0.1  # one more after 1/rate
+    assert [budget.take() for _ in range(2)] == [True, False]
+    clock.now = 100.0  # idle time refills up to the burst, not beyond
+    assert [budget.take() for _ in range(4)] == [True, True, True, False]
+
+
+@given(
+    rate=st.floats(min_value=0.1, max_value=100.0),
+    burst=st.integers(min_value=1, max_value=50),
+    steps=st.lists(st.floats(min_value=0.0, max_value=2.0), max_size=200),
+)
+def test_budget_never_allows_more_than_burst_plus_rate_times_time(
+    rate: float, burst: int, steps: list[float]
+) -> None:
+    clock = Clock(0.0)
+    budget = scheduler.Budget(rate=rate, burst=burst, clock=clock)
+    taken = 0
+    for advance in steps:
+        clock.now += advance
+        taken += budget.take()
+        assert taken <= burst + rate * clock.now + 1e-6
+
+
+def test_budget_needs_a_positive_rate_and_burst() -> None:
+    with pytest.raises(ValueError, match="rate"):
+        scheduler.Budget(rate=0.0, burst=1)
+    with pytest.raises(ValueError, match="burst"):
+        scheduler.Budget(rate=1.0, burst=0)

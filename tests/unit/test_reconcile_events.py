@@ -1,0 +1,48 @@
+"""Kubernetes Events beyond the budget are skipped and counted (decision 0027)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from tokensync import metrics, reconcile, scheduler
+
+
+class RecordingKube:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def post_event(self, **event: Any) -> None:
+        self.events.append(event)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_events_beyond_the_budget_are_counted_not_posted() -> None:
+    kube, clock, metrics_ = RecordingKube(), Clock(), metrics.Metrics()
+    rec = reconcile.Reconciler(
+        kube_api=kube,  # type: ignore[arg-type] -- only post_event is reached
+        http=None,  # type: ignore[arg-type]
+        metrics_=metrics_,
+        queue=scheduler.RefreshQueue(workers=1),
+        pacer=scheduler.HostPacer(rate=1, burst=1),
+        settings=reconcile.Settings(),
+        events=scheduler.Budget(rate=1.0, burst=2, clock=clock),
+    )
+    cred = reconcile.Credential(
+        namespace="ns", name="cc", uid="u1", generation=1, spec={}, refresh_request=None
+    )
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    for _ in range(5):
+        await rec._event(cred, "Normal", "Issued", "token valid", now)
+    assert len(kube.events) == 2
+    assert metrics_.registry.get_sample_value("tokensync_events_dropped_total") == 3.0
+    clock.now = 1.0
+    await rec._event(cred, "Warning", "InvalidClient", "refused", now)
+    assert [e["reason"] for e in kube.events] == ["Issued", "Issued", "InvalidClient"]
