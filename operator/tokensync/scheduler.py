@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import math
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -158,6 +159,7 @@ class HostPacer:
         self._interval = 1.0 / rate
         self._tolerance = (burst - 1) * self._interval
         self._tat: dict[str, float] = {}
+        self._sent: dict[str, float] = {}
         self._concurrency = concurrency
         self._in_flight: dict[str, list[Any]] = {}  # host: [semaphore, users]
         self._clock = clock
@@ -198,6 +200,13 @@ class HostPacer:
         delay = self.reserve(host)
         if delay > 0:
             await self._sleep(delay)
+        if self._tolerance == 0.0:
+            # Booked starts are 1/rate apart, but a busy loop wakes sleepers late and
+            # together: space the actual sends too, or a second can hold more than the
+            # rate (decision 0022).
+            while (gap := self._sent.get(host, -math.inf) + self._interval - self._clock()) > 0:
+                await self._sleep(gap)
+            self._sent[host] = self._clock()
 
 
 class Budget:

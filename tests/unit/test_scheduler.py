@@ -467,3 +467,29 @@ def test_budget_needs_a_positive_rate_and_burst() -> None:
         scheduler.Budget(rate=0.0, burst=1)
     with pytest.raises(ValueError, match="burst"):
         scheduler.Budget(rate=1.0, burst=0)
+
+
+async def test_sends_stay_spaced_when_sleepers_wake_late_together() -> None:
+    clock = Clock(0.0)
+    released = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        if not released.is_set():
+            await released.wait()  # a busy loop: every sleeper wakes at the same late time
+        else:
+            clock.now += seconds
+
+    pacer = scheduler.HostPacer(rate=10.0, burst=1, clock=clock, sleep=sleep)
+    sent: list[float] = []
+
+    async def request() -> None:
+        await pacer.acquire("h")
+        sent.append(round(clock.now, 6))
+
+    tasks = [asyncio.create_task(request()) for _ in range(4)]  # booked at 0, .1, .2, .3
+    await asyncio.sleep(QUIET)
+    assert sent == [0.0]
+    clock.now = 0.5  # the three others wake now, all late
+    released.set()
+    await asyncio.gather(*tasks)
+    assert sent == [0.0, 0.5, 0.6, 0.7]  # never closer than 1/rate
