@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/tools:$(CURDIR)/tests
 
-.PHONY: install lint lint-docker test test-unit test-e2e test-chaos controlplane controlplane-binaries demo bench bench-quick bench-scale bench-plot docs clean
+.PHONY: install lint lint-docker test test-unit test-e2e test-chaos controlplane controlplane-binaries demo bench bench-quick bench-ab bench-scale bench-plot docs clean
 
 install: $(STAMP)
 
@@ -68,6 +68,11 @@ bench-scale: install controlplane-binaries
 
 bench-quick: install controlplane-binaries
 	$(BIN)/python bench/quick.py -n 100
+
+# Cold starts of two revisions, alternating on one control plane: make bench-ab AB="2315e12 HEAD"
+AB ?= HEAD~1 HEAD
+bench-ab: install controlplane-binaries
+	$(BIN)/python bench/abtest.py -n 2000 --rounds 2 $(AB)
 
 # docs/performance.png from the newest bench/out result for each N.
 bench-plot: install

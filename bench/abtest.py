@@ -1,0 +1,186 @@
+"""Cold starts of two (or more) revisions, alternating, on one control plane. Prints figures.
+
+On a shared 2-core machine the same cold start varies by a third from one run to the next
+(docs/performance.md), more than most changes are worth. Comparing two separate
+`bench/scale.py` runs then says little. This harness runs the revisions in turn, round
+after round, on the same kube-apiserver and token endpoint, each on a fresh namespace of
+N new credentials (the operator started with ``--namespace`` so that it sees only that
+one), and reports per run: time until all are Ready, operator CPU, token and API requests,
+the busiest second at the endpoint, and urllib3's "Connection pool is full" warnings.
+
+    python bench/abtest.py -n 2000 --rounds 2 2315e12 HEAD
+
+Each revision's ``operator/`` is exported with ``git archive`` into a temporary directory
+and put first on the operator's PYTHONPATH; the venv's dependencies are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from typing import Any
+
+import httpx
+from kubernetes import config
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import scale
+from tokenendpoint import FastTokenEndpoint
+
+from localcluster import LocalCluster
+from support.operatorproc import OperatorProcess, apply_files, install_operator_identity
+
+
+def export(revision: str, into: pathlib.Path) -> pathlib.Path:
+    """The revision's operator/ source tree, extracted under ``into``."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision, "operator"],
+        cwd=scale.REPO,
+        check=True,
+        capture_output=True,
+    ).stdout
+    target = into / revision.replace("/", "_")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return target / "operator"
+
+
+def control_plane_pids() -> dict[str, int]:
+    """The local control plane's process ids by name (the harness runs one)."""
+    found: dict[str, int] = {}
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        except OSError:
+            continue
+        name = pathlib.Path(argv0).name
+        if name in {"kube-apiserver", "etcd", "kube-controller-manager"}:
+            found[name] = int(proc.name)
+    return found
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    return {name: scale.Sampler.read(pid)[0] for name, pid in pids.items()}
+
+
+def use_namespace(namespace: str) -> None:
+    """Point bench/scale.py's helpers (which read these module globals) at ``namespace``."""
+    scale.NS = namespace
+    scale.CC_PATH = f"/apis/tokensync.dev/v1alpha1/namespaces/{namespace}/clientcredentials"
+    scale.SECRET_PATH = f"/api/v1/namespaces/{namespace}/secrets"
+
+
+def cold_start(
+    cluster: LocalCluster,
+    server: FastTokenEndpoint,
+    *,
+    kubeconfig: pathlib.Path,
+    source: pathlib.Path,
+    namespace: str,
+    args: argparse.Namespace,
+    log: pathlib.Path,
+) -> dict[str, Any]:
+    use_namespace(namespace)
+    httpx.post(
+        f"{cluster.server}/api/v1/namespaces",
+        json={"metadata": {"name": namespace}},
+        verify=scale.admin_ssl(cluster),
+    ).raise_for_status()
+    names = [f"cc-{i:05d}" for i in range(args.n)]
+    asyncio.run(scale.create_all(cluster, server.url, names))
+    creds = scale.CredentialWatcher(cluster)
+    creds.start()
+    scale.wait_for(lambda: len(creds.handled) >= args.n, 120)
+    time.sleep(2)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])
+    others = {**control_plane_pids(), "harness and token endpoint": os.getpid()}
+    api0, tok0, cpu0 = scale.api_requests(cluster), server.requests, cpu_seconds(others)
+    started = time.time()
+    op = OperatorProcess(
+        kubeconfig=kubeconfig,
+        log_path=log,
+        extra_args=[f"--token-rate={args.token_rate}", f"--namespace={namespace}"],
+        verbose=False,
+    ).start(timeout=120)
+    pid = scale.operator_pid(op)
+    done = scale.wait_for(lambda: len(creds.ready_at) >= args.n, args.timeout, step=0.1)
+    cpu, cpu1 = scale.Sampler.read(pid)[0], cpu_seconds(others)
+    ended = done or time.time()
+    peak = server.peak_rate(started, ended)
+    time.sleep(2)  # the last status writes reach the counters
+    api = scale.api_delta(api0, scale.api_requests(cluster))
+    op.stop()
+    creds.stop()
+    return {
+        "all_ready": done is not None,
+        "seconds_to_all_ready": round(ended - started, 2),
+        "cpu_seconds": round(cpu, 1),
+        "other_cpu_seconds": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu0},
+        "token_requests": server.requests - tok0,
+        "peak_token_requests_per_second": peak,
+        "api_requests": api,
+        "pool_full_warnings": log.read_text(errors="replace").count("Connection pool is full"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("revisions", nargs="+", help="git revisions to compare")
+    parser.add_argument("-n", type=int, default=2000, help="credentials per cold start")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--token-rate", type=float, default=100.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="tokensync-ab-"))
+    sources = {rev: export(rev, work) for rev in args.revisions}
+    runs: list[dict[str, Any]] = []
+    with LocalCluster() as cluster, FastTokenEndpoint(lifetime=3600) as server:
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        apply_files(api, sorted((scale.REPO / "crds").glob("*.yaml")))
+        kubeconfig = install_operator_identity(cluster, api, work / "sa.kubeconfig")
+        count = 0
+        for round_ in range(args.rounds):
+            for rev, source in sources.items():
+                count += 1
+                run = {"revision": rev, "round": round_ + 1}
+                run |= cold_start(
+                    cluster,
+                    server,
+                    kubeconfig=kubeconfig,
+                    source=source,
+                    namespace=f"ab{count}",
+                    args=args,
+                    log=work / f"op{count}.log",
+                )
+                print(json.dumps(run), flush=True)
+                runs.append(run)
+    print(f"== cold start of {args.n} credentials, median [min-max] of {args.rounds} rounds")
+    for rev in args.revisions:
+        mine = [r for r in runs if r["revision"] == rev]
+        figures = {}
+        for key in ("seconds_to_all_ready", "cpu_seconds", "peak_token_requests_per_second"):
+            values = [r[key] for r in mine]
+            figures[key] = f"{statistics.median(values)} [{min(values)}-{max(values)}]"
+        print(f"  {rev}: {json.dumps(figures)}")
+    scale.OUT.mkdir(parents=True, exist_ok=True)
+    path = scale.OUT / f"{time.strftime('%Y%m%dT%H%M%S')}-ab-n{args.n}.json"
+    path.write_text(json.dumps({"n": args.n, "runs": runs}, indent=2))
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
