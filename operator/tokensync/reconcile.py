@@ -570,7 +570,7 @@ class Reconciler:
             # the others are tried, each once.
             methods = [remembered, *(m for m in methods if m is not remembered)]
         watchdog = self._expiry_watchdog(cred)
-        started = time.monotonic()
+        started: float | None = None  # when the request leaves, after the host's slot
         try:
             async with self._pacer.slot(host):
                 started = time.monotonic()
@@ -597,7 +597,8 @@ class Reconciler:
                 failure = refused or failure
             raise failure from None
         finally:
-            self._metrics.duration.observe(time.monotonic() - started)
+            if started is not None:
+                self._metrics.duration.observe(time.monotonic() - started)
             if watchdog is not None:
                 watchdog.cancel()
         self._metrics.requests.labels("success", "").inc()

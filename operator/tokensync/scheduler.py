@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
-import math
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 Work = Callable[[K, float], Awaitable[None]]
@@ -138,6 +139,14 @@ class RefreshQueue(Generic[K]):
                     self.schedule(key, at=self._clock())
 
 
+@dataclasses.dataclass(slots=True)
+class _Gate:
+    """One host's in-flight places, and how many requests hold or wait for one."""
+
+    places: asyncio.Semaphore
+    users: int = 0
+
+
 class HostPacer:
     """Spreads token requests per host: ``rate`` per second with bursts of ``burst``, and at
     most ``concurrency`` in flight at once (see :meth:`slot`).
@@ -161,7 +170,7 @@ class HostPacer:
         self._tat: dict[str, float] = {}
         self._sent: dict[str, float] = {}
         self._concurrency = concurrency
-        self._in_flight: dict[str, list[Any]] = {}  # host: [semaphore, users]
+        self._in_flight: dict[str, _Gate] = {}
         self._clock = clock
         self._sleep = sleep
 
@@ -174,18 +183,17 @@ class HostPacer:
         connection before each request, and that cost grows with their number (decision
         0026). Semaphores of hosts with nothing in flight are dropped.
         """
-        entry = self._in_flight.get(host)
-        if entry is None:
-            entry = self._in_flight[host] = [asyncio.Semaphore(self._concurrency), 0]
-        gate: asyncio.Semaphore = entry[0]
-        entry[1] += 1  # holders and waiters
+        gate = self._in_flight.get(host)
+        if gate is None:
+            gate = self._in_flight[host] = _Gate(asyncio.Semaphore(self._concurrency))
+        gate.users += 1
         try:
-            async with gate:
+            async with gate.places:
                 await self.acquire(host)
                 yield
         finally:
-            entry[1] -= 1
-            if entry[1] == 0:
+            gate.users -= 1
+            if gate.users == 0:
                 del self._in_flight[host]
 
     def reserve(self, host: str) -> float:
