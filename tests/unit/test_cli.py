@@ -127,3 +127,30 @@ def test_fetch_private_key_jwt_by_discovery(
         assert meta["auth_method"] == "private_key_jwt"
         assert server.discovery_requests == 1
         assert [i.auth_method for i in server.issued] == ["private_key_jwt"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--workers", "0"),
+        ("--token-concurrency", "0"),
+        ("--token-concurrency", "-2"),
+        ("--token-rate", "0"),
+        ("--token-rate", "nan"),
+        ("--event-rate", "-1"),
+    ],
+)
+def test_run_refuses_values_that_would_stop_the_operator_at_startup(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", f"{flag}={value}"])
+    assert exc.value.code == 2  # argparse's usage error, before kopf starts
+    assert flag in capsys.readouterr().err
+
+
+def test_run_parses_the_tuning_flags() -> None:
+    args = cli._parser().parse_args(
+        ["run", "--token-concurrency=2", "--event-rate=2.5", "--token-rate=7"]
+    )
+    assert (args.token_concurrency, args.event_rate, args.token_rate) == (2, 2.5, 7.0)
