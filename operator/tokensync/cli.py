@@ -128,9 +128,6 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         workers=args.workers,
         token_rate_per_host=args.token_rate,
-        # No burst: requests evenly spaced, so no 1-s window holds more than --token-rate.
-        # A burst of B lets a window hold up to B - 1 more (decision 0022).
-        token_burst_per_host=1,
         token_concurrency_per_host=args.token_concurrency,
         event_rate=args.event_rate,
     )

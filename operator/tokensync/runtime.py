@@ -39,7 +39,9 @@ class Config:
     workers: int = 16
     kube_workers: int = 8
     token_rate_per_host: float = 20.0
-    token_burst_per_host: int = 20
+    # No burst: requests evenly spaced, so no 1-s window holds more than the rate. A burst
+    # of B lets a window hold up to B - 1 more (decision 0022).
+    token_burst_per_host: int = 1
     token_concurrency_per_host: int = 4
     event_rate: float = reconcile.EVENT_RATE
     request_timeout: float = 10.0
@@ -64,7 +66,7 @@ class HeapFreezer:
 
     A full collection walks every tracked object: the interpreter's modules, kopf, and
     several objects per credential. With thousands of credentials that pause delays every
-    refresh due meanwhile (decision 0022). Once the number of credentials has stopped
+    refresh due meanwhile (decision 0023). Once the number of credentials has stopped
     changing for one interval, one full collection is run and the survivors are frozen
     (``gc.freeze()``), so later full collections walk only what was allocated since. It
     happens again only when the number of credentials grows by a quarter.
