@@ -7,6 +7,7 @@ after round, on the same kube-apiserver and token endpoint, each on a fresh name
 N new credentials (the operator started with ``--namespace`` so that it sees only that
 one), and reports per run: time until all are Ready, operator CPU, token and API requests,
 the busiest second at the endpoint, and urllib3's "Connection pool is full" warnings.
+With ``BENCH_PYSPY=<dir>`` each cold start is also profiled with py-spy (speedscope JSON).
 
     python bench/abtest.py -n 2000 --rounds 2 2315e12 HEAD
 
@@ -116,6 +117,7 @@ def cold_start(
         verbose=False,
     ).start(timeout=120)
     pid = scale.operator_pid(op)
+    spy = scale.profile(op, f"cold-start-{namespace}", args.timeout)
     done = scale.wait_for(lambda: len(creds.ready_at) >= args.n, args.timeout, step=0.1)
     cpu, cpu1 = scale.Sampler.read(pid)[0], cpu_seconds(others)
     ended = done or time.time()
@@ -124,6 +126,8 @@ def cold_start(
     api = scale.api_delta(api0, scale.api_requests(cluster))
     op.stop()
     creds.stop()
+    if spy is not None:
+        spy.wait(timeout=60)
     return {
         "all_ready": done is not None,
         "seconds_to_all_ready": round(ended - started, 2),

@@ -369,7 +369,11 @@ async def request_refreshes(
 
 
 def profile(op: OperatorProcess, name: str, seconds: float) -> subprocess.Popen[bytes] | None:
-    """With BENCH_PYSPY=<dir>: sample the operator with py-spy (speedscope JSON) meanwhile."""
+    """With BENCH_PYSPY=<dir>: sample the operator with py-spy (speedscope JSON) meanwhile.
+
+    Only samples holding the GIL are kept (``--gil``): the operator is bound by the GIL, and
+    threads waiting for a response in C code (SSL reads) would otherwise count as busy.
+    """
     target = os.environ.get("BENCH_PYSPY")
     exe = pathlib.Path(sys.executable).parent / "py-spy"
     if not target or not exe.exists():
@@ -390,6 +394,7 @@ def profile(op: OperatorProcess, name: str, seconds: float) -> subprocess.Popen[
             "--output",
             f"{target}/{name}.json",
             "--nonblocking",
+            "--gil",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
