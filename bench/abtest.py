@@ -7,7 +7,9 @@ after round, on the same kube-apiserver and token endpoint, each on a fresh name
 N new credentials (the operator started with ``--namespace`` so that it sees only that
 one), and reports per run: time until all are Ready, operator CPU, token and API requests,
 the busiest second at the endpoint, and urllib3's "Connection pool is full" warnings.
-With ``BENCH_PYSPY=<dir>`` each cold start is also profiled with py-spy (speedscope JSON).
+With ``BENCH_PYSPY=<dir>`` each cold start is also profiled with py-spy (speedscope JSON);
+with ``BENCH_APISERVER_PPROF=<dir>`` the kube-apiserver's CPU is profiled by its own pprof
+handler for the first ``--pprof-seconds`` of each cold start (``go tool pprof -top FILE``).
 
     python bench/abtest.py -n 2000 --rounds 2 2315e12 HEAD
 
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -77,6 +80,29 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return {name: scale.Sampler.read(pid)[0] for name, pid in pids.items()}
 
 
+def apiserver_profile(
+    cluster: LocalCluster, seconds: int, path: pathlib.Path
+) -> threading.Thread | None:
+    """With BENCH_APISERVER_PPROF: a CPU profile of the kube-apiserver, written to ``path``."""
+    if not os.environ.get("BENCH_APISERVER_PPROF"):
+        return None
+
+    def run() -> None:
+        response = httpx.get(
+            f"{cluster.server}/debug/pprof/profile",
+            params={"seconds": str(seconds)},
+            verify=scale.admin_ssl(cluster),
+            timeout=seconds + 30,
+        )
+        response.raise_for_status()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(response.content)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def use_namespace(namespace: str) -> None:
     """Point bench/scale.py's helpers (which read these module globals) at ``namespace``."""
     scale.NS = namespace
@@ -110,6 +136,11 @@ def cold_start(
     others = {**control_plane_pids(), "harness and token endpoint": os.getpid()}
     api0, tok0, cpu0 = scale.api_requests(cluster), server.requests, cpu_seconds(others)
     started = time.time()
+    pprof = apiserver_profile(
+        cluster,
+        args.pprof_seconds,
+        pathlib.Path(os.environ.get("BENCH_APISERVER_PPROF", ".")) / f"apiserver-{namespace}.pb.gz",
+    )
     op = OperatorProcess(
         kubeconfig=kubeconfig,
         log_path=log,
@@ -128,6 +159,8 @@ def cold_start(
     creds.stop()
     if spy is not None:
         spy.wait(timeout=60)
+    if pprof is not None:
+        pprof.join()
     return {
         "all_ready": done is not None,
         "seconds_to_all_ready": round(ended - started, 2),
@@ -147,6 +180,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--token-rate", type=float, default=100.0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--pprof-seconds", type=int, default=20)
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="tokensync-ab-"))
     sources = {rev: export(rev, work) for rev in args.revisions}

@@ -218,7 +218,8 @@ class LocalCluster:
                 "--disable-admission-plugins=ServiceAccount",
                 "--enable-priority-and-fairness=false",
                 "--endpoint-reconciler-type=none",  # 127.0.0.1 cannot back the kubernetes Service
-                "--profiling=false",
+                # Go's pprof handlers, for the benchmarks (BENCH_APISERVER_PPROF): off otherwise.
+                f"--profiling={'true' if os.environ.get('BENCH_APISERVER_PPROF') else 'false'}",
                 f"--cert-dir={d / 'apiserver-certs'}",
                 "--v=1",
             ],
