@@ -45,6 +45,9 @@ from tokenendpoint import FastTokenEndpoint
 from localcluster import LocalCluster
 from support.operatorproc import OperatorProcess, apply_files, install_operator_identity
 
+#: The harness's own PYTHONPATH; each cold start puts its revision's operator/ before it.
+BASE_PYTHONPATH = os.environ.get("PYTHONPATH", "")
+
 
 def export(revision: str, into: pathlib.Path) -> pathlib.Path:
     """The revision's operator/ source tree, extracted under ``into``."""
@@ -60,32 +63,16 @@ def export(revision: str, into: pathlib.Path) -> pathlib.Path:
     return target / "operator"
 
 
-def control_plane_pids() -> dict[str, int]:
-    """The local control plane's process ids by name (the harness runs one)."""
-    found: dict[str, int] = {}
-    for proc in pathlib.Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0].decode()
-        except OSError:
-            continue
-        name = pathlib.Path(argv0).name
-        if name in {"kube-apiserver", "etcd", "kube-controller-manager"}:
-            found[name] = int(proc.name)
-    return found
-
-
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return {name: scale.Sampler.read(pid)[0] for name, pid in pids.items()}
 
 
-def apiserver_profile(
-    cluster: LocalCluster, seconds: int, path: pathlib.Path
-) -> threading.Thread | None:
-    """With BENCH_APISERVER_PPROF: a CPU profile of the kube-apiserver, written to ``path``."""
-    if not os.environ.get("BENCH_APISERVER_PPROF"):
+def apiserver_profile(cluster: LocalCluster, seconds: int, name: str) -> threading.Thread | None:
+    """With BENCH_APISERVER_PPROF=<dir>: a CPU profile of the kube-apiserver, <dir>/<name>."""
+    target = os.environ.get("BENCH_APISERVER_PPROF")
+    if not target:
         return None
+    path = pathlib.Path(target) / name
 
     def run() -> None:
         response = httpx.get(
@@ -132,15 +119,12 @@ def cold_start(
     creds.start()
     scale.wait_for(lambda: len(creds.handled) >= args.n, 120)
     time.sleep(2)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])
-    others = {**control_plane_pids(), "harness and token endpoint": os.getpid()}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(source), BASE_PYTHONPATH])
+    others = {name: p.pid for name, p in cluster.processes.items()}
+    others["harness and token endpoint"] = os.getpid()
     api0, tok0, cpu0 = scale.api_requests(cluster), server.requests, cpu_seconds(others)
     started = time.time()
-    pprof = apiserver_profile(
-        cluster,
-        args.pprof_seconds,
-        pathlib.Path(os.environ.get("BENCH_APISERVER_PPROF", ".")) / f"apiserver-{namespace}.pb.gz",
-    )
+    pprof = apiserver_profile(cluster, args.pprof_seconds, f"apiserver-{namespace}.pb.gz")
     op = OperatorProcess(
         kubeconfig=kubeconfig,
         log_path=log,
