@@ -1,0 +1,133 @@
+"""The golden table (outcome_table.py) through the whole reconcile path.
+
+The Kubernetes API is a recording fake (status patches, Events, target writes are what the
+rows compare); the token endpoint is httpx's MockTransport answering the row's response.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from typing import Any
+
+import httpx
+import pytest
+
+from outcome_table import DRAW, NAME, NAMESPACE, ROWS, T0, TARGET, UID, Row
+from tokensync import metrics, model, reconcile, scheduler
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class RecordingKube:
+    """The Kubernetes calls of one attempt, answered from memory and recorded."""
+
+    def __init__(self, row: Row) -> None:
+        self.secrets: dict[str, dict[str, Any]] = {
+            "client": {
+                "metadata": {
+                    "name": "client",
+                    "namespace": NAMESPACE,
+                    "resourceVersion": "7",
+                    "labels": {model.CLIENT_SECRET_LABEL: "true"},
+                },
+                "data": {"client_id": b64("payments"), "client_secret": b64("s3cret")},
+            }
+        }
+        if row.target is not None:
+            owner = [{"uid": UID}] if row.target_owned else []
+            labels = {model.MANAGED_BY_LABEL: model.MANAGED_BY_VALUE} if row.target_owned else {}
+            self.secrets[TARGET] = {
+                "metadata": {
+                    "name": TARGET,
+                    "namespace": NAMESPACE,
+                    "uid": "uid-target",
+                    "labels": labels,
+                    "annotations": dict(row.target),
+                    "ownerReferences": owner,
+                },
+                "data": {},
+            }
+        self.patches: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.writes = 0
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        assert namespace == NAMESPACE
+        found = self.secrets.get(name)
+        return copy.deepcopy(found) if found else None
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.writes += 1
+        created = copy.deepcopy(body)
+        created["metadata"]["uid"] = "uid-target"
+        self.secrets[body["metadata"]["name"]] = created
+        return created
+
+    async def patch_secret(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self.writes += 1
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        assert (namespace, name) == (NAMESPACE, NAME)
+        self.patches.append(copy.deepcopy(dict(patch)))
+
+    async def post_event(self, *, type_: str, reason: str, message: str, **_: Any) -> None:
+        self.events.append((type_, reason, message))
+
+
+class MockHttp:
+    """Stands in for transport.HttpClients: one client answering the row's response."""
+
+    def __init__(self, row: Row) -> None:
+        self.requests = 0
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            self.requests += 1
+            assert row.response is not None, "this row must send no token request"
+            return httpx.Response(
+                row.response.status, json=row.response.body, headers=row.response.headers
+            )
+
+        self.client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+
+    def for_tls(self, **_: Any) -> httpx.AsyncClient:
+        return self.client
+
+
+def body(row: Row) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": NAMESPACE, "name": NAME, "uid": UID, "generation": 1},
+        "spec": row.spec,
+        "status": copy.deepcopy(row.status),
+    }
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+async def test_reconcile_path(row: Row) -> None:
+    kube, http, metrics_ = RecordingKube(row), MockHttp(row), metrics.Metrics()
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    rec = reconcile.Reconciler(
+        kube_api=kube,  # type: ignore[arg-type]
+        http=http,  # type: ignore[arg-type]
+        metrics_=metrics_,
+        queue=queue,
+        pacer=scheduler.HostPacer(rate=1000, burst=1000),
+        settings=reconcile.Settings(),
+        clock=lambda: T0,
+        draw=lambda: DRAW,
+    )
+    rec.observe(body(row))
+    await rec.refresh((NAMESPACE, NAME), T0.timestamp())
+    await http.client.aclose()
+
+    expect = row.expect
+    assert kube.patches == expect.patches
+    assert kube.events == expect.events
+    due = queue.due_at((NAMESPACE, NAME))
+    assert due == (None if expect.due is None else T0.timestamp() + expect.due)
+    labels = {"namespace": NAMESPACE, "name": NAME, "condition": expect.ready}
+    assert metrics_.registry.get_sample_value("tokensync_credential_ready", labels) == 1.0
+    assert http.requests == expect.requests
+    assert kube.writes == expect.writes
