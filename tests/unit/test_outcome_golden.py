@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from outcome_table import DRAW, NAME, NAMESPACE, ROWS, T0, TARGET, UID, Row
+from support.outcome_table import DRAW, NAME, NAMESPACE, ROWS, T0, TARGET, UID, Row
 from tokensync import metrics, model, reconcile, scheduler
 
 

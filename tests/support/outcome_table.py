@@ -7,7 +7,7 @@ gauge, how many token requests and target writes were made. The clock and the ra
 are fixed (:data:`T0`, :data:`DRAW`).
 
 The rows were recorded from the Reconciler before its outcome rules moved into a module of
-their own (issue 13), and they drive both: ``test_outcome_golden.py`` runs them through the
+their own (issue 13), and they drive both: ``tests/unit/test_outcome_golden.py`` runs them through the
 whole reconcile path with a recording fake of the Kubernetes API, and through the pure
 outcome module alone. A row that changes changes behaviour.
 """
@@ -143,7 +143,7 @@ ROWS = [
             nextRefreshAt=at(0),
             authMethod="client_secret_basic",
             conditions=[OLD_READY],
-        ),  # fmt: skip
+        ),
         expect=Expect(patches=[issued_patch(since=-3000)], due=ISSUED_DUE),
     ),
     Row(
@@ -153,7 +153,7 @@ ROWS = [
             failedAttempts=2,
             lastFailureReason="ServerError",
             conditions=[ready("True", "RefreshFailing", "failing", since=-3000)],
-        ),  # fmt: skip
+        ),
         expect=Expect(
             patches=[issued_patch(since=-3000)],
             events=[("Normal", "Recovered", f"refresh succeeded; {ISSUED_MESSAGE}")],
@@ -247,7 +247,7 @@ ROWS = [
             failedAttempts=4,
             lastFailureReason="ServerError",
             conditions=[ready("False", "Expired", "expired", since=-5)],
-        ),  # fmt: skip
+        ),
         response=UNAVAILABLE,
         expect=Expect(
             patches=[
