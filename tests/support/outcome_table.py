@@ -7,9 +7,9 @@ gauge, how many token requests and target writes were made. The clock and the ra
 are fixed (:data:`T0`, :data:`DRAW`).
 
 The rows were recorded from the Reconciler before its outcome rules moved into a module of
-their own (issue 13), and they drive both: ``tests/unit/test_outcome_golden.py`` runs them through the
-whole reconcile path with a recording fake of the Kubernetes API, and through the pure
-outcome module alone. A row that changes changes behaviour.
+their own (issue 13), and they drive both: ``tests/unit/test_outcome_golden.py`` runs them
+through the whole reconcile path with a recording fake of the Kubernetes API, and through
+the pure outcome module alone. A row that changes changes behaviour.
 """
 
 from __future__ import annotations
