@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tokensync import discovery, model, oauth, runtime, transport
+from tokensync import discovery, failures, model, oauth, runtime, transport
 
 SECRET_ENV = "TOKENSYNC_CLIENT_SECRET"
 
@@ -199,7 +199,7 @@ def _context(ca_pem: str | None, cert: str | None, key: str | None) -> ssl.SSLCo
 
 async def _fetch(args: argparse.Namespace) -> int:
     request, client_id, refresh, issuer = _request_from(args)
-    credentials = model.ClientCredentials(
+    credentials = model.ClientAuthMaterial(
         client_id=client_id or "",
         client_secret=os.environ.get(SECRET_ENV) or None,
         private_key=_read(args.private_key),
@@ -248,7 +248,7 @@ async def _fetch(args: argparse.Namespace) -> int:
                     algorithm=request.assertion.algorithm,
                 ),
             )
-    except oauth.TokenError as exc:
+    except failures.TokenError as exc:
         print(f"error: {exc.reason}: {exc}", file=sys.stderr)
         return 1
     token = result.token

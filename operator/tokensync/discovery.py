@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from tokensync import oauth
+from tokensync import failures, oauth
 
 OPENID_PATH = "/.well-known/openid-configuration"
 OAUTH_PATH = "/.well-known/oauth-authorization-server"
@@ -46,8 +46,10 @@ class Metadata:
     auth_methods: tuple[str, ...] | None = None
 
 
-def _error(message: str, *, reason: str = "DiscoveryFailed", permanent: bool) -> oauth.TokenError:
-    return oauth.TokenError(message, reason=reason, permanent=permanent)
+def _error(
+    message: str, *, reason: str = "DiscoveryFailed", permanent: bool
+) -> failures.TokenError:
+    return failures.TokenError(message, reason=reason, permanent=permanent)
 
 
 def well_known_urls(issuer: str) -> list[str]:
@@ -107,7 +109,7 @@ async def _get(client: httpx.AsyncClient, url: str, *, timeout: float) -> tuple[
             ) as response:
                 body = await oauth.read_capped(response)
                 status = response.status_code
-    except oauth.TokenError:
+    except failures.TokenError:
         raise _error("the discovery document exceeds 1 MiB", permanent=False) from None
     except (httpx.TimeoutException, TimeoutError):
         raise _error(f"discovery timed out after {timeout:g}s", permanent=False) from None

@@ -19,19 +19,10 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
-from tokensync import model
+from tokensync import failures, model
 
 T = TypeVar("T")
 _MERGE_PATCH = "application/merge-patch+json"
-
-
-class ApiError(Exception):
-    """An API request failed; ``status`` is the HTTP status (0 when none was received)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"Kubernetes API error {status}: {reason}")
-        self.status = status
-        self.reason = reason
 
 
 class Kube:
@@ -54,16 +45,16 @@ class Kube:
         except client.ApiException as exc:
             # The body of an error response may echo what we sent (a Secret): keep only
             # the machine-readable reason.
-            raise ApiError(exc.status or 0, _status_reason(exc.body)) from None
+            raise failures.ApiError(exc.status or 0, _status_reason(exc.body)) from None
         except Exception as exc:  # noqa: BLE001 -- urllib3 errors: refused, timeouts, ...
-            raise ApiError(0, type(exc).__name__) from None
+            raise failures.ApiError(0, type(exc).__name__) from None
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             secret: dict[str, Any] = await self._call(
                 self._core.read_namespaced_secret, name, namespace
             )
-        except ApiError as exc:
+        except failures.ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -74,7 +65,7 @@ class Kube:
             config_map: dict[str, Any] = await self._call(
                 self._core.read_namespaced_config_map, name, namespace
             )
-        except ApiError as exc:
+        except failures.ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -85,7 +76,7 @@ class Kube:
             account: dict[str, Any] = await self._call(
                 self._core.read_namespaced_service_account, name, namespace
             )
-        except ApiError as exc:
+        except failures.ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -105,7 +96,7 @@ class Kube:
         )
         token = (created.get("status") or {}).get("token")
         if not isinstance(token, str) or not token:
-            raise ApiError(0, "TokenRequestEmpty")
+            raise failures.ApiError(0, "TokenRequestEmpty")
         return token
 
     async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from tokensync import failures
+
 GROUP = "tokensync.dev"
 VERSION = "v1alpha1"
 PLURAL = "clientcredentials"
@@ -96,11 +98,16 @@ def parse_time(value: object) -> datetime.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
-class SpecError(ValueError):
-    """A spec that cannot be acted on. ``field`` is the JSON path, e.g. ``spec.tokenURL``."""
+class SpecError(failures.Failure, ValueError):
+    """A spec that cannot be acted on. ``field`` is the JSON path, e.g. ``spec.tokenURL``.
+
+    Only a change of the spec can help (reason InvalidSpec, no retry).
+    """
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+        super().__init__(
+            failures.Reason.INVALID_SPEC, f"{field}: {message}", kind=failures.Kind.SPEC
+        )
         self.field = field
 
 
@@ -136,7 +143,7 @@ ASSERTION_METHODS = frozenset(
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ClientCredentials:
+class ClientAuthMaterial:
     """The client's identity and whatever proves it, read from Secrets. Never printed.
 
     ``client_secret`` for the client_secret_* methods; ``private_key`` (PEM or JWK text) and
@@ -225,7 +232,7 @@ class TargetSpec:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class CredentialSpec:
+class ClientCredentialSpec:
     request: TokenRequest
     secret_ref: SecretRef | None
     client_id: str | None
@@ -489,8 +496,8 @@ def _check_method(
         )
 
 
-def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
-    """Turn a raw ``spec`` into a :class:`CredentialSpec` (``name`` is metadata.name)."""
+def parse_spec(spec: Mapping[str, Any], *, name: str) -> ClientCredentialSpec:
+    """Turn a raw ``spec`` into a :class:`ClientCredentialSpec` (``name`` is metadata.name)."""
     token_url = _optional_str(spec, "tokenURL", parent="spec")
     issuer_url = _optional_str(spec, "issuerURL", parent="spec")
     if (token_url is None) == (issuer_url is None):
@@ -555,7 +562,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         extra_params=_extra_params(spec.get("extraParams")),
         assertion=_parse_assertion(spec.get("clientAssertion")),
     )
-    return CredentialSpec(
+    return ClientCredentialSpec(
         request=request,
         secret_ref=secret_ref,
         client_id=client_id,

@@ -3,7 +3,7 @@
 Everything the operator knows about talking to a token endpoint lives here, so that the
 network-safety rules (no redirects, capped bodies, refused URLs) and the secrecy rules (no
 secret, token or response body in any error text) are enforced in one place, and so that the
-reconcile loop only sees two outcomes: a complete :class:`Token`, or a :class:`TokenError`
+reconcile loop only sees two outcomes: a complete :class:`Token`, or a :class:`failures.TokenError`
 that says whether retrying can help.
 """
 
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import httpx
 
-from tokensync import assertion, model, timing
+from tokensync import assertion, failures, model, timing
 
 #: Token responses are a few hundred bytes; anything near this is broken or hostile.
 MAX_BODY_BYTES = 1024 * 1024
@@ -90,38 +90,8 @@ class FetchResult:
     auth_method: model.AuthMethod
 
 
-class TokenError(Exception):
-    """A token request that failed; the message is safe to show anywhere.
-
-    ``reason`` is a CamelCase condition reason (InvalidClient, UnauthorizedClient,
-    UnsupportedGrantType, InvalidScope, InvalidRequest, InvalidGrant, Forbidden, NotFound,
-    RequestRejected, RedirectRefused, InvalidParameters, TokenURLRefused: permanent;
-    ServerError, TemporarilyUnavailable, RateLimited, Timeout, ConnectionFailed, BadResponse:
-    transient). ``error_code`` is the server's RFC 6749 ``error`` when it is a short plain
-    token, ``"other"`` when it is not, ``None`` when there was none. The server's
-    ``error_description`` is never kept: it may echo anything, including the credentials.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        reason: str,
-        permanent: bool,
-        status_code: int | None = None,
-        error_code: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.permanent = permanent
-        self.status_code = status_code
-        self.error_code = error_code
-        self.retry_after = retry_after
-
-
-def _bad_response(message: str, *, status_code: int) -> TokenError:
-    return TokenError(
+def _bad_response(message: str, *, status_code: int) -> failures.TokenError:
+    return failures.TokenError(
         f"unusable token response (HTTP {status_code}): {message}",
         reason="BadResponse",
         permanent=False,
@@ -143,7 +113,7 @@ def _safe_code(value: object) -> str:
 
 def _error_from_response(
     *, status_code: int, code: str | None, retry_after: float | None
-) -> TokenError:
+) -> failures.TokenError:
     """Classify a non-2xx response, or a 2xx that carries an ``error`` member."""
     what = f"HTTP {status_code}" + (f" error={code}" if code else "")
     if 300 <= status_code < 400:
@@ -166,7 +136,7 @@ def _error_from_response(
         # 1xx or nonsense statuses: the server is confused, not our request.
         reason, permanent = "BadResponse", False
     kind = "permanent" if permanent else "transient"
-    return TokenError(
+    return failures.TokenError(
         f"token request failed ({what}; {kind})",
         reason=reason,
         permanent=permanent,
@@ -222,7 +192,7 @@ def parse_token_response(
     sent_at: datetime,
     default_lifetime: timedelta,
 ) -> Token:
-    """Turn a token endpoint response into a :class:`Token` or raise :class:`TokenError`.
+    """Turn a token endpoint response into a :class:`Token` or raise :class:`failures.TokenError`.
 
     The Content-Type is not trusted (JSON served as text/plain is common), caching headers
     are ignored, and the lifetime comes from ``expires_in``, else the JWT ``exp`` of the
@@ -295,7 +265,7 @@ def _params(request: model.TokenRequest) -> list[tuple[str, str]]:
     params.extend(("resource", r) for r in request.resources)
     for key, value in request.extra_params:
         if key in _RESERVED_PARAMS:
-            raise TokenError(
+            raise failures.TokenError(
                 f"extraParams may not set {key!r}: use the dedicated spec field",
                 reason="InvalidParameters",
                 permanent=True,
@@ -305,7 +275,7 @@ def _params(request: model.TokenRequest) -> list[tuple[str, str]]:
 
 
 def _assertion_key(
-    method: model.AuthMethod, request: model.TokenRequest, credentials: model.ClientCredentials
+    method: model.AuthMethod, request: model.TokenRequest, credentials: model.ClientAuthMaterial
 ) -> assertion.SigningKey:
     options = request.assertion
     if method is model.AuthMethod.CLIENT_SECRET_JWT:
@@ -324,7 +294,7 @@ def _assertion_key(
 
 def _required(value: str | None, what: str) -> str:
     if not value:
-        raise TokenError(
+        raise failures.TokenError(
             f"the {what} this authentication method needs is missing",
             reason="CredentialsMissing",
             permanent=True,
@@ -335,7 +305,7 @@ def _required(value: str | None, what: str) -> str:
 def _client_assertion(
     method: model.AuthMethod,
     request: model.TokenRequest,
-    credentials: model.ClientCredentials,
+    credentials: model.ClientAuthMaterial,
     now: datetime,
 ) -> str:
     if method is model.AuthMethod.WORKLOAD_IDENTITY:
@@ -350,14 +320,14 @@ def _client_assertion(
             jti=secrets.token_urlsafe(24),
         )
     except assertion.KeyProblem as exc:
-        raise TokenError(str(exc), reason=exc.reason, permanent=True) from None
+        raise failures.TokenError(str(exc), reason=exc.reason, permanent=True) from None
 
 
 def _build(
     *,
     method: model.AuthMethod,
     request: model.TokenRequest,
-    credentials: model.ClientCredentials,
+    credentials: model.ClientAuthMaterial,
     now: datetime,
 ) -> tuple[dict[str, str], bytes]:
     """Headers and body for one attempt with one (concrete) authentication method."""
@@ -399,7 +369,7 @@ def _build(
 
 def candidate_methods(
     configured: model.AuthMethod,
-    credentials: model.ClientCredentials,
+    credentials: model.ClientAuthMaterial,
     supported: Collection[str] | None = None,
     *,
     algorithm: str | None = None,
@@ -472,7 +442,7 @@ async def _attempt(
     *,
     method: model.AuthMethod,
     request: model.TokenRequest,
-    credentials: model.ClientCredentials,
+    credentials: model.ClientAuthMaterial,
     default_lifetime: timedelta,
     now: Callable[[], datetime],
     seconds: float,
@@ -495,17 +465,17 @@ async def _attempt(
                 data = await read_capped(response)
                 status, response_headers = response.status_code, response.headers
     except (httpx.TimeoutException, TimeoutError) as exc:
-        raise TokenError(
+        raise failures.TokenError(
             f"token endpoint timed out after {seconds:g}s ({type(exc).__name__})",
             reason="Timeout",
             permanent=False,
         ) from None
     except httpx.InvalidURL:
-        raise TokenError(
+        raise failures.TokenError(
             "tokenURL is not a valid URL", reason="TokenURLRefused", permanent=True
         ) from None
     except httpx.DecodingError:
-        raise TokenError(
+        raise failures.TokenError(
             "token endpoint sent an undecodable body", reason="BadResponse", permanent=False
         ) from None
     except (httpx.HTTPError, ssl.SSLError) as exc:
@@ -513,7 +483,7 @@ async def _attempt(
         # the first read, and httpcore's stream lets it through unwrapped.
         if tls_verification_failed(exc):
             # Retrying cannot help: the certificate or the CA bundle must change.
-            raise TokenError(
+            raise failures.TokenError(
                 "the token endpoint's TLS certificate is not trusted "
                 "(set spec.caBundleRef for a private CA)",
                 reason="TLSVerificationFailed",
@@ -521,12 +491,12 @@ async def _attempt(
             ) from None
         if credentials.tls_certificate and _certificate_refused(exc):
             # The server refused our certificate in the handshake (unknown CA, expired, ...).
-            raise TokenError(
+            raise failures.TokenError(
                 "the token endpoint refused the TLS client certificate (spec.clientCertificateRef)",
                 reason="ClientCertificateRejected",
                 permanent=True,
             ) from None
-        raise TokenError(
+        raise failures.TokenError(
             f"cannot reach the token endpoint ({type(exc).__name__})",
             reason="ConnectionFailed",
             permanent=False,
@@ -578,7 +548,7 @@ def _certificate_refused(exc: BaseException) -> bool:
     return any(is_certificate_alert(e.reason) for e in _ssl_errors(exc))
 
 
-def _client_auth_failed(error: TokenError) -> bool:
+def _client_auth_failed(error: failures.TokenError) -> bool:
     return error.status_code == 401 or error.error_code == "invalid_client"
 
 
@@ -586,7 +556,7 @@ async def fetch_token(
     client: httpx.AsyncClient,
     *,
     request: model.TokenRequest,
-    credentials: model.ClientCredentials,
+    credentials: model.ClientAuthMaterial,
     default_lifetime: timedelta,
     now: Callable[[], datetime],
     # A parameter rather than the caller's asyncio.timeout: it also sets httpx's own timeouts.
@@ -605,7 +575,7 @@ async def fetch_token(
     if methods is None:
         methods = candidate_methods(request.auth_method, credentials)
     if not methods:
-        raise TokenError(
+        raise failures.TokenError(
             "no client authentication method both configured and supported by the server",
             reason="NoSupportedAuthMethod",
             permanent=True,
@@ -621,7 +591,7 @@ async def fetch_token(
                 now=now,
                 seconds=timeout,
             )
-        except TokenError as error:
+        except failures.TokenError as error:
             if position < len(methods) and _client_auth_failed(error):
                 continue
             raise
@@ -629,8 +599,10 @@ async def fetch_token(
     raise AssertionError("unreachable: the last method either returns or raises")
 
 
-def _refuse(message: str) -> TokenError:
-    return TokenError(f"tokenURL refused: {message}", reason="TokenURLRefused", permanent=True)
+def _refuse(message: str) -> failures.TokenError:
+    return failures.TokenError(
+        f"tokenURL refused: {message}", reason="TokenURLRefused", permanent=True
+    )
 
 
 def _host_allowed(host: str, allowed_hosts: frozenset[str]) -> bool:
@@ -668,7 +640,7 @@ def check_token_url(
 ) -> None:
     """Refuse token URLs that would leak credentials or reach what they should not.
 
-    Raises :class:`TokenError` with reason ``TokenURLRefused``. Host names are checked as
+    Raises :class:`failures.TokenError` with reason ``TokenURLRefused``. Host names are checked as
     written: a name that resolves to a refused address is caught only by ``allowed_hosts``
     or by network policy. Allowlist entries for internationalised names are written in
     their ASCII (punycode) form.

@@ -25,14 +25,16 @@ import httpx
 
 from tokensync import (
     discovery,
+    failures,
     kube,
     metrics,
     model,
     oauth,
     scheduler,
-    secrets,
     seen,
+    sources,
     status,
+    target,
     timing,
     transport,
 )
@@ -96,7 +98,7 @@ class Credential:
         """The Secrets holding the client's credentials, in the order of their versions.
 
         Read from the raw spec (it may not parse): the same order as
-        ``model.CredentialSpec.secret_names``.
+        ``model.ClientCredentialSpec.secret_names``.
         """
         names = []
         for field in ("clientSecretRef", "privateKeyRef", "clientCertificateRef"):
@@ -301,7 +303,7 @@ class Reconciler:
                 jitter=self._draw(),
             )
             await self._write_target(cred, self._render(cred, spec, result.token, refresh_at))
-        except _Failure as failure:
+        except failures.Failure as failure:
             if self._credentials.get(key) is cred:
                 await self._record_failure(cred, attempt, failure)
             return
@@ -311,50 +313,49 @@ class Reconciler:
 
     # -- the steps; each raises _Failure ---------------------------------------------
 
-    def _parse(self, cred: Credential) -> model.CredentialSpec:
+    def _parse(self, cred: Credential) -> model.ClientCredentialSpec:
         try:
             spec = model.parse_spec(cred.spec, name=cred.name)
         except model.SpecError as exc:
-            raise _Failure(status.INVALID_SPEC, str(exc), kind=_STOP) from None
-        self._check_url(spec.issuer_url or spec.request.token_url, kind=_STOP)
+            raise failures.Failure(status.INVALID_SPEC, str(exc), kind=failures.Kind.SPEC) from None
+        self._check_url(spec.issuer_url or spec.request.token_url, kind=failures.Kind.SPEC)
         return spec
 
-    def _check_url(self, url: str, *, kind: str) -> None:
+    def _check_url(self, url: str, *, kind: failures.Kind) -> None:
         try:
             oauth.check_token_url(
                 url,
                 allow_insecure_http=self._settings.allow_insecure_http,
                 allowed_hosts=self._settings.allowed_hosts,
             )
-        except oauth.TokenError as exc:
-            raise _Failure(exc.reason, str(exc), kind=kind) from None
+        except failures.TokenError as exc:
+            raise failures.Failure(exc.reason, str(exc), kind=kind) from None
 
     async def _read_credentials(
-        self, cred: Credential, spec: model.CredentialSpec, attempt: _Attempt
-    ) -> model.ClientCredentials:
+        self, cred: Credential, spec: model.ClientCredentialSpec, attempt: _Attempt
+    ) -> model.ClientAuthMaterial:
         """Read every Secret holding client credentials (each once) and collect them.
 
         A Secret the watch delivered shortly before is used as delivered (decision 0025).
         """
-        sources: dict[str, dict[str, Any] | None] = {}
+        found: dict[str, dict[str, Any] | None] = {}
         versions = []
         try:
             for name in spec.secret_names:
                 source = self._seen.get(cred.namespace, name)
                 if source is None:
                     source = await self._kube.read_secret(cred.namespace, name)
-                sources[name] = source
+                found[name] = source
                 meta = (source or {}).get("metadata") or {}
                 versions.append(str(meta.get("resourceVersion") or ""))
-        except kube.ApiError as exc:
-            raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
-        if sources and any(sources.values()):
+        except failures.ApiError as exc:
+            raise failures.Failure(
+                "KubernetesAPIError", str(exc), kind=failures.Kind.TRANSIENT
+            ) from None
+        if found and any(found.values()):
             # Remembered even if this attempt fails: only a newer version retriggers it.
             attempt.source_version = ",".join(versions)
-        try:
-            return secrets.client_credentials(sources, spec=spec)
-        except secrets.ClientSecretProblem as exc:
-            raise _Failure(exc.reason, str(exc), kind=_PERMANENT) from None
+        return sources.auth_material(found, spec=spec)
 
     async def _service_account_token(self, cred: Credential, ref: model.ServiceAccountRef) -> str:
         """A fresh ServiceAccount token for workload identity federation, if the account
@@ -362,17 +363,17 @@ class Reconciler:
         try:
             account = await self._kube.read_service_account(cred.namespace, ref.name)
             if account is None:
-                raise _Failure(
+                raise failures.Failure(
                     "ServiceAccountNotFound",
                     f"ServiceAccount {ref.name!r} not found",
-                    kind=_PERMANENT,
+                    kind=failures.Kind.PERMANENT,
                 )
-            if not secrets.service_account_allows(account, ref.audience):
-                raise _Failure(
+            if not sources.service_account_allows(account, ref.audience):
+                raise failures.Failure(
                     "ServiceAccountNotOptedIn",
                     f"ServiceAccount {ref.name!r} does not list the audience "
                     f"{ref.audience!r} in its annotation {model.TOKEN_AUDIENCES_ANNOTATION}",
-                    kind=_PERMANENT,
+                    kind=failures.Kind.PERMANENT,
                 )
             return await self._kube.create_token(
                 cred.namespace,
@@ -380,34 +381,38 @@ class Reconciler:
                 audience=ref.audience,
                 seconds=SERVICE_ACCOUNT_TOKEN_SECONDS,
             )
-        except kube.ApiError as exc:
+        except failures.ApiError as exc:
             if exc.status == 403:
-                raise _Failure(
+                raise failures.Failure(
                     "ServiceAccountTokenForbidden",
                     "the operator may not read ServiceAccounts or create their tokens: its "
                     "RBAC lacks the workload identity rules (deploy/base/rbac.yaml)",
-                    kind=_PERMANENT,
+                    kind=failures.Kind.PERMANENT,
                 ) from None
-            raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
+            raise failures.Failure(
+                "KubernetesAPIError", str(exc), kind=failures.Kind.TRANSIENT
+            ) from None
 
-    async def _ca_bundle(self, cred: Credential, spec: model.CredentialSpec) -> str | None:
+    async def _ca_bundle(self, cred: Credential, spec: model.ClientCredentialSpec) -> str | None:
         ref = spec.ca_bundle
         if ref is None:
             return None
         try:
             if ref.kind == "Secret":
                 source = await self._kube.read_secret(cred.namespace, ref.name)
-                pem = secrets.decoded(source, ref.key) if source else None
+                pem = sources.decoded(source, ref.key) if source else None
             else:
                 source = await self._kube.read_config_map(cred.namespace, ref.name)
                 pem = (source.get("data") or {}).get(ref.key) if source else None
-        except kube.ApiError as exc:
-            raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
+        except failures.ApiError as exc:
+            raise failures.Failure(
+                "KubernetesAPIError", str(exc), kind=failures.Kind.TRANSIENT
+            ) from None
         if not pem:
-            raise _Failure(
+            raise failures.Failure(
                 "CABundleNotFound",
                 f"{ref.kind} {ref.name!r} with key {ref.key!r} not found",
-                kind=_PERMANENT,
+                kind=failures.Kind.PERMANENT,
             )
         return str(pem)
 
@@ -424,12 +429,16 @@ class Reconciler:
             )
         except transport.BadCABundle as exc:
             where = f"{ref.kind} {ref.name!r}" if ref else "caBundleRef"
-            raise _Failure("CABundleInvalid", f"{where}: {exc}", kind=_PERMANENT) from None
+            raise failures.Failure(
+                "CABundleInvalid", f"{where}: {exc}", kind=failures.Kind.PERMANENT
+            ) from None
         except transport.BadClientCertificate as exc:
-            raise _Failure("ClientCertificateInvalid", str(exc), kind=_PERMANENT) from None
+            raise failures.Failure(
+                "ClientCertificateInvalid", str(exc), kind=failures.Kind.PERMANENT
+            ) from None
 
     async def _endpoint(
-        self, spec: model.CredentialSpec, client: model.ClientCredentials, ca_pem: str | None
+        self, spec: model.ClientCredentialSpec, client: model.ClientAuthMaterial, ca_pem: str | None
     ) -> _Endpoint:
         """The token URL (from the spec, or discovered from the issuer) and its client."""
         http = self._client_for(spec.ca_bundle, ca_pem, client.tls_certificate, client.tls_key)
@@ -442,15 +451,15 @@ class Reconciler:
             metadata = await self._metadata.get(
                 plain, spec.issuer_url, trust=trust, timeout=self._settings.request_timeout
             )
-        except oauth.TokenError as exc:
-            kind = _PERMANENT if exc.permanent else _TRANSIENT
-            raise _Failure(exc.reason, str(exc), kind=kind) from None
+        except failures.TokenError as exc:
+            kind = failures.Kind.PERMANENT if exc.permanent else failures.Kind.TRANSIENT
+            raise failures.Failure(exc.reason, str(exc), kind=kind) from None
         token_url = metadata.token_endpoint
         if client.tls_certificate and metadata.mtls_token_endpoint:
             token_url = metadata.mtls_token_endpoint  # RFC 8705 section 5
         try:
-            self._check_url(token_url, kind=_PERMANENT)
-        except _Failure:
+            self._check_url(token_url, kind=failures.Kind.PERMANENT)
+        except failures.Failure:
             self._metadata.invalidate(spec.issuer_url, trust=trust)
             raise
         return _Endpoint(
@@ -463,7 +472,7 @@ class Reconciler:
         )
 
     async def _check_target(
-        self, cred: Credential, spec: model.CredentialSpec
+        self, cred: Credential, spec: model.ClientCredentialSpec
     ) -> dict[str, Any] | None:
         """Refuse a foreign target before asking the provider for a token we cannot store.
 
@@ -474,12 +483,14 @@ class Reconciler:
             return None
         try:
             existing = await self._kube.read_secret(cred.namespace, name)
-        except kube.ApiError as exc:
-            raise _Failure("KubernetesAPIError", str(exc), kind=_TRANSIENT) from None
+        except failures.ApiError as exc:
+            raise failures.Failure(
+                "KubernetesAPIError", str(exc), kind=failures.Kind.TRANSIENT
+            ) from None
         if existing is None:
             return None
-        if not secrets.owned_by(existing, credential_uid=cred.uid):
-            raise _target_conflict(name)
+        if not target.owned_by(existing, credential_uid=cred.uid):
+            raise target.conflict(name)
         cred.target_name, cred.target_uid = name, existing["metadata"]["uid"]
         return existing
 
@@ -487,7 +498,7 @@ class Reconciler:
         self,
         cred: Credential,
         attempt: _Attempt,
-        spec: model.CredentialSpec,
+        spec: model.ClientCredentialSpec,
         existing: dict[str, Any],
     ) -> bool:
         """Take over a token our Secret holds but status does not know, instead of refetching.
@@ -498,7 +509,7 @@ class Reconciler:
         """
         if cred.needs_refresh_now():
             return False
-        found = secrets.token_times(existing)
+        found = target.token_times(existing)
         now = self._clock()
         if found is None:
             return False
@@ -552,8 +563,8 @@ class Reconciler:
         self,
         cred: Credential,
         *,
-        spec: model.CredentialSpec,
-        client: model.ClientCredentials,
+        spec: model.ClientCredentialSpec,
+        client: model.ClientAuthMaterial,
         endpoint: _Endpoint,
     ) -> oauth.FetchResult:
         request = endpoint.request
@@ -583,13 +594,13 @@ class Reconciler:
                     timeout=self._settings.request_timeout,
                     methods=methods,
                 )
-        except oauth.TokenError as exc:
+        except failures.TokenError as exc:
             self._metrics.requests.labels("error", exc.reason).inc()
             if endpoint.issuer is not None:
                 # The endpoint may have moved: read the issuer's document again next time.
                 self._metadata.invalidate(endpoint.issuer, trust=endpoint.trust)
-            kind = _PERMANENT if exc.permanent else _TRANSIENT
-            failure = _Failure(exc.reason, str(exc), kind=kind, retry_after=exc.retry_after)
+            kind = failures.Kind.PERMANENT if exc.permanent else failures.Kind.TRANSIENT
+            failure = failures.Failure(exc.reason, str(exc), kind=kind, retry_after=exc.retry_after)
             if exc.reason == "ConnectionFailed" and client.tls_certificate and client.tls_key:
                 refused = await self._certificate_refused(
                     request.token_url, endpoint.ca_pem, client.tls_certificate, client.tls_key
@@ -606,7 +617,7 @@ class Reconciler:
 
     async def _certificate_refused(
         self, url: str, ca_pem: str | None, cert_pem: str, key_pem: str
-    ) -> _Failure | None:
+    ) -> failures.Failure | None:
         """Tell a refused client certificate from a network failure after a lost connection
         (see transport.handshake_alert): the clearer failure when it is the former."""
         alert = await transport.handshake_alert(
@@ -618,11 +629,11 @@ class Reconciler:
         )
         if not oauth.is_certificate_alert(alert):
             return None
-        return _Failure(
+        return failures.Failure(
             "ClientCertificateRejected",
             f"the token endpoint refused the TLS client certificate ({alert}; "
             "spec.clientCertificateRef)",
-            kind=_PERMANENT,
+            kind=failures.Kind.PERMANENT,
         )
 
     def _expiry_watchdog(self, cred: Credential) -> asyncio.Task[None] | None:
@@ -642,11 +653,11 @@ class Reconciler:
     def _render(
         self,
         cred: Credential,
-        spec: model.CredentialSpec,
+        spec: model.ClientCredentialSpec,
         token: oauth.Token,
         refresh_at: datetime.datetime,
     ) -> dict[str, Any]:
-        return secrets.render_target(
+        return target.render_target(
             namespace=cred.namespace,
             credential=cred.name,
             credential_uid=cred.uid,
@@ -663,15 +674,17 @@ class Reconciler:
         """Write the whole target Secret in one request, refusing Secrets we do not own."""
         try:
             await self._write_target_once(cred, body)
-        except kube.ApiError as exc:
-            raise _Failure("TargetWriteFailed", str(exc), kind=_TRANSIENT) from None
+        except failures.ApiError as exc:
+            raise failures.Failure(
+                "TargetWriteFailed", str(exc), kind=failures.Kind.TRANSIENT
+            ) from None
 
     async def _write_target_once(self, cred: Credential, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if cred.target_uid and cred.target_name == name:
             try:
                 await self._patch_target(cred, body, uid=cred.target_uid)
-            except kube.ApiError as exc:
+            except failures.ApiError as exc:
                 # 404: deleted. 422 "metadata.uid: field is immutable": deleted and replaced
                 # by another Secret of the same name. Either way, start over and check.
                 if exc.status not in (404, 409, 422):
@@ -680,16 +693,16 @@ class Reconciler:
             else:
                 return
         try:
-            created = await self._kube.create_secret(cred.namespace, secrets.for_create(body))
-        except kube.ApiError as exc:
+            created = await self._kube.create_secret(cred.namespace, target.for_create(body))
+        except failures.ApiError as exc:
             if exc.status != 409:
                 raise
         else:
             cred.target_name, cred.target_uid = name, created["metadata"]["uid"]
             return
         existing = await self._kube.read_secret(cred.namespace, name)
-        if existing is None or not secrets.owned_by(existing, credential_uid=cred.uid):
-            raise _target_conflict(name)
+        if existing is None or not target.owned_by(existing, credential_uid=cred.uid):
+            raise target.conflict(name)
         await self._patch_target(cred, body, uid=existing["metadata"]["uid"])
 
     async def _patch_target(self, cred: Credential, body: dict[str, Any], *, uid: str) -> None:
@@ -706,7 +719,7 @@ class Reconciler:
         cred: Credential,
         attempt: _Attempt,
         *,
-        spec: model.CredentialSpec,
+        spec: model.ClientCredentialSpec,
         result: oauth.FetchResult,
         refresh_at: datetime.datetime,
     ) -> None:
@@ -774,11 +787,13 @@ class Reconciler:
         elif recovered:
             await self._event(cred, "Normal", "Recovered", f"refresh succeeded; {message}", now)
 
-    async def _record_failure(self, cred: Credential, attempt: _Attempt, failure: _Failure) -> None:
-        if failure.kind == _STOP:
+    async def _record_failure(
+        self, cred: Credential, attempt: _Attempt, failure: failures.Failure
+    ) -> None:
+        if failure.kind is failures.Kind.SPEC:
             await self._fail(cred, attempt, reason=failure.reason, message=failure.message)
             return
-        if failure.kind == _PERMANENT:
+        if failure.kind is failures.Kind.PERMANENT:
             await self._fail(
                 cred,
                 attempt,
@@ -919,7 +934,7 @@ class Reconciler:
     async def _patch_status(self, cred: Credential, patch: Mapping[str, Any]) -> None:
         try:
             await self._kube.patch_status(cred.namespace, cred.name, patch)
-        except kube.ApiError as exc:
+        except failures.ApiError as exc:
             # The token is safe in its Secret; status is rewritten on the next cycle.
             logger.warning("status of %s/%s not updated: %s", cred.namespace, cred.name, exc)
 
@@ -934,7 +949,7 @@ class Reconciler:
             await self._kube.post_event(
                 involved=cred.involved, type_=type_, reason=reason, message=message, now=now
             )
-        except kube.ApiError as exc:
+        except failures.ApiError as exc:
             logger.warning("event for %s/%s not posted: %s", cred.namespace, cred.name, exc)
 
 
@@ -962,35 +977,10 @@ class _Endpoint:
 
 
 _MIN_RETRY = datetime.timedelta(seconds=1)
-_STOP = "stop"  # only a change of the spec can help: no retry
-_PERMANENT = "permanent"  # slow retry, and an immediate one on a spec or Secret change
-_TRANSIENT = "transient"  # backoff with full jitter; the current token stays valid
-
-
-class _Failure(Exception):
-    """One step of the cycle failed; ``message`` is safe to show anywhere."""
-
-    def __init__(
-        self, reason: str, message: str, *, kind: str, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.kind = kind
-        self.retry_after = retry_after
-
-
-def _target_conflict(name: str) -> _Failure:
-    return _Failure(
-        status.TARGET_CONFLICT,
-        f"Secret {name!r} exists and is not managed by this ClientCredential; "
-        "delete it or choose another spec.target.name",
-        kind=_PERMANENT,
-    )
 
 
 def _remembered_method(
-    spec: model.CredentialSpec, remembered: str | None
+    spec: model.ClientCredentialSpec, remembered: str | None
 ) -> model.AuthMethod | None:
     """With ``auto``, start with the method that worked last time (from status)."""
     if spec.request.auth_method is not model.AuthMethod.AUTO or not remembered:

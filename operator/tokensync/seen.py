@@ -56,7 +56,7 @@ class SeenSecrets:
             return
         now = self._clock()
         self._expire(now)
-        # A minimal body of the same shape as the API's: what secrets.client_credentials
+        # A minimal body of the same shape as the API's: what sources.auth_material
         # reads. The rest of the event's body is not kept.
         self._entries[key] = (
             now,

@@ -32,19 +32,19 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client, config, watch
 
 from localcluster import LocalCluster
+from support import testenv
 from support.faultserver import Fault, FaultServer
 from support.operatorproc import OperatorProcess, install_operator_identity
+from support.polling import wait_for
+from support.testenv import GROUP, PLURAL, VERSION, ready_of
 from support.tokenserver import Issued, TokenServer
 
-T = TypeVar("T")
-GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "clientcredentials"
 CLIENT_SECRET = "chaos-s3cr3t-Wv4!never-in-logs"
 MANAGED = "app.kubernetes.io/managed-by=tokensync"
 TOKEN_KEYS = ("access_token", "token_type", "expires_at", "authorization")
@@ -53,22 +53,11 @@ EXPIRES_ANNOTATION = "tokensync.dev/expires-at"
 REQUEST_TIMEOUT = 10.0
 #: Backoff after transient errors (timing.TRANSIENT_BASE, timing.TRANSIENT_CAP).
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
+#: Between checks while waiting: as this module has always polled (the shared default is 0.1 s).
+POLL_INTERVAL = 0.2
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def wait_for(
-    check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def sleep_until(moment: float) -> None:
@@ -121,11 +110,6 @@ def client_id_of(headers: dict[str, str]) -> str | None:
     return urllib.parse.unquote_plus(user)
 
 
-def ready_of(body: dict[str, Any]) -> dict[str, Any] | None:
-    conditions = (body.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c["type"] == "Ready"), None)
-
-
 _FAILED_REASON = re.compile(r"refresh failed \((\w+):")
 
 
@@ -134,13 +118,11 @@ def new_api(cluster: LocalCluster) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
-class Env:
+class Env(testenv.Env):
     """One test's namespace with one client (id, Secret) per credential on a token server."""
 
     def __init__(self, api: client.ApiClient, namespace: str, server: TokenServer) -> None:
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.ns = namespace
+        super().__init__(api, namespace, interval=POLL_INTERVAL)
         self.server = server
         self.client_ids: dict[str, str] = {}  # credential name -> client id
 
@@ -148,36 +130,15 @@ class Env:
         client_id = f"{self.ns}-{name}"
         self.server.add_client(client_id, CLIENT_SECRET)
         self.client_ids[name] = client_id
-        self.core.create_namespaced_secret(
-            self.ns,
+        self.secret(f"{name}-client", {"client_id": client_id, "client_secret": CLIENT_SECRET})
+        self.create_credential(
+            name,
             {
-                "metadata": {
-                    "name": f"{name}-client",
-                    "labels": {"tokensync.dev/client-secret": "true"},
-                },
-                "stringData": {"client_id": client_id, "client_secret": CLIENT_SECRET},
+                "tokenURL": token_url,
+                "clientSecretRef": {"name": f"{name}-client"},
+                "refresh": refresh,
             },
         )
-        self.custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            self.ns,
-            PLURAL,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ClientCredential",
-                "metadata": {"name": name},
-                "spec": {
-                    "tokenURL": token_url,
-                    "clientSecretRef": {"name": f"{name}-client"},
-                    "refresh": refresh,
-                },
-            },
-        )
-
-    def credentials(self) -> dict[str, dict[str, Any]]:
-        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)
-        return {i["metadata"]["name"]: i for i in items["items"]}
 
     def targets(self) -> dict[str, Any]:
         """Target Secrets by name (V1Secret objects)."""
@@ -206,16 +167,6 @@ class Env:
             if token not in issued or issued[token].expires_at <= horizon:
                 return None
         return {name: str(token) for name, token in tokens.items()}
-
-    def force_refresh(self, name: str, value: str) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            self.ns,
-            PLURAL,
-            name,
-            {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": value}}},
-        )
 
 
 @dataclasses.dataclass
@@ -537,7 +488,7 @@ def test_provider_outage_keeps_the_last_good_token(
         operator = operator_for(namespace, operator_kubeconfig, tmp_path).start()
         sampler = Sampler(cluster, namespace)
         try:
-            wait_for(env.all_ready_and_valid, timeout=90, what="every credential Ready")
+            env.wait_for(env.all_ready_and_valid, timeout=90, what="every credential Ready")
             sampler.start()
             timeline = run_outage(endpoint, tokens)
 
@@ -554,7 +505,7 @@ def test_provider_outage_keeps_the_last_good_token(
                 n: (first.secrets[f"{n}-token"][0], first.secrets[f"{n}-token"][1]["access_token"])
                 for n in env.client_ids
             }
-            wait_for(recovered, timeout=BACKOFF_CAP + 60, what="recovery after the outage")
+            env.wait_for(recovered, timeout=BACKOFF_CAP + 60, what="recovery after the outage")
             time.sleep(1)  # the sampler sees it too
             samples = sampler.stop()
         finally:
@@ -648,7 +599,7 @@ def test_expiry_during_a_hang_is_reported_on_time(
         operator = operator_for(namespace, operator_kubeconfig, tmp_path).start()
         sampler = Sampler(cluster, namespace)
         try:
-            wait_for(env.all_ready_and_valid, timeout=90, what="the credential Ready")
+            env.wait_for(env.all_ready_and_valid, timeout=90, what="the credential Ready")
             time.sleep(1)  # a second write of the first issue may still be landing
             token = env.tokens()["c0"]
             expires = rfc3339(env.credentials()["c0"]["status"]["expiresAt"])
@@ -727,7 +678,7 @@ def test_a_short_outage_is_recovered_before_expiry(
         operator = operator_for(namespace, operator_kubeconfig, tmp_path).start()
         sampler = Sampler(cluster, namespace, crs=False)
         try:
-            first = wait_for(env.all_ready_and_valid, timeout=90, what="every credential Ready")
+            first = env.wait_for(env.all_ready_and_valid, timeout=90, what="every credential Ready")
             endpoint.default = Fault.server_error(503)
             outage = time.time()
             sampler.start()
@@ -885,11 +836,11 @@ def test_sigkill_at_random_moments_never_tears_a_secret(
             lives.append((time.time(), math.inf))
             operator.start(timeout=120)
             settle = time.monotonic()
-            wait_for(env.all_ready_and_valid, timeout=180, what="every credential Ready again")
+            env.wait_for(env.all_ready_and_valid, timeout=180, what="every credential Ready again")
             settle_s = time.monotonic() - settle
             # Tokens now live an hour: the next refresh of each makes it valid and not due.
             tokens.lifetime = 3600
-            wait_for(
+            env.wait_for(
                 lambda: settled(env, min_left=3000),
                 timeout=120,
                 what="every credential holding a 1 h token, recorded in status",
@@ -976,7 +927,9 @@ def test_restart_after_a_kill_between_secret_and_status_fetches_nothing(
             env.add(f"c{i}", token_url=tokens.url, refresh={"minInterval": "1s"})
         operator = operator_for(namespace, operator_kubeconfig, tmp_path).start()
         try:
-            wait_for(lambda: settled(env, min_left=3000), timeout=90, what="settled credentials")
+            env.wait_for(
+                lambda: settled(env, min_left=3000), timeout=90, what="settled credentials"
+            )
             operator.kill()
             now = datetime.datetime.now(datetime.UTC)
 
@@ -1058,6 +1011,7 @@ class Prober(threading.Thread):
                 lambda: self.down and any(t > min(self.down) for t in self.up),
                 timeout=30,
                 what="the prober to see the API server go down and come back",
+                interval=POLL_INTERVAL,
             )
         if not self._halt.is_set():
             self._halt.set()
@@ -1115,7 +1069,7 @@ def test_apiserver_restart_misses_no_expiry(
         sampler = Sampler(cluster, namespace, crs=False)
         prober = Prober(cluster)
         try:
-            wait_for(env.all_ready_and_valid, timeout=90, what="every credential Ready")
+            env.wait_for(env.all_ready_and_valid, timeout=90, what="every credential Ready")
             time.sleep(3)
             sampler.start()
             prober.start()
@@ -1136,14 +1090,18 @@ def test_apiserver_restart_misses_no_expiry(
                 fresh = {i.access_token for i in tokens.issued if i.issued_at.timestamp() > back}
                 return all(t in fresh for t in env.tokens().values())
 
-            wait_for(all_refreshed_since_restart, timeout=60, what="refreshes after the restart")
+            env.wait_for(
+                all_refreshed_since_restart, timeout=60, what="refreshes after the restart"
+            )
             first_down, first_up = prober.stop()
             # The watches reconnected: a force refresh and a new credential are acted on.
             old = env.tokens()["c0"]
             env.force_refresh("c0", "after-restart")
-            wait_for(lambda: env.tokens()["c0"] != old, timeout=30, what="the force refresh")
+            env.wait_for(lambda: env.tokens()["c0"] != old, timeout=30, what="the force refresh")
             env.add("late", token_url=tokens.url, refresh=RESTART_REFRESH)
-            wait_for(lambda: env.tokens().get("late"), timeout=30, what="a credential added later")
+            env.wait_for(
+                lambda: env.tokens().get("late"), timeout=30, what="a credential added later"
+            )
             alive = operator.proc is not None and operator.proc.poll() is None
             samples = sampler.stop()
         finally:

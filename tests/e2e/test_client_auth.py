@@ -9,11 +9,10 @@ give a clear reason and leave the last good token in place.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jwt
@@ -23,12 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from kubernetes import client
-from test_operator import GROUP, PLURAL, VERSION, wait_for
 
 from localcluster.pki import CertificateAuthority
-from support import kubeoidc
+from support import kubeoidc, testenv
 from support.fixtures import operator
 from support.operatorproc import OperatorProcess
+from support.polling import wait_for
 from support.tokenserver import TokenServer, mtls_server_context, x5t_s256
 
 __all__ = ["operator"]
@@ -110,58 +109,26 @@ def server(
         yield s
 
 
-class Env:
+class Env(testenv.Env):
+    """One test's namespace and its client id; ``log`` gives the operator's log on failure."""
+
     def __init__(
-        self, api: client.ApiClient, namespace: str, server: TokenServer, log: Any = None
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        server: TokenServer,
+        *,
+        log: Callable[[], str] | None = None,
     ) -> None:
+        super().__init__(api, namespace)
         self.log = log or (lambda: "")
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.api = api
-        self.ns = namespace
         self.server = server
         self.client_id = f"client-{uuid.uuid4().hex[:8]}"
 
-    def secret(self, name: str, data: dict[str, str], *, type_: str = "Opaque") -> None:
-        body = {
-            "metadata": {"name": name, "labels": {"tokensync.dev/client-secret": "true"}},
-            "type": type_,
-            "stringData": data,
-        }
-        self.core.create_namespaced_secret(self.ns, body)
-
-    def replace_secret(self, name: str, data: dict[str, str]) -> None:
-        self.core.patch_namespaced_secret(
-            name,
-            self.ns,
-            {"data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}},
-        )
-
     def credential(self, name: str = "api", **spec: Any) -> None:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ClientCredential",
-            "metadata": {"name": name},
-            "spec": {"clientID": self.client_id, "refresh": {"minInterval": "1s"}, **spec},
-        }
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
-
-    def get(self, name: str = "api") -> dict[str, Any]:
-        got: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, name
+        self.create_credential(
+            name, {"clientID": self.client_id, "refresh": {"minInterval": "1s"}, **spec}
         )
-        return got
-
-    def ready(self, name: str = "api") -> dict[str, Any] | None:
-        conditions = (self.get(name).get("status") or {}).get("conditions") or []
-        return next((c for c in conditions if c["type"] == "Ready"), None)
-
-    def wait_reason(self, reason: str, name: str = "api") -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            ready = self.ready(name)
-            return ready if ready and ready["reason"] == reason else None
-
-        return wait_for(check, what=f"{name} Ready with reason {reason}")
 
     def wait_failure(self, reason: str, name: str = "api") -> dict[str, Any]:
         """The last attempt failed with ``reason`` (Ready may stay True: token still valid)."""
@@ -171,7 +138,7 @@ class Env:
             return got if (got.get("status") or {}).get("lastFailureReason") == reason else None
 
         try:
-            return wait_for(check, what=f"{name} failing with {reason}")
+            return self.wait_for(check, what=f"{name} failing with {reason}")
         except AssertionError as exc:
             status = self.get(name).get("status")
             lines = [line for line in self.log().splitlines() if self.ns in line]
@@ -179,35 +146,15 @@ class Env:
                 f"{reason} not seen; status: {status}; log: {lines[-15:]}"
             ) from exc
 
-    def token(self, name: str = "api-token") -> str | None:
-        try:
-            secret = self.core.read_namespaced_secret(name, self.ns)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        raw = (secret.data or {}).get("access_token")
-        return base64.b64decode(raw).decode() if raw else None
-
     def issued_for_me(self) -> list[Any]:
         return [i for i in self.server.issued if i.client_id == self.client_id]
-
-    def refresh(self, name: str = "api") -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            self.ns,
-            PLURAL,
-            name,
-            {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": uuid.uuid4().hex}}},
-        )
 
 
 @pytest.fixture
 def env(
     api_client: client.ApiClient, namespace: str, server: TokenServer, operator: OperatorProcess
 ) -> Env:
-    return Env(api_client, namespace, server, operator.log)
+    return Env(api_client, namespace, server, log=operator.log)
 
 
 def ca_bundle(env: Env, ca: CertificateAuthority) -> dict[str, str]:
@@ -234,7 +181,7 @@ def test_private_key_jwt_with_a_certificate(env: Env) -> None:
         privateKeyRef={"name": "signing-key", "certificateKey": "tls.crt"},
         clientAssertion={"algorithm": "PS256"},
     )
-    env.wait_reason("TokenIssued")
+    env.wait_ready(reason="TokenIssued")
     token = env.token()
     assert token is not None
     assert env.server.verify(token)
@@ -263,7 +210,7 @@ def test_private_key_jwt_key_types(env: Env, kind: str) -> None:
     env.secret("signing-key", {"key": text})
     # auto: the only material is the key, so private_key_jwt.
     env.credential(tokenURL=env.server.url, privateKeyRef={"name": "signing-key", "key": "key"})
-    env.wait_reason("TokenIssued")
+    env.wait_ready(reason="TokenIssued")
     (issued,) = env.issued_for_me()
     assert issued.assertion_header["alg"] == alg
     assert issued.assertion_header.get("kid") == kid
@@ -278,7 +225,7 @@ def test_client_secret_jwt(env: Env) -> None:
         clientSecretRef={"name": "oauth-client"},
         clientAssertion={"algorithm": "HS512"},
     )
-    env.wait_reason("TokenIssued")
+    env.wait_ready(reason="TokenIssued")
     (issued,) = env.issued_for_me()
     assert (issued.auth_method, issued.assertion_header["alg"]) == ("client_secret_jwt", "HS512")
 
@@ -291,7 +238,7 @@ def test_client_secret_too_short_for_the_algorithm(env: Env) -> None:
         authMethod="client_secret_jwt",
         clientSecretRef={"name": "oauth-client"},
     )
-    ready = env.wait_reason("ClientSecretTooShort")
+    ready = env.wait_ready(reason="ClientSecretTooShort")
     assert "short-secret" not in ready["message"]
     assert env.server.requests == requests
 
@@ -303,7 +250,7 @@ def test_wrong_key_keeps_the_last_good_token(env: Env) -> None:
     )
     env.secret("signing-key", {"tls.key": pem(good)})
     env.credential(tokenURL=env.server.url, privateKeyRef={"name": "signing-key"})
-    env.wait_reason("TokenIssued")
+    env.wait_ready(reason="TokenIssued")
     token = env.token()
     # A rotated key the provider does not know yet: refused, the old token stays.
     env.replace_secret("signing-key", {"tls.key": pem(ec.generate_private_key(ec.SECP256R1()))})
@@ -324,7 +271,7 @@ def test_unknown_kid_is_refused(env: Env) -> None:
         privateKeyRef={"name": "signing-key"},
         clientAssertion={"keyID": "k2"},
     )
-    ready = env.wait_reason("InvalidClient")
+    ready = env.wait_ready(reason="InvalidClient")
     assert ready["status"] == "False"
     assert env.token() is None
 
@@ -341,14 +288,14 @@ def test_assertion_lifetime_the_server_refuses(env: Env) -> None:
         privateKeyRef={"name": "signing-key"},
         clientAssertion={"lifetime": "1h"},
     )
-    env.wait_reason("InvalidClient")
+    env.wait_ready(reason="InvalidClient")
 
 
 def test_unusable_key_is_reported_before_any_request(env: Env) -> None:
     requests = env.server.requests
     env.secret("signing-key", {"tls.key": "-----BEGIN PRIVATE KEY-----\nnope\n"})
     env.credential(tokenURL=env.server.url, privateKeyRef={"name": "signing-key"})
-    ready = env.wait_reason("InvalidPrivateKey")
+    ready = env.wait_ready(reason="InvalidPrivateKey")
     assert "nope" not in ready["message"]
     assert env.server.requests == requests
 
@@ -360,7 +307,7 @@ def test_key_secret_must_opt_in(env: Env) -> None:
     )
     requests = env.server.requests
     env.credential(tokenURL=env.server.url, privateKeyRef={"name": "some-tls"})
-    env.wait_reason("ClientSecretNotOptedIn")
+    env.wait_ready(reason="ClientSecretNotOptedIn")
     assert env.server.requests == requests
 
 
@@ -384,7 +331,7 @@ def test_tls_client_auth_through_discovery(
         clientCertificateRef={"name": "client-tls"},
         caBundleRef=ca_bundle(env, server_ca),
     )
-    env.wait_reason("TokenIssued")
+    env.wait_ready(reason="TokenIssued")
     (issued,) = env.issued_for_me()
     assert issued.auth_method == "tls_client_auth"
     first_cert = issued.client_cert_sha256
@@ -415,11 +362,11 @@ def test_discovery_is_cached_and_auto_follows_the_issuer(env: Env) -> None:
     env.secret("oauth-client", {"client_secret": LONG_SECRET})
     before = env.server.discovery_requests
     env.credential(issuerURL=env.server.issuer_url, clientSecretRef={"name": "oauth-client"})
-    env.wait_reason("TokenIssued")
+    env.wait_ready(reason="TokenIssued")
     env.credential(
         "api2", issuerURL=env.server.issuer_url, clientSecretRef={"name": "oauth-client"}
     )
-    env.wait_reason("TokenIssued", name="api2")
+    env.wait_ready("api2", reason="TokenIssued")
     # At most one document fetch for both (another test may have cached it already).
     assert env.server.discovery_requests - before <= 1
     methods = {i.auth_method for i in env.issued_for_me()}
@@ -433,7 +380,7 @@ def test_no_supported_method(env: Env) -> None:
     with TokenServer(issuer_path="/realms/secrets-only", discovery="openid") as server:
         server.auth_methods_supported = ["client_secret_basic", "client_secret_post"]
         env.credential(issuerURL=server.issuer_url, privateKeyRef={"name": "signing-key"})
-        env.wait_reason("NoSupportedAuthMethod")
+        env.wait_ready(reason="NoSupportedAuthMethod")
         assert server.requests == 0
 
 
@@ -443,7 +390,7 @@ def test_issuer_mismatch(env: Env) -> None:
     with server:
         env.secret("oauth-client", {"client_secret": LONG_SECRET})
         env.credential(issuerURL=server.issuer_url, clientSecretRef={"name": "oauth-client"})
-        ready = env.wait_reason("IssuerMismatch")
+        ready = env.wait_ready(reason="IssuerMismatch")
         assert ready["status"] == "False"
         assert server.requests == 0  # no token request to an endpoint it named
 
@@ -453,7 +400,7 @@ def test_rfc8414_discovery(env: Env) -> None:
         server.add_client(env.client_id, LONG_SECRET)
         env.secret("oauth-client", {"client_secret": LONG_SECRET})
         env.credential(issuerURL=server.issuer_url, clientSecretRef={"name": "oauth-client"})
-        env.wait_reason("TokenIssued")
+        env.wait_ready(reason="TokenIssued")
         assert server.discovery_requests == 1
         assert [i.auth_method for i in server.issued] == ["client_secret_basic"]
 
@@ -482,13 +429,13 @@ def test_workload_identity_federation(env: Env) -> None:
     env.credential(
         tokenURL=env.server.url, serviceAccountRef={"name": "billing", "audience": audience}
     )
-    env.wait_reason("TokenIssued")
+    env.wait_ready(reason="TokenIssued")
     (issued,) = env.issued_for_me()
     assert issued.auth_method == "workload_identity"
     assert issued.assertion_claims["sub"] == subject
     assert env.get()["status"]["authMethod"] == "workload_identity"
     # A force refresh mints a new ServiceAccount token for the new request.
-    env.refresh()
+    env.force_refresh()
     wait_for(lambda: len(env.issued_for_me()) == 2, what="a second federated token")
 
 
@@ -500,7 +447,7 @@ def test_service_account_must_opt_in(env: Env, audiences: str | None) -> None:
     env.credential(
         tokenURL=env.server.url, serviceAccountRef={"name": "billing", "audience": audience}
     )
-    ready = env.wait_reason("ServiceAccountNotOptedIn")
+    ready = env.wait_ready(reason="ServiceAccountNotOptedIn")
     assert "tokensync.dev/token-audiences" in ready["message"]
     assert env.server.requests == requests
 
@@ -514,11 +461,11 @@ def test_no_key_material_anywhere(env: Env, operator: OperatorProcess) -> None:
     )
     env.secret("signing-key", {"tls.key": key_pem})
     env.credential(tokenURL=env.server.url, privateKeyRef={"name": "signing-key"})
-    env.wait_reason("TokenIssued")
+    env.wait_ready(reason="TokenIssued")
     # and a failing one, whose message is about the key
     env.secret("broken-key", {"tls.key": key_pem[:200] + LONG_SECRET})
     env.credential("broken", tokenURL=env.server.url, privateKeyRef={"name": "broken-key"})
-    env.wait_reason("InvalidPrivateKey", name="broken")
+    env.wait_ready("broken", reason="InvalidPrivateKey")
     token = env.token()
     assert token is not None
     body = "".join(key_pem.splitlines()[1:-1])

@@ -16,7 +16,7 @@ import pathlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client, config
@@ -25,24 +25,16 @@ from localcluster import LocalCluster
 from support import manifests
 from support.manifests import COMPONENTS, OPERATOR_NAMESPACE, OVERLAYS, Kubectl
 from support.operatorproc import OperatorProcess, service_account_kubeconfig
+from support.polling import wait_for
 from support.tokenserver import TokenServer
 from tokensync import cli, model
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 MONITORING_CRDS = pathlib.Path(__file__).parent / "data" / "monitoring-crds.yaml"
 RESTRICTED = "pod-security.kubernetes.io/enforce"
-
-
-def wait_for(check: Callable[[], T | None], *, timeout: float = 30.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+#: How long this module waits for the API server or the operator (longer than the default).
+TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -479,7 +471,9 @@ def test_single_namespace_install_runs_the_operator_in_its_namespace_only(
                     conditions = (obj.get("status") or {}).get("conditions") or []
                     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-                wait_for(lambda: ready(namespace), what="Ready in the watched namespace")
+                wait_for(
+                    lambda: ready(namespace), timeout=TIMEOUT, what="Ready in the watched namespace"
+                )
                 token = core.read_namespaced_secret("api-token", namespace).data["access_token"]
                 assert token
                 # The other namespace is neither watched nor reachable.
@@ -536,6 +530,7 @@ def test_kubectl_explain_describes_every_spec_field(kubectl: Kubectl, crds: None
     # The API server publishes a new CRD's OpenAPI a moment after it is established.
     wait_for(
         lambda: kubectl.run("explain", "clientcredential.spec", check=False).returncode == 0,
+        timeout=TIMEOUT,
         what="the CRD's OpenAPI schema",
     )
     for name, field in schema["properties"].items():

@@ -20,37 +20,28 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
+from support import testenv
 from support.faultserver import Fault, FaultServer
 from support.fixtures import operator
 from support.operatorproc import OperatorProcess
+from support.testenv import GROUP, PLURAL, VERSION, decoded, ready_of
 
 __all__ = ["operator"]  # the shared fixture, used by the tests below
 
-T = TypeVar("T")
-GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "clientcredentials"
 CLIENT_ID = "fault-client"
 CLIENT_SECRET = "fault-s3cr3t-Qx7!never-in-logs"
 #: The operator's token request timeout (runtime.Config.request_timeout); no flag sets it.
 REQUEST_TIMEOUT = 10.0
 #: Error reasons the tests below provoked; the metrics test checks each has its series.
 PROVOKED: set[str] = set()
-
-
-def wait_for(check: Callable[[], T | None], *, timeout: float = 20.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or check}")
-        time.sleep(0.05)
+#: Between checks while waiting: as this module has always polled (the shared default is 0.1 s).
+POLL_INTERVAL = 0.05
 
 
 def sleep_until(moment: float) -> None:
@@ -135,97 +126,35 @@ class Recorder:
         return [obj for _, kind, obj in self.events if kind in ("ADDED", "MODIFIED")]
 
 
-def ready_of(obj: dict[str, Any]) -> dict[str, Any] | None:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c.get("type") == "Ready"), None)
-
-
-def decoded(data: dict[str, str] | None) -> dict[str, str]:
-    return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
-
-
-class Env:
+class Env(testenv.Env):
     """One test's namespace and shortcuts; the watches it starts are stopped at teardown."""
 
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.ns = namespace
+        super().__init__(api, namespace, interval=POLL_INTERVAL)
         self.recorders: list[Recorder] = []
-        self.core.create_namespaced_secret(
-            namespace,
-            {
-                "metadata": {
-                    "name": "oauth-client",
-                    "labels": {"tokensync.dev/client-secret": "true"},
-                },
-                "stringData": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
-            },
-        )
+        self.secret("oauth-client", {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
 
     def credential(self, name: str, url: str, **spec: Any) -> None:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ClientCredential",
-            "metadata": {"name": name},
-            "spec": {
+        self.create_credential(
+            name,
+            {
                 "tokenURL": url,
                 "clientSecretRef": {"name": "oauth-client"},
                 "refresh": {"minInterval": "1s"},
                 **spec,
             },
-        }
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
-
-    def patch(self, name: str, body: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, body)
-
-    def get(self, name: str) -> dict[str, Any]:
-        got: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, name
         )
-        return got
-
-    def status(self, name: str) -> dict[str, Any]:
-        return self.get(name).get("status") or {}
-
-    def ready(self, name: str) -> dict[str, Any] | None:
-        return ready_of(self.get(name))
-
-    def wait_ready(self, name: str, reason: str, *, timeout: float = 20.0) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            ready = self.ready(name)
-            return ready if ready and ready["reason"] == reason else None
-
-        return wait_for(check, timeout=timeout, what=f"{name} Ready with reason {reason}")
 
     def target(self, name: str) -> dict[str, str] | None:
         """The target Secret's raw (base64) data, byte for byte as stored."""
-        try:
-            secret = self.core.read_namespaced_secret(name, self.ns)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(secret.data or {})
-
-    def token(self, name: str) -> str | None:
-        return decoded(self.target(name)).get("access_token")
+        return self.secret_data(name, raw=True)
 
     def wait_token(self, name: str, token: str, *, timeout: float = 20.0) -> dict[str, str]:
         def check() -> dict[str, str] | None:
             data = self.target(name)
             return data if data and decoded(data).get("access_token") == token else None
 
-        return wait_for(check, timeout=timeout, what=f"{token!r} in Secret {name}")
-
-    def events(self, name: str) -> list[client.CoreV1Event]:
-        items = self.core.list_namespaced_event(self.ns).items
-        # resourceVersion, not creationTimestamp: several events can share a second.
-        return sorted(
-            (e for e in items if e.involved_object.name == name),
-            key=lambda e: int(e.metadata.resource_version),
-        )
+        return self.wait_for(check, timeout=timeout, what=f"{token!r} in Secret {name}")
 
     def watch_credential(self, name: str) -> Recorder:
         recorder = Recorder(
@@ -283,7 +212,7 @@ def test_transient_errors_keep_the_last_good_token(
     assert len(faults.requests) == 6, "one request per attempt, nothing more"
 
     # The Secret: written twice, A then B, never touched (let alone emptied) in between.
-    wait_for(lambda: len(secret_history.objects()) >= 2, what="both Secret writes watched")
+    env.wait_for(lambda: len(secret_history.objects()) >= 2, what="both Secret writes watched")
     versions = [obj.get("data") for obj in secret_history.objects()]
     assert versions[0] == good
     assert versions[-1] == recovered
@@ -292,7 +221,7 @@ def test_transient_errors_keep_the_last_good_token(
     assert all(v == good for v in versions[:first_b]), "the good token was altered"
 
     # Status, write by write: Ready stays True (RefreshFailing) and counts every failure.
-    wait_for(
+    env.wait_for(
         lambda: any(
             (ready_of(o) or {}).get("reason") == "TokenIssued"
             and (o.get("status") or {}).get("failedAttempts") == 0
@@ -320,7 +249,7 @@ def test_transient_errors_keep_the_last_good_token(
         seen = [(e.type, e.reason) for e in env.events("api")]
         return seen if ("Normal", "Recovered") in seen else None
 
-    seen = wait_for(all_events, what="the Recovered event")
+    seen = env.wait_for(all_events, what="the Recovered event")
     assert seen == [
         ("Normal", "Issued"),
         ("Warning", "ServerError"),
@@ -358,7 +287,7 @@ def test_token_expires_during_an_outage(env: Env, faults: FaultServer) -> None:
 
     # Shortly before expiry the refresh (due with a third of the 8 s left) has failed, and
     # Ready is still True.
-    wait_for(
+    env.wait_for(
         lambda: (env.ready("api") or {}).get("reason") == "RefreshFailing",
         timeout=exp - time.time(),
         what="RefreshFailing before expiry",
@@ -460,14 +389,14 @@ def test_permanent_errors_wait_for_a_spec_change(env: Env) -> None:
         env.patch("client", {"spec": {"scopes": ["read", "write"]}})
         env.wait_token("scope-token", "scope-fixed", timeout=5)
         env.wait_ready("scope", "TokenIssued", timeout=5)
-        retried = wait_for(
+        retried = env.wait_for(
             lambda: client_server.requests_since(changed), timeout=5, what="a new attempt"
         )
         assert arrivals(client_server, changed)[0] - changed < 3.0
         sent = urllib.parse.parse_qs(retried[0].body.decode())
         assert sent["scope"] == ["read write"], "the attempt used the new spec"
         assert arrivals(scope_server, changed)[0] - changed < 3.0
-        wait_for(lambda: env.status("client").get("observedGeneration") == 2, timeout=5)
+        env.wait_for(lambda: env.status("client").get("observedGeneration") == 2, timeout=5)
         assert (env.ready("client") or {}).get("reason") == "InvalidClient"
         assert env.target("client-token") == good
 
@@ -518,7 +447,7 @@ def test_metrics_and_liveness(env: Env, faults: FaultServer, operator: OperatorP
         mine = {"namespace": env.ns, "name": "api"}
         return found if any(labels == mine for labels, _ in series) else None
 
-    found = wait_for(has_expiration, timeout=5, what="the expiration gauge")
+    found = env.wait_for(has_expiration, timeout=5, what="the expiration gauge")
     requests = {
         (labels["result"], labels["error"]): value
         for labels, value in found["tokensync_token_requests_total"]
@@ -582,7 +511,7 @@ def test_expiry_is_reported_while_a_request_hangs(env: Env, faults: FaultServer)
     faults.push(Fault.token(access_token=token, expires_in=None), Fault.hang(30))
     env.credential("api", faults.url)
     env.wait_token("api-token", token)
-    wait_for(lambda: len(faults.requests) == 2, timeout=exp - time.time(), what="the refresh")
+    env.wait_for(lambda: len(faults.requests) == 2, timeout=exp - time.time(), what="the refresh")
     expired = env.wait_ready("api", "Expired", timeout=exp + 2.0 - time.time())
     assert expired["status"] == "False"
 

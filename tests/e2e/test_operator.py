@@ -4,44 +4,31 @@ running under the ServiceAccount and RBAC from deploy/.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import pathlib
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
 
+from support import testenv
 from support.fixtures import operator, token_server
 from support.operatorproc import OperatorProcess
+from support.polling import wait_for
+from support.testenv import GROUP, PLURAL, VERSION
 from support.tokenserver import TokenServer
 
-T = TypeVar("T")
-GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "clientcredentials"
 CLIENT_SECRET = "s3cr3t-Zq8!visible-if-leaked"
 __all__ = ["operator", "token_server"]  # fixtures used here and by other e2e modules
 
 
-def wait_for(check: Callable[[], T | None], *, timeout: float = 20.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-
-
-class Env:
+class Env(testenv.Env):
     """One test's namespace, its client on the token server, and shortcuts."""
 
     def __init__(self, api: client.ApiClient, namespace: str, server: TokenServer) -> None:
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.ns = namespace
+        super().__init__(api, namespace)
         self.server = server
         self.client_id = f"client-{uuid.uuid4().hex[:8]}"
         server.add_client(self.client_id, CLIENT_SECRET)
@@ -49,74 +36,31 @@ class Env:
     def client_secret(
         self, name: str = "oauth-client", *, secret: str = CLIENT_SECRET, opt_in: bool = True
     ) -> None:
-        labels = {"tokensync.dev/client-secret": "true"} if opt_in else {}
-        self.core.create_namespaced_secret(
-            self.ns,
-            {
-                "metadata": {"name": name, "labels": labels},
-                "stringData": {"client_id": self.client_id, "client_secret": secret},
-            },
-        )
+        self.secret(name, {"client_id": self.client_id, "client_secret": secret}, opt_in=opt_in)
 
     def credential(self, name: str = "api", **spec: Any) -> dict[str, Any]:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ClientCredential",
-            "metadata": {"name": name},
-            "spec": {
+        return self.create_credential(
+            name,
+            {
                 "tokenURL": self.server.url,
                 "clientSecretRef": {"name": "oauth-client"},
                 "refresh": {"minInterval": "1s"},
                 **spec,
             },
-        }
-        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, body
         )
-        return created
-
-    def get(self, name: str = "api") -> dict[str, Any]:
-        got: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, name
-        )
-        return got
-
-    def ready(self, name: str = "api") -> dict[str, Any] | None:
-        conditions = (self.get(name).get("status") or {}).get("conditions") or []
-        return next((c for c in conditions if c["type"] == "Ready"), None)
 
     def target(self, name: str = "api-token") -> dict[str, str] | None:
-        try:
-            secret = self.core.read_namespaced_secret(name, self.ns)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-
-    def token(self, name: str = "api-token") -> str | None:
-        data = self.target(name)
-        return data["access_token"] if data else None
-
-    def wait_ready(self, name: str = "api", *, reason: str = "TokenIssued") -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            ready = self.ready(name)
-            return ready if ready and ready["reason"] == reason else None
-
-        return wait_for(check, what=f"{name} Ready with reason {reason}")
+        return self.secret_data(name)
 
     def wait_new_token(self, old: str, name: str = "api-token", timeout: float = 20) -> str:
         def check() -> str | None:
             token = self.token(name)
             return token if token and token != old else None
 
-        return wait_for(check, timeout=timeout, what="a new token")
+        return self.wait_for(check, timeout=timeout, what="a new token")
 
     def issued(self) -> list[Any]:
         return [i for i in self.server.issued if i.client_id == self.client_id]
-
-    def events(self) -> list[client.CoreV1Event]:
-        return list(self.core.list_namespaced_event(self.ns).items)
 
 
 @pytest.fixture
@@ -269,17 +213,6 @@ def test_refuses_a_client_secret_that_did_not_opt_in(env: Env) -> None:
     assert not [i for i in env.server.issued if i.client_id == env.client_id]
 
 
-def force_refresh(env: Env, value: str, name: str = "api") -> None:
-    env.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        env.ns,
-        PLURAL,
-        name,
-        {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": value}}},
-    )
-
-
 # The operator uses a client Secret as its watch delivered it shortly before (decision 0025):
 # a Secret that loses its label or is deleted must not live on in that copy.
 def test_a_client_secret_that_loses_its_label_is_not_used_again(env: Env) -> None:
@@ -290,7 +223,7 @@ def test_a_client_secret_that_loses_its_label_is_not_used_again(env: Env) -> Non
     env.core.patch_namespaced_secret(
         "oauth-client", env.ns, {"metadata": {"labels": {"tokensync.dev/client-secret": None}}}
     )
-    force_refresh(env, "after-unlabel")
+    env.force_refresh(value="after-unlabel")
     ready = env.wait_ready(reason="ClientSecretNotOptedIn")
     assert ready["status"] == "False"
     assert len(env.issued()) == issued
@@ -302,7 +235,7 @@ def test_a_deleted_client_secret_is_not_used_again(env: Env) -> None:
     good = wait_for(env.token, what="the first token")
     issued = len(env.issued())
     env.core.delete_namespaced_secret("oauth-client", env.ns)
-    force_refresh(env, "after-delete")
+    env.force_refresh(value="after-delete")
     ready = env.wait_ready(reason="ClientSecretNotFound")
     assert ready["status"] == "False"
     assert len(env.issued()) == issued

@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client
 
 from localcluster import LocalCluster
+from support import testenv
 from tokensync import model
 
 pytestmark = pytest.mark.e2e
@@ -32,12 +33,12 @@ OPAQUE_TOKEN = "opaque-Zq8!token-visible-if-leaked"
 API = (model.GROUP, model.VERSION)
 
 
-class Env:
+class Env(testenv.Env):
+    """One test's namespace, and the plugin run against it as a user would."""
+
     def __init__(self, cluster: LocalCluster, api: client.ApiClient, namespace: str) -> None:
+        super().__init__(api, namespace)
         self.cluster = cluster
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.ns = namespace
         self.now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
     def run(
@@ -62,18 +63,13 @@ class Env:
     def credential(
         self, name: str, status: dict[str, Any] | None = None, **spec: Any
     ) -> dict[str, Any]:
-        body = {
-            "apiVersion": f"{model.GROUP}/{model.VERSION}",
-            "kind": model.KIND,
-            "metadata": {"name": name},
-            "spec": {
+        created = self.create_credential(
+            name,
+            {
                 "tokenURL": "https://login.example.com/oauth2/token",
                 "clientSecretRef": {"name": "oauth-client"},
                 **spec,
             },
-        }
-        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            *API, self.ns, model.PLURAL, body
         )
         if status is not None:
             self.custom.patch_namespaced_custom_object_status(
@@ -95,12 +91,6 @@ class Env:
                 },
             },
         )
-
-    def get(self, name: str) -> dict[str, Any]:
-        got: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            *API, self.ns, model.PLURAL, name
-        )
-        return got
 
 
 def stamp(moment: datetime.datetime) -> str:

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client, config
-from test_operator import GROUP, PLURAL, VERSION, Env, wait_for
+from test_operator import Env
 
 from localcluster import LocalCluster
 from support.faultserver import FaultServer
 from support.operatorproc import OperatorProcess, install_operator_identity
+from support.polling import wait_for
+from support.testenv import GROUP, PLURAL, VERSION
 from support.tokenserver import TokenServer
 
 STOLEN = "db-password-that-must-never-leave"

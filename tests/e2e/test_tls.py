@@ -8,13 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
-from test_operator import CLIENT_SECRET, Env, wait_for
+from test_operator import CLIENT_SECRET, Env
 
 __all__ = ["operator"]
 
 from localcluster.pki import CertificateAuthority
 from support.fixtures import operator
 from support.operatorproc import OperatorProcess
+from support.polling import wait_for
 from support.tokenserver import TokenServer
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm
 
-from tokensync import assertion, model, oauth
+from tokensync import assertion, failures, model, oauth
 
 M = model.AuthMethod
 URL = "https://login.example.com/oauth2/token"
@@ -48,8 +48,8 @@ def creds(
     key: bool = False,
     tls: bool = False,
     external: bool = False,
-) -> model.ClientCredentials:
-    return model.ClientCredentials(
+) -> model.ClientAuthMaterial:
+    return model.ClientAuthMaterial(
         client_id=CLIENT_ID,
         client_secret=SECRET if secret else None,
         private_key=PRIVATE_KEY if key else None,
@@ -196,7 +196,7 @@ def form(content: bytes) -> dict[str, list[str]]:
 
 def build(
     method: M,
-    credentials: model.ClientCredentials,
+    credentials: model.ClientAuthMaterial,
     request: model.TokenRequest | None = None,
 ) -> tuple[dict[str, str], bytes]:
     return oauth._build(
@@ -284,7 +284,7 @@ async def test_assertion_options_from_the_spec(
 
 def test_private_key_jwt_with_an_ec_key_and_a_jwk() -> None:
     document = ECAlgorithm.to_jwk(EC_KEY, as_dict=True) | {"kid": "ec-1"}
-    credentials = model.ClientCredentials(client_id=CLIENT_ID, private_key=json.dumps(document))
+    credentials = model.ClientAuthMaterial(client_id=CLIENT_ID, private_key=json.dumps(document))
     headers, body = build(M.PRIVATE_KEY_JWT, credentials)
     assert_no_shared_secret(headers, body)
     token = assertion_of(body)
@@ -368,7 +368,7 @@ async def test_missing_material_is_a_permanent_credentials_missing(
     recorder: tuple[Recorder, httpx.AsyncClient], method: M, material: dict[str, bool]
 ) -> None:
     rec, client = recorder
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await oauth.fetch_token(
             client,
             request=model.TokenRequest(token_url=URL, auth_method=method),
@@ -382,7 +382,7 @@ async def test_missing_material_is_a_permanent_credentials_missing(
 
 @pytest.mark.parametrize("method", [M.TLS_CLIENT_AUTH, M.SELF_SIGNED_TLS_CLIENT_AUTH])
 def test_tls_methods_without_a_certificate_are_credentials_missing(method: M) -> None:
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         build(method, creds(secret=True, key=True))
     assert (caught.value.reason, caught.value.permanent) == ("CredentialsMissing", True)
 
@@ -407,8 +407,8 @@ async def test_an_unusable_key_is_a_permanent_error_before_sending(
         auth_method=M.PRIVATE_KEY_JWT,
         assertion=model.AssertionOptions(algorithm=algorithm),
     )
-    credentials = model.ClientCredentials(client_id=CLIENT_ID, private_key=private_key)
-    with pytest.raises(oauth.TokenError) as caught:
+    credentials = model.ClientAuthMaterial(client_id=CLIENT_ID, private_key=private_key)
+    with pytest.raises(failures.TokenError) as caught:
         await oauth.fetch_token(
             client, request=request, credentials=credentials, default_lifetime=H, now=now
         )
@@ -421,8 +421,8 @@ async def test_a_short_secret_is_client_secret_too_short(
     recorder: tuple[Recorder, httpx.AsyncClient],
 ) -> None:
     rec, client = recorder
-    credentials = model.ClientCredentials(client_id=CLIENT_ID, client_secret="short-secret")
-    with pytest.raises(oauth.TokenError) as caught:
+    credentials = model.ClientAuthMaterial(client_id=CLIENT_ID, client_secret="short-secret")
+    with pytest.raises(failures.TokenError) as caught:
         await oauth.fetch_token(
             client,
             request=model.TokenRequest(token_url=URL, auth_method=M.CLIENT_SECRET_JWT),
@@ -439,7 +439,7 @@ async def test_no_method_at_all_is_no_supported_auth_method(
     recorder: tuple[Recorder, httpx.AsyncClient],
 ) -> None:
     rec, client = recorder
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await oauth.fetch_token(
             client,
             request=model.TokenRequest(token_url=URL),
@@ -456,11 +456,11 @@ async def test_auto_without_any_material_is_no_supported_auth_method(
     recorder: tuple[Recorder, httpx.AsyncClient],
 ) -> None:
     rec, client = recorder
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await oauth.fetch_token(
             client,
             request=model.TokenRequest(token_url=URL),
-            credentials=model.ClientCredentials(client_id=CLIENT_ID),
+            credentials=model.ClientAuthMaterial(client_id=CLIENT_ID),
             default_lifetime=H,
             now=now,
         )
@@ -474,7 +474,7 @@ def test_the_assertion_type_constant() -> None:
 
 @pytest.mark.parametrize("supported", [None, ["client_secret_jwt", "private_key_jwt"]])
 def test_an_hmac_algorithm_asks_auto_for_client_secret_jwt(supported: list[str] | None) -> None:
-    both = model.ClientCredentials(client_id="c", client_secret="s" * 64, private_key="k")
+    both = model.ClientAuthMaterial(client_id="c", client_secret="s" * 64, private_key="k")
     methods = oauth.candidate_methods(M.AUTO, both, supported, algorithm="HS256")
     assert methods[0] is M.CLIENT_SECRET_JWT
     assert M.PRIVATE_KEY_JWT not in methods

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tokensync import discovery, oauth
+from tokensync import discovery, failures, oauth
 
 # -- well_known_urls -------------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ def test_a_document_for_another_issuer_is_refused_for_good(found: object) -> Non
     raw["issuer"] = found
     if found is None:
         del raw["issuer"]
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         discovery.parse_metadata(raw, issuer=ISSUER)
     assert (caught.value.reason, caught.value.permanent) == ("IssuerMismatch", True)
     assert "evil" not in str(caught.value)  # the foreign issuer is not echoed
@@ -124,14 +124,14 @@ def test_a_document_without_a_token_endpoint_is_invalid(endpoint: object) -> Non
     raw = document(token_endpoint=None)
     if endpoint is not None:
         raw["token_endpoint"] = endpoint
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         discovery.parse_metadata(raw, issuer=ISSUER)
     assert (caught.value.reason, caught.value.permanent) == ("DiscoveryInvalid", True)
 
 
 @pytest.mark.parametrize("raw", [None, [], "doc", 42, [document()]])
 def test_a_document_that_is_not_an_object_is_transient(raw: object) -> None:
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         discovery.parse_metadata(raw, issuer=ISSUER)
     assert (caught.value.reason, caught.value.permanent) == ("DiscoveryFailed", False)
 
@@ -310,7 +310,7 @@ async def test_rfc8414_form_after_a_missing_openid_document(
 async def test_no_document_at_either_place_is_permanent(
     server: DiscoveryServer, client: httpx.AsyncClient
 ) -> None:
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, server.issuer("/tenants/acme"))
     assert (caught.value.reason, caught.value.permanent) == ("DiscoveryFailed", True)
     assert "HTTP 404, 404" in str(caught.value)
@@ -326,7 +326,7 @@ async def test_an_outage_is_transient_and_the_second_form_is_not_tried(
     server.routes[discovery.OAUTH_PATH] = Reply.json(
         {"issuer": issuer, "token_endpoint": issuer + "/token"}
     )
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, issuer)
     assert (caught.value.reason, caught.value.permanent) == ("DiscoveryFailed", False)
     assert server.paths == [discovery.OPENID_PATH]  # an outage is not a missing document
@@ -336,7 +336,7 @@ async def test_a_404_then_an_outage_is_transient(
     server: DiscoveryServer, client: httpx.AsyncClient
 ) -> None:
     server.routes[discovery.OAUTH_PATH] = Reply(503, b"{}")
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, server.issuer())
     assert (caught.value.reason, caught.value.permanent) == ("DiscoveryFailed", False)
     assert len(server.paths) == 2
@@ -351,7 +351,7 @@ async def test_redirects_are_not_followed(
     server.routes["/a" + discovery.OPENID_PATH] = Reply(
         status, headers=(("Location", server.issuer("/b") + discovery.OPENID_PATH),)
     )
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, issuer)
     assert caught.value.reason == "DiscoveryFailed"
     assert f"HTTP {status}" in str(caught.value)
@@ -366,7 +366,7 @@ async def test_a_redirect_is_not_followed_even_by_a_client_that_would(
         302, headers=(("Location", server.issuer("/b") + discovery.OPENID_PATH),)
     )
     async with httpx.AsyncClient(trust_env=False, follow_redirects=True) as eager:
-        with pytest.raises(oauth.TokenError):
+        with pytest.raises(failures.TokenError):
             await fetch(eager, server.issuer("/a"))
     assert server.paths == ["/a" + discovery.OPENID_PATH]
 
@@ -379,7 +379,7 @@ async def test_a_body_over_1_mib_is_refused(
     padding = "x" * (oauth.MAX_BODY_BYTES + 1)
     body = json.dumps({"issuer": issuer, "token_endpoint": issuer + "/t", "pad": padding})
     server.routes[discovery.OPENID_PATH] = Reply(body=body.encode(), unframed=unframed)
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, issuer)
     assert (caught.value.reason, caught.value.permanent) == ("DiscoveryFailed", False)
     assert "1 MiB" in str(caught.value)
@@ -402,7 +402,7 @@ async def test_an_unreadable_document_is_transient(
     server: DiscoveryServer, client: httpx.AsyncClient, body: bytes
 ) -> None:
     server.routes[discovery.OPENID_PATH] = Reply(body=body)
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, server.issuer())
     assert (caught.value.reason, caught.value.permanent) == ("DiscoveryFailed", False)
 
@@ -417,7 +417,7 @@ async def test_a_document_for_another_issuer_stops_the_search(
     server.routes[discovery.OAUTH_PATH] = Reply.json(
         {"issuer": server.issuer(), "token_endpoint": server.issuer() + "/t"}
     )
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, server.issuer())
     assert (caught.value.reason, caught.value.permanent) == ("IssuerMismatch", True)
     assert server.paths == [discovery.OPENID_PATH]
@@ -427,7 +427,7 @@ async def test_an_unreachable_issuer_is_transient(client: httpx.AsyncClient) -> 
     stopped = DiscoveryServer()  # bound, never served, then closed: the port refuses
     issuer = stopped.issuer()
     stopped._server.server_close()
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, issuer)
     assert (caught.value.reason, caught.value.permanent) == ("DiscoveryFailed", False)
     assert "127.0.0.1" not in str(caught.value)
@@ -534,7 +534,7 @@ async def test_the_cache_is_bounded_least_recently_used_first(
 async def test_failures_are_not_cached(server: DiscoveryServer, client: httpx.AsyncClient) -> None:
     cache = discovery.MetadataCache(monotonic=FakeClock())
     server.routes[discovery.OPENID_PATH] = Reply(503, b"{}")
-    with pytest.raises(oauth.TokenError):
+    with pytest.raises(failures.TokenError):
         await cached(cache, client, server.issuer())
     assert len(cache) == 0
     server.serve_openid()

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokensync import model, oauth
+from tokensync import failures, model, oauth
 
 EXAMPLES = 10_000
 KNOWN_REASONS = {
@@ -154,12 +154,12 @@ def test_every_response_is_a_complete_token_or_a_clear_error(
     if retry_after is not None:
         headers.append(("Retry-After", retry_after))
     _Scripted.response = (status, headers, body)
-    outcome: oauth.FetchResult | oauth.TokenError
+    outcome: oauth.FetchResult | failures.TokenError
     try:
         outcome = RUNNER.run(_fetch(endpoint))
-    except oauth.TokenError as err:  # the expected outcome for most responses
+    except failures.TokenError as err:  # the expected outcome for most responses
         outcome = err
-    if isinstance(outcome, oauth.TokenError):
+    if isinstance(outcome, failures.TokenError):
         assert outcome.reason in KNOWN_REASONS, outcome.reason
         assert MARKER not in str(outcome)
         assert outcome.retry_after is None or outcome.retry_after >= 0
@@ -186,7 +186,7 @@ async def _fetch(url: str) -> oauth.FetchResult:
     return await oauth.fetch_token(
         CLIENT,
         request=model.TokenRequest(token_url=url, auth_method=model.AuthMethod.CLIENT_SECRET_POST),
-        credentials=model.ClientCredentials(client_id="fuzz", client_secret="fuzz-secret"),
+        credentials=model.ClientAuthMaterial(client_id="fuzz", client_secret="fuzz-secret"),
         default_lifetime=timedelta(hours=1),
         now=lambda: datetime.now(UTC),
         timeout=5.0,

@@ -50,7 +50,7 @@ def ref(**fields: Any) -> dict[str, Any]:
 
 def test_minimal_spec_gets_the_defaults() -> None:
     parsed = model.parse_spec(MINIMAL, name="billing-api")
-    assert parsed == model.CredentialSpec(
+    assert parsed == model.ClientCredentialSpec(
         request=model.TokenRequest(token_url="https://login.example.com/oauth2/token"),
         secret_ref=model.SecretRef(name="billing-oauth-client"),
         client_id=None,
@@ -79,7 +79,7 @@ def test_full_spec() -> None:
             "annotations": {"reloader.stakater.com/match": "true"},
         },
     }
-    assert model.parse_spec(spec, name="reporting-api") == model.CredentialSpec(
+    assert model.parse_spec(spec, name="reporting-api") == model.ClientCredentialSpec(
         request=model.TokenRequest(
             token_url="https://login.example.com/oauth2/token",
             auth_method=model.AuthMethod.CLIENT_SECRET_POST,

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokensync import model, oauth
+from tokensync import failures, model, oauth
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 H = timedelta(hours=1)
 URL = "https://login.example.com/oauth2/token"
 # Characters that break naive Basic encoding: ':' splits, '%' and '+' decode, non-ASCII.
-CREDS = model.ClientCredentials(client_id="svc:a%b+ü", client_secret="p@ss:w%rd +é")
+CREDS = model.ClientAuthMaterial(client_id="svc:a%b+ü", client_secret="p@ss:w%rd +é")
 
 
 def parse(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> oauth.Token:
@@ -55,7 +55,7 @@ def test_expires_in_number_or_numeric_string(expires_in: object, lifetime: timed
     "expires_in", [True, False, 0, -1, "abc", "1e3", "nan", 1e30, float("inf"), [], {}, "0"]
 )
 def test_bad_expires_in_is_a_bad_response(expires_in: object) -> None:
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         parse({"access_token": "abc", "token_type": "Bearer", "expires_in": expires_in})
     assert (caught.value.reason, caught.value.permanent) == ("BadResponse", False)
 
@@ -91,7 +91,7 @@ def test_dotted_opaque_tokens_use_default_lifetime(access_token: str) -> None:
 
 def test_expired_jwt_exp_is_a_bad_response() -> None:
     exp = int((T0 - timedelta(minutes=1)).timestamp())
-    with pytest.raises(oauth.TokenError, match="clock skew") as caught:
+    with pytest.raises(failures.TokenError, match="clock skew") as caught:
         parse({"access_token": jwt_with({"exp": exp}), "token_type": "Bearer"})
     assert caught.value.reason == "BadResponse"
 
@@ -123,7 +123,7 @@ def test_content_type_is_not_trusted_and_scope_is_kept() -> None:
     ],
 )
 def test_unusable_bodies_are_transient_bad_responses(body: bytes) -> None:
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         parse(body)
     assert (caught.value.reason, caught.value.permanent) == ("BadResponse", False)
 
@@ -168,7 +168,7 @@ def test_unusable_bodies_are_transient_bad_responses(body: bytes) -> None:
 def test_error_taxonomy(
     status: int, body: object, reason: str, *, permanent: bool, code: str | None
 ) -> None:
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         parse(body, status=status)
     err = caught.value
     assert (err.reason, err.permanent, err.status_code) == (reason, permanent, status)
@@ -192,14 +192,14 @@ def test_retry_after_is_honoured_for_429_and_5xx(
     status: int, retry_after: str | None, expected: float | None
 ) -> None:
     headers = {} if retry_after is None else {"Retry-After": retry_after}
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         parse(b"", status=status, headers=headers)
     assert caught.value.retry_after == expected
 
 
 def test_error_text_never_carries_the_description_or_body() -> None:
     body = {"error": "invalid_client", "error_description": "secret hunter2 was wrong"}
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         parse(body, status=401)
     text = f"{caught.value} {caught.value!r} {vars(caught.value)}"
     assert "hunter2" not in text
@@ -236,7 +236,7 @@ statuses = st.sampled_from([200, 201, 204, 301, 400, 401, 403, 408, 429, 500, 50
 def test_arbitrary_bytes_give_a_token_or_a_token_error(
     body: bytes, status: int, retry_after: str
 ) -> None:
-    with contextlib.suppress(oauth.TokenError):
+    with contextlib.suppress(failures.TokenError):
         parse(body, status=status, headers={"retry-after": retry_after})
 
 
@@ -244,7 +244,7 @@ def test_arbitrary_bytes_give_a_token_or_a_token_error(
 def test_arbitrary_json_gives_a_token_or_a_token_error(document: object, status: int) -> None:
     try:
         token = parse(json.dumps(document).encode(), status=status)
-    except oauth.TokenError:
+    except failures.TokenError:
         return
     assert token.access_token
     assert T0 < token.expires_at <= T0 + oauth.MAX_LIFETIME
@@ -257,7 +257,7 @@ def test_error_text_never_contains_token_or_description(
     document = {**document, "access_token": MARKER, "error_description": MARKER}
     try:
         parse(json.dumps(document).encode(), status=status)
-    except oauth.TokenError as err:
+    except failures.TokenError as err:
         text = f"{err} {err!r} {err.reason} {err.error_code} {err.args}"
     else:
         return
@@ -387,7 +387,7 @@ async def test_extra_params_cannot_override_reserved_fields(
 ) -> None:
     rec, client = recorder
     spec = model.TokenRequest(token_url=URL, extra_params=((key, "x"),))
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, spec)
     assert (caught.value.reason, caught.value.permanent) == ("InvalidParameters", True)
     assert rec.requests == []
@@ -436,7 +436,7 @@ async def test_auto_falls_back_only_on_client_authentication_failure(
         assert "authorization" not in rec.requests[1].headers
         assert ("client_id", CREDS.client_id) in form(rec.requests[1])
     else:
-        with pytest.raises(oauth.TokenError):
+        with pytest.raises(failures.TokenError):
             await fetch(client, spec)
         assert len(rec.requests) == 1
 
@@ -446,7 +446,7 @@ async def test_auto_raises_the_last_error_when_every_method_fails(
 ) -> None:
     rec, client = recorder
     rec.responses = [httpx.Response(401), httpx.Response(400, json={"error": "invalid_client"})]
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, model.TokenRequest(token_url=URL))
     assert (caught.value.status_code, caught.value.reason) == (400, "InvalidClient")
     assert len(rec.requests) == 2
@@ -466,7 +466,7 @@ async def test_explicit_methods_never_fall_back(
 ) -> None:
     rec, client = recorder
     rec.responses = [httpx.Response(401)]
-    with pytest.raises(oauth.TokenError):
+    with pytest.raises(failures.TokenError):
         await fetch(client, model.TokenRequest(token_url=URL, auth_method=method))
     assert len(rec.requests) == 1
 
@@ -478,7 +478,7 @@ async def test_redirects_are_refused_not_followed(
     rec.responses = [httpx.Response(302, headers={"location": "https://evil.example/steal"})]
     # Even a client configured to follow redirects must not follow this one.
     client.follow_redirects = True
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, model.TokenRequest(token_url=URL))
     assert (caught.value.reason, caught.value.permanent) == ("RedirectRefused", True)
     assert [str(r.url) for r in rec.requests] == [URL]
@@ -504,7 +504,7 @@ async def test_body_is_capped(
 ) -> None:
     rec, client = recorder
     rec.responses = [response()]
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, model.TokenRequest(token_url=URL))
     assert (caught.value.reason, caught.value.permanent) == ("BadResponse", False)
 
@@ -514,7 +514,7 @@ async def test_oversized_error_body_keeps_its_status_classification(
 ) -> None:
     rec, client = recorder
     rec.responses = [httpx.Response(503, headers={"retry-after": "3"}, content=endless())]
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, model.TokenRequest(token_url=URL))
     assert (caught.value.reason, caught.value.retry_after) == ("ServerError", 3.0)
 
@@ -536,7 +536,7 @@ async def test_transport_errors_are_transient_and_say_nothing_of_the_url(
         raise exc
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(fail)) as client:
-        with pytest.raises(oauth.TokenError) as caught:
+        with pytest.raises(failures.TokenError) as caught:
             await fetch(client, model.TokenRequest(token_url=URL))
     assert (caught.value.reason, caught.value.permanent) == (reason, permanent)
     assert "pw" not in str(caught.value)
@@ -553,7 +553,7 @@ async def test_a_slow_drip_is_cut_by_the_overall_deadline() -> None:
         return httpx.Response(200, content=drip())
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
-        with pytest.raises(oauth.TokenError) as caught:
+        with pytest.raises(failures.TokenError) as caught:
             await oauth.fetch_token(
                 client,
                 request=model.TokenRequest(token_url=URL),
@@ -617,7 +617,7 @@ def test_acceptable_token_urls(url: str) -> None:
     ],
 )
 def test_refused_token_urls(url: str, message: str) -> None:
-    with pytest.raises(oauth.TokenError, match=message) as caught:
+    with pytest.raises(failures.TokenError, match=message) as caught:
         oauth.check_token_url(url, allow_insecure_http=False)
     assert (caught.value.reason, caught.value.permanent) == ("TokenURLRefused", True)
     assert "pw" not in str(caught.value)
@@ -629,15 +629,15 @@ def test_refused_token_urls(url: str, message: str) -> None:
     rest=st.text(max_size=20),
 )
 def test_check_token_url_only_ever_raises_token_error(host: str, scheme: str, rest: str) -> None:
-    with contextlib.suppress(oauth.TokenError):
+    with contextlib.suppress(failures.TokenError):
         oauth.check_token_url(f"{scheme}://{host}/{rest}", allow_insecure_http=True)
-    with contextlib.suppress(oauth.TokenError):
+    with contextlib.suppress(failures.TokenError):
         oauth.check_token_url(f"{scheme}://[{host}]/", allow_insecure_http=False)
 
 
 def test_http_needs_the_explicit_opt_in() -> None:
     oauth.check_token_url("http://127.0.0.1:8080/token", allow_insecure_http=True)
-    with pytest.raises(oauth.TokenError, match="metadata"):
+    with pytest.raises(failures.TokenError, match="metadata"):
         oauth.check_token_url("http://169.254.169.254/", allow_insecure_http=True)
 
 
@@ -662,5 +662,5 @@ def test_allowed_hosts(host: str, *, allowed: bool) -> None:
     if allowed:
         oauth.check_token_url(url, allow_insecure_http=False, allowed_hosts=allow)
     else:
-        with pytest.raises(oauth.TokenError, match="allowlist"):
+        with pytest.raises(failures.TokenError, match="allowlist"):
             oauth.check_token_url(url, allow_insecure_http=False, allowed_hosts=allow)

@@ -17,7 +17,7 @@ import pytest
 
 from support.faultserver import Fault, FaultServer
 from support.tokenserver import TokenServer
-from tokensync import model, oauth
+from tokensync import failures, model, oauth
 
 H = timedelta(hours=1)
 Method = model.AuthMethod
@@ -63,7 +63,7 @@ async def fetch(
     return await oauth.fetch_token(
         client,
         request=request,
-        credentials=model.ClientCredentials(*creds),
+        credentials=model.ClientAuthMaterial(*creds),
         default_lifetime=H,
         now=now,
         timeout=deadline,
@@ -132,7 +132,7 @@ async def test_restricted_clients(
 async def test_refused_client_authentication_is_permanent(
     server: TokenServer, client: httpx.AsyncClient, creds: tuple[str, str], method: Method
 ) -> None:
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, server.url, creds, method=method)
     assert (caught.value.reason, caught.value.permanent) == ("InvalidClient", True)
     assert creds[1] not in str(caught.value)
@@ -144,7 +144,7 @@ async def test_scopes_are_granted_or_refused(
     creds = ("scoped", "scoped-secret")
     result = await fetch(client, server.url, creds, scopes=("payments.read", "payments.write"))
     assert result.token.scope == "payments.read payments.write"
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, server.url, creds, scopes=("admin",))
     assert (caught.value.reason, caught.value.error_code) == ("InvalidScope", "invalid_scope")
 
@@ -154,7 +154,7 @@ async def test_secret_rotation(client: httpx.AsyncClient) -> None:
         server.add_client("rotating", "old")
         await fetch(client, server.url, ("rotating", "old"))
         server.set_secret("rotating", "new")
-        with pytest.raises(oauth.TokenError, match="invalid_client"):
+        with pytest.raises(failures.TokenError, match="invalid_client"):
             await fetch(client, server.url, ("rotating", "old"))
         result = await fetch(client, server.url, ("rotating", "new"))
         assert server.verify(result.token.access_token)
@@ -219,7 +219,7 @@ async def test_fault_classification(
     retry_after: float | None,
 ) -> None:
     faults.push(fault)
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, faults.url, ("id", "hunter2"), method=Method.CLIENT_SECRET_POST)
     err = caught.value
     assert (err.reason, err.permanent) == (reason, permanent)
@@ -234,7 +234,7 @@ async def test_fault_classification(
 async def test_retry_after_as_http_date(faults: FaultServer, client: httpx.AsyncClient) -> None:
     # Built here, not at collection time, so that the date is 30 s from now.
     faults.push(Fault.rate_limited(retry_after=http_date(timedelta(seconds=30))))
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, faults.url, ("id", "secret"))
     assert caught.value.reason == "RateLimited"
     assert caught.value.retry_after == pytest.approx(30, abs=2)
@@ -243,7 +243,7 @@ async def test_retry_after_as_http_date(faults: FaultServer, client: httpx.Async
 async def test_hang_times_out(faults: FaultServer, client: httpx.AsyncClient) -> None:
     faults.push(Fault.hang(30))
     started = datetime.now(UTC)
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, faults.url, ("id", "secret"), deadline=0.3)
     assert (caught.value.reason, caught.value.permanent) == ("Timeout", False)
     assert datetime.now(UTC) - started < timedelta(seconds=5)
@@ -251,7 +251,7 @@ async def test_hang_times_out(faults: FaultServer, client: httpx.AsyncClient) ->
 
 async def test_recovers_after_faults(faults: FaultServer, client: httpx.AsyncClient) -> None:
     faults.push(Fault.server_error(502))
-    with pytest.raises(oauth.TokenError):
+    with pytest.raises(failures.TokenError):
         await fetch(client, faults.url, ("id", "secret"))
     result = await fetch(client, faults.url, ("id", "secret"))
     assert result.token.access_token == "fault-token"
@@ -265,6 +265,6 @@ async def test_connection_refused(client: httpx.AsyncClient) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch(client, f"http://127.0.0.1:{port}/token", ("id", "secret"))
     assert (caught.value.reason, caught.value.permanent) == ("ConnectionFailed", False)

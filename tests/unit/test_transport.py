@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from localcluster.pki import CertificateAuthority, KeyPair
-from tokensync import model, oauth, transport
+from tokensync import failures, model, oauth, transport
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 H = datetime.timedelta(hours=1)
@@ -200,7 +200,7 @@ async def fetch_with_certificate(
     http: httpx.AsyncClient, url: str, pair: KeyPair | None
 ) -> oauth.FetchResult:
     cert, key = text(pair) if pair else (None, None)
-    credentials = model.ClientCredentials(
+    credentials = model.ClientAuthMaterial(
         client_id="payments-service", tls_certificate=cert, tls_key=key
     )
     request = model.TokenRequest(token_url=url, auth_method=model.AuthMethod.TLS_CLIENT_AUTH)
@@ -364,7 +364,7 @@ async def test_the_ca_bundle_is_what_is_trusted(
     cert, key = text(client_pair)
     # The system store does not know the test CA: a permanent TLS failure, not a retry.
     system = clients.for_tls(client_cert_pem=cert, client_key_pem=key)
-    with pytest.raises(oauth.TokenError) as caught:
+    with pytest.raises(failures.TokenError) as caught:
         await fetch_with_certificate(system, mtls_server.url, client_pair)
     assert (caught.value.reason, caught.value.permanent) == ("TLSVerificationFailed", True)
 
@@ -385,7 +385,7 @@ async def test_a_refused_certificate_in_a_tls12_handshake_is_client_certificate_
         http = clients.for_tls(
             ca_pem=ca.cert_pem.decode(), client_cert_pem=cert, client_key_pem=key
         )
-        with pytest.raises(oauth.TokenError) as caught:
+        with pytest.raises(failures.TokenError) as caught:
             await fetch_with_certificate(http, server.url, stranger)
         assert (caught.value.reason, caught.value.permanent) == ("ClientCertificateRejected", True)
     finally:
@@ -406,7 +406,7 @@ async def test_a_refused_certificate_in_a_tls13_handshake_is_client_certificate_
             ca_pem=ca.cert_pem.decode(), client_cert_pem=cert, client_key_pem=key
         )
         # Today a raw ssl.SSLError escapes here instead.
-        with pytest.raises(oauth.TokenError) as caught:
+        with pytest.raises(failures.TokenError) as caught:
             await fetch_with_certificate(http, server.url, stranger)
         assert (caught.value.reason, caught.value.permanent) == ("ClientCertificateRejected", True)
     finally:

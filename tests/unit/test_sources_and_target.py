@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tokensync import model, secrets
+from tokensync import model, sources, target
 
 EXPIRES = datetime.datetime(2026, 11, 22, 23, 15, tzinfo=datetime.UTC)
 UID = "0b5e0a4c-7f1e-4c38-9d7a-2f3c1d2e4f50"
@@ -39,7 +39,7 @@ def render(**overrides: Any) -> dict[str, Any]:
         "scope": "payments.read payments.write",
     }
     arguments.update(overrides)
-    return secrets.render_target(**arguments)
+    return target.render_target(**arguments)
 
 
 # -- render_target --------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def test_render_target_is_a_complete_owned_secret() -> None:
             "labels": {
                 "team": "payments",
                 model.MANAGED_BY_LABEL: model.MANAGED_BY_VALUE,
-                secrets.CREDENTIAL_LABEL: "billing-api",
+                target.CREDENTIAL_LABEL: "billing-api",
             },
             "annotations": {
                 "reloader.stakater.com/match": "true",
@@ -82,7 +82,7 @@ def test_render_target_is_a_complete_owned_secret() -> None:
             "scope": b64("payments.read payments.write"),
         },
     }
-    assert secrets.for_create(rendered) == rendered  # nothing to drop
+    assert target.for_create(rendered) == rendered  # nothing to drop
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_a_missing_scope_removes_the_key(scope: str | None) -> None:
     assert "scope" in rendered["data"]
     assert rendered["data"]["scope"] is None
     # ... and a create body has no nulls at all.
-    created = secrets.for_create(rendered)
+    created = target.for_create(rendered)
     assert "scope" not in created["data"]
     assert None not in created["data"].values()
     assert set(created["data"]) == {"access_token", "token_type", "expires_at", "authorization"}
@@ -126,24 +126,24 @@ def test_a_missing_scope_removes_the_key(scope: str | None) -> None:
 
 def test_tokensync_labels_and_annotations_win() -> None:
     # parse_spec refuses these keys; render_target does not rely on it.
-    target = model.TargetSpec(
+    wanted = model.TargetSpec(
         name="t",
-        labels=((model.MANAGED_BY_LABEL, "someone-else"), (secrets.CREDENTIAL_LABEL, "other")),
+        labels=((model.MANAGED_BY_LABEL, "someone-else"), (target.CREDENTIAL_LABEL, "other")),
         annotations=((model.EXPIRES_AT_ANNOTATION, "never"),),
     )
-    meta = render(target=target)["metadata"]
+    meta = render(target=wanted)["metadata"]
     assert meta["labels"][model.MANAGED_BY_LABEL] == model.MANAGED_BY_VALUE
-    assert meta["labels"][secrets.CREDENTIAL_LABEL] == "billing-api"
+    assert meta["labels"][target.CREDENTIAL_LABEL] == "billing-api"
     assert meta["annotations"][model.EXPIRES_AT_ANNOTATION] == "2026-11-22T23:15:00Z"
 
 
 def test_the_credential_label_is_left_out_when_the_name_is_too_long_for_a_label() -> None:
     fits, too_long = "a" * 63, "a" * 64  # label values hold 63 characters, names 253
-    assert render(credential=fits)["metadata"]["labels"][secrets.CREDENTIAL_LABEL] == fits
+    assert render(credential=fits)["metadata"]["labels"][target.CREDENTIAL_LABEL] == fits
     rendered = render(credential=too_long)
-    assert secrets.CREDENTIAL_LABEL not in rendered["metadata"]["labels"]
+    assert target.CREDENTIAL_LABEL not in rendered["metadata"]["labels"]
     assert rendered["metadata"]["ownerReferences"][0]["name"] == too_long
-    assert secrets.owned_by(rendered, credential_uid=UID)
+    assert target.owned_by(rendered, credential_uid=UID)
 
 
 # -- owned_by -------------------------------------------------------------------------------
@@ -161,8 +161,8 @@ def secret_with(
 
 
 MANAGED = {model.MANAGED_BY_LABEL: model.MANAGED_BY_VALUE}
-OWNER = secrets.owner_reference(name="billing-api", uid=UID)
-OTHER_OWNER = secrets.owner_reference(name="billing-api", uid="another-uid")
+OWNER = target.owner_reference(name="billing-api", uid=UID)
+OTHER_OWNER = target.owner_reference(name="billing-api", uid="another-uid")
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,7 @@ OTHER_OWNER = secrets.owner_reference(name="billing-api", uid="another-uid")
     ],
 )
 def test_owned_by(secret: dict[str, Any], owned: bool) -> None:
-    assert secrets.owned_by(secret, credential_uid=UID) is owned
+    assert target.owned_by(secret, credential_uid=UID) is owned
 
 
 # -- client_credentials ---------------------------------------------------------------------
@@ -214,7 +214,7 @@ def client_secret(
     return {"metadata": meta, "data": data}
 
 
-def spec_with(**changes: Any) -> model.CredentialSpec:
+def spec_with(**changes: Any) -> model.ClientCredentialSpec:
     raw: dict[str, Any] = {
         "tokenURL": "https://login.example.com/t",
         "clientSecretRef": {"name": "oauth-client"},
@@ -224,10 +224,10 @@ def spec_with(**changes: Any) -> model.CredentialSpec:
 
 
 def client_credentials(
-    secret: dict[str, Any] | None, *, spec: model.CredentialSpec
-) -> model.ClientCredentials:
+    secret: dict[str, Any] | None, *, spec: model.ClientCredentialSpec
+) -> model.ClientAuthMaterial:
     """The client Secret ``oauth-client`` read as ``secret`` (None: not found)."""
-    return secrets.client_credentials({"oauth-client": secret}, spec=spec)
+    return sources.auth_material({"oauth-client": secret}, spec=spec)
 
 
 GOOD = {"client_id": b64("billing-service"), "client_secret": b64(CLIENT_SECRET)}
@@ -235,7 +235,7 @@ GOOD = {"client_id": b64("billing-service"), "client_secret": b64(CLIENT_SECRET)
 
 def test_client_credentials() -> None:
     creds = client_credentials(client_secret(GOOD), spec=SPEC)
-    assert creds == model.ClientCredentials("billing-service", CLIENT_SECRET)
+    assert creds == model.ClientAuthMaterial("billing-service", CLIENT_SECRET)
     assert CLIENT_SECRET not in repr(creds)
 
 
@@ -356,9 +356,9 @@ PROBLEMS = [
     [pytest.param(*case[1:], id=case[0]) for case in PROBLEMS],
 )
 def test_client_secret_problems(
-    secret: dict[str, Any] | None, spec: model.CredentialSpec, reason: str, fragment: str
+    secret: dict[str, Any] | None, spec: model.ClientCredentialSpec, reason: str, fragment: str
 ) -> None:
-    with pytest.raises(secrets.ClientSecretProblem) as caught:
+    with pytest.raises(sources.SourceProblem) as caught:
         client_credentials(secret, spec=spec)
     assert caught.value.reason == reason
     assert fragment in str(caught.value)
@@ -391,7 +391,7 @@ def named_secret(
     }
 
 
-def keyless_spec(**fields: Any) -> model.CredentialSpec:
+def keyless_spec(**fields: Any) -> model.ClientCredentialSpec:
     raw: dict[str, Any] = {
         "tokenURL": "https://login.example.com/t",
         "clientID": "payments-service",
@@ -407,8 +407,8 @@ TLS_SECRET = named_secret("client-tls", {"tls.crt": b64(CERT_PEM), "tls.key": b6
 
 
 def test_private_key_from_its_secret() -> None:
-    creds = secrets.client_credentials({"signing-key": KEY_SECRET}, spec=KEY_SPEC)
-    assert creds == model.ClientCredentials(client_id="payments-service", private_key=KEY_PEM)
+    creds = sources.auth_material({"signing-key": KEY_SECRET}, spec=KEY_SPEC)
+    assert creds == model.ClientAuthMaterial(client_id="payments-service", private_key=KEY_PEM)
     assert KEY_PEM not in repr(creds)
     assert "KeyMaterial" not in repr(creds)
 
@@ -418,15 +418,13 @@ def test_private_key_with_custom_keys_and_its_certificate() -> None:
         privateKeyRef={"name": "signing-key", "key": "key.jwk", "certificateKey": "cert.pem"}
     )
     data = {"key.jwk": b64('{"kty":"OKP"}\n'), "cert.pem": b64(CERT_PEM), "tls.key": b64("x")}
-    creds = secrets.client_credentials(
-        {"signing-key": named_secret("signing-key", data)}, spec=spec
-    )
+    creds = sources.auth_material({"signing-key": named_secret("signing-key", data)}, spec=spec)
     assert (creds.private_key, creds.certificate) == ('{"kty":"OKP"}', CERT_PEM)
     assert creds.tls_certificate is None
 
 
 def test_client_certificate_from_a_tls_secret() -> None:
-    creds = secrets.client_credentials({"client-tls": TLS_SECRET}, spec=CERT_SPEC)
+    creds = sources.auth_material({"client-tls": TLS_SECRET}, spec=CERT_SPEC)
     assert (creds.tls_certificate, creds.tls_key) == (CERT_PEM, TLS_KEY_PEM)
     assert (creds.private_key, creds.client_secret, creds.certificate) == (None, None, None)
     assert "TlsKeyMaterial" not in repr(creds)
@@ -440,13 +438,13 @@ def test_several_secrets_at_once() -> None:
         clientCertificateRef={"name": "client-tls"},
     )
     key_secret = named_secret("signing-key", {"tls.key": b64(KEY_PEM), "tls.crt": b64(CERT_PEM)})
-    sources = {
+    found = {
         "oauth-client": client_secret(GOOD),
         "signing-key": key_secret,
         "client-tls": TLS_SECRET,
     }
-    creds = secrets.client_credentials(sources, spec=spec, external_assertion="sa-token")
-    assert creds == model.ClientCredentials(
+    creds = sources.auth_material(found, spec=spec, external_assertion="sa-token")
+    assert creds == model.ClientAuthMaterial(
         client_id="payments-service",  # spec.clientID wins over the Secret's
         client_secret=CLIENT_SECRET,
         private_key=KEY_PEM,
@@ -471,8 +469,8 @@ def test_one_secret_holding_the_client_secret_and_the_key() -> None:
 
 def test_workload_identity_reads_no_secret() -> None:
     spec = keyless_spec(serviceAccountRef={"name": "payments", "audience": "api://x"})
-    creds = secrets.client_credentials({}, spec=spec, external_assertion="eyJ.sa.token")
-    assert creds == model.ClientCredentials(
+    creds = sources.auth_material({}, spec=spec, external_assertion="eyJ.sa.token")
+    assert creds == model.ClientAuthMaterial(
         client_id="payments-service", external_assertion="eyJ.sa.token"
     )
 
@@ -612,14 +610,14 @@ MATERIAL_PROBLEMS = [
     [pytest.param(*case[1:], id=case[0]) for case in MATERIAL_PROBLEMS],
 )
 def test_material_problems(
-    spec: model.CredentialSpec,
+    spec: model.ClientCredentialSpec,
     changes: dict[str, dict[str, Any] | None],
     reason: str,
     fragment: str,
 ) -> None:
-    sources = {**ALL_SOURCES, **changes}
-    with pytest.raises(secrets.ClientSecretProblem) as caught:
-        secrets.client_credentials(sources, spec=spec)
+    found = {**ALL_SOURCES, **changes}
+    with pytest.raises(sources.SourceProblem) as caught:
+        sources.auth_material(found, spec=spec)
     assert caught.value.reason == reason
     assert fragment in str(caught.value)
     text = " ".join([str(caught.value), repr(caught.value), *map(str, caught.value.args)])
@@ -628,8 +626,8 @@ def test_material_problems(
 
 
 def test_a_secret_absent_from_the_sources_is_not_found() -> None:
-    with pytest.raises(secrets.ClientSecretProblem) as caught:
-        secrets.client_credentials({"unrelated": KEY_SECRET}, spec=KEY_SPEC)
+    with pytest.raises(sources.SourceProblem) as caught:
+        sources.auth_material({"unrelated": KEY_SECRET}, spec=KEY_SPEC)
     assert caught.value.reason == "PrivateKeyNotFound"
 
 
@@ -663,7 +661,7 @@ def account(annotations: dict[str, Any] | None) -> dict[str, Any]:
 )
 def test_service_account_allows(listed: str, audience: str, *, allowed: bool) -> None:
     annotations = {model.TOKEN_AUDIENCES_ANNOTATION: listed}
-    assert secrets.service_account_allows(account(annotations), audience) is allowed
+    assert sources.service_account_allows(account(annotations), audience) is allowed
 
 
 @pytest.mark.parametrize(
@@ -679,7 +677,7 @@ def test_service_account_allows(listed: str, audience: str, *, allowed: bool) ->
     ],
 )
 def test_service_account_without_the_annotation_allows_nothing(sa: dict[str, Any]) -> None:
-    assert secrets.service_account_allows(sa, "sts.amazonaws.com") is False
+    assert sources.service_account_allows(sa, "sts.amazonaws.com") is False
 
 
 def test_the_audiences_annotation_name() -> None:
