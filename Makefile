@@ -52,7 +52,8 @@ controlplane: install controlplane-binaries
 demo: install controlplane-binaries
 	$(BIN)/python -m demo
 
-# docs/reference.md's ClientCredential section is generated from the CRD schema.
+# Generated from the code (tools/crdref): docs/reference.md's ClientCredential section from
+# the CRD schema, and README's table of Ready reasons from operator/tokensync/failures.py.
 docs: install
 	$(BIN)/python -m crdref
 

@@ -23,9 +23,20 @@ from typing import Any
 import httpx
 import yaml
 
-from tokensync import discovery, failures, model, oauth, runtime, transport
+from tokensync import (
+    clientauth,
+    config,
+    discovery,
+    failures,
+    model,
+    oauth,
+    parsing,
+    transport,
+    urlpolicy,
+)
 
 SECRET_ENV = "TOKENSYNC_CLIENT_SECRET"
+DEFAULTS = config.DEFAULTS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--namespace", action="append", default=[], help="watch only these (repeatable)"
     )
-    run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: off)")
+    run.add_argument(
+        "--metrics-port", type=int, default=DEFAULTS.metrics_port, help="Prometheus port (0: off)"
+    )
     run.add_argument("--health-port", type=int, default=8081, help="liveness probe port (0: off)")
     run.add_argument(
         "--allow-insecure-http",
@@ -49,20 +62,25 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="restrict token endpoints to these hosts; '*.example.com' matches subdomains",
     )
-    run.add_argument("--workers", type=_positive_int, default=16, help="concurrent refreshes")
     run.add_argument(
-        "--token-rate", type=_positive_float, default=20.0, help="token requests/s per host"
+        "--workers", type=_positive_int, default=DEFAULTS.workers, help="concurrent refreshes"
+    )
+    run.add_argument(
+        "--token-rate",
+        type=_positive_float,
+        default=DEFAULTS.token_rate_per_host,
+        help="token requests/s per host",
     )
     run.add_argument(
         "--token-concurrency",
         type=_positive_int,
-        default=4,
+        default=DEFAULTS.token_concurrency_per_host,
         help="token requests in flight per host",
     )
     run.add_argument(
         "--event-rate",
         type=_positive_float,
-        default=10.0,
+        default=DEFAULTS.event_rate,
         help="Kubernetes Events posted per second at most (bursts of 100); the rest are skipped",
     )
     run.add_argument("--verbose", action="store_true", help="debug logging")
@@ -122,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     # Request-level logs of the clients carry URLs and headers; keep them quiet.
     for noisy in ("httpx", "httpcore", "urllib3", "kubernetes", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = runtime.Config(
+    settings = config.Config(
         allow_insecure_http=args.allow_insecure_http,
         allowed_hosts=frozenset(args.allowed_token_host) or None,
         metrics_port=args.metrics_port or None,
@@ -138,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=liveness,
-            memo=kopf.Memo(config=config),
+            memo=kopf.Memo(config=settings),
         )
     )
     return 0
@@ -153,7 +171,7 @@ def _request_from(
         found = next((d for d in docs if isinstance(d, dict) and d.get("kind") == model.KIND), None)
         if found is None:
             raise SystemExit(f"{args.file}: no {model.KIND} in the file")
-        spec = model.parse_spec(found.get("spec") or {}, name=found["metadata"]["name"])
+        spec = parsing.parse_spec(found.get("spec") or {}, name=found["metadata"]["name"])
         request, client_id, refresh = spec.request, spec.client_id, spec.refresh
         issuer = spec.issuer_url
     elif args.token_url or args.issuer_url:
@@ -227,21 +245,23 @@ async def _fetch(args: argparse.Namespace) -> int:
             ) as http,
         ):
             if issuer:
-                oauth.check_token_url(issuer, allow_insecure_http=args.allow_insecure_http)
+                urlpolicy.check_token_url(issuer, allow_insecure_http=args.allow_insecure_http)
                 metadata = await discovery.fetch_metadata(plain, issuer, timeout=10.0)
-                token_url = metadata.token_endpoint
-                if credentials.tls_certificate and metadata.mtls_token_endpoint:
-                    token_url = metadata.mtls_token_endpoint
+                token_url = discovery.token_endpoint(
+                    metadata, client_certificate=bool(credentials.tls_certificate)
+                )
                 request = dataclasses.replace(request, token_url=token_url)
                 supported = metadata.auth_methods
-            oauth.check_token_url(request.token_url, allow_insecure_http=args.allow_insecure_http)
+            urlpolicy.check_token_url(
+                request.token_url, allow_insecure_http=args.allow_insecure_http
+            )
             result = await oauth.fetch_token(
                 http,
                 request=request,
                 credentials=credentials,
                 default_lifetime=refresh.default_lifetime,
                 now=lambda: datetime.datetime.now(datetime.UTC),
-                methods=oauth.candidate_methods(
+                methods=clientauth.candidates(
                     request.auth_method,
                     credentials,
                     supported,

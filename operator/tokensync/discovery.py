@@ -46,6 +46,14 @@ class Metadata:
     auth_methods: tuple[str, ...] | None = None
 
 
+def token_endpoint(metadata: Metadata, *, client_certificate: bool) -> str:
+    """Where token requests go: with a client certificate, the mTLS alias if the document
+    has one (RFC 8705 section 5), since the plain endpoint may not ask for certificates."""
+    if client_certificate and metadata.mtls_token_endpoint:
+        return metadata.mtls_token_endpoint
+    return metadata.token_endpoint
+
+
 def _error(
     message: str, *, reason: str = "DiscoveryFailed", permanent: bool
 ) -> failures.TokenError:

@@ -19,14 +19,16 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
-from tokensync import failures, model
+from tokensync import config, failures, model
 
 T = TypeVar("T")
 _MERGE_PATCH = "application/merge-patch+json"
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, *, workers: int = 8) -> None:
+    def __init__(
+        self, api: client.ApiClient, *, workers: int = config.DEFAULTS.kube_workers
+    ) -> None:
         self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
         self._pool = concurrent.futures.ThreadPoolExecutor(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import logging
 import time
@@ -19,7 +18,7 @@ import prometheus_client
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from tokensync import kube, metrics, reconcile, scheduler, transport
+from tokensync import config, kube, metrics, reconcile, scheduler, transport
 
 logger = logging.getLogger(__name__)
 
@@ -28,23 +27,6 @@ STUCK_AFTER = 30.0
 #: How often the heap is considered for gc.freeze(), and the growth that calls for another.
 FREEZE_INTERVAL = 30.0
 FREEZE_GROWTH = 1.25
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Config:
-    allow_insecure_http: bool = False
-    allowed_hosts: frozenset[str] | None = None
-    metrics_port: int | None = 8080
-    metrics_address: str = "0.0.0.0"  # noqa: S104 -- scraped from outside the pod
-    workers: int = 16
-    kube_workers: int = 8
-    token_rate_per_host: float = 20.0
-    # No burst: requests evenly spaced, so no 1-s window holds more than the rate. A burst
-    # of B lets a window hold up to B - 1 more (decision 0022).
-    token_burst_per_host: int = 1
-    token_concurrency_per_host: int = 4
-    event_rate: float = reconcile.EVENT_RATE
-    request_timeout: float = 10.0
 
 
 def _api_client(workers: int) -> k8s_client.ApiClient:
@@ -102,15 +84,15 @@ class HeapFreezer:
 
 
 class Runtime:
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, settings: config.Config) -> None:
+        self.config = settings
         self.metrics = metrics.Metrics()
         self.queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(
-            workers=config.workers
+            workers=settings.workers
         )
-        self.kube = kube.Kube(_api_client(config.kube_workers), workers=config.kube_workers)
+        self.kube = kube.Kube(_api_client(settings.kube_workers), workers=settings.kube_workers)
         self.http = transport.HttpClients(
-            timeout=config.request_timeout, max_connections=config.workers
+            timeout=settings.request_timeout, max_connections=settings.workers
         )
         self.reconciler = reconcile.Reconciler(
             kube_api=self.kube,
@@ -118,16 +100,11 @@ class Runtime:
             metrics_=self.metrics,
             queue=self.queue,
             pacer=scheduler.HostPacer(
-                rate=config.token_rate_per_host,
-                burst=config.token_burst_per_host,
-                concurrency=config.token_concurrency_per_host,
+                rate=settings.token_rate_per_host,
+                burst=settings.token_burst_per_host,
+                concurrency=settings.token_concurrency_per_host,
             ),
-            settings=reconcile.Settings(
-                allow_insecure_http=config.allow_insecure_http,
-                allowed_hosts=config.allowed_hosts,
-                request_timeout=config.request_timeout,
-            ),
-            events=scheduler.Budget(rate=config.event_rate, burst=reconcile.EVENT_BURST),
+            settings=settings,
         )
         # Read at scrape time: kopf caches the health probe's result for up to 10 s, so
         # setting it there made the gauge lag (and a restart look 10 s slower than it is).

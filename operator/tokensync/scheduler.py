@@ -19,6 +19,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from tokensync import config
+
 K = TypeVar("K", bound=Hashable)
 Work = Callable[[K, float], Awaitable[None]]
 
@@ -159,7 +161,7 @@ class HostPacer:
         *,
         rate: float,
         burst: int,
-        concurrency: int = 4,
+        concurrency: int = config.DEFAULTS.token_concurrency_per_host,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:

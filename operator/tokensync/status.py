@@ -14,15 +14,7 @@ from typing import Any
 from tokensync import model
 
 READY = "Ready"
-
-# Reasons for Ready=True
-TOKEN_ISSUED = "TokenIssued"
-REFRESH_FAILING = "RefreshFailing"  # the current token is still valid; retrying
-# Reasons for Ready=False that do not come from the token endpoint
-EXPIRED = "Expired"
-INVALID_SPEC = "InvalidSpec"
-TARGET_CONFLICT = "TargetConflict"
-PENDING = "Pending"
+# The reasons: failures.Reason.
 
 
 def set_condition(

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tokensync import model
+from tokensync import model, parsing
 
 pytestmark = pytest.mark.e2e
 
@@ -570,7 +570,7 @@ def test_minimal_credential_gets_defaults(custom: client.CustomObjectsApi, names
     # The target name default (<metadata.name>-token) is documented, not written.
     assert "target" not in spec
     assert "refresh" not in spec
-    parsed = model.parse_spec(spec, name="minimal")
+    parsed = parsing.parse_spec(spec, name="minimal")
     assert parsed.target.name == "minimal-token"
 
 

@@ -1,8 +1,8 @@
 """Client authentication without shared secrets: which methods are tried, and what is sent.
 
-``candidate_methods`` is a pure table. Requests are captured with httpx's MockTransport (what
-we send is the subject here; real servers are exercised elsewhere), and every assertion in
-them is verified with PyJWT against the key's public half or the shared secret.
+``clientauth.candidates`` is a pure table. Requests are captured with httpx's MockTransport
+(what we send is the subject here; real servers are exercised elsewhere), and every
+assertion in them is verified with PyJWT against the key's public half or the shared secret.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm
 
-from tokensync import assertion, failures, model, oauth
+from tokensync import assertion, clientauth, failures, model, oauth
 
 M = model.AuthMethod
 URL = "https://login.example.com/oauth2/token"
@@ -59,7 +59,7 @@ def creds(
     )
 
 
-# -- candidate_methods -------------------------------------------------------------------------
+# -- clientauth.candidates --------------------------------------------------------------------
 
 ALL = {"secret": True, "key": True, "tls": True, "external": True}
 TLS_BOTH = ["tls_client_auth", "self_signed_tls_client_auth"]
@@ -91,10 +91,10 @@ AUTO_TABLE: list[tuple[str, dict[str, bool], Collection[str] | None, list[M]]] =
         [
             M.WORKLOAD_IDENTITY,
             M.PRIVATE_KEY_JWT,
+            M.CLIENT_SECRET_JWT,
             M.TLS_CLIENT_AUTH,
             M.CLIENT_SECRET_BASIC,
             M.CLIENT_SECRET_POST,
-            M.CLIENT_SECRET_JWT,
         ],
     ),
     # A federated ServiceAccount token is a private_key_jwt assertion to the server.
@@ -123,7 +123,7 @@ AUTO_TABLE: list[tuple[str, dict[str, bool], Collection[str] | None, list[M]]] =
         "secret-all-listed",
         {"secret": True},
         SECRET_ALL,
-        [M.CLIENT_SECRET_BASIC, M.CLIENT_SECRET_POST, M.CLIENT_SECRET_JWT],
+        [M.CLIENT_SECRET_JWT, M.CLIENT_SECRET_BASIC, M.CLIENT_SECRET_POST],
     ),
     # Our preference order, not the server's listing order.
     (
@@ -150,7 +150,7 @@ AUTO_TABLE: list[tuple[str, dict[str, bool], Collection[str] | None, list[M]]] =
 def test_auto_candidates(
     material: dict[str, bool], supported: Collection[str] | None, expected: list[M]
 ) -> None:
-    assert oauth.candidate_methods(M.AUTO, creds(**material), supported) == expected
+    assert clientauth.candidates(M.AUTO, creds(**material), supported) == expected
 
 
 @pytest.mark.parametrize("method", [m for m in M if m is not M.AUTO])
@@ -160,7 +160,76 @@ def test_an_explicit_method_is_returned_as_is(
     method: M, supported: list[str] | None, material: dict[str, bool]
 ) -> None:
     # The configured method is what the operator asked for: not filtered, not reordered.
-    assert oauth.candidate_methods(method, creds(**material), supported) == [method]
+    assert clientauth.candidates(method, creds(**material), supported) == [method]
+
+
+SERVICE_ACCOUNT_TABLE: list[tuple[str, dict[str, bool], Collection[str] | None, list[M]]] = [
+    # (id, material, token_endpoint_auth_methods_supported, expected), with a serviceAccountRef
+    # and no token minted yet.
+    ("alone", {}, None, [M.WORKLOAD_IDENTITY]),
+    ("listed", {}, ["private_key_jwt"], [M.WORKLOAD_IDENTITY]),
+    ("unlisted", {}, ["client_secret_basic"], []),
+    (
+        "and-a-secret",
+        {"secret": True},
+        ["private_key_jwt", "client_secret_basic"],
+        [M.WORKLOAD_IDENTITY, M.CLIENT_SECRET_BASIC],
+    ),
+    ("already-minted", {"external": True}, None, [M.WORKLOAD_IDENTITY]),
+]
+
+
+@pytest.mark.parametrize(
+    ("material", "supported", "expected"),
+    [pytest.param(*case[1:], id=case[0]) for case in SERVICE_ACCOUNT_TABLE],
+)
+def test_a_service_account_ref_makes_workload_identity_a_candidate(
+    material: dict[str, bool], supported: Collection[str] | None, expected: list[M]
+) -> None:
+    methods = clientauth.candidates(M.AUTO, creds(**material), supported, service_account=True)
+    assert methods == expected
+
+
+def test_without_a_service_account_ref_workload_identity_needs_the_token() -> None:
+    assert clientauth.candidates(M.AUTO, creds(secret=True), None) == [
+        M.CLIENT_SECRET_BASIC,
+        M.CLIENT_SECRET_POST,
+    ]
+
+
+def test_auto_skips_client_secret_jwt_with_a_secret_too_short_to_sign() -> None:
+    # A listed client_secret_jwt must not stop auto with ClientSecretTooShort (permanent)
+    # before the methods that can use a short secret.
+    short = model.ClientAuthMaterial(client_id=CLIENT_ID, client_secret="short-secret")
+    assert clientauth.candidates(M.AUTO, short, SECRET_ALL) == [
+        M.CLIENT_SECRET_BASIC,
+        M.CLIENT_SECRET_POST,
+    ]
+    # Asked for by the spec's algorithm, it is tried, so that the reason is reported.
+    assert clientauth.candidates(M.AUTO, short, SECRET_ALL, algorithm="HS256")[0] is (
+        M.CLIENT_SECRET_JWT
+    )
+
+
+def test_every_method_has_one_client_auth() -> None:
+    concrete = [m for m in M if m is not M.AUTO]
+    assert sorted(a.method for a in clientauth.STRONGEST_FIRST) == sorted(concrete)
+    for method in concrete:
+        assert clientauth.for_method(method).method is method
+    with pytest.raises(ValueError, match="not a concrete"):
+        clientauth.for_method(M.AUTO)
+
+
+def test_each_method_needs_what_the_spec_validation_asks_for() -> None:
+    # model's spec check names the Secret each method needs; the classes must agree.
+    proof = {
+        clientauth.Proof.CLIENT_SECRET: model.SECRET_METHODS,
+        clientauth.Proof.CLIENT_CERTIFICATE: model.TLS_METHODS,
+        clientauth.Proof.PRIVATE_KEY: {M.PRIVATE_KEY_JWT},
+        clientauth.Proof.SERVICE_ACCOUNT_TOKEN: {M.WORKLOAD_IDENTITY},
+    }
+    for auth in clientauth.STRONGEST_FIRST:
+        assert auth.method in proof[auth.proof]
 
 
 # -- request building --------------------------------------------------------------------------
@@ -475,10 +544,58 @@ def test_the_assertion_type_constant() -> None:
 @pytest.mark.parametrize("supported", [None, ["client_secret_jwt", "private_key_jwt"]])
 def test_an_hmac_algorithm_asks_auto_for_client_secret_jwt(supported: list[str] | None) -> None:
     both = model.ClientAuthMaterial(client_id="c", client_secret="s" * 64, private_key="k")
-    methods = oauth.candidate_methods(M.AUTO, both, supported, algorithm="HS256")
+    methods = clientauth.candidates(M.AUTO, both, supported, algorithm="HS256")
     assert methods[0] is M.CLIENT_SECRET_JWT
     assert M.PRIVATE_KEY_JWT not in methods
     # An asymmetric algorithm leaves the usual order.
-    assert oauth.candidate_methods(M.AUTO, both, supported, algorithm="ES256")[0] is (
+    assert clientauth.candidates(M.AUTO, both, supported, algorithm="ES256")[0] is (
         M.PRIVATE_KEY_JWT
     )
+
+
+def is_basic(request: httpx.Request) -> bool:
+    return request.headers.get("authorization", "").startswith("Basic ")
+
+
+async def test_auto_sends_client_secret_jwt_before_the_secret_itself(
+    recorder: tuple[Recorder, httpx.AsyncClient],
+) -> None:
+    # The issuer lists client_secret_jwt: the first request signs with the secret and does
+    # not carry it; no Basic or form-body request goes out before it.
+    rec, client = recorder
+    supported = ["client_secret_basic", "client_secret_post", "client_secret_jwt"]
+    credentials = creds(secret=True)
+    result = await oauth.fetch_token(
+        client,
+        request=model.TokenRequest(token_url=URL),
+        credentials=credentials,
+        default_lifetime=H,
+        now=now,
+        methods=clientauth.candidates(M.AUTO, credentials, supported),
+    )
+    assert result.auth_method is M.CLIENT_SECRET_JWT
+    (first,) = rec.requests
+    assert_no_shared_secret(dict(first.headers), first.content)
+    jwt.decode(assertion_of(first.content), SECRET.encode(), algorithms=["HS256"], audience=URL)
+
+
+async def test_auto_moves_on_from_client_secret_jwt_when_the_client_is_refused(
+    recorder: tuple[Recorder, httpx.AsyncClient],
+) -> None:
+    rec, client = recorder
+    rec.responses = [httpx.Response(401, json={"error": "invalid_client"})]
+    supported = ["client_secret_jwt", "client_secret_basic"]
+    credentials = creds(secret=True)
+    result = await oauth.fetch_token(
+        client,
+        request=model.TokenRequest(token_url=URL),
+        credentials=credentials,
+        default_lifetime=H,
+        now=now,
+        methods=clientauth.candidates(M.AUTO, credentials, supported),
+    )
+    assert result.auth_method is M.CLIENT_SECRET_BASIC
+    first, second = rec.requests
+    assert "client_assertion" in form(first.content)
+    assert not is_basic(first)
+    assert is_basic(second)

@@ -1,4 +1,4 @@
-"""The CRD, the examples and ``model.parse_spec`` describe the same resource.
+"""The CRD, the examples and ``parsing.parse_spec`` describe the same resource.
 
 The API server prunes every field the CRD schema does not declare, so a field that
 parse_spec reads but the CRD lacks would silently never arrive; a field the CRD declares
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tokensync import model
+from tokensync import model, parsing
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / f"{model.PLURAL}.{model.GROUP}.yaml"
@@ -124,7 +124,7 @@ def test_examples_contain_credentials() -> None:
 @pytest.mark.parametrize("doc", EXAMPLE_CREDENTIALS)
 def test_parse_spec_accepts_example(doc: dict[str, Any]) -> None:
     spec, name = doc["spec"], doc["metadata"]["name"]
-    parsed = model.parse_spec(spec, name=name)
+    parsed = parsing.parse_spec(spec, name=name)
     assert parsed.request.token_url == spec.get("tokenURL", "")
     assert parsed.issuer_url == spec.get("issuerURL")
     if "clientSecretRef" in spec:
@@ -138,7 +138,7 @@ def test_example_client_secrets_opt_in(path: pathlib.Path) -> None:
     docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
     for cred in credentials_in(path):
-        spec = model.parse_spec(cred["spec"], name=cred["metadata"]["name"])
+        spec = parsing.parse_spec(cred["spec"], name=cred["metadata"]["name"])
         for name in spec.secret_names:
             secret = secrets[name]  # every example brings the Secrets it refers to
             assert secret["metadata"]["labels"][model.CLIENT_SECRET_LABEL] == "true"
@@ -171,7 +171,7 @@ def test_parse_spec_reads_exactly_the_declared_fields() -> None:
     schema = spec_schema()
     seen: set[str] = set()
     for doc in credentials_in(FULL_EXAMPLE):
-        model.parse_spec(Recording(doc["spec"], schema, "spec", seen), name="x")
+        parsing.parse_spec(Recording(doc["spec"], schema, "spec", seen), name="x")
     declared = set(schema_paths(schema))
     assert declared - seen == set(), "declared in the CRD but never read by parse_spec"
     assert seen - declared == set(), "read by parse_spec but pruned by the API server"
@@ -191,7 +191,7 @@ def test_schema_defaults_and_enums_match_model() -> None:
     assert key["key"]["default"] == model.DEFAULT_PRIVATE_KEY_KEY
     assertion = props["clientAssertion"]["properties"]
     assert assertion["algorithm"]["enum"] == list(model.ASSERTION_ALGORITHMS)
-    assert model.parse_duration(assertion["lifetime"]["default"], field="x") == (
+    assert parsing.parse_duration(assertion["lifetime"]["default"], field="x") == (
         model.DEFAULT_ASSERTION_LIFETIME
     )
     refresh = props["refresh"]["properties"]
@@ -200,6 +200,19 @@ def test_schema_defaults_and_enums_match_model() -> None:
     assert "30s" in refresh["minInterval"]["description"]
     assert model.DEFAULT_MIN_INTERVAL.total_seconds() == 30
     assert "default" not in props.get("target", {}).get("properties", {}).get("name", {})
+
+
+def test_reserved_extra_params_are_refused_with_the_model_s_reasons() -> None:
+    """Admission and parse_spec refuse the same parameters, saying the same thing."""
+    rules = spec_schema()["properties"]["extraParams"]["x-kubernetes-validations"]
+    messages = {
+        match.group(1): rule["message"]
+        for rule in rules
+        if (match := re.fullmatch(r"!\('(\w+)' in self\)", rule["rule"]))
+    }
+    assert messages == {
+        key: f"must not set {key}: {why}" for key, why in model.RESERVED_EXTRA_PARAMS.items()
+    }
 
 
 def test_names_match_model() -> None:
@@ -235,10 +248,10 @@ def test_duration_pattern_agrees_with_parse_duration(value: str, valid: bool) ->
     pattern = spec_schema()["properties"]["refresh"]["properties"]["renewBefore"]["pattern"]
     assert bool(re.fullmatch(pattern, value)) is valid
     if valid:
-        model.parse_duration(value, field="f")
+        parsing.parse_duration(value, field="f")
     else:
         with pytest.raises(model.SpecError):
-            model.parse_duration(value, field="f")
+            parsing.parse_duration(value, field="f")
 
 
 @pytest.mark.parametrize(
@@ -260,10 +273,10 @@ def test_target_name_rules_agree_with_parse_spec(name: str, valid: bool) -> None
     spec = {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}}
     spec["target"] = {"name": name}
     if valid:
-        assert model.parse_spec(spec, name="x").target.name == name
+        assert parsing.parse_spec(spec, name="x").target.name == name
     else:
         with pytest.raises(model.SpecError, match=r"spec\.target\.name"):
-            model.parse_spec(spec, name="x")
+            parsing.parse_spec(spec, name="x")
 
 
 # -- documentation ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tokensync import discovery, failures, oauth
+from tokensync import discovery, failures, responses
 
 # -- well_known_urls -------------------------------------------------------------------------
 
@@ -169,6 +169,26 @@ def test_mtls_endpoint_alias(aliases: object, expected: str | None) -> None:
 def test_auth_methods_supported(methods: object, expected: tuple[str, ...] | None) -> None:
     raw = document(token_endpoint_auth_methods_supported=methods)
     assert discovery.parse_metadata(raw, issuer=ISSUER).auth_methods == expected
+
+
+# -- token_endpoint ----------------------------------------------------------------------------
+
+MTLS = "https://mtls.idp.example.com/token"
+
+
+@pytest.mark.parametrize(
+    ("alias", "client_certificate", "expected"),
+    [
+        # RFC 8705 section 5: the alias is for clients that present a certificate.
+        (MTLS, True, MTLS),
+        (MTLS, False, TOKEN),
+        (None, True, TOKEN),
+        (None, False, TOKEN),
+    ],
+)
+def test_token_endpoint(alias: str | None, client_certificate: bool, expected: str) -> None:
+    metadata = discovery.Metadata(issuer=ISSUER, token_endpoint=TOKEN, mtls_token_endpoint=alias)
+    assert discovery.token_endpoint(metadata, client_certificate=client_certificate) == expected
 
 
 # -- a real HTTP server on loopback ------------------------------------------------------------
@@ -376,7 +396,7 @@ async def test_a_body_over_1_mib_is_refused(
     server: DiscoveryServer, client: httpx.AsyncClient, *, unframed: bool
 ) -> None:
     issuer = server.issuer()
-    padding = "x" * (oauth.MAX_BODY_BYTES + 1)
+    padding = "x" * (responses.MAX_BODY_BYTES + 1)
     body = json.dumps({"issuer": issuer, "token_endpoint": issuer + "/t", "pad": padding})
     server.routes[discovery.OPENID_PATH] = Reply(body=body.encode(), unframed=unframed)
     with pytest.raises(failures.TokenError) as caught:
@@ -391,8 +411,8 @@ async def test_a_body_just_under_the_cap_is_read(
     issuer = server.issuer()
     doc = {"issuer": issuer, "token_endpoint": issuer + "/t", "pad": ""}
     size = len(json.dumps(doc))
-    doc["pad"] = "x" * (oauth.MAX_BODY_BYTES - size)
-    assert len(json.dumps(doc)) == oauth.MAX_BODY_BYTES
+    doc["pad"] = "x" * (responses.MAX_BODY_BYTES - size)
+    assert len(json.dumps(doc)) == responses.MAX_BODY_BYTES
     server.routes[discovery.OPENID_PATH] = Reply.json(doc)
     assert (await fetch(client, issuer)).token_endpoint == issuer + "/t"
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokensync import failures, model, oauth
+from tokensync import failures, model, oauth, responses
 
 EXAMPLES = 10_000
 KNOWN_REASONS = {
@@ -154,7 +154,7 @@ def test_every_response_is_a_complete_token_or_a_clear_error(
     if retry_after is not None:
         headers.append(("Retry-After", retry_after))
     _Scripted.response = (status, headers, body)
-    outcome: oauth.FetchResult | failures.TokenError
+    outcome: responses.FetchResult | failures.TokenError
     try:
         outcome = RUNNER.run(_fetch(endpoint))
     except failures.TokenError as err:  # the expected outcome for most responses
@@ -179,7 +179,7 @@ RUNNER = asyncio.Runner()
 CLIENT: httpx.AsyncClient | None = None
 
 
-async def _fetch(url: str) -> oauth.FetchResult:
+async def _fetch(url: str) -> responses.FetchResult:
     global CLIENT  # noqa: PLW0603 -- created inside the runner's loop, on first use
     if CLIENT is None:
         CLIENT = httpx.AsyncClient()

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokensync import model
+from tokensync import model, parsing
 
 CRD_PATH = (
     pathlib.Path(__file__).resolve().parents[2] / "crds" / "clientcredentials.tokensync.dev.yaml"
@@ -49,7 +49,7 @@ def ref(**fields: Any) -> dict[str, Any]:
 
 
 def test_minimal_spec_gets_the_defaults() -> None:
-    parsed = model.parse_spec(MINIMAL, name="billing-api")
+    parsed = parsing.parse_spec(MINIMAL, name="billing-api")
     assert parsed == model.ClientCredentialSpec(
         request=model.TokenRequest(token_url="https://login.example.com/oauth2/token"),
         secret_ref=model.SecretRef(name="billing-oauth-client"),
@@ -79,7 +79,7 @@ def test_full_spec() -> None:
             "annotations": {"reloader.stakater.com/match": "true"},
         },
     }
-    assert model.parse_spec(spec, name="reporting-api") == model.ClientCredentialSpec(
+    assert parsing.parse_spec(spec, name="reporting-api") == model.ClientCredentialSpec(
         request=model.TokenRequest(
             token_url="https://login.example.com/oauth2/token",
             auth_method=model.AuthMethod.CLIENT_SECRET_POST,
@@ -164,7 +164,7 @@ def test_full_spec() -> None:
     ],
 )
 def test_accepted(spec: dict[str, Any], check: Any) -> None:
-    assert check(model.parse_spec(spec, name="billing-api"))
+    assert check(parsing.parse_spec(spec, name="billing-api"))
 
 
 # -- refused specs --------------------------------------------------------------------------
@@ -385,7 +385,7 @@ def test_refused_naming_the_field(
     spec: dict[str, Any], name: str, field: str, fragment: str
 ) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(spec, name=name)
+        parsing.parse_spec(spec, name=name)
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")
     assert fragment in str(caught.value)
@@ -406,7 +406,7 @@ def test_refused_naming_the_field(
 )
 def test_extra_params_must_not_set_reserved_parameters(key: str, use: str) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(with_(extraParams={"tenant": "acme", key: "x"}), name="x")
+        parsing.parse_spec(with_(extraParams={"tenant": "acme", key: "x"}), name="x")
     assert caught.value.field == "spec.extraParams"
     assert f"must not set {key}:" in str(caught.value)
     assert use in str(caught.value)
@@ -444,7 +444,7 @@ def test_reserved_extra_params_are_the_ones_the_crd_refuses() -> None:
     ],
 )
 def test_parse_duration_table(text: str, expected: datetime.timedelta) -> None:
-    assert model.parse_duration(text, field="f") == expected
+    assert parsing.parse_duration(text, field="f") == expected
 
 
 @pytest.mark.parametrize(
@@ -478,7 +478,7 @@ def test_parse_duration_table(text: str, expected: datetime.timedelta) -> None:
 )
 def test_parse_duration_refuses(value: object) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_duration(value, field="spec.refresh.minInterval")
+        parsing.parse_duration(value, field="spec.refresh.minInterval")
     assert caught.value.field == "spec.refresh.minInterval"
 
 
@@ -505,7 +505,7 @@ def duration_parts(draw: st.DrawFn) -> tuple[str, int]:
 def test_parse_duration_sums_its_parts_exactly(parts: list[tuple[str, int]]) -> None:
     text = "".join(part for part, _ in parts)
     expected = datetime.timedelta(microseconds=sum(micros for _, micros in parts))
-    assert model.parse_duration(text, field="f") == expected
+    assert parsing.parse_duration(text, field="f") == expected
 
 
 CRD_DURATION = r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+"
@@ -513,7 +513,7 @@ CRD_DURATION = r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+"
 
 def parse_or_message(text: str) -> datetime.timedelta | str:
     try:
-        return model.parse_duration(text, field="f")
+        return parsing.parse_duration(text, field="f")
     except model.SpecError as exc:
         return str(exc)
 
@@ -531,7 +531,7 @@ def test_what_the_crd_admits_parses_or_is_too_long(text: str) -> None:
 def test_what_the_crd_refuses_parse_duration_refuses(text: str) -> None:
     if not re.fullmatch(CRD_DURATION, text):
         with pytest.raises(model.SpecError):
-            model.parse_duration(text, field="f")
+            parsing.parse_duration(text, field="f")
 
 
 # -- client authentication without shared secrets ---------------------------------------------
@@ -548,7 +548,7 @@ def keyless(**fields: Any) -> dict[str, Any]:
 
 
 def test_issuer_url_instead_of_a_token_url() -> None:
-    parsed = model.parse_spec(with_(tokenURL=None, issuerURL=ISSUER), name="billing-api")
+    parsed = parsing.parse_spec(with_(tokenURL=None, issuerURL=ISSUER), name="billing-api")
     assert parsed.issuer_url == ISSUER
     assert parsed.request.token_url == ""  # discovery fills it in
     assert parsed.secret_ref == model.SecretRef(name="billing-oauth-client")
@@ -563,7 +563,7 @@ def test_issuer_url_instead_of_a_token_url() -> None:
 )
 def test_exactly_one_of_token_url_and_issuer_url(urls: dict[str, Any]) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(with_(**urls), name="x")
+        parsing.parse_spec(with_(**urls), name="x")
     assert caught.value.field == "spec.tokenURL"
     assert "exactly one of tokenURL and issuerURL" in str(caught.value)
 
@@ -571,7 +571,7 @@ def test_exactly_one_of_token_url_and_issuer_url(urls: dict[str, Any]) -> None:
 @pytest.mark.parametrize("issuer", ["", 42, ["https://x"]])
 def test_issuer_url_must_be_a_non_empty_string(issuer: object) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(with_(tokenURL=None, issuerURL=issuer), name="x")
+        parsing.parse_spec(with_(tokenURL=None, issuerURL=issuer), name="x")
     assert caught.value.field == "spec.issuerURL"
 
 
@@ -589,7 +589,7 @@ def test_every_kind_of_material_at_once() -> None:
             "lifetime": "90s",
         },
     )
-    parsed = model.parse_spec(spec, name="billing-api")
+    parsed = parsing.parse_spec(spec, name="billing-api")
     assert parsed.private_key_ref == model.PrivateKeyRef(
         name="payments-signing-key", key="key.jwk", certificate_key="tls.crt"
     )
@@ -611,7 +611,7 @@ def test_every_kind_of_material_at_once() -> None:
 
 
 def test_private_key_ref_defaults() -> None:
-    parsed = model.parse_spec(keyless(privateKeyRef=KEY_REF), name="x")
+    parsed = parsing.parse_spec(keyless(privateKeyRef=KEY_REF), name="x")
     assert parsed.private_key_ref == model.PrivateKeyRef(
         name="payments-signing-key", key="tls.key", certificate_key=None
     )
@@ -635,7 +635,7 @@ def test_private_key_ref_defaults() -> None:
     ],
 )
 def test_each_method_with_its_material_is_accepted(material: dict[str, Any], method: str) -> None:
-    parsed = model.parse_spec(keyless(authMethod=method, **material), name="x")
+    parsed = parsing.parse_spec(keyless(authMethod=method, **material), name="x")
     assert parsed.request.auth_method == method
 
 
@@ -658,14 +658,14 @@ def test_each_method_requires_its_material(
     method: str, material: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(keyless(authMethod=method, **material), name="x")
+        parsing.parse_spec(keyless(authMethod=method, **material), name="x")
     assert caught.value.field == field
     assert f"is required with authMethod {method}" in str(caught.value)
 
 
 def test_auto_without_any_material_is_refused() -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(keyless(), name="x")
+        parsing.parse_spec(keyless(), name="x")
     assert caught.value.field == "spec.clientSecretRef"
     for alternative in (
         "spec.privateKeyRef",
@@ -683,10 +683,12 @@ def test_client_id_is_required_without_a_client_secret_ref(material: dict[str, A
     spec = keyless(**material)
     del spec["clientID"]
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(spec, name="x")
+        parsing.parse_spec(spec, name="x")
     assert caught.value.field == "spec.clientID"
     # With a client Secret, the client ID may come from it instead.
-    assert model.parse_spec({**spec, "clientSecretRef": {"name": "c"}}, name="x").client_id is None
+    assert (
+        parsing.parse_spec({**spec, "clientSecretRef": {"name": "c"}}, name="x").client_id is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -714,7 +716,7 @@ def test_the_target_must_not_be_a_credential_secret(
     if target is not None:
         spec["target"] = target
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(spec, name="billing")
+        parsing.parse_spec(spec, name="billing")
     assert caught.value.field == "spec.target.name"
     assert f"({field})" in str(caught.value)
 
@@ -731,7 +733,7 @@ def test_the_target_must_not_be_a_credential_secret(
 )
 def test_private_key_ref_validation(raw: object, field: str, fragment: str) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(keyless(privateKeyRef=raw), name="x")
+        parsing.parse_spec(keyless(privateKeyRef=raw), name="x")
     assert caught.value.field == field
     assert fragment in str(caught.value)
 
@@ -746,7 +748,7 @@ def test_private_key_ref_validation(raw: object, field: str, fragment: str) -> N
 )
 def test_client_certificate_ref_validation(raw: object, field: str, fragment: str) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(keyless(clientCertificateRef=raw), name="x")
+        parsing.parse_spec(keyless(clientCertificateRef=raw), name="x")
     assert caught.value.field == field
     assert fragment in str(caught.value)
 
@@ -754,14 +756,14 @@ def test_client_certificate_ref_validation(raw: object, field: str, fragment: st
 @pytest.mark.parametrize("algorithm", model.ASSERTION_ALGORITHMS)
 def test_client_assertion_algorithms_accepted(algorithm: str) -> None:
     spec = keyless(privateKeyRef=KEY_REF, clientAssertion={"algorithm": algorithm})
-    assert model.parse_spec(spec, name="x").request.assertion.algorithm == algorithm
+    assert parsing.parse_spec(spec, name="x").request.assertion.algorithm == algorithm
 
 
 @pytest.mark.parametrize("algorithm", ["rs256", "none", "ES256K", "HS128", "EdDSA ", 256])
 def test_client_assertion_algorithms_refused(algorithm: object) -> None:
     spec = keyless(privateKeyRef=KEY_REF, clientAssertion={"algorithm": algorithm})
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(spec, name="x")
+        parsing.parse_spec(spec, name="x")
     assert caught.value.field == "spec.clientAssertion.algorithm"
 
 
@@ -786,7 +788,7 @@ def test_client_assertion_lifetime_bounds_accepted(
     lifetime: str, expected: datetime.timedelta
 ) -> None:
     spec = keyless(privateKeyRef=KEY_REF, clientAssertion={"lifetime": lifetime})
-    assert model.parse_spec(spec, name="x").request.assertion.lifetime == expected
+    assert parsing.parse_spec(spec, name="x").request.assertion.lifetime == expected
 
 
 @pytest.mark.parametrize(
@@ -805,7 +807,7 @@ def test_client_assertion_lifetime_bounds_accepted(
 def test_client_assertion_lifetime_bounds_refused(lifetime: object, fragment: str) -> None:
     spec = keyless(privateKeyRef=KEY_REF, clientAssertion={"lifetime": lifetime})
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(spec, name="x")
+        parsing.parse_spec(spec, name="x")
     assert caught.value.field == "spec.clientAssertion.lifetime"
     assert fragment in str(caught.value)
 
@@ -821,7 +823,7 @@ def test_client_assertion_lifetime_bounds_refused(lifetime: object, fragment: st
 )
 def test_client_assertion_validation(raw: object, field: str) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(keyless(privateKeyRef=KEY_REF, clientAssertion=raw), name="x")
+        parsing.parse_spec(keyless(privateKeyRef=KEY_REF, clientAssertion=raw), name="x")
     assert caught.value.field == field
 
 
@@ -840,14 +842,14 @@ def test_client_assertion_validation(raw: object, field: str) -> None:
 )
 def test_service_account_ref_validation(raw: object, field: str, fragment: str) -> None:
     with pytest.raises(model.SpecError) as caught:
-        model.parse_spec(keyless(serviceAccountRef=raw), name="x")
+        parsing.parse_spec(keyless(serviceAccountRef=raw), name="x")
     assert caught.value.field == field
     assert fragment in str(caught.value)
 
 
 def test_service_account_names_may_have_dots() -> None:
     raw = {"name": "payments.v2", "audience": "sts.amazonaws.com"}
-    parsed = model.parse_spec(keyless(serviceAccountRef=raw), name="x")
+    parsed = parsing.parse_spec(keyless(serviceAccountRef=raw), name="x")
     assert parsed.service_account_ref == model.ServiceAccountRef("payments.v2", "sts.amazonaws.com")
     assert parsed.secret_names == ()  # a ServiceAccount is not a Secret to read
 
@@ -882,4 +884,4 @@ def test_service_account_names_may_have_dots() -> None:
 def test_secret_names_each_once_in_a_fixed_order(
     refs: dict[str, Any], expected: tuple[str, ...]
 ) -> None:
-    assert model.parse_spec(keyless(**refs), name="x").secret_names == expected
+    assert parsing.parse_spec(keyless(**refs), name="x").secret_names == expected

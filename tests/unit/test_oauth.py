@@ -1,4 +1,5 @@
-"""The token client: response parsing, error taxonomy, request building and URL checks."""
+"""The token client: response parsing and error taxonomy (``responses``), request building
+and sending (``oauth``), URL checks (``urlpolicy``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokensync import failures, model, oauth
+from tokensync import failures, model, oauth, responses, urlpolicy
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -24,9 +25,11 @@ URL = "https://login.example.com/oauth2/token"
 CREDS = model.ClientAuthMaterial(client_id="svc:a%b+ü", client_secret="p@ss:w%rd +é")
 
 
-def parse(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> oauth.Token:
+def parse(
+    body: object, *, status: int = 200, headers: dict[str, str] | None = None
+) -> responses.Token:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return oauth.parse_token_response(
+    return responses.parse_token_response(
         status_code=status, headers=headers or {}, body=raw, sent_at=T0, default_lifetime=H
     )
 
@@ -119,7 +122,7 @@ def test_content_type_is_not_trusted_and_scope_is_kept() -> None:
         b'{"access_token": "abc"}',
         b'{"access_token": "abc", "token_type": ""}',
         b'{"token_type": "Bearer"}',
-        b" " * (oauth.MAX_BODY_BYTES + 1),
+        b" " * (responses.MAX_BODY_BYTES + 1),
     ],
 )
 def test_unusable_bodies_are_transient_bad_responses(body: bytes) -> None:
@@ -208,7 +211,7 @@ def test_error_text_never_carries_the_description_or_body() -> None:
 
 def test_naive_sent_at_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="timezone"):
-        oauth.parse_token_response(
+        responses.parse_token_response(
             status_code=200,
             headers={},
             body=b"{}",
@@ -247,7 +250,7 @@ def test_arbitrary_json_gives_a_token_or_a_token_error(document: object, status:
     except failures.TokenError:
         return
     assert token.access_token
-    assert T0 < token.expires_at <= T0 + oauth.MAX_LIFETIME
+    assert T0 < token.expires_at <= T0 + responses.MAX_LIFETIME
 
 
 @given(document=documents, status=statuses)
@@ -292,7 +295,7 @@ def clock() -> Callable[[], datetime]:
     return lambda: next(ticks)
 
 
-async def fetch(client: httpx.AsyncClient, request: model.TokenRequest) -> oauth.FetchResult:
+async def fetch(client: httpx.AsyncClient, request: model.TokenRequest) -> responses.FetchResult:
     return await oauth.fetch_token(
         client, request=request, credentials=CREDS, default_lifetime=H, now=lambda: T0
     )
@@ -579,7 +582,7 @@ async def test_a_slow_drip_is_cut_by_the_overall_deadline() -> None:
     ],
 )
 def test_acceptable_token_urls(url: str) -> None:
-    oauth.check_token_url(url, allow_insecure_http=False)
+    urlpolicy.check_token_url(url, allow_insecure_http=False)
 
 
 @pytest.mark.parametrize(
@@ -618,7 +621,7 @@ def test_acceptable_token_urls(url: str) -> None:
 )
 def test_refused_token_urls(url: str, message: str) -> None:
     with pytest.raises(failures.TokenError, match=message) as caught:
-        oauth.check_token_url(url, allow_insecure_http=False)
+        urlpolicy.check_token_url(url, allow_insecure_http=False)
     assert (caught.value.reason, caught.value.permanent) == ("TokenURLRefused", True)
     assert "pw" not in str(caught.value)
 
@@ -630,15 +633,15 @@ def test_refused_token_urls(url: str, message: str) -> None:
 )
 def test_check_token_url_only_ever_raises_token_error(host: str, scheme: str, rest: str) -> None:
     with contextlib.suppress(failures.TokenError):
-        oauth.check_token_url(f"{scheme}://{host}/{rest}", allow_insecure_http=True)
+        urlpolicy.check_token_url(f"{scheme}://{host}/{rest}", allow_insecure_http=True)
     with contextlib.suppress(failures.TokenError):
-        oauth.check_token_url(f"{scheme}://[{host}]/", allow_insecure_http=False)
+        urlpolicy.check_token_url(f"{scheme}://[{host}]/", allow_insecure_http=False)
 
 
 def test_http_needs_the_explicit_opt_in() -> None:
-    oauth.check_token_url("http://127.0.0.1:8080/token", allow_insecure_http=True)
+    urlpolicy.check_token_url("http://127.0.0.1:8080/token", allow_insecure_http=True)
     with pytest.raises(failures.TokenError, match="metadata"):
-        oauth.check_token_url("http://169.254.169.254/", allow_insecure_http=True)
+        urlpolicy.check_token_url("http://169.254.169.254/", allow_insecure_http=True)
 
 
 @pytest.mark.parametrize(
@@ -660,7 +663,7 @@ def test_allowed_hosts(host: str, *, allowed: bool) -> None:
     allow = frozenset({"*.example.com", "idp.corp"})
     url = f"https://{host}/token"
     if allowed:
-        oauth.check_token_url(url, allow_insecure_http=False, allowed_hosts=allow)
+        urlpolicy.check_token_url(url, allow_insecure_http=False, allowed_hosts=allow)
     else:
         with pytest.raises(failures.TokenError, match="allowlist"):
-            oauth.check_token_url(url, allow_insecure_http=False, allowed_hosts=allow)
+            urlpolicy.check_token_url(url, allow_insecure_http=False, allowed_hosts=allow)

@@ -1,4 +1,5 @@
-"""The golden table (outcome_table.py) through the whole reconcile path.
+"""The golden table (support/outcome_table.py): through the whole reconcile path, and
+through the pure outcome module alone.
 
 The Kubernetes API is a recording fake (status patches, Events, target writes are what the
 rows compare); the token endpoint is httpx's MockTransport answering the row's response.
@@ -8,13 +9,27 @@ from __future__ import annotations
 
 import base64
 import copy
+import datetime
+import json
 from typing import Any
 
 import httpx
 import pytest
 
 from support.outcome_table import DRAW, NAME, NAMESPACE, ROWS, T0, TARGET, UID, Row
-from tokensync import metrics, model, reconcile, scheduler
+from tokensync import (
+    failures,
+    metrics,
+    model,
+    outcome,
+    parsing,
+    progress,
+    reconcile,
+    responses,
+    scheduler,
+    target,
+    timing,
+)
 
 
 def b64(text: str) -> str:
@@ -114,7 +129,6 @@ async def test_reconcile_path(row: Row) -> None:
         metrics_=metrics_,
         queue=queue,
         pacer=scheduler.HostPacer(rate=1000, burst=1000),
-        settings=reconcile.Settings(),
         clock=lambda: T0,
         draw=lambda: DRAW,
     )
@@ -131,3 +145,61 @@ async def test_reconcile_path(row: Row) -> None:
     assert metrics_.registry.get_sample_value("tokensync_credential_ready", labels) == 1.0
     assert http.requests == expect.requests
     assert kube.writes == expect.writes
+
+
+def result_of(row: Row, state: progress.State) -> progress.Result:
+    """What the attempt's steps produce for the row, without any I/O."""
+    try:
+        spec = parsing.parse_spec(row.spec, name=NAME)
+    except model.SpecError as exc:
+        return exc
+    if row.target is not None:
+        if not row.target_owned:
+            return target.conflict(TARGET)
+        found = target.token_times({"metadata": {"annotations": row.target}})
+        adopted = outcome.adoptable(state, found, target=TARGET, now=T0, refresh_requested=False)
+        if adopted is not None:
+            return adopted
+    assert row.response is not None
+    try:
+        token = responses.parse_token_response(
+            status_code=row.response.status,
+            headers=row.response.headers,
+            body=json.dumps(row.response.body).encode(),
+            sent_at=T0,
+            default_lifetime=spec.refresh.default_lifetime,
+        )
+    except failures.TokenError as exc:
+        return exc
+    return progress.Issued(
+        issued_at=token.issued_at,
+        expires_at=token.expires_at,
+        refresh_at=timing.refresh_at(
+            issued_at=token.issued_at,
+            expires_at=token.expires_at,
+            policy=spec.refresh,
+            jitter=DRAW,
+        ),
+        token_type=token.token_type,
+        scope=token.scope,
+        auth_method="client_secret_basic",
+        target=TARGET,
+        policy=spec.refresh,
+    )
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_outcome_module(row: Row) -> None:
+    state = progress.State.from_status(row.status)
+    result = result_of(row, state)
+    read = not isinstance(result, model.SpecError)  # the Secrets are read after parsing
+    attempt = progress.Attempt(generation=1, request=None, source_version="7" if read else None)
+    decision = outcome.decide(state, attempt, result, now=T0, draw=DRAW)
+
+    expect = row.expect
+    assert [decision.status] == expect.patches
+    assert [(e.type, e.reason, e.message) for e in decision.events] == expect.events
+    due = None if expect.due is None else T0 + datetime.timedelta(seconds=expect.due)
+    assert decision.reschedule
+    assert decision.due == due
+    assert decision.ready == (expect.ready == "True")

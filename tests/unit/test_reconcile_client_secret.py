@@ -10,6 +10,7 @@ carries differs from the one that refresh read (found with bench/scale.py: about
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -26,7 +27,6 @@ def reconciler() -> tuple[reconcile.Reconciler, scheduler.RefreshQueue[reconcile
         metrics_=metrics.Metrics(),
         queue=queue,
         pacer=scheduler.HostPacer(rate=1, burst=1),
-        settings=reconcile.Settings(),
     )
     rec.observe(
         {
@@ -51,10 +51,12 @@ async def test_event_during_a_refresh(read: str, event: str, runs: int) -> None:
 
     async def attempt(key: reconcile.Key, due: float) -> None:
         calls.append(event)
-        cred = rec._credentials[key]
+        record = rec._tracker.get(key)
+        assert record is not None
         if len(calls) == 1:
             await release.wait()  # the Secret's event arrives now
-        cred.client_secret_version = read if len(calls) == 1 else event
+        version = read if len(calls) == 1 else event
+        record.state = dataclasses.replace(record.state, source_version=version)
 
     rec._refresh = attempt  # type: ignore[method-assign]
     task = asyncio.create_task(queue.run(rec.refresh))
@@ -75,7 +77,9 @@ async def test_event_during_a_refresh(read: str, event: str, runs: int) -> None:
 
 async def test_event_while_idle_triggers_at_once() -> None:
     rec, queue = reconciler()
-    rec._credentials[KEY].client_secret_version = "7"
+    record = rec._tracker.get(KEY)
+    assert record is not None
+    record.state = dataclasses.replace(record.state, source_version="7")
     queue.cancel(KEY)
     rec.client_secret_changed("ns", "client", "8")
     assert queue.due_at(KEY) is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from tokensync import metrics, reconcile, scheduler
+from tokensync import effects, metrics, outcome, scheduler, tracking
 
 
 class RecordingKube:
@@ -26,23 +26,19 @@ class Clock:
 
 async def test_events_beyond_the_budget_are_counted_not_posted() -> None:
     kube, clock, metrics_ = RecordingKube(), Clock(), metrics.Metrics()
-    rec = reconcile.Reconciler(
+    rec = effects.Effects(
         kube_api=kube,  # type: ignore[arg-type] -- only post_event is reached
-        http=None,  # type: ignore[arg-type]
         metrics_=metrics_,
-        queue=scheduler.RefreshQueue(workers=1),
-        pacer=scheduler.HostPacer(rate=1, burst=1),
-        settings=reconcile.Settings(),
         events=scheduler.Budget(rate=1.0, burst=2, clock=clock),
     )
-    cred = reconcile.Credential(
+    cred = tracking.Record(
         namespace="ns", name="cc", uid="u1", generation=1, spec={}, refresh_request=None
     )
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     for _ in range(5):
-        await rec._event(cred, "Normal", "Issued", "token valid", now)
+        await rec.event(cred, outcome.Event("Normal", "Issued", "token valid"), now=now)
     assert len(kube.events) == 2
     assert metrics_.registry.get_sample_value("tokensync_events_dropped_total") == 3.0
     clock.now = 1.0
-    await rec._event(cred, "Warning", "InvalidClient", "refused", now)
+    await rec.event(cred, outcome.Event("Warning", "InvalidClient", "refused"), now=now)
     assert [e["reason"] for e in kube.events] == ["Issued", "Issued", "InvalidClient"]

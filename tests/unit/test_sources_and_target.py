@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tokensync import model, sources, target
+from tokensync import model, parsing, sources, target
 
 EXPIRES = datetime.datetime(2026, 11, 22, 23, 15, tzinfo=datetime.UTC)
 UID = "0b5e0a4c-7f1e-4c38-9d7a-2f3c1d2e4f50"
@@ -195,10 +195,10 @@ def test_owned_by(secret: dict[str, Any], owned: bool) -> None:
     assert target.owned_by(secret, credential_uid=UID) is owned
 
 
-# -- client_credentials ---------------------------------------------------------------------
+# -- auth_material -------------------------------------------------------------------------
 
 CLIENT_SECRET = "s3cr3t-Client-Value"
-SPEC = model.parse_spec(
+SPEC = parsing.parse_spec(
     {"tokenURL": "https://login.example.com/t", "clientSecretRef": {"name": "oauth-client"}},
     name="billing-api",
 )
@@ -220,10 +220,10 @@ def spec_with(**changes: Any) -> model.ClientCredentialSpec:
         "clientSecretRef": {"name": "oauth-client"},
     }
     raw.update(changes)
-    return model.parse_spec(raw, name="billing-api")
+    return parsing.parse_spec(raw, name="billing-api")
 
 
-def client_credentials(
+def auth_material(
     secret: dict[str, Any] | None, *, spec: model.ClientCredentialSpec
 ) -> model.ClientAuthMaterial:
     """The client Secret ``oauth-client`` read as ``secret`` (None: not found)."""
@@ -234,7 +234,7 @@ GOOD = {"client_id": b64("billing-service"), "client_secret": b64(CLIENT_SECRET)
 
 
 def test_client_credentials() -> None:
-    creds = client_credentials(client_secret(GOOD), spec=SPEC)
+    creds = auth_material(client_secret(GOOD), spec=SPEC)
     assert creds == model.ClientAuthMaterial("billing-service", CLIENT_SECRET)
     assert CLIENT_SECRET not in repr(creds)
 
@@ -242,7 +242,7 @@ def test_client_credentials() -> None:
 def test_values_are_stripped_of_surrounding_whitespace() -> None:
     # `echo secret | kubectl create secret --from-file` leaves a newline behind.
     data = {"client_id": b64(" billing-service\n"), "client_secret": b64(CLIENT_SECRET + "\n")}
-    creds = client_credentials(client_secret(data), spec=SPEC)
+    creds = auth_material(client_secret(data), spec=SPEC)
     assert (creds.client_id, creds.client_secret) == ("billing-service", CLIENT_SECRET)
 
 
@@ -251,7 +251,7 @@ def test_custom_keys() -> None:
         clientSecretRef={"name": "oauth-client", "clientIDKey": "id", "clientSecretKey": "pw"}
     )
     data = {"id": b64("svc"), "pw": b64(CLIENT_SECRET), "client_id": b64("ignored")}
-    creds = client_credentials(client_secret(data), spec=spec)
+    creds = auth_material(client_secret(data), spec=spec)
     assert (creds.client_id, creds.client_secret) == ("svc", CLIENT_SECRET)
 
 
@@ -263,7 +263,7 @@ def test_custom_keys() -> None:
     ],
 )
 def test_client_id_from_the_spec(data: dict[str, str]) -> None:
-    creds = client_credentials(client_secret(data), spec=spec_with(clientID="from-spec"))
+    creds = auth_material(client_secret(data), spec=spec_with(clientID="from-spec"))
     assert (creds.client_id, creds.client_secret) == ("from-spec", CLIENT_SECRET)
 
 
@@ -359,7 +359,7 @@ def test_client_secret_problems(
     secret: dict[str, Any] | None, spec: model.ClientCredentialSpec, reason: str, fragment: str
 ) -> None:
     with pytest.raises(sources.SourceProblem) as caught:
-        client_credentials(secret, spec=spec)
+        auth_material(secret, spec=spec)
     assert caught.value.reason == reason
     assert fragment in str(caught.value)
     # Secrets stay secret: neither the value nor its encoding reaches status or events.
@@ -397,7 +397,7 @@ def keyless_spec(**fields: Any) -> model.ClientCredentialSpec:
         "clientID": "payments-service",
     }
     raw.update(fields)
-    return model.parse_spec(raw, name="billing-api")
+    return parsing.parse_spec(raw, name="billing-api")
 
 
 KEY_SPEC = keyless_spec(privateKeyRef={"name": "signing-key"})
@@ -459,7 +459,7 @@ def test_several_secrets_at_once() -> None:
 def test_one_secret_holding_the_client_secret_and_the_key() -> None:
     spec = spec_with(privateKeyRef={"name": "oauth-client", "key": "private.pem"})
     data = {**GOOD, "private.pem": b64(KEY_PEM)}
-    creds = client_credentials(client_secret(data), spec=spec)
+    creds = auth_material(client_secret(data), spec=spec)
     assert (creds.client_id, creds.client_secret, creds.private_key) == (
         "billing-service",
         CLIENT_SECRET,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokensync import model, status
+from tokensync import failures, model, status
 
 T0 = datetime.datetime(2026, 11, 22, 22, 15, tzinfo=datetime.UTC)
 MINUTE = datetime.timedelta(minutes=1)
@@ -30,7 +30,7 @@ def ready(
 
 
 def test_a_new_condition() -> None:
-    assert ready([], ok=True, reason=status.TOKEN_ISSUED, at=T0) == [
+    assert ready([], ok=True, reason=failures.Reason.TOKEN_ISSUED, at=T0) == [
         {
             "type": "Ready",
             "status": "True",
@@ -43,9 +43,9 @@ def test_a_new_condition() -> None:
 
 
 def test_the_transition_time_moves_only_when_the_status_changes() -> None:
-    issued = ready([], ok=True, reason=status.TOKEN_ISSUED, at=T0)
+    issued = ready([], ok=True, reason=failures.Reason.TOKEN_ISSUED, at=T0)
     # Still True, for another reason: the same transition, the details updated.
-    failing = ready(issued, ok=True, reason=status.REFRESH_FAILING, at=T0 + MINUTE)
+    failing = ready(issued, ok=True, reason=failures.Reason.REFRESH_FAILING, at=T0 + MINUTE)
     (condition,) = failing
     assert condition["lastTransitionTime"] == "2026-11-22T22:15:00Z"
     assert (condition["reason"], condition["message"]) == (
@@ -53,14 +53,14 @@ def test_the_transition_time_moves_only_when_the_status_changes() -> None:
         "RefreshFailing at 22:16",
     )
     # True -> False is a transition ...
-    expired = ready(failing, ok=False, reason=status.EXPIRED, at=T0 + 2 * MINUTE)
+    expired = ready(failing, ok=False, reason=failures.Reason.EXPIRED, at=T0 + 2 * MINUTE)
     assert expired[0]["lastTransitionTime"] == "2026-11-22T22:17:00Z"
     # ... False -> False is not ...
     still = ready(expired, ok=False, reason="invalid_client", at=T0 + 3 * MINUTE)
     assert still[0]["lastTransitionTime"] == "2026-11-22T22:17:00Z"
     assert still[0]["reason"] == "invalid_client"
     # ... and False -> True is again.
-    recovered = ready(still, ok=True, reason=status.TOKEN_ISSUED, at=T0 + 4 * MINUTE)
+    recovered = ready(still, ok=True, reason=failures.Reason.TOKEN_ISSUED, at=T0 + 4 * MINUTE)
     assert recovered[0]["lastTransitionTime"] == "2026-11-22T22:19:00Z"
 
 
@@ -75,7 +75,7 @@ def test_the_transition_time_moves_only_when_the_status_changes() -> None:
     ],
 )
 def test_the_transition_time_is_now_without_a_usable_previous_one(previous: dict[str, Any]) -> None:
-    (condition,) = ready([previous], ok=True, reason=status.TOKEN_ISSUED, at=T0)
+    (condition,) = ready([previous], ok=True, reason=failures.Reason.TOKEN_ISSUED, at=T0)
     assert condition["lastTransitionTime"] == "2026-11-22T22:15:00Z"
 
 
@@ -83,7 +83,7 @@ def test_other_conditions_are_kept_and_the_input_is_not_changed() -> None:
     other = {"type": "Degraded", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"}
     before = [dict(other), {"type": "Ready", "status": "True", "lastTransitionTime": "old"}]
     snapshot = [dict(c) for c in before]
-    after = ready(before, ok=False, reason=status.EXPIRED, at=T0)
+    after = ready(before, ok=False, reason=failures.Reason.EXPIRED, at=T0)
     assert before == snapshot
     assert [c["type"] for c in after] == ["Degraded", "Ready"]
     assert after[0] == other

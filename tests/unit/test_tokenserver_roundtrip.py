@@ -17,7 +17,7 @@ import pytest
 
 from support.faultserver import Fault, FaultServer
 from support.tokenserver import TokenServer
-from tokensync import failures, model, oauth
+from tokensync import failures, model, oauth, responses, urlpolicy
 
 H = timedelta(hours=1)
 Method = model.AuthMethod
@@ -57,8 +57,8 @@ async def fetch(
     method: Method = Method.AUTO,
     deadline: float = 5.0,
     **fields: object,
-) -> oauth.FetchResult:
-    oauth.check_token_url(url, allow_insecure_http=True)
+) -> responses.FetchResult:
+    urlpolicy.check_token_url(url, allow_insecure_http=True)
     request = model.TokenRequest(token_url=url, auth_method=method, **fields)  # type: ignore[arg-type]
     return await oauth.fetch_token(
         client,

@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from localcluster.pki import CertificateAuthority, KeyPair
-from tokensync import failures, model, oauth, transport
+from tokensync import failures, model, oauth, responses, transport
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 H = datetime.timedelta(hours=1)
@@ -198,7 +198,7 @@ def now() -> datetime.datetime:
 
 async def fetch_with_certificate(
     http: httpx.AsyncClient, url: str, pair: KeyPair | None
-) -> oauth.FetchResult:
+) -> responses.FetchResult:
     cert, key = text(pair) if pair else (None, None)
     credentials = model.ClientAuthMaterial(
         client_id="payments-service", tls_certificate=cert, tls_key=key

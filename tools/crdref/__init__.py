@@ -4,6 +4,9 @@ The CRD's schema (crds/) is the one place every field is described, for ``kubect
 explain`` too; this renders it as Markdown between two marker lines of
 docs/reference.md, so the reference cannot drift from what the API server enforces.
 ``make docs`` rewrites the section; tests/unit/test_reference_docs.py checks it.
+
+The package holds the other documentation generated from the code as well: README's table
+of Ready reasons (:mod:`crdref.reasons`); :mod:`crdref.sections` writes both into their files.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
+
+from crdref import sections
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "clientcredentials.tokensync.dev.yaml"
@@ -142,16 +147,8 @@ def render(crd_path: pathlib.Path = CRD_PATH) -> str:
 
 def update(reference: pathlib.Path = REFERENCE_PATH, crd_path: pathlib.Path = CRD_PATH) -> bool:
     """Rewrite the generated section of ``reference``; True when it changed."""
-    text = reference.read_text()
-    start, stop = text.index(BEGIN), text.index(END) + len(END)
-    new = text[:start] + render(crd_path) + text[stop:]
-    if new == text:
-        return False
-    reference.write_text(new)
-    return True
+    return sections.replace(reference, begin=BEGIN, end=END, rendered=render(crd_path))
 
 
 def current(reference: pathlib.Path = REFERENCE_PATH, crd_path: pathlib.Path = CRD_PATH) -> bool:
-    text = reference.read_text()
-    start, stop = text.index(BEGIN), text.index(END) + len(END)
-    return text[start:stop] == render(crd_path)
+    return sections.current(reference, begin=BEGIN, end=END, rendered=render(crd_path))

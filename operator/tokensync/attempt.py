@@ -1,0 +1,247 @@
+"""One attempt's I/O: read the client's proof, find the endpoint, fetch, write the target.
+
+:meth:`Attempts.run` is the pipeline. Each step returns a value or raises a
+``failures.Failure``; the run returns what came of it (``progress.Issued``,
+``progress.Adopted``, or the failure) and decides nothing about retries or status:
+``outcome`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from tokensync import (
+    clientauth,
+    config,
+    endpoint,
+    failures,
+    kube,
+    metrics,
+    model,
+    oauth,
+    outcome,
+    parsing,
+    progress,
+    responses,
+    scheduler,
+    seen,
+    sources,
+    target,
+    timing,
+    tracking,
+    writer,
+)
+
+#: Lifetime of the ServiceAccount tokens minted for workload identity federation: the
+#: shortest the TokenRequest API grants. Each is used for one token request.
+SERVICE_ACCOUNT_TOKEN_SECONDS = 600
+
+
+class Attempts:
+    def __init__(
+        self,
+        *,
+        kube_api: kube.Kube,
+        endpoints: endpoint.Endpoints,
+        targets: writer.TargetWriter,
+        metrics_: metrics.Metrics,
+        pacer: scheduler.HostPacer,
+        seen_secrets: seen.SeenSecrets,
+        settings: config.Config,
+        clock: Callable[[], datetime.datetime],
+        draw: Callable[[], float],
+    ) -> None:
+        self._kube = kube_api
+        self._endpoints = endpoints
+        self._targets = targets
+        self._metrics = metrics_
+        self._pacer = pacer
+        self._seen = seen_secrets
+        self._settings = settings
+        self._clock = clock
+        self._draw = draw
+
+    async def run(self, record: tracking.Record, attempt: progress.Attempt) -> progress.Result:
+        try:
+            return await self._run(record, attempt)
+        except failures.Failure as failure:
+            return failure
+
+    async def _run(self, record: tracking.Record, attempt: progress.Attempt) -> progress.Result:
+        spec = parsing.parse_spec(record.spec, name=record.name)
+        url = spec.issuer_url or spec.request.token_url
+        self._endpoints.check_url(url, kind=failures.Kind.SPEC)
+        material = await self._material(record.namespace, spec, attempt)
+        existing = await self._targets.check(record, spec.target.name)
+        if existing is not None:
+            adopted = outcome.adoptable(
+                record.state,
+                target.token_times(existing),
+                target=spec.target.name,
+                now=self._clock(),
+                refresh_requested=record.needs_refresh_now(),
+            )
+            if adopted is not None:
+                return adopted
+        where = await self._endpoints.resolve(record.namespace, spec, material)
+        methods = self._methods(spec, where, material, remembered=record.state.auth_method)
+        if model.AuthMethod.WORKLOAD_IDENTITY in methods:
+            assert spec.service_account_ref is not None  # a candidate only with one
+            minted = await self._service_account_token(record.namespace, spec.service_account_ref)
+            material = dataclasses.replace(material, external_assertion=minted)
+        result = await self._fetch(where, material, methods=methods, policy=spec.refresh)
+        token = result.token
+        refresh_at = timing.refresh_at(
+            issued_at=token.issued_at,
+            expires_at=token.expires_at,
+            policy=spec.refresh,
+            jitter=self._draw(),
+        )
+        body = target.render_target(
+            namespace=record.namespace,
+            credential=record.name,
+            credential_uid=record.uid,
+            target=spec.target,
+            access_token=token.access_token,
+            token_type=token.token_type,
+            expires_at=token.expires_at,
+            scope=token.scope,
+            issued_at=token.issued_at,
+            refresh_at=refresh_at,
+        )
+        await self._targets.write(record, body)
+        return progress.Issued(
+            issued_at=token.issued_at,
+            expires_at=token.expires_at,
+            refresh_at=refresh_at,
+            token_type=token.token_type,
+            scope=token.scope,
+            auth_method=result.auth_method.value,
+            target=spec.target.name,
+            policy=spec.refresh,
+        )
+
+    async def _material(
+        self, namespace: str, spec: model.ClientCredentialSpec, attempt: progress.Attempt
+    ) -> model.ClientAuthMaterial:
+        """Read every Secret holding the client's proof (each once) and collect it.
+
+        A Secret the watch delivered shortly before is used as delivered (decision 0025).
+        """
+        found: dict[str, dict[str, Any] | None] = {}
+        versions = []
+        try:
+            for name in spec.secret_names:
+                source = self._seen.get(namespace, name)
+                if source is None:
+                    source = await self._kube.read_secret(namespace, name)
+                found[name] = source
+                meta = (source or {}).get("metadata") or {}
+                versions.append(str(meta.get("resourceVersion") or ""))
+        except failures.ApiError as exc:
+            raise failures.from_api_error(exc) from None
+        if found and any(found.values()):
+            attempt.source_version = ",".join(versions)
+        return sources.auth_material(found, spec=spec)
+
+    @staticmethod
+    def _methods(
+        spec: model.ClientCredentialSpec,
+        where: endpoint.Endpoint,
+        material: model.ClientAuthMaterial,
+        *,
+        remembered: str | None,
+    ) -> list[model.AuthMethod]:
+        """The methods to try, in order; with ``auto``, what worked last time first."""
+        request = where.request
+        methods = clientauth.candidates(
+            request.auth_method,
+            material,
+            where.supported,
+            algorithm=request.assertion.algorithm,
+            service_account=spec.service_account_ref is not None,
+        )
+        if request.auth_method is not model.AuthMethod.AUTO or not remembered:
+            return methods
+        try:
+            last = model.AuthMethod(remembered)
+        except ValueError:
+            return methods
+        if last not in methods:
+            return methods
+        # If the server now refuses it, the others are tried, each once.
+        return [last, *(m for m in methods if m is not last)]
+
+    async def _service_account_token(self, namespace: str, ref: model.ServiceAccountRef) -> str:
+        """A fresh ServiceAccount token for workload identity federation, if the account
+        opted in to this audience; tokensync mints none for accounts that did not."""
+        permanent = failures.Kind.PERMANENT
+        try:
+            account = await self._kube.read_service_account(namespace, ref.name)
+            if account is None:
+                raise failures.Failure(
+                    failures.Reason.SERVICE_ACCOUNT_NOT_FOUND,
+                    f"ServiceAccount {ref.name!r} not found",
+                    kind=permanent,
+                )
+            if not sources.service_account_allows(account, ref.audience):
+                raise failures.Failure(
+                    failures.Reason.SERVICE_ACCOUNT_NOT_OPTED_IN,
+                    f"ServiceAccount {ref.name!r} does not list the audience "
+                    f"{ref.audience!r} in its annotation {model.TOKEN_AUDIENCES_ANNOTATION}",
+                    kind=permanent,
+                )
+            return await self._kube.create_token(
+                namespace, ref.name, audience=ref.audience, seconds=SERVICE_ACCOUNT_TOKEN_SECONDS
+            )
+        except failures.ApiError as exc:
+            if exc.status == 403:
+                raise failures.Failure(
+                    failures.Reason.SERVICE_ACCOUNT_TOKEN_FORBIDDEN,
+                    "the operator may not read ServiceAccounts or create their tokens: its "
+                    "RBAC lacks the workload identity rules (deploy/base/rbac.yaml)",
+                    kind=permanent,
+                ) from None
+            raise failures.from_api_error(exc) from None
+
+    async def _fetch(
+        self,
+        where: endpoint.Endpoint,
+        material: model.ClientAuthMaterial,
+        *,
+        methods: list[model.AuthMethod],
+        policy: model.RefreshPolicy,
+    ) -> responses.FetchResult:
+        """The token request, in the host's pace, counted and timed."""
+        host = urllib.parse.urlsplit(where.request.token_url).hostname or ""
+        started: float | None = None  # when the request leaves, after the host's slot
+        try:
+            async with self._pacer.slot(host):
+                started = time.monotonic()
+                result = await oauth.fetch_token(
+                    where.http,
+                    request=where.request,
+                    credentials=material,
+                    default_lifetime=policy.default_lifetime,
+                    now=self._clock,
+                    timeout=self._settings.request_timeout,
+                    methods=methods,
+                )
+        except failures.TokenError as exc:
+            self._metrics.requests.labels("error", exc.reason).inc()
+            self._endpoints.forget(where)
+            if exc.reason is failures.Reason.CONNECTION_FAILED:
+                refused = await self._endpoints.certificate_refused(where, material)
+                if refused is not None:
+                    raise refused from None
+            raise
+        finally:
+            if started is not None:
+                self._metrics.duration.observe(time.monotonic() - started)
+        self._metrics.requests.labels("success", "").inc()
+        return result

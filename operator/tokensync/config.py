@@ -1,0 +1,38 @@
+"""The operator's settings and their defaults, in one place.
+
+``tokensync run``'s flags default to these values, and every part reads its settings from
+one :class:`Config`, so a default is written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+#: Kubernetes Events posted at most in a burst (decision 0027); the rate is a setting.
+EVENT_BURST = 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    allow_insecure_http: bool = False
+    #: None: any host that passes the URL policy; else only these ("*.example.com" too).
+    allowed_hosts: frozenset[str] | None = None
+    metrics_port: int | None = 8080
+    metrics_address: str = "0.0.0.0"  # noqa: S104 -- scraped from outside the pod
+    #: Refreshes running at once.
+    workers: int = 16
+    #: Kubernetes API requests at once (the client's thread pool, decision 0006).
+    kube_workers: int = 8
+    token_rate_per_host: float = 20.0
+    # No burst: requests evenly spaced, so no 1-s window holds more than the rate. A burst
+    # of B lets a window hold up to B - 1 more (decision 0022).
+    token_burst_per_host: int = 1
+    #: Token requests in flight per host (decision 0026).
+    token_concurrency_per_host: int = 4
+    #: Kubernetes Events posted per second at most, on average (decision 0027).
+    event_rate: float = 10.0
+    #: Seconds a token request (or discovery) may take, all of it.
+    request_timeout: float = 10.0
+
+
+DEFAULTS = Config()

@@ -1,0 +1,380 @@
+"""What an attempt means: Ready or not, why, when to come back, what to tell.
+
+This is where to look for "why is my credential not Ready" and "why did it retry then".
+Pure: :func:`decide` takes what the operator remembers about a credential
+(``progress.State``), what the attempt produced (``progress.Issued``, ``progress.Adopted``
+or a ``failures.Failure``), the time and a random draw, and returns a :class:`Decision`:
+the state to remember, the status patch, when the credential is due again, the Events,
+the Ready gauge and the log line. The reconcile loop applies it; nothing here does I/O.
+
+The rules:
+
+- a token issued: Ready=True TokenIssued; an Event on the first token (Issued) and on the
+  first success after failures (Recovered), none per routine refresh;
+- a transient failure while the token is still valid: Ready stays True (RefreshFailing),
+  the retry backs off with full jitter but never later than half the remaining lifetime
+  (at least a second), so a provider that comes back in time is used in time;
+- a transient failure after expiry: Ready=False Expired, with one Expired Event;
+- a ``Retry-After`` longer than the backoff is honoured, and no attempt starts before it;
+- a permanent failure: Ready=False with its reason, retried every five minutes (and at once
+  on a change of the spec or of a client Secret); an invalid spec is not retried;
+- a Warning Event only when the failure reason changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from tokensync import failures, model, progress, status, timing
+
+Reason = failures.Reason
+Kind = failures.Kind
+#: The earliest retry while a token is still valid.
+MIN_RETRY = datetime.timedelta(seconds=1)
+SHORT_LIFETIME_WARNING = (
+    "; warning: the token lifetime leaves pods less than the kubelet sync period "
+    "(about a minute) to see a refreshed Secret"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    state: progress.State
+    #: A merge patch of ``status``; empty: nothing to write.
+    status: Mapping[str, Any]
+    #: When the credential is due again; None: not until its spec changes.
+    due: datetime.datetime | None = None
+    #: False: leave the credential's due time as it is.
+    reschedule: bool = True
+    #: The Ready gauge; None leaves it.
+    ready: bool | None = None
+    #: (expires_at, refresh_at) for the per-credential gauges.
+    times: tuple[datetime.datetime, datetime.datetime] | None = None
+    events: tuple[Event, ...] = ()
+    #: One log line; ``%s`` stands for the credential's namespace/name.
+    log: str = ""
+    log_level: int = logging.INFO
+
+
+def adoptable(
+    state: progress.State,
+    times: tuple[datetime.datetime, datetime.datetime, datetime.datetime] | None,
+    *,
+    target: str,
+    now: datetime.datetime,
+    refresh_requested: bool,
+) -> progress.Adopted | None:
+    """Take over the token the target Secret holds instead of fetching one, if status is
+    behind it and it is not due. ``times`` are the Secret's (issued, expires, refresh).
+
+    The Secret is written before status: an operator stopped between the two writes
+    leaves status one token behind, and the Secret's annotations say where it was.
+    """
+    if refresh_requested or times is None:
+        return None
+    issued_at, expires_at, refresh_at = times
+    if state.expires_at is not None and expires_at <= state.expires_at:
+        return None  # status is not behind the Secret
+    if refresh_at <= now or expires_at <= now:
+        return None  # due anyway
+    return progress.Adopted(
+        issued_at=issued_at, expires_at=expires_at, refresh_at=refresh_at, target=target
+    )
+
+
+def decide(
+    state: progress.State,
+    attempt: progress.Attempt,
+    result: progress.Result,
+    *,
+    now: datetime.datetime,
+    draw: float,
+) -> Decision:
+    """The outcome of one attempt. ``now`` is when it ended; ``draw`` is in [0, 1)."""
+    if isinstance(result, progress.Issued):
+        return _issued(state, attempt, result, now=now)
+    if isinstance(result, progress.Adopted):
+        return _adopted(state, attempt, result, now=now)
+    return _failed(state, attempt, result, now=now, draw=draw)
+
+
+def waiting(state: progress.State, *, generation: int, now: datetime.datetime) -> Decision:
+    """Woken before the token endpoint's Retry-After: report expiry if it came, then wait."""
+    assert state.not_before is not None
+    message = "the token endpoint asked to wait before retrying"
+    found = expired(state, generation=generation, now=now, message=message)
+    if found is None:
+        return Decision(state=state, status={}, due=state.not_before)
+    return dataclasses.replace(found, due=state.not_before, reschedule=True)
+
+
+def expired(
+    state: progress.State, *, generation: int, now: datetime.datetime, message: str
+) -> Decision | None:
+    """Ready=False Expired (once) when the token has expired; None when nothing changes."""
+    if state.expires_at is None or state.expires_at > now:
+        return None
+    previous = status.ready_condition(state.conditions)
+    if previous is not None and previous.get("reason") == Reason.EXPIRED:
+        return None
+    text = f"token expired at {model.format_time(state.expires_at)}; {message}"
+    conditions = _ready(
+        state, ready=False, reason=Reason.EXPIRED, message=text, generation=generation, now=now
+    )
+    return Decision(
+        state=dataclasses.replace(state, conditions=conditions),
+        status={"conditions": list(conditions)},
+        reschedule=False,
+        ready=False,
+        events=(Event("Warning", Reason.EXPIRED, text),),
+    )
+
+
+def _ready(
+    state: progress.State,
+    *,
+    ready: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime.datetime,
+) -> tuple[Mapping[str, Any], ...]:
+    return tuple(
+        status.set_condition(
+            state.conditions,
+            type_=status.READY,
+            status=ready,
+            reason=reason,
+            message=message,
+            generation=generation,
+            now=now,
+        )
+    )
+
+
+def _issued(
+    state: progress.State,
+    attempt: progress.Attempt,
+    token: progress.Issued,
+    *,
+    now: datetime.datetime,
+) -> Decision:
+    valid = f"token valid until {model.format_time(token.expires_at)}"
+    message = valid
+    if timing.short_lifetime_warning(
+        lifetime=token.expires_at - token.issued_at, policy=token.policy
+    ):
+        message += SHORT_LIFETIME_WARNING
+    conditions = _ready(
+        state,
+        ready=True,
+        reason=Reason.TOKEN_ISSUED,
+        message=message,
+        generation=attempt.generation,
+        now=now,
+    )
+    events: tuple[Event, ...] = ()
+    if state.expires_at is None:
+        events = (Event("Normal", "Issued", message),)
+    elif state.failure_reason is not None:
+        events = (Event("Normal", "Recovered", f"refresh succeeded; {message}"),)
+    return Decision(
+        state=progress.State(
+            handled_generation=attempt.generation,
+            handled_request=attempt.request,
+            expires_at=token.expires_at,
+            next_refresh_at=token.refresh_at,
+            source_version=attempt.source_version,
+            auth_method=token.auth_method,
+            conditions=conditions,
+        ),
+        status={
+            "conditions": list(conditions),
+            "observedGeneration": attempt.generation,
+            "handledRefreshRequest": attempt.request,
+            **status.times(
+                expiresAt=token.expires_at,
+                lastRefreshAt=token.issued_at,
+                nextRefreshAt=token.refresh_at,
+            ),
+            "authMethod": token.auth_method,
+            "failedAttempts": 0,
+            "lastFailureReason": None,
+            "target": token.target,
+            "clientSecretVersion": attempt.source_version,
+            "tokenType": token.token_type,
+            "scope": token.scope,
+        },
+        due=token.refresh_at,
+        ready=True,
+        times=(token.expires_at, token.refresh_at),
+        events=events,
+        log=f"issued a token for %s, {valid}, "
+        f"next refresh at {model.format_time(token.refresh_at)}",
+    )
+
+
+def _adopted(
+    state: progress.State,
+    attempt: progress.Attempt,
+    found: progress.Adopted,
+    *,
+    now: datetime.datetime,
+) -> Decision:
+    message = f"token valid until {model.format_time(found.expires_at)}"
+    conditions = _ready(
+        state,
+        ready=True,
+        reason=Reason.TOKEN_ISSUED,
+        message=message,
+        generation=attempt.generation,
+        now=now,
+    )
+    return Decision(
+        state=dataclasses.replace(
+            state,
+            handled_generation=attempt.generation,
+            handled_request=attempt.request,
+            expires_at=found.expires_at,
+            next_refresh_at=found.refresh_at,
+            not_before=None,
+            source_version=attempt.source_version,
+            failed_attempts=0,
+            failure_reason=None,
+            conditions=conditions,
+        ),
+        status={
+            "conditions": list(conditions),
+            "observedGeneration": attempt.generation,
+            "handledRefreshRequest": attempt.request,
+            **status.times(
+                expiresAt=found.expires_at,
+                lastRefreshAt=found.issued_at,
+                nextRefreshAt=found.refresh_at,
+            ),
+            "failedAttempts": 0,
+            "lastFailureReason": None,
+            "target": found.target,
+            "clientSecretVersion": attempt.source_version,
+        },
+        due=found.refresh_at,
+        ready=True,
+        times=(found.expires_at, found.refresh_at),
+        log=f"adopted the token of %s from its Secret {found.target} (status was behind the "
+        f"Secret), next refresh at {model.format_time(found.refresh_at)}",
+    )
+
+
+def _retry(
+    state: progress.State, failure: failures.Failure, *, now: datetime.datetime, draw: float
+) -> tuple[datetime.datetime | None, datetime.datetime | None]:
+    """(when to retry, the earliest an attempt may start) for a failure."""
+    if failure.kind is Kind.SPEC:
+        return None, None  # only a change of the spec can help
+    if failure.kind is Kind.PERMANENT:
+        return now + timing.PERMANENT_RETRY, None
+    delay = timing.backoff_delay(
+        attempt=state.failed_attempts + 1,
+        base=timing.TRANSIENT_BASE,
+        cap=timing.TRANSIENT_CAP,
+        draw=draw,
+    )
+    not_before = None
+    if failure.retry_after is not None:
+        # Counted from when the response arrived, never from the attempt's start.
+        not_before = now + datetime.timedelta(seconds=failure.retry_after)
+        delay = max(delay, datetime.timedelta(seconds=failure.retry_after))
+    retry_at = now + delay
+    if state.expires_at is not None and state.expires_at > now:
+        # Backoff grows past what a valid token can wait for: keep at least one more try
+        # before expiry, so a provider that comes back in time is used in time.
+        retry_at = min(retry_at, now + max((state.expires_at - now) / 2, MIN_RETRY))
+    return retry_at, not_before
+
+
+def _failed(
+    state: progress.State,
+    attempt: progress.Attempt,
+    failure: failures.Failure,
+    *,
+    now: datetime.datetime,
+    draw: float,
+) -> Decision:
+    """A failed attempt. The target Secret is never touched for one."""
+    reason, message = failure.reason, failure.message
+    retry_at, not_before = _retry(state, failure, now=now, draw=draw)
+    transient = failure.kind is Kind.TRANSIENT
+    if transient and state.expires_at is not None and state.expires_at > now:
+        ready, ready_reason = True, Reason.REFRESH_FAILING
+        ready_message = (
+            f"current token valid until {model.format_time(state.expires_at)}; "
+            f"refresh failed ({reason}: {message})"
+        )
+    elif transient and state.expires_at is not None:
+        ready, ready_reason = False, Reason.EXPIRED
+        ready_message = (
+            f"token expired at {model.format_time(state.expires_at)}; "
+            f"refresh failed ({reason}: {message})"
+        )
+    else:
+        ready, ready_reason, ready_message = False, reason, message
+    if retry_at is not None:
+        ready_message += f"; next attempt at {model.format_time(retry_at)}"
+    previous = status.ready_condition(state.conditions)
+    conditions = _ready(
+        state,
+        ready=ready,
+        reason=ready_reason,
+        message=ready_message,
+        generation=attempt.generation,
+        now=now,
+    )
+    events = []
+    if state.failure_reason != reason:
+        events.append(Event("Warning", reason, f"refresh failed: {message}"))
+    if ready_reason is Reason.EXPIRED and (
+        previous is None or previous.get("reason") != Reason.EXPIRED
+    ):
+        events.append(Event("Warning", Reason.EXPIRED, ready_message))
+    source_version = state.source_version
+    if attempt.source_version is not None:
+        source_version = attempt.source_version
+    new = dataclasses.replace(
+        state,
+        handled_generation=attempt.generation,
+        handled_request=attempt.request,
+        next_refresh_at=retry_at,
+        not_before=not_before,
+        source_version=source_version,
+        failed_attempts=state.failed_attempts + 1,
+        failure_reason=reason,
+        conditions=conditions,
+    )
+    return Decision(
+        state=new,
+        status={
+            "conditions": list(conditions),
+            "observedGeneration": attempt.generation,
+            "handledRefreshRequest": attempt.request,
+            "failedAttempts": new.failed_attempts,
+            "lastFailureReason": reason,
+            "clientSecretVersion": source_version,
+            **status.times(nextRefreshAt=retry_at),
+        },
+        due=retry_at,
+        ready=ready,
+        events=tuple(events),
+        log=f"refresh of %s failed ({reason}): {message}",
+        log_level=logging.WARNING,
+    )

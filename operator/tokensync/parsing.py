@@ -1,0 +1,353 @@
+"""Reading a stored ClientCredential spec into the typed view of :mod:`tokensync.model`.
+
+The CRD schema rejects most bad specs at admission; this module is the second line, for
+what a schema cannot express and for objects stored before a schema change. It is apart
+from the types because only an attempt and ``tokensync fetch --file`` parse a spec,
+while every layer shares the types. Every refusal is a :class:`model.SpecError` naming the
+offending field, the field the CRD would name. Pure: a raw ``spec`` mapping in, frozen
+dataclasses out, no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fractions
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from tokensync import model
+
+#: Label and annotation prefix that tokensync owns on the target Secret.
+_OWNED_KEY_PREFIX = f"{model.GROUP}/"
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# RFC 6749 section 3.3: printable ASCII except space, double quote and backslash.
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# ASCII digits only: \d would also take digits of other scripts, which float() accepts.
+_DURATION = re.compile(r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_MICROSECONDS = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
+
+
+def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialSpec:
+    """Turn a raw ``spec`` into a :class:`~model.ClientCredentialSpec` (``name``: metadata.name)."""
+    token_url = _optional_str(spec, "tokenURL", parent="spec")
+    issuer_url = _optional_str(spec, "issuerURL", parent="spec")
+    if (token_url is None) == (issuer_url is None):
+        raise model.SpecError("spec.tokenURL", "set exactly one of tokenURL and issuerURL")
+    method_raw = spec.get("authMethod")
+    try:
+        auth_method = model.AuthMethod.AUTO if method_raw is None else model.AuthMethod(method_raw)
+    except ValueError:
+        allowed = ", ".join(m.value for m in model.AuthMethod)
+        raise model.SpecError("spec.authMethod", f"must be one of {allowed}") from None
+
+    secret_ref = _parse_secret_ref(spec.get("clientSecretRef"))
+    private_key_ref = _parse_private_key_ref(spec.get("privateKeyRef"))
+    certificate_ref = _parse_certificate_ref(spec.get("clientCertificateRef"))
+    service_account_ref = _parse_service_account_ref(spec.get("serviceAccountRef"))
+    _check_method(
+        auth_method,
+        secret_ref=secret_ref,
+        private_key_ref=private_key_ref,
+        certificate_ref=certificate_ref,
+        service_account_ref=service_account_ref,
+    )
+    client_id = _optional_str(spec, "clientID", parent="spec")
+    if client_id is None and secret_ref is None:
+        raise model.SpecError("spec.clientID", "is required when spec.clientSecretRef is not set")
+
+    target_raw = spec.get("target") or {}
+    if not isinstance(target_raw, Mapping):
+        raise model.SpecError("spec.target", "must be an object")
+    target_name = _secret_name(
+        _optional_str(target_raw, "name", parent="spec.target") or f"{name}-token",
+        field="spec.target.name",
+    )
+    credential_secrets = {
+        "spec.clientSecretRef.name": secret_ref.name if secret_ref else None,
+        "spec.privateKeyRef.name": private_key_ref.name if private_key_ref else None,
+        "spec.clientCertificateRef.name": certificate_ref,
+    }
+    for field, secret_name in credential_secrets.items():
+        if target_name == secret_name:
+            raise model.SpecError(
+                "spec.target.name",
+                f"the target Secret {target_name!r} must not be a Secret holding client "
+                f"credentials ({field})",
+            )
+    target = model.TargetSpec(
+        name=target_name,
+        labels=_target_metadata(
+            target_raw.get("labels"), field="spec.target.labels", reserved=(model.MANAGED_BY_LABEL,)
+        ),
+        annotations=_target_metadata(
+            target_raw.get("annotations"), field="spec.target.annotations"
+        ),
+    )
+
+    request = model.TokenRequest(
+        token_url=token_url or "",
+        auth_method=auth_method,
+        scopes=_scopes(spec.get("scopes")),
+        audience=_optional_str(spec, "audience", parent="spec"),
+        resources=_str_list(spec.get("resources"), field="spec.resources"),
+        extra_params=_extra_params(spec.get("extraParams")),
+        assertion=_parse_assertion(spec.get("clientAssertion")),
+    )
+    return model.ClientCredentialSpec(
+        request=request,
+        secret_ref=secret_ref,
+        client_id=client_id,
+        refresh=_parse_refresh(spec.get("refresh")),
+        target=target,
+        ca_bundle=_parse_ca_bundle(spec.get("caBundleRef")),
+        issuer_url=issuer_url,
+        private_key_ref=private_key_ref,
+        client_certificate_ref=certificate_ref,
+        service_account_ref=service_account_ref,
+    )
+
+
+def parse_duration(value: object, *, field: str) -> datetime.timedelta:
+    """Parse a Go-style duration (``90s``, ``5m``, ``1h30m``, ``250ms``); negative is an error.
+
+    Exact to the microsecond (decimal fractions are summed as fractions, not floats) and at
+    most :data:`model.MAX_DURATION`.
+    """
+    if not isinstance(value, str) or not _DURATION.fullmatch(value):
+        raise model.SpecError(
+            field, f"invalid duration {value!r}: use units ms, s, m, h (e.g. 1h30m)"
+        )
+    micros = sum(
+        fractions.Fraction(number) * _UNIT_MICROSECONDS[unit]
+        for number, unit in _DURATION_PART.findall(value)
+    )
+    if micros > model.MAX_DURATION // datetime.timedelta(microseconds=1):
+        raise model.SpecError(field, f"must be at most {model.MAX_DURATION.days * 24}h")
+    return datetime.timedelta(microseconds=round(micros))
+
+
+def _parse_secret_ref(raw: object) -> model.SecretRef | None:
+    if raw is None:
+        return None
+    parent = "spec.clientSecretRef"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    return model.SecretRef(
+        name=_secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name"),
+        client_id_key=_optional_str(raw, "clientIDKey", parent=parent) or "client_id",
+        client_secret_key=_optional_str(raw, "clientSecretKey", parent=parent) or "client_secret",
+    )
+
+
+def _parse_private_key_ref(raw: object) -> model.PrivateKeyRef | None:
+    if raw is None:
+        return None
+    parent = "spec.privateKeyRef"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    return model.PrivateKeyRef(
+        name=_secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name"),
+        key=_optional_str(raw, "key", parent=parent) or model.DEFAULT_PRIVATE_KEY_KEY,
+        certificate_key=_optional_str(raw, "certificateKey", parent=parent),
+    )
+
+
+def _parse_certificate_ref(raw: object) -> str | None:
+    if raw is None:
+        return None
+    parent = "spec.clientCertificateRef"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    return _secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name")
+
+
+def _parse_service_account_ref(raw: object) -> model.ServiceAccountRef | None:
+    if raw is None:
+        return None
+    parent = "spec.serviceAccountRef"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    name = _required_str(raw, "name", parent=parent)
+    if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+        raise model.SpecError(f"{parent}.name", f"{name!r} is not a valid ServiceAccount name")
+    return model.ServiceAccountRef(
+        name=name, audience=_required_str(raw, "audience", parent=parent)
+    )
+
+
+def _check_method(
+    method: model.AuthMethod,
+    *,
+    secret_ref: model.SecretRef | None,
+    private_key_ref: model.PrivateKeyRef | None,
+    certificate_ref: str | None,
+    service_account_ref: model.ServiceAccountRef | None,
+) -> None:
+    """Each method needs its material; ``auto`` needs at least one kind."""
+    needs = {
+        "spec.clientSecretRef": (method in model.SECRET_METHODS, secret_ref),
+        "spec.privateKeyRef": (method is model.AuthMethod.PRIVATE_KEY_JWT, private_key_ref),
+        "spec.clientCertificateRef": (method in model.TLS_METHODS, certificate_ref),
+        "spec.serviceAccountRef": (
+            method is model.AuthMethod.WORKLOAD_IDENTITY,
+            service_account_ref,
+        ),
+    }
+    for field, (needed, value) in needs.items():
+        if needed and value is None:
+            raise model.SpecError(field, f"is required with authMethod {method.value}")
+    if method is model.AuthMethod.AUTO and all(value is None for _, value in needs.values()):
+        raise model.SpecError(
+            "spec.clientSecretRef",
+            "is required (or spec.privateKeyRef, spec.clientCertificateRef or "
+            "spec.serviceAccountRef)",
+        )
+
+
+def _parse_assertion(raw: object) -> model.AssertionOptions:
+    if raw is None:
+        return model.AssertionOptions()
+    parent = "spec.clientAssertion"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    algorithm = _optional_str(raw, "algorithm", parent=parent)
+    if algorithm is not None and algorithm not in model.ASSERTION_ALGORITHMS:
+        raise model.SpecError(
+            f"{parent}.algorithm", f"must be one of {', '.join(model.ASSERTION_ALGORITHMS)}"
+        )
+    lifetime = model.DEFAULT_ASSERTION_LIFETIME
+    if raw.get("lifetime") is not None:
+        lifetime = parse_duration(raw["lifetime"], field=f"{parent}.lifetime")
+        if not model.MIN_ASSERTION_LIFETIME <= lifetime <= model.MAX_ASSERTION_LIFETIME:
+            raise model.SpecError(f"{parent}.lifetime", "must be between 10s and 1h")
+    return model.AssertionOptions(
+        audience=_optional_str(raw, "audience", parent=parent),
+        algorithm=algorithm,
+        key_id=_optional_str(raw, "keyID", parent=parent),
+        lifetime=lifetime,
+    )
+
+
+def _parse_refresh(raw: object) -> model.RefreshPolicy:
+    if raw is None:
+        return model.RefreshPolicy()
+    if not isinstance(raw, Mapping):
+        raise model.SpecError("spec.refresh", "must be an object")
+    renew_before = None
+    if raw.get("renewBefore") is not None:
+        renew_before = parse_duration(raw["renewBefore"], field="spec.refresh.renewBefore")
+    percentage = raw.get("renewBeforePercentage")
+    if percentage is not None:
+        if isinstance(percentage, bool) or not isinstance(percentage, int):
+            raise model.SpecError("spec.refresh.renewBeforePercentage", "must be an integer")
+        if not 1 <= percentage <= 99:
+            raise model.SpecError("spec.refresh.renewBeforePercentage", "must be between 1 and 99")
+    if renew_before is not None and percentage is not None:
+        raise model.SpecError("spec.refresh", "set renewBefore or renewBeforePercentage, not both")
+    min_interval = model.DEFAULT_MIN_INTERVAL
+    if raw.get("minInterval") is not None:
+        min_interval = parse_duration(raw["minInterval"], field="spec.refresh.minInterval")
+    default_lifetime = model.DEFAULT_LIFETIME
+    if raw.get("defaultLifetime") is not None:
+        default_lifetime = parse_duration(
+            raw["defaultLifetime"], field="spec.refresh.defaultLifetime"
+        )
+        if default_lifetime <= datetime.timedelta(0):
+            raise model.SpecError("spec.refresh.defaultLifetime", "must be positive")
+    return model.RefreshPolicy(
+        renew_before=renew_before,
+        renew_before_percentage=None if percentage is None else float(percentage),
+        min_interval=min_interval,
+        default_lifetime=default_lifetime,
+    )
+
+
+def _parse_ca_bundle(raw: object) -> model.CABundleRef | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise model.SpecError("spec.caBundleRef", "must be an object")
+    kind = raw.get("kind", "ConfigMap")
+    if kind not in ("ConfigMap", "Secret"):
+        raise model.SpecError("spec.caBundleRef.kind", "must be ConfigMap or Secret")
+    name = _required_str(raw, "name", parent="spec.caBundleRef")
+    key = _optional_str(raw, "key", parent="spec.caBundleRef") or "ca.crt"
+    return model.CABundleRef(kind=kind, name=name, key=key)
+
+
+def _scopes(value: object) -> tuple[str, ...]:
+    scopes = _str_list(value, field="spec.scopes")
+    for index, scope in enumerate(scopes):
+        if not _SCOPE_TOKEN.fullmatch(scope):
+            raise model.SpecError(
+                f"spec.scopes[{index}]",
+                f"{scope!r} is not a scope token: use printable ASCII without spaces, double "
+                "quotes or backslashes (one scope per list item)",
+            )
+    return scopes
+
+
+def _extra_params(value: object) -> tuple[tuple[str, str], ...]:
+    params = _str_map(value, field="spec.extraParams")
+    for key, _ in params:
+        if key in model.RESERVED_EXTRA_PARAMS:
+            raise model.SpecError(
+                "spec.extraParams", f"must not set {key}: {model.RESERVED_EXTRA_PARAMS[key]}"
+            )
+    return params
+
+
+def _target_metadata(
+    value: object, *, field: str, reserved: tuple[str, ...] = ()
+) -> tuple[tuple[str, str], ...]:
+    """Extra labels or annotations, refusing the keys that tokensync sets itself."""
+    items = _str_map(value, field=field)
+    owned = " and ".join([*reserved, f"keys under {_OWNED_KEY_PREFIX}"])
+    for key, _ in items:
+        if key in reserved or key.startswith(_OWNED_KEY_PREFIX):
+            raise model.SpecError(field, f"must not set {key}: tokensync sets {owned} itself")
+    return items
+
+
+def _optional_str(raw: Mapping[str, Any], key: str, *, parent: str) -> str | None:
+    """``raw[key]`` if set; an empty string is an error, not a request for the default."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise model.SpecError(f"{parent}.{key}", "must be a non-empty string")
+    return value
+
+
+def _required_str(raw: Mapping[str, Any], key: str, *, parent: str) -> str:
+    value = _optional_str(raw, key, parent=parent)
+    if value is None:
+        raise model.SpecError(f"{parent}.{key}", "is required")
+    return value
+
+
+def _secret_name(value: str, *, field: str) -> str:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        raise model.SpecError(field, f"{value!r} is not a valid Secret name")
+    return value
+
+
+def _str_list(value: object, *, field: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise model.SpecError(field, "must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _str_map(value: object, *, field: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise model.SpecError(field, "must be a map of strings")
+    return tuple(sorted(value.items()))

@@ -1,0 +1,89 @@
+"""What an attempt starts from and what it produces: the inputs of ``outcome``.
+
+:class:`State` is what the operator remembers about a credential between attempts;
+:class:`Attempt` is what one attempt acts on; :class:`Issued`, :class:`Adopted` or a
+``failures.Failure`` is what it produced. Plain frozen data, pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from tokensync import failures, model
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class State:
+    """What the operator remembers about a credential between attempts.
+
+    Read back from ``status`` when the operator (re)starts (decision 0005), which is what
+    lets a restarted operator fetch nothing that is still valid and not due.
+    """
+
+    handled_generation: int | None = None
+    handled_request: str | None = None
+    expires_at: datetime.datetime | None = None
+    next_refresh_at: datetime.datetime | None = None
+    #: The token endpoint's Retry-After: no attempt before this (kept in memory only).
+    not_before: datetime.datetime | None = None
+    #: resourceVersions of the client Secrets the last attempt read, joined by commas.
+    source_version: str | None = None
+    auth_method: str | None = None
+    failed_attempts: int = 0
+    failure_reason: str | None = None
+    conditions: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def from_status(cls, st: Mapping[str, Any]) -> State:
+        return cls(
+            handled_generation=st.get("observedGeneration"),
+            handled_request=st.get("handledRefreshRequest"),
+            expires_at=model.parse_time(st.get("expiresAt")),
+            next_refresh_at=model.parse_time(st.get("nextRefreshAt")),
+            source_version=st.get("clientSecretVersion"),
+            auth_method=st.get("authMethod"),
+            failed_attempts=int(st.get("failedAttempts") or 0),
+            failure_reason=st.get("lastFailureReason"),
+            conditions=tuple(dict(c) for c in st.get("conditions") or []),
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class Attempt:
+    """What one attempt acts on, captured at its start (the spec may change meanwhile)."""
+
+    generation: int
+    request: str | None
+    #: Set once the client Secrets are read, kept even if a later step fails: only a newer
+    #: version of a Secret triggers another attempt.
+    source_version: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Issued:
+    """A new token, written to the target Secret."""
+
+    issued_at: datetime.datetime
+    expires_at: datetime.datetime
+    refresh_at: datetime.datetime
+    token_type: str
+    scope: str | None
+    auth_method: str
+    target: str
+    policy: model.RefreshPolicy
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Adopted:
+    """The target Secret already holds a newer token than status knew of (decision 0005)."""
+
+    issued_at: datetime.datetime
+    expires_at: datetime.datetime
+    refresh_at: datetime.datetime
+    target: str
+
+
+Result = Issued | Adopted | failures.Failure

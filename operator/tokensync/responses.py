@@ -1,0 +1,259 @@
+"""What a token endpoint's answer means: a complete :class:`Token`, or a classified failure.
+
+Kept apart from the HTTP client (``oauth``) so that the RFC 6749 rules can be tested as
+tables over plain bytes, status codes and headers, without a network or an event loop, and
+so that the secrecy rule lives next to the parsing it constrains: no token, response body
+or ``error_description`` ever reaches an error text. The error taxonomy (which codes and
+statuses are permanent, which reason each maps to) is the contract behind the Ready
+condition's reasons, listed in ``failures.Reason``.
+
+Pure: no I/O, and no kopf, kubernetes or httpx imports.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from tokensync import failures, model, timing
+
+#: Token responses are a few hundred bytes; anything near this is broken or hostile.
+MAX_BODY_BYTES = 1024 * 1024
+#: A lifetime beyond this is a unit bug (milliseconds sent as seconds) rather than a real token.
+MAX_LIFETIME = timedelta(days=3650)
+
+LifetimeSource = Literal["expires_in", "jwt_exp", "default"]
+
+R = failures.Reason
+# RFC 6749 section 5.2 codes that retrying cannot fix, with the condition reason each maps to.
+_PERMANENT_CODES = {
+    "invalid_client": R.INVALID_CLIENT,
+    "unauthorized_client": R.UNAUTHORIZED_CLIENT,
+    "unsupported_grant_type": R.UNSUPPORTED_GRANT_TYPE,
+    "invalid_scope": R.INVALID_SCOPE,
+    "invalid_request": R.INVALID_REQUEST,
+    "invalid_grant": R.INVALID_GRANT,
+}
+# Codes some servers send for outages; retrying is exactly what they ask for.
+_TRANSIENT_CODES = {
+    "server_error": R.SERVER_ERROR,
+    "temporarily_unavailable": R.TEMPORARILY_UNAVAILABLE,
+    "slow_down": R.RATE_LIMITED,
+}
+# 4xx statuses without a usable error code that still deserve a specific reason.
+_STATUS_REASONS = {
+    400: R.INVALID_REQUEST,
+    401: R.INVALID_CLIENT,
+    403: R.FORBIDDEN,
+    404: R.NOT_FOUND,
+}
+del R
+# The error code ends up in conditions, events and metric labels: only a short plain token.
+_SAFE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_NUMERIC = re.compile(r"\d+(?:\.\d+)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A complete, parsed access token; ``issued_at`` is when the request was sent."""
+
+    access_token: str = field(repr=False)
+    token_type: str
+    issued_at: datetime
+    expires_at: datetime
+    scope: str | None = None
+    lifetime_source: LifetimeSource = "expires_in"
+
+    @property
+    def lifetime(self) -> timedelta:
+        return self.expires_at - self.issued_at
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    token: Token
+    #: The method that produced the token; with ``auto`` this is what the server accepted.
+    auth_method: model.AuthMethod
+
+
+def bad_response(message: str, *, status_code: int) -> failures.TokenError:
+    """A transient ``BadResponse``: the server answered, but not with a usable token."""
+    return failures.TokenError(
+        f"unusable token response (HTTP {status_code}): {message}",
+        reason=failures.Reason.BAD_RESPONSE,
+        permanent=False,
+        status_code=status_code,
+    )
+
+
+def _decode_json(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    # RecursionError: a megabyte of "[" is valid input to a hostile server.
+    except (ValueError, RecursionError):
+        return None
+
+
+def _safe_code(value: object) -> str:
+    return value if isinstance(value, str) and _SAFE_CODE.fullmatch(value) else "other"
+
+
+def _error_from_response(
+    *, status_code: int, code: str | None, retry_after: float | None
+) -> failures.TokenError:
+    """Classify a non-2xx response, or a 2xx that carries an ``error`` member."""
+    what = f"HTTP {status_code}" + (f" error={code}" if code else "")
+    reason: failures.Reason
+    if 300 <= status_code < 400:
+        reason, permanent = failures.Reason.REDIRECT_REFUSED, True
+    elif status_code == 429 or code == "slow_down":
+        reason, permanent = failures.Reason.RATE_LIMITED, False
+    elif status_code >= 500:
+        reason, permanent = failures.Reason.SERVER_ERROR, False
+    elif status_code in (408, 425):
+        reason = failures.Reason.TIMEOUT if status_code == 408 else failures.Reason.TOO_EARLY
+        permanent = False
+    elif code in _TRANSIENT_CODES:
+        reason, permanent = _TRANSIENT_CODES[code], False
+    elif code in _PERMANENT_CODES:
+        reason, permanent = _PERMANENT_CODES[code], True
+    elif code is None and status_code in _STATUS_REASONS:
+        reason, permanent = _STATUS_REASONS[status_code], True
+    elif 400 <= status_code < 500 or code is not None:
+        reason, permanent = failures.Reason.REQUEST_REJECTED, True
+    else:
+        # 1xx or nonsense statuses: the server is confused, not our request.
+        reason, permanent = failures.Reason.BAD_RESPONSE, False
+    kind = "permanent" if permanent else "transient"
+    return failures.TokenError(
+        f"token request failed ({what}; {kind})",
+        reason=reason,
+        permanent=permanent,
+        status_code=status_code,
+        error_code=code,
+        retry_after=retry_after if not permanent else None,
+    )
+
+
+def _expires_in(value: object, *, status_code: int) -> timedelta | None:
+    if value is None:
+        return None
+    seconds: float
+    if isinstance(value, bool):
+        raise bad_response("expires_in is not a number", status_code=status_code)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
+        seconds = float(value.strip())
+    else:
+        raise bad_response("expires_in is not a number", status_code=status_code)
+    # RFC 6749 counts whole seconds; less than one is a token already expired when it lands
+    # (and a lifetime that rounds to zero microseconds would refresh in a loop).
+    if not (math.isfinite(seconds) and 1 <= seconds <= MAX_LIFETIME.total_seconds()):
+        raise bad_response("expires_in is out of range", status_code=status_code)
+    return timedelta(seconds=seconds)
+
+
+def _jwt_exp(access_token: str) -> datetime | None:
+    """Read ``exp`` from a JWT without verifying it: only to learn the lifetime, never to trust."""
+    parts = access_token.split(".")
+    if len(parts) != 3:
+        return None
+    segment = parts[1]
+    try:
+        payload = _decode_json(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(exp, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _lifetime(
+    document: Mapping[str, Any],
+    access_token: str,
+    *,
+    status_code: int,
+    sent_at: datetime,
+    default_lifetime: timedelta,
+) -> tuple[timedelta, LifetimeSource]:
+    lifetime = _expires_in(document.get("expires_in"), status_code=status_code)
+    if lifetime is not None:
+        return lifetime, "expires_in"
+    exp = _jwt_exp(access_token)
+    if exp is None or exp - sent_at > MAX_LIFETIME:
+        return default_lifetime, "default"
+    if exp <= sent_at:
+        raise bad_response(
+            "the token's JWT exp is not after the request time (clock skew?)",
+            status_code=status_code,
+        )
+    return exp - sent_at, "jwt_exp"
+
+
+def parse_token_response(
+    *,
+    status_code: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    sent_at: datetime,
+    default_lifetime: timedelta,
+) -> Token:
+    """Turn a token endpoint response into a :class:`Token` or raise :class:`failures.TokenError`.
+
+    The Content-Type is not trusted (JSON served as text/plain is common), caching headers
+    are ignored, and the lifetime comes from ``expires_in``, else the JWT ``exp`` of the
+    access token, else ``default_lifetime``, always counted from ``sent_at``. Header names
+    are matched case-insensitively, so a plain dict will do.
+    """
+    if sent_at.tzinfo is None:
+        raise ValueError("sent_at must be timezone-aware")
+    payload = _decode_json(body) if len(body) <= MAX_BODY_BYTES else None
+    document: dict[str, Any] = payload if isinstance(payload, dict) else {}
+    raw_code = document.get("error")
+    code = None if raw_code is None else _safe_code(raw_code)
+    if not 200 <= status_code < 300 or code is not None:
+        retry_after = None
+        if status_code == 429 or status_code >= 500:
+            # sent_at rather than the arrival time: at worst we wait a round trip longer.
+            value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+            retry_after = timing.retry_after_seconds(value, now=sent_at)
+        raise _error_from_response(status_code=status_code, code=code, retry_after=retry_after)
+
+    if len(body) > MAX_BODY_BYTES:
+        raise bad_response("body exceeds 1 MiB", status_code=status_code)
+    if not isinstance(payload, dict):
+        raise bad_response("body is not a JSON object", status_code=status_code)
+    access_token = document.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise bad_response("access_token is missing or empty", status_code=status_code)
+    token_type = document.get("token_type")
+    if not isinstance(token_type, str) or not token_type:
+        raise bad_response("token_type is missing or empty", status_code=status_code)
+    scope = document.get("scope")
+    lifetime, source = _lifetime(
+        document,
+        access_token,
+        status_code=status_code,
+        sent_at=sent_at,
+        default_lifetime=default_lifetime,
+    )
+    return Token(
+        access_token=access_token,
+        token_type=token_type,
+        issued_at=sent_at,
+        expires_at=sent_at + lifetime,
+        scope=scope if isinstance(scope, str) else None,
+        lifetime_source=source,
+    )
