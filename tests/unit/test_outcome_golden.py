@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import datetime
 import json
 from typing import Any
@@ -203,3 +204,31 @@ def test_outcome_module(row: Row) -> None:
     assert decision.reschedule
     assert decision.due == due
     assert decision.ready == (expect.ready == "True")
+
+
+async def test_a_left_over_service_account_ref_mints_nothing() -> None:
+    """authMethod client_secret_basic with a serviceAccountRef left from an earlier edit:
+    Ready with the client secret, and no ServiceAccount read or token minted (the fake has
+    no such calls: reaching one would fail)."""
+    spec = {
+        **ROWS[0].spec,
+        "authMethod": "client_secret_basic",
+        "serviceAccountRef": {"name": "not-opted-in", "audience": "https://idp.example.com"},
+    }
+    row = dataclasses.replace(ROWS[0], spec=spec)
+    kube, http, metrics_ = RecordingKube(row), MockHttp(row), metrics.Metrics()
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    rec = reconcile.Reconciler(
+        kube_api=kube,  # type: ignore[arg-type]
+        http=http,  # type: ignore[arg-type]
+        metrics_=metrics_,
+        queue=queue,
+        pacer=scheduler.HostPacer(rate=1000, burst=1000),
+        clock=lambda: T0,
+        draw=lambda: DRAW,
+    )
+    rec.observe(body(row))
+    await rec.refresh((NAMESPACE, NAME), T0.timestamp())
+    await http.client.aclose()
+    assert kube.patches == row.expect.patches
+    assert http.requests == 1
