@@ -246,7 +246,9 @@ async def _fetch(args: argparse.Namespace) -> int:
         ):
             if issuer:
                 urlpolicy.check_token_url(issuer, allow_insecure_http=args.allow_insecure_http)
-                metadata = await discovery.fetch_metadata(plain, issuer, timeout=10.0)
+                metadata = await discovery.fetch_metadata(
+                    plain, issuer, timeout=DEFAULTS.request_timeout
+                )
                 token_url = discovery.token_endpoint(
                     metadata, client_certificate=bool(credentials.tls_certificate)
                 )

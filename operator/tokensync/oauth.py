@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from tokensync import clientauth, failures, model, responses
+from tokensync import clientauth, config, failures, model, responses
 
 # Parameters the client sets itself; letting extraParams set them would hide the typed fields
 # or, for the credentials, smuggle a second client identity into the request.
@@ -220,7 +220,7 @@ async def fetch_token(
     default_lifetime: timedelta,
     now: Callable[[], datetime],
     # A parameter rather than the caller's asyncio.timeout: it also sets httpx's own timeouts.
-    timeout: float = 10.0,  # noqa: ASYNC109
+    timeout: float = config.DEFAULTS.request_timeout,  # noqa: ASYNC109
     methods: Sequence[model.AuthMethod] | None = None,
 ) -> responses.FetchResult:
     """Request a token with the client credentials grant (RFC 6749 section 4.4).
