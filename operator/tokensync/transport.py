@@ -149,10 +149,6 @@ class HttpClients:
             verify=verify,
         )
 
-    def for_ca_bundle(self, pem: str | None) -> httpx.AsyncClient:
-        """The client trusting exactly ``pem`` (or the system store when None)."""
-        return self.for_tls(ca_pem=pem)
-
     def for_tls(
         self,
         *,
