@@ -350,7 +350,7 @@ async def test_a_bad_ca_bundle_is_refused(bundle: str, clients: transport.HttpCl
     with pytest.raises(transport.BadCABundle):
         transport.tls_context(ca_pem=bundle, client_cert_pem=None, client_key_pem=None)
     with pytest.raises(transport.BadCABundle):
-        clients.for_ca_bundle(bundle)
+        clients.for_tls(ca_pem=bundle)
     with pytest.raises(transport.BadCABundle):  # not cached as a client either
         clients.for_tls(ca_pem=bundle)
 
@@ -418,7 +418,7 @@ async def test_a_refused_certificate_in_a_tls13_handshake_is_client_certificate_
 
 async def test_no_tls_inputs_give_the_default_client(clients: transport.HttpClients) -> None:
     assert clients.for_tls() is clients.default
-    assert clients.for_ca_bundle(None) is clients.default
+    assert clients.for_tls(ca_pem=None) is clients.default
     assert (
         clients.for_tls(ca_pem=None, client_cert_pem=None, client_key_pem=None) is clients.default
     )
@@ -435,7 +435,7 @@ async def test_the_same_inputs_share_a_client(
     # Equal content, different string objects: still the same client (keyed by digest).
     copy = "".join(list(cert))
     assert clients.for_tls(ca_pem=bundle, client_cert_pem=copy, client_key_pem=key) is with_cert
-    bundle_only = clients.for_ca_bundle(bundle)
+    bundle_only = clients.for_tls(ca_pem=bundle)
     assert bundle_only is not with_cert
     assert clients.for_tls(ca_pem=bundle) is bundle_only
     cert_only = clients.for_tls(client_cert_pem=cert, client_key_pem=key)
