@@ -112,7 +112,11 @@ def main() -> int:
         core.create_namespaced_secret(
             NS,
             {
-                "metadata": {"name": "client", "labels": {"tokensync.dev/client-secret": "true"}},
+                "metadata": {
+                    "name": "client",
+                    "labels": {"tokensync.dev/client-secret": "true"},
+                    "annotations": {"tokensync.dev/allowed-destinations": server.url},
+                },
                 "stringData": {"client_id": "bench", "client_secret": "bench-secret"},
             },
         )

@@ -317,6 +317,7 @@ async def create_all(cluster: LocalCluster, token_url: str, names: list[str]) ->
                         "metadata": {
                             "name": f"{name}-client",
                             "labels": {"tokensync.dev/client-secret": "true"},
+                            "annotations": {"tokensync.dev/allowed-destinations": token_url},
                         },
                         "stringData": {"client_id": name, "client_secret": f"{name}-secret"},
                     },
@@ -615,6 +616,7 @@ def time_to_ready(
                 "metadata": {
                     "name": "ttr-client",
                     "labels": {"tokensync.dev/client-secret": "true"},
+                    "annotations": {"tokensync.dev/allowed-destinations": server.url},
                 },
                 "stringData": {"client_id": "ttr", "client_secret": "ttr"},
             },

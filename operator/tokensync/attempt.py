@@ -18,6 +18,7 @@ from typing import Any
 from tokensync import (
     clientauth,
     config,
+    destinations,
     endpoint,
     failures,
     kube,
@@ -74,9 +75,9 @@ class Attempts:
 
     async def _run(self, record: tracking.Record, attempt: progress.Attempt) -> progress.Result:
         spec = parsing.parse_spec(record.spec, name=record.name)
-        url = spec.issuer_url or spec.request.token_url
-        self._endpoints.check_url(url, kind=failures.Kind.SPEC)
-        material = await self._material(record.namespace, spec, attempt)
+        destination = spec.issuer_url or spec.request.token_url
+        self._endpoints.check_url(destination, kind=failures.Kind.SPEC)
+        material, proofs = await self._material(record.namespace, spec, attempt)
         existing = await self._targets.check(record, spec.target.name)
         if existing is not None:
             adopted = outcome.adoptable(
@@ -88,11 +89,15 @@ class Attempts:
             )
             if adopted is not None:
                 return adopted
+        for name, proof in proofs.items():
+            self._check_destination(proof, "Secret", name, destination)
         where = await self._endpoints.resolve(record.namespace, spec, material)
         methods = self._methods(spec, where, material, remembered=record.state.auth_method)
         if model.AuthMethod.WORKLOAD_IDENTITY in methods:
             assert spec.service_account_ref is not None  # a candidate only with one
-            minted = await self._service_account_token(record.namespace, spec.service_account_ref)
+            minted = await self._service_account_token(
+                record.namespace, spec.service_account_ref, destination
+            )
             material = dataclasses.replace(material, external_assertion=minted)
         result = await self._fetch(where, material, methods=methods, policy=spec.refresh)
         token = result.token
@@ -128,8 +133,9 @@ class Attempts:
 
     async def _material(
         self, namespace: str, spec: model.ClientCredentialSpec, attempt: progress.Attempt
-    ) -> model.ClientAuthMaterial:
-        """Read every Secret holding the client's proof (each once) and collect it.
+    ) -> tuple[model.ClientAuthMaterial, dict[str, dict[str, Any]]]:
+        """Read every Secret holding the client's proof (each once) and collect it; the
+        Secrets too, by name, for their allowed destinations.
 
         A Secret the watch delivered shortly before is used as delivered (decision 0025).
         """
@@ -147,7 +153,14 @@ class Attempts:
             raise failures.from_api_error(exc) from None
         if found and any(found.values()):
             attempt.source_version = ",".join(versions)
-        return sources.auth_material(found, spec=spec)
+        material = sources.auth_material(found, spec=spec)  # raises if one is missing
+        return material, {name: body for name, body in found.items() if body is not None}
+
+    @staticmethod
+    def _check_destination(source: dict[str, Any], kind: str, name: str, url: str) -> None:
+        """Refuse, before anything is sent, a destination the proof's owner did not list."""
+        if not destinations.allows(source, url):
+            raise destinations.refused(kind, name, url)
 
     @staticmethod
     def _methods(
@@ -177,9 +190,11 @@ class Attempts:
         # If the server now refuses it, the others are tried, each once.
         return [last, *(m for m in methods if m is not last)]
 
-    async def _service_account_token(self, namespace: str, ref: model.ServiceAccountRef) -> str:
+    async def _service_account_token(
+        self, namespace: str, ref: model.ServiceAccountRef, destination: str
+    ) -> str:
         """A fresh ServiceAccount token for workload identity federation, if the account
-        opted in to this audience; tokensync mints none for accounts that did not."""
+        opted in to this audience and destination; tokensync mints none otherwise."""
         permanent = failures.Kind.PERMANENT
         try:
             account = await self._kube.read_service_account(namespace, ref.name)
@@ -196,6 +211,7 @@ class Attempts:
                     f"{ref.audience!r} in its annotation {model.TOKEN_AUDIENCES_ANNOTATION}",
                     kind=permanent,
                 )
+            self._check_destination(account, "ServiceAccount", ref.name, destination)
             return await self._kube.create_token(
                 namespace, ref.name, audience=ref.audience, seconds=SERVICE_ACCOUNT_TOKEN_SECONDS
             )
@@ -203,8 +219,11 @@ class Attempts:
             if exc.status == 403:
                 raise failures.Failure(
                     failures.Reason.SERVICE_ACCOUNT_TOKEN_FORBIDDEN,
-                    "the operator may not read ServiceAccounts or create their tokens: its "
-                    "RBAC lacks the workload identity rules (deploy/base/rbac.yaml)",
+                    "the operator may not read ServiceAccounts or create their tokens: "
+                    "workload identity is an opt-in grant; enable it with the Helm value "
+                    "workloadIdentity.enabled=true (workloadIdentity.namespaces to limit it) "
+                    "or the kustomize component deploy/components/workload-identity "
+                    "(docs/install.md#workload-identity)",
                     kind=permanent,
                 ) from None
             raise failures.from_api_error(exc) from None

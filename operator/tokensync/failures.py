@@ -85,8 +85,10 @@ class Reason(enum.StrEnum):
     SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
     SERVICE_ACCOUNT_NOT_OPTED_IN = "ServiceAccountNotOptedIn"
     SERVICE_ACCOUNT_TOKEN_FORBIDDEN = "ServiceAccountTokenForbidden"
+    DESTINATION_NOT_ALLOWED = "DestinationNotAllowed"
     # the cluster
     TARGET_CONFLICT = "TargetConflict"
+    TARGET_INVALID = "TargetInvalid"
     TARGET_WRITE_FAILED = "TargetWriteFailed"
     KUBERNETES_API_ERROR = "KubernetesAPIError"
     INVALID_SPEC = "InvalidSpec"
@@ -203,8 +205,16 @@ EXPLAINED: tuple[tuple[tuple[Reason, ...], str], ...] = (
         "`tokensync.dev/token-audiences` does not list the audience",
     ),
     (
+        (R.DESTINATION_NOT_ALLOWED,),
+        "a Secret or ServiceAccount holding the client's proof does not list the token URL "
+        "(or the issuer) in its annotation `tokensync.dev/allowed-destinations`; nothing was "
+        "sent. Its owner adds the destination to the annotation",
+    ),
+    (
         (R.SERVICE_ACCOUNT_TOKEN_FORBIDDEN,),
-        "the operator's RBAC lacks `get serviceaccounts` / `create serviceaccounts/token`",
+        "workload identity is not granted to the operator (off by default): set the Helm "
+        "value `workloadIdentity.enabled=true` or add the kustomize component "
+        "`deploy/components/workload-identity` ([install.md](docs/install.md#workload-identity))",
     ),
     (
         (R.ISSUER_MISMATCH, R.DISCOVERY_INVALID, R.DISCOVERY_FAILED),
@@ -218,6 +228,12 @@ EXPLAINED: tuple[tuple[tuple[Reason, ...], str], ...] = (
     (
         (R.TARGET_CONFLICT,),
         "a Secret of the target name exists and tokensync does not manage it for this credential",
+    ),
+    (
+        (R.TARGET_INVALID,),
+        "the API server refused the target Secret as invalid (422), for example "
+        "`spec.target` annotations over 256 KiB or a token over the 1 MiB a Secret may hold; "
+        "retried every 5 minutes and at once when the spec changes, not at every backoff",
     ),
     (
         (R.TARGET_WRITE_FAILED, R.KUBERNETES_API_ERROR),

@@ -32,6 +32,10 @@ EXPIRES_AT_ANNOTATION = f"{GROUP}/expires-at"
 #: Annotation a ServiceAccount must carry before tokensync mints tokens for it (workload
 #: identity federation): the audiences it may be used for, separated by commas or spaces.
 TOKEN_AUDIENCES_ANNOTATION = f"{GROUP}/token-audiences"
+#: Annotation on every Secret and ServiceAccount that proves a client: where that proof may
+#: be presented. Token URLs, issuer URLs, origins or host names, separated by commas or
+#: spaces; a credential pointing anywhere else is refused before a byte is sent (decision 0032).
+ALLOWED_DESTINATIONS_ANNOTATION = f"{GROUP}/allowed-destinations"
 
 DEFAULT_MIN_INTERVAL = datetime.timedelta(seconds=30)
 DEFAULT_LIFETIME = datetime.timedelta(hours=1)

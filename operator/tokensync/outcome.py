@@ -11,10 +11,16 @@ The rules:
 
 - a token issued: Ready=True TokenIssued; an Event on the first token (Issued) and on the
   first success after failures (Recovered), none per routine refresh;
+- a token that lives less than ``refresh.minInterval`` is still renewed no earlier than
+  minInterval after its issue (``timing.refresh_at``): the Ready message says so, and a
+  Warning Event (LifetimeBelowMinInterval) is posted when the warning is new, not at every
+  refresh (decision 0031);
 - a transient failure while the token is still valid: Ready stays True (RefreshFailing),
   the retry backs off with full jitter but never later than half the remaining lifetime
   (at least a second), so a provider that comes back in time is used in time;
-- a transient failure after expiry: Ready=False Expired, with one Expired Event;
+- a transient failure after expiry: Ready=False Expired, with one Expired Event; while
+  there is no valid token (expired, or none yet) the backoff's ceiling is
+  ``timing.NO_TOKEN_CAP`` (seconds, not minutes), so the provider's return is used at once;
 - a ``Retry-After`` longer than the backoff is honoured, and no attempt starts before it;
 - a permanent failure: Ready=False with its reason, retried every five minutes (and at once
   on a change of the spec or of a client Secret); an invalid spec is not retried;
@@ -39,6 +45,9 @@ SHORT_LIFETIME_WARNING = (
     "; warning: the token lifetime leaves pods less than the kubelet sync period "
     "(about a minute) to see a refreshed Secret"
 )
+#: The Event's reason, and the part of the Ready message that tells the warning is not new.
+BELOW_MIN_INTERVAL = "LifetimeBelowMinInterval"
+BELOW_MIN_INTERVAL_MARK = "is shorter than spec.refresh.minInterval"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -172,10 +181,13 @@ def _issued(
 ) -> Decision:
     valid = f"token valid until {model.format_time(token.expires_at)}"
     message = valid
-    if timing.short_lifetime_warning(
-        lifetime=token.expires_at - token.issued_at, policy=token.policy
-    ):
+    lifetime = token.expires_at - token.issued_at
+    below = _below_min_interval(token, lifetime=lifetime)
+    if below:
+        message += f"; warning: {below}"
+    elif timing.short_lifetime_warning(lifetime=lifetime, policy=token.policy):
         message += SHORT_LIFETIME_WARNING
+    previous = status.ready_condition(state.conditions) or {}
     conditions = _ready(
         state,
         ready=True,
@@ -189,6 +201,8 @@ def _issued(
         events = (Event("Normal", "Issued", message),)
     elif state.failure_reason is not None:
         events = (Event("Normal", "Recovered", f"refresh succeeded; {message}"),)
+    if below and BELOW_MIN_INTERVAL_MARK not in str(previous.get("message", "")):
+        events += (Event("Warning", BELOW_MIN_INTERVAL, below),)  # new, not per refresh
     return Decision(
         state=progress.State(
             handled_generation=attempt.generation,
@@ -223,6 +237,23 @@ def _issued(
         log=f"issued a token for %s, {valid}, "
         f"next refresh at {model.format_time(token.refresh_at)}",
     )
+
+
+def _below_min_interval(token: progress.Issued, *, lifetime: datetime.timedelta) -> str:
+    """The warning when minInterval holds the next refresh past this token's expiry, or ""."""
+    min_interval = token.policy.min_interval
+    if lifetime >= min_interval:
+        return ""
+    gap = token.refresh_at - token.expires_at
+    return (
+        f"the token lifetime ({_seconds(lifetime)}) {BELOW_MIN_INTERVAL_MARK} "
+        f"({_seconds(min_interval)}): the next token is fetched at "
+        f"{model.format_time(token.refresh_at)}, {_seconds(gap)} after this one expires"
+    )
+
+
+def _seconds(span: datetime.timedelta) -> str:
+    return f"{round(span.total_seconds(), 1):g}s"
 
 
 def _adopted(
@@ -284,10 +315,14 @@ def _retry(
         return None, None  # only a change of the spec can help
     if failure.kind is Kind.PERMANENT:
         return now + timing.PERMANENT_RETRY, None
+    left = datetime.timedelta(0) if state.expires_at is None else state.expires_at - now
+    valid = left > datetime.timedelta(0)
+    # The exponent keeps counting the tries made while the token was valid, but without a
+    # token the ceiling is seconds: recovery must not wait longest when it matters most.
     delay = timing.backoff_delay(
         attempt=state.failed_attempts + 1,
         base=timing.TRANSIENT_BASE,
-        cap=timing.TRANSIENT_CAP,
+        cap=timing.TRANSIENT_CAP if valid else timing.NO_TOKEN_CAP,
         draw=draw,
     )
     not_before = None
@@ -296,10 +331,10 @@ def _retry(
         not_before = now + datetime.timedelta(seconds=failure.retry_after)
         delay = max(delay, datetime.timedelta(seconds=failure.retry_after))
     retry_at = now + delay
-    if state.expires_at is not None and state.expires_at > now:
+    if valid:
         # Backoff grows past what a valid token can wait for: keep at least one more try
         # before expiry, so a provider that comes back in time is used in time.
-        retry_at = min(retry_at, now + max((state.expires_at - now) / 2, MIN_RETRY))
+        retry_at = min(retry_at, now + max(left / 2, MIN_RETRY))
     return retry_at, not_before
 
 

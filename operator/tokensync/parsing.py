@@ -28,6 +28,18 @@ _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _DURATION = re.compile(r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_MICROSECONDS = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
+_ZERO = datetime.timedelta(0)
+
+#: The bounds of every duration in a spec, inclusive: the CRD's CEL rules refuse the same at
+#: admission, with the same message (tests/unit/test_crd_matches_model.py compares them).
+#: Below minInterval's floor a refresh loop is bounded only by the host's pace, and below
+#: defaultLifetime's a token without expiry would be renewed as fast as minInterval allows.
+DURATION_BOUNDS: Mapping[str, tuple[datetime.timedelta, datetime.timedelta]] = {
+    "spec.clientAssertion.lifetime": (model.MIN_ASSERTION_LIFETIME, model.MAX_ASSERTION_LIFETIME),
+    "spec.refresh.renewBefore": (_ZERO, model.MAX_DURATION),
+    "spec.refresh.minInterval": (datetime.timedelta(seconds=1), model.MAX_DURATION),
+    "spec.refresh.defaultLifetime": (datetime.timedelta(seconds=10), model.MAX_DURATION),
+}
 
 
 def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialSpec:
@@ -113,8 +125,9 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
 def parse_duration(value: object, *, field: str) -> datetime.timedelta:
     """Parse a Go-style duration (``90s``, ``5m``, ``1h30m``, ``250ms``); negative is an error.
 
-    Exact to the microsecond (decimal fractions are summed as fractions, not floats) and at
-    most :data:`model.MAX_DURATION`.
+    Exact to the microsecond (decimal fractions are summed as fractions, not floats), and
+    within the field's :data:`DURATION_BOUNDS` (any other field: zero to
+    :data:`model.MAX_DURATION`), compared before rounding, as the API server compares them.
     """
     if not isinstance(value, str) or not _DURATION.fullmatch(value):
         raise model.SpecError(
@@ -124,9 +137,30 @@ def parse_duration(value: object, *, field: str) -> datetime.timedelta:
         fractions.Fraction(number) * _UNIT_MICROSECONDS[unit]
         for number, unit in _DURATION_PART.findall(value)
     )
-    if micros > model.MAX_DURATION // datetime.timedelta(microseconds=1):
-        raise model.SpecError(field, f"must be at most {model.MAX_DURATION.days * 24}h")
+    low, high = DURATION_BOUNDS.get(field, (_ZERO, model.MAX_DURATION))
+    if not _microseconds(low) <= micros <= _microseconds(high):
+        raise model.SpecError(field, bounds_message(low, high))
     return datetime.timedelta(microseconds=round(micros))
+
+
+def bounds_message(low: datetime.timedelta, high: datetime.timedelta) -> str:
+    """What parse_duration and the CRD say of a duration out of bounds."""
+    if low == _ZERO:
+        return f"must be at most {format_duration(high)}"
+    return f"must be between {format_duration(low)} and {format_duration(high)}"
+
+
+def format_duration(span: datetime.timedelta) -> str:
+    """A bound as the CRD writes it: ``10s``, ``1h``, ``87600h`` (largest whole unit)."""
+    micros = _microseconds(span)
+    for unit in ("h", "m", "s", "ms"):
+        if micros % _UNIT_MICROSECONDS[unit] == 0:
+            return f"{micros // _UNIT_MICROSECONDS[unit]}{unit}"
+    raise ValueError(f"{span!r} is not a whole number of milliseconds")
+
+
+def _microseconds(span: datetime.timedelta) -> int:
+    return span // datetime.timedelta(microseconds=1)
 
 
 def _parse_secret_ref(raw: object) -> model.SecretRef | None:
@@ -221,8 +255,6 @@ def _parse_assertion(raw: object) -> model.AssertionOptions:
     lifetime = model.DEFAULT_ASSERTION_LIFETIME
     if raw.get("lifetime") is not None:
         lifetime = parse_duration(raw["lifetime"], field=f"{parent}.lifetime")
-        if not model.MIN_ASSERTION_LIFETIME <= lifetime <= model.MAX_ASSERTION_LIFETIME:
-            raise model.SpecError(f"{parent}.lifetime", "must be between 10s and 1h")
     return model.AssertionOptions(
         audience=_optional_str(raw, "audience", parent=parent),
         algorithm=algorithm,
@@ -255,8 +287,6 @@ def _parse_refresh(raw: object) -> model.RefreshPolicy:
         default_lifetime = parse_duration(
             raw["defaultLifetime"], field="spec.refresh.defaultLifetime"
         )
-        if default_lifetime <= datetime.timedelta(0):
-            raise model.SpecError("spec.refresh.defaultLifetime", "must be positive")
     return model.RefreshPolicy(
         renew_before=renew_before,
         renew_before_percentage=None if percentage is None else float(percentage),

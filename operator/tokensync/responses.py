@@ -188,18 +188,26 @@ def _lifetime(
     sent_at: datetime,
     default_lifetime: timedelta,
 ) -> tuple[timedelta, LifetimeSource]:
+    """The earlier of ``expires_in`` and the JWT's ``exp``, else ``default_lifetime``.
+
+    A resource server checks ``exp``, whatever ``expires_in`` said: a token is never kept
+    past its own ``exp``, and one whose ``exp`` has passed is no token (decision 0031). An
+    ``exp`` beyond :data:`MAX_LIFETIME` is a unit bug (milliseconds) and is ignored.
+    """
     lifetime = _expires_in(document.get("expires_in"), status_code=status_code)
-    if lifetime is not None:
-        return lifetime, "expires_in"
     exp = _jwt_exp(access_token)
-    if exp is None or exp - sent_at > MAX_LIFETIME:
-        return default_lifetime, "default"
-    if exp <= sent_at:
+    if exp is not None and exp - sent_at > MAX_LIFETIME:
+        exp = None
+    if exp is not None and exp <= sent_at:
         raise bad_response(
             "the token's JWT exp is not after the request time (clock skew?)",
             status_code=status_code,
         )
-    return exp - sent_at, "jwt_exp"
+    if exp is not None and (lifetime is None or exp - sent_at < lifetime):
+        return exp - sent_at, "jwt_exp"
+    if lifetime is not None:
+        return lifetime, "expires_in"
+    return default_lifetime, "default"
 
 
 def parse_token_response(
@@ -213,7 +221,7 @@ def parse_token_response(
     """Turn a token endpoint response into a :class:`Token` or raise :class:`failures.TokenError`.
 
     The Content-Type is not trusted (JSON served as text/plain is common), caching headers
-    are ignored, and the lifetime comes from ``expires_in``, else the JWT ``exp`` of the
+    are ignored, and the lifetime is the earlier of ``expires_in`` and the JWT ``exp`` of the
     access token, else ``default_lifetime``, always counted from ``sent_at``. Header names
     are matched case-insensitively, so a plain dict will do.
     """

@@ -56,8 +56,12 @@ class SeenSecrets:
             return
         now = self._clock()
         self._expire(now)
-        # A minimal body of the same shape as the API's: what sources.auth_material
-        # reads. The rest of the event's body is not kept.
+        # A minimal body of the same shape as the API's: what sources.auth_material and
+        # destinations.allows read. The rest of the event's body is not kept.
+        annotations = meta.get("annotations") or {}
+        kept = {
+            k: annotations[k] for k in (model.ALLOWED_DESTINATIONS_ANNOTATION,) if k in annotations
+        }
         self._entries[key] = (
             now,
             {
@@ -66,6 +70,7 @@ class SeenSecrets:
                     "namespace": key[0],
                     "resourceVersion": str(meta.get("resourceVersion") or ""),
                     "labels": _LABELS,
+                    "annotations": kept,
                 },
                 "data": body.get("data") or {},
             },

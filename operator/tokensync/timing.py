@@ -21,6 +21,10 @@ PERMANENT_RETRY = timedelta(minutes=5)
 #: First step and ceiling of the exponential backoff after a transient error.
 TRANSIENT_BASE = timedelta(seconds=1)
 TRANSIENT_CAP = timedelta(minutes=5)
+#: Ceiling of that backoff while there is no valid token (expired, or none yet): pods are
+#: without a token, so the provider's return is used within seconds (decision 0031). The
+#: per-host pacer and Retry-After still hold the provider's load down.
+NO_TOKEN_CAP = timedelta(seconds=10)
 #: How long a kubelet may take to project an updated Secret into a pod (sync period plus
 #: cache TTL); a token refreshed with less than this left may expire inside pods first.
 KUBELET_SYNC_MARGIN = timedelta(seconds=90)
@@ -48,19 +52,17 @@ def refresh_at(
     The renewal point is ``renew_before`` before expiry, or ``renew_before_percentage`` of the
     lifetime before expiry, or by default when a third of the lifetime remains. ``jitter`` is
     a caller-supplied draw in ``[0, 1)`` that moves the point earlier by up to 10 % of the
-    lifetime. The result is never earlier than ``issued_at + min_interval`` (the loop guard),
-    except when that would be at or after expiry: then losing the token is the worse outcome
-    and the midpoint of the lifetime is returned. A token that is already expired at issue
-    (``expires_at <= issued_at``) is due at ``issued_at``.
+    lifetime. The result is never earlier than ``issued_at + min_interval``, whatever the
+    lifetime (decision 0031): a token that lives less than ``min_interval`` (or is expired at
+    issue) is renewed at ``issued_at + min_interval``, after it expired, so that no answer of
+    a token endpoint can make the operator ask more often than the spec allows.
     """
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
     lifetime = expires_at - issued_at
-    if lifetime <= timedelta(0):
-        return issued_at
     earliest = issued_at + policy.min_interval
     if earliest >= expires_at:
-        return issued_at + lifetime / 2
+        return earliest
 
     if policy.renew_before is not None:
         due = expires_at - policy.renew_before

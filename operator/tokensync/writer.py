@@ -2,7 +2,8 @@
 
 Every write is one request with the whole Secret (never torn), and conditional on the uid
 tokensync last saw (decision 0007): a Secret deleted and recreated by someone else under
-the same name is never overwritten. Raises ``failures.Failure``.
+the same name is never overwritten. Raises ``failures.Failure``: a Secret the API server
+refuses as invalid is permanent (TargetInvalid), other refusals are transient.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ class TargetWriter:
         try:
             await self._write(record, body)
         except failures.ApiError as exc:
+            if exc.status == 422:
+                # From a create, or a patch with the uid just read (a replaced Secret's 422
+                # never gets here): the Secret itself is invalid, and a new token will not
+                # change that. Only the reason is kept: the body may echo the Secret.
+                raise failures.Failure(
+                    failures.Reason.TARGET_INVALID,
+                    f"the API server refused the target Secret {body['metadata']['name']!r} "
+                    f"as invalid ({exc}): spec.target's labels and annotations may exceed "
+                    "256 KiB, or the token the 1 MiB a Secret may hold",
+                    kind=failures.Kind.PERMANENT,
+                ) from None
             raise failures.from_api_error(exc, reason=failures.Reason.TARGET_WRITE_FAILED) from None
 
     async def _write(self, record: tracking.Record, body: dict[str, Any]) -> None:

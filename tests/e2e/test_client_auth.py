@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import pathlib
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,10 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from kubernetes import client
 
+from localcluster import LocalCluster
 from localcluster.pki import CertificateAuthority
-from support import kubeoidc, testenv
+from support import kubeoidc, manifests, testenv
 from support.fixtures import operator
-from support.operatorproc import OperatorProcess
+from support.operatorproc import OperatorProcess, may_mint_tokens, workload_identity_granted
 from support.polling import wait_for
 from support.tokenserver import TokenServer, mtls_server_context, x5t_s256
 
@@ -410,12 +412,21 @@ def test_rfc8414_discovery(env: Env) -> None:
 
 def service_account(env: Env, name: str, audiences: str | None) -> None:
     annotations = {"tokensync.dev/token-audiences": audiences} if audiences else {}
+    annotations[testenv.ALLOWED_DESTINATIONS] = testenv.LOOPBACK
     env.core.create_namespaced_service_account(
         env.ns, {"metadata": {"name": name, "annotations": annotations}}
     )
 
 
-def test_workload_identity_federation(env: Env) -> None:
+@pytest.fixture
+def workload_identity(env: Env) -> Iterator[None]:
+    """The opt-in of deploy/components/workload-identity, removed after the test: the
+    default install grants nothing on ServiceAccounts (test_security.py proves it)."""
+    with workload_identity_granted(env.api, namespace=env.ns):
+        yield
+
+
+def test_workload_identity_federation(env: Env, workload_identity: None) -> None:
     audience = "api://tokensync-test-exchange"
     subject = f"system:serviceaccount:{env.ns}:billing"
     env.server.add_federated_client(
@@ -440,7 +451,9 @@ def test_workload_identity_federation(env: Env) -> None:
 
 
 @pytest.mark.parametrize("audiences", [None, "api://something-else"])
-def test_service_account_must_opt_in(env: Env, audiences: str | None) -> None:
+def test_service_account_must_opt_in(
+    env: Env, workload_identity: None, audiences: str | None
+) -> None:
     audience = "api://tokensync-test-exchange"
     service_account(env, "billing", audiences)
     requests = env.server.requests
@@ -450,6 +463,57 @@ def test_service_account_must_opt_in(env: Env, audiences: str | None) -> None:
     ready = env.wait_ready(reason="ServiceAccountNotOptedIn")
     assert "tokensync.dev/token-audiences" in ready["message"]
     assert env.server.requests == requests
+
+
+def test_workload_identity_granted_in_one_namespace_only(
+    env: Env, cluster: LocalCluster, tmp_path: pathlib.Path
+) -> None:
+    """deploy/components/workload-identity-namespaced grants a Role and RoleBinding in one
+    namespace: the operator mints tokens there, and is refused (ServiceAccountTokenForbidden,
+    nothing sent) in a namespace where the same opted-in setup has no grant."""
+    tree = manifests.kustomization(
+        tmp_path,
+        overlay="single-namespace",
+        components=["workload-identity-namespaced"],
+        watch_namespace=env.ns,
+    )
+    rendered = manifests.documents(manifests.Kubectl(cluster).kustomize(tree))
+    grant = [d for d in rendered if d["metadata"]["name"] == "tokensync-workload-identity"]
+    assert sorted((d["kind"], d["metadata"]["namespace"]) for d in grant) == [
+        ("Role", env.ns),
+        ("RoleBinding", env.ns),
+    ]
+    audience = "api://tokensync-test-exchange"
+    other_ns = f"{env.ns}-other"
+    env.core.create_namespace({"metadata": {"name": other_ns}})
+    try:
+        other = Env(env.api, other_ns, env.server, log=env.log)
+        for each in (env, other):
+            each.server.add_federated_client(
+                each.client_id,
+                issuer=SA_ISSUER,
+                subject=f"system:serviceaccount:{each.ns}:billing",
+                audience=audience,
+                fetch_jwks=kubeoidc.jwks_fetcher(env.api, issuer=SA_ISSUER),
+            )
+            service_account(each, "billing", audience)
+        with workload_identity_granted(env.api, grant, namespace=env.ns):
+            assert not may_mint_tokens(env.api, other_ns)
+            assert not may_mint_tokens(env.api, "kube-system")
+            spec = {
+                "tokenURL": env.server.url,
+                "serviceAccountRef": {"name": "billing", "audience": audience},
+            }
+            requests = env.server.requests
+            other.credential(**spec)
+            refused = other.wait_ready(reason="ServiceAccountTokenForbidden")
+            assert refused["status"] == "False"
+            assert env.server.requests == requests
+            env.credential(**spec)
+            env.wait_ready(reason="TokenIssued")
+            assert [i.auth_method for i in env.issued_for_me()] == ["workload_identity"]
+    finally:
+        env.core.delete_namespace(other_ns)
 
 
 def test_no_key_material_anywhere(env: Env, operator: OperatorProcess) -> None:

@@ -358,13 +358,56 @@ INVALID_SPECS = [
         "defaultLifetime-zero",
         with_changes(refresh={"defaultLifetime": "0s"}),
         "spec.refresh.defaultLifetime",
-        "greater than zero",
+        "must be between 10s and 87600h",
     ),
     case(
         "defaultLifetime-zero-compound",
         with_changes(refresh={"defaultLifetime": "0h0m0.0s"}),
         "spec.refresh.defaultLifetime",
-        "greater than zero",
+        "must be between 10s and 87600h",
+    ),
+    # the bounds of decision 0031, the parser's (parsing.DURATION_BOUNDS)
+    case(
+        "defaultLifetime-1ms",
+        with_changes(refresh={"defaultLifetime": "1ms"}),
+        "spec.refresh.defaultLifetime",
+        "must be between 10s and 87600h",
+    ),
+    case(
+        "defaultLifetime-a-nanosecond-short",
+        with_changes(refresh={"defaultLifetime": "9.999999999s"}),
+        "spec.refresh.defaultLifetime",
+        "must be between 10s and 87600h",
+    ),
+    case(
+        "defaultLifetime-100000h",
+        with_changes(refresh={"defaultLifetime": "100000h"}),
+        "spec.refresh.defaultLifetime",
+        "must be between 10s and 87600h",
+    ),
+    case(
+        "renewBefore-100000h",
+        with_changes(refresh={"renewBefore": "100000h"}),
+        "spec.refresh.renewBefore",
+        "must be at most 87600h",
+    ),
+    case(
+        "renewBefore-a-millisecond-too-long",
+        with_changes(refresh={"renewBefore": "87600h1ms"}),
+        "spec.refresh.renewBefore",
+        "must be at most 87600h",
+    ),
+    case(
+        "minInterval-zero",
+        with_changes(refresh={"minInterval": "0s"}),
+        "spec.refresh.minInterval",
+        "must be between 1s and 87600h",
+    ),
+    case(
+        "minInterval-100000h",
+        with_changes(refresh={"minInterval": "100000h"}),
+        "spec.refresh.minInterval",
+        "must be between 1s and 87600h",
     ),
     # target
     case(
@@ -507,6 +550,18 @@ INVALID_SPECS = [
         PATTERN,
     ),
     case(
+        "clientAssertion-lifetime-2h",
+        with_changes(clientAssertion={"lifetime": "2h"}),
+        "spec.clientAssertion.lifetime",
+        "must be between 10s and 1h",
+    ),
+    case(
+        "clientAssertion-lifetime-9s",
+        with_changes(clientAssertion={"lifetime": "9s"}),
+        "spec.clientAssertion.lifetime",
+        "must be between 10s and 1h",
+    ),
+    case(
         "target-is-the-private-key",
         with_changes(privateKeyRef={"name": "ok-token"}),
         "spec.target.name",
@@ -546,6 +601,24 @@ def test_invalid_spec_is_refused_naming_the_field(
 def test_invalid_table_is_broad() -> None:
     ids = [case.id for case in INVALID_SPECS]
     assert len(set(ids)) == len(ids) >= 30
+
+
+@pytest.mark.parametrize(
+    ("refresh", "assertion"),
+    [
+        ({"minInterval": "1s", "renewBefore": "0s", "defaultLifetime": "10s"}, "10s"),
+        ({"minInterval": "87600h", "renewBefore": "87600h", "defaultLifetime": "87600h"}, "1h"),
+        ({"minInterval": "0.5s500ms", "defaultLifetime": "9s1000ms"}, "1.5m"),
+    ],
+    ids=["lowest", "highest", "compound"],
+)
+def test_durations_at_their_bounds_are_admitted(
+    refresh: dict[str, str], assertion: str, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """The bounds are inclusive, at admission as in parsing.parse_spec."""
+    spec = with_changes(refresh=refresh, clientAssertion={"lifetime": assertion})
+    created = create(custom, namespace, credential("bounds", spec))
+    parsing.parse_spec(created["spec"], name="bounds")  # what is admitted can be acted on
 
 
 def test_http_token_url_is_admitted(custom: client.CustomObjectsApi, namespace: str) -> None:

@@ -23,8 +23,12 @@ from kubernetes import client, config
 
 from localcluster import LocalCluster
 from support import manifests
-from support.manifests import COMPONENTS, OPERATOR_NAMESPACE, OVERLAYS, Kubectl
-from support.operatorproc import OperatorProcess, service_account_kubeconfig
+from support.manifests import COMPONENTS, OPERATOR_NAMESPACE, OVERLAYS, WORKLOAD_IDENTITY, Kubectl
+from support.operatorproc import (
+    OperatorProcess,
+    service_account_kubeconfig,
+    workload_identity_granted,
+)
 from support.polling import wait_for
 from support.tokenserver import TokenServer
 from tokensync import cli, model
@@ -324,14 +328,6 @@ def test_service_account_is_denied_what_it_does_not_need(
         "get a ConfigMap by name (CA bundles)": lambda: core.read_namespaced_config_map(
             "some-config", namespace
         ),
-        "get a ServiceAccount (federation opt-in)": lambda: core.read_namespaced_service_account(
-            "app", namespace
-        ),
-        "create a ServiceAccount token (federation)": lambda: (
-            core.create_namespaced_service_account_token(
-                "app", namespace, {"spec": {"audiences": ["x"], "expirationSeconds": 600}}
-            )
-        ),
         "list ClientCredentials": lambda: custom.list_namespaced_custom_object(*crd_args),
         "patch ClientCredential status": lambda: custom.patch_namespaced_custom_object_status(
             *crd_args, "api", {"status": {"failedAttempts": 0}}
@@ -377,6 +373,16 @@ def test_service_account_is_denied_what_it_does_not_need(
             namespace,
             {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}},
         ),
+        # Workload identity federation is an opt-in (deploy/components/workload-identity).
+        "get a ServiceAccount": lambda: core.read_namespaced_service_account("app", namespace),
+        "create a ServiceAccount token": lambda: core.create_namespaced_service_account_token(
+            "app", namespace, {"spec": {"audiences": ["x"], "expirationSeconds": 600}}
+        ),
+        "create a token for a kube-system controller": lambda: (
+            core.create_namespaced_service_account_token(
+                "namespace-controller", "kube-system", {"spec": {"expirationSeconds": 600}}
+            )
+        ),
         "list ServiceAccounts": lambda: core.list_namespaced_service_account(namespace),
         "change a ServiceAccount (e.g. its opt-in)": lambda: core.patch_namespaced_service_account(
             "app", namespace, {"metadata": {"annotations": {"a": "b"}}}
@@ -393,6 +399,108 @@ def test_service_account_is_denied_what_it_does_not_need(
     assert admin_core.read_namespaced_config_map("some-config", namespace).data == {"k": "v"}
     spec = admin_custom.get_namespaced_custom_object(*crd_args, "api")["spec"]
     assert spec["tokenURL"] == "https://login.example.com/t"
+
+
+def test_workload_identity_component_adds_exactly_service_account_tokens(
+    api_client: client.ApiClient,
+    sa_client: client.ApiClient,
+    kubectl: Kubectl,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    """deploy/components/workload-identity, applied over the cluster-wide install: the
+    ServiceAccount may read a ServiceAccount by name and mint its token, and nothing more on
+    ServiceAccounts; removing the component takes both away again."""
+    admin_core = client.CoreV1Api(api_client)
+    admin_core.create_namespaced_service_account(namespace, {"metadata": {"name": "app"}})
+    rendered = manifests.documents(
+        render(tmp_path, kubectl, "cluster-wide", (WORKLOAD_IDENTITY["cluster-wide"],))
+    )
+    grant = [d for d in rendered if d["metadata"]["name"] == "tokensync-workload-identity"]
+    assert sorted(d["kind"] for d in grant) == ["ClusterRole", "ClusterRoleBinding"]
+    core = client.CoreV1Api(sa_client)
+
+    def mint() -> object:
+        return core.create_namespaced_service_account_token(
+            "app", namespace, {"spec": {"audiences": ["x"], "expirationSeconds": 600}}
+        )
+
+    with workload_identity_granted(api_client, grant, namespace=namespace):
+        assert status_code(lambda: core.read_namespaced_service_account("app", namespace)) == 200
+        assert status_code(mint) == 200
+        still_denied = {
+            "list ServiceAccounts": lambda: core.list_namespaced_service_account(namespace),
+            "change a ServiceAccount": lambda: core.patch_namespaced_service_account(
+                "app", namespace, {"metadata": {"annotations": {"a": "b"}}}
+            ),
+            "delete a ServiceAccount": lambda: core.delete_namespaced_service_account(
+                "app", namespace
+            ),
+        }
+        codes = {what: status_code(call) for what, call in still_denied.items()}
+        assert codes == dict.fromkeys(still_denied, 403)
+    assert status_code(mint) == 403
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_default_install_grants_nothing_on_service_accounts(
+    kubectl: Kubectl, tmp_path: pathlib.Path, overlay: str
+) -> None:
+    """Rendered as docs/install.md says, with every optional component but the workload
+    identity one: no rule names ServiceAccounts or their tokens (issue 14, section 8)."""
+    docs = manifests.documents(render(tmp_path, kubectl, overlay, COMPONENTS))
+    roles = [d for d in docs if d["kind"] in {"ClusterRole", "Role"}]
+    assert roles
+    granted = {r for role in roles for rule in role["rules"] for r in rule["resources"]}
+    assert not granted & {"serviceaccounts", "serviceaccounts/token", "*"}
+
+
+def test_workload_identity_components_grant_the_same_rules(
+    kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    """The namespaced component repeats the cluster-wide one's rules in a Role beside the
+    single-namespace overlay's, and refuses to render without that Role."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    cluster_wide = manifests.documents(
+        render(tmp_path / "a", kubectl, "cluster-wide", (WORKLOAD_IDENTITY["cluster-wide"],))
+    )
+    single = manifests.documents(
+        render(
+            tmp_path / "b",
+            kubectl,
+            "single-namespace",
+            (WORKLOAD_IDENTITY["single-namespace"],),
+            watch_namespace="payments",
+        )
+    )
+    name = "tokensync-workload-identity"
+    rules = manifests.find(cluster_wide, "ClusterRole", name)["rules"]
+    assert rules == [
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+    ]
+    role, binding = (
+        manifests.find(single, "Role", name),
+        manifests.find(single, "RoleBinding", name),
+    )
+    assert role["rules"] == rules
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "payments"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": name,
+    }
+    assert (
+        binding["subjects"] == manifests.find(cluster_wide, "ClusterRoleBinding", name)["subjects"]
+    )
+    assert not {d["kind"] for d in single} & {"ClusterRole", "ClusterRoleBinding"}
+    directory = manifests.kustomization(
+        tmp_path / "c", overlay="cluster-wide", components=[WORKLOAD_IDENTITY["single-namespace"]]
+    )
+    refused = kubectl.run("kustomize", str(directory), check=False)
+    assert refused.returncode != 0
 
 
 # -- single-namespace install, run under its own identity ------------------------------
@@ -438,6 +546,7 @@ def test_single_namespace_install_runs_the_operator_in_its_namespace_only(
                         "metadata": {
                             "name": "oauth-client",
                             "labels": {model.CLIENT_SECRET_LABEL: "true"},
+                            "annotations": {model.ALLOWED_DESTINATIONS_ANNOTATION: server.url},
                         },
                         "stringData": {
                             "client_id": "single-ns-client",

@@ -20,7 +20,9 @@ from kubernetes import client
 
 from localcluster import LocalCluster
 from support import manifests
-from support.manifests import COMPONENTS, OVERLAYS, Kubectl
+from support.manifests import COMPONENTS, OVERLAYS, WORKLOAD_IDENTITY, Kubectl
+from support.operatorproc import may_mint_tokens
+from support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -136,6 +138,8 @@ def test_chart_lints(helm_bin: pathlib.Path) -> None:
         [],
         ["clusterWide=false", "watchNamespaces={apps,billing}"],
         list(COMPONENT_VALUES.values()),
+        ["workloadIdentity.enabled=true", "workloadIdentity.namespaces={apps}"],
+        ["clusterWide=false", "watchNamespaces={apps}", "workloadIdentity.enabled=true"],
     ):
         sets = [arg for value in values for arg in ("--set", value)]
         out = manifests.helm(helm_bin, "lint", "--strict", str(manifests.HELM_CHART), *sets)
@@ -147,6 +151,16 @@ def test_chart_refuses_values_it_cannot_render(helm_bin: pathlib.Path) -> None:
         template(helm_bin, ["clusterWide=false"])
     with pytest.raises(AssertionError, match="does not match pattern"):
         template(helm_bin, ["extraArgs={workers=4}"])
+    with pytest.raises(AssertionError, match="billing is not in watchNamespaces"):
+        template(
+            helm_bin,
+            [
+                "clusterWide=false",
+                "watchNamespaces={apps}",
+                "workloadIdentity.enabled=true",
+                "workloadIdentity.namespaces={billing}",
+            ],
+        )
 
 
 @pytest.mark.parametrize("components", [(), COMPONENTS], ids=["plain", "with-components"])
@@ -168,6 +182,113 @@ def test_helm_template_equals_the_kustomize_install(
     assert sorted(helm_view, key=str) == sorted(kustomize_view, key=str)
     for key, value in kustomize_view.items():
         assert helm_view[key] == value, f"{key} differs"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_helm_workload_identity_equals_the_kustomize_component(
+    helm_bin: pathlib.Path, kubectl: Kubectl, tmp_path: pathlib.Path, overlay: str
+) -> None:
+    """workloadIdentity.enabled=true renders what the overlay's component adds."""
+    from_kustomize = manifests.documents(
+        kubectl.kustomize(
+            manifests.kustomization(
+                tmp_path, overlay=overlay, components=(WORKLOAD_IDENTITY[overlay],)
+            )
+        )
+    )
+    values = [*overlay_values(overlay, ()), "workloadIdentity.enabled=true"]
+    from_helm = manifests.documents(template(helm_bin, values))
+    kustomize_view, helm_view = substance(from_kustomize), substance(from_helm)
+    assert sorted(helm_view, key=str) == sorted(kustomize_view, key=str)
+    for key, value in kustomize_view.items():
+        assert helm_view[key] == value, f"{key} differs"
+
+
+def rbac_objects(docs: list[dict[str, Any]]) -> list[tuple[str, str | None, str]]:
+    return sorted(
+        (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])
+        for d in docs
+        if d["apiVersion"].startswith("rbac.authorization.k8s.io/")
+    )
+
+
+def test_chart_grants_workload_identity_only_when_asked_and_where_asked(
+    helm_bin: pathlib.Path,
+) -> None:
+    """Default: no rule on ServiceAccounts, in either mode. workloadIdentity.namespaces:
+    RoleBindings to the ClusterRole in those namespaces only, no ClusterRoleBinding."""
+    for values in ([], ["clusterWide=false", "watchNamespaces={apps}"]):
+        docs = manifests.documents(template(helm_bin, values))
+        granted = {
+            resource
+            for d in docs
+            if d["kind"] in {"ClusterRole", "Role"}
+            for rule in d["rules"]
+            for resource in rule["resources"]
+        }
+        assert granted
+        assert not granted & {"serviceaccounts", "serviceaccounts/token", "*"}
+
+    name = "tokensync-workload-identity"
+    docs = manifests.documents(
+        template(helm_bin, ["workloadIdentity.enabled=true", "workloadIdentity.namespaces={a,b}"])
+    )
+    assert [o for o in rbac_objects(docs) if o[2] == name] == [
+        ("ClusterRole", None, name),
+        ("RoleBinding", "a", name),
+        ("RoleBinding", "b", name),
+    ]
+    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+        assert binding["roleRef"]["kind"] == "ClusterRole"
+    docs = manifests.documents(
+        template(
+            helm_bin,
+            [
+                "clusterWide=false",
+                "watchNamespaces={apps,billing}",
+                "workloadIdentity.enabled=true",
+                "workloadIdentity.namespaces={billing}",
+            ],
+        )
+    )
+    assert [o for o in rbac_objects(docs) if o[2] == name] == [
+        ("Role", "billing", name),
+        ("RoleBinding", "billing", name),
+    ]
+
+
+def test_chart_workload_identity_per_namespace_on_the_api_server(
+    helm_bin: pathlib.Path,
+    kubectl: Kubectl,
+    api_client: client.ApiClient,
+    crds: None,
+    namespace: str,
+) -> None:
+    """Applied, the per-namespace grant lets the release's ServiceAccount mint tokens in the
+    listed namespace and nowhere else (kube-system included), as the authorizer answers."""
+    release = f"tokensync-{uuid.uuid4().hex[:6]}"
+    values = [
+        "namespace.create=true",
+        "workloadIdentity.enabled=true",
+        f"workloadIdentity.namespaces={{{namespace}}}",
+    ]
+    rendered = template(helm_bin, values, release=release, namespace=release)
+    account = (release, release)
+    try:
+        kubectl.apply(rendered, field_manager="helm-test")
+        wait_for(lambda: may_mint_tokens(api_client, namespace, account=account), what="grant")
+        assert not may_mint_tokens(api_client, "kube-system", account=account)
+        assert not may_mint_tokens(api_client, "default", account=account)
+    finally:
+        kubectl.run(
+            "delete",
+            "--wait=false",
+            "--ignore-not-found",
+            "-f",
+            "-",
+            stdin=rendered.replace("kind: CustomResourceDefinition", "kind: Skip"),
+            check=False,
+        )
 
 
 def test_chart_values_reach_the_container(helm_bin: pathlib.Path) -> None:
@@ -268,6 +389,7 @@ def test_helm_install_and_uninstall(
         out = manifests.helm(helm_bin, "install", release, str(manifests.HELM_CHART), *kube)
         assert "STATUS: deployed" in out
         assert "watching every namespace" in out
+        assert "Workload identity federation (spec.serviceAccountRef) is off" in out
         listed = manifests.helm(helm_bin, "list", "--output=json", *kube)
         assert release in listed
         apps = client.AppsV1Api(api_client)
@@ -288,10 +410,11 @@ def test_helm_install_and_uninstall(
 def test_packaged_chart_renders_like_the_source(
     helm_bin: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
-    """``helm package`` resolves the chart's links (CRD, RBAC rules, alerts) into the archive."""
+    """``helm package`` resolves the chart's links (CRD, RBAC rules, workload identity
+    rules, alerts) into the archive."""
     manifests.helm(helm_bin, "package", str(manifests.HELM_CHART), f"--destination={tmp_path}")
     (archive,) = tmp_path.glob("tokensync-*.tgz")
-    values = overlay_values("cluster-wide", COMPONENTS)
+    values = [*overlay_values("cluster-wide", COMPONENTS), "workloadIdentity.enabled=true"]
     sets = [arg for value in values for arg in ("--set", value)]
     from_archive = manifests.helm(
         helm_bin,

@@ -20,6 +20,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
 OVERLAYS = ("cluster-wide", "single-namespace")
 COMPONENTS = ("servicemonitor", "prometheusrule", "networkpolicy")
+#: The opt-in workload identity grant: the component that fits each overlay.
+WORKLOAD_IDENTITY = {
+    "cluster-wide": "workload-identity",
+    "single-namespace": "workload-identity-namespaced",
+}
 OPERATOR_NAMESPACE = "tokensync-system"
 
 

@@ -2,7 +2,9 @@
 
 Tests run ``python -m tokensync run`` exactly as a user would, authenticated as the
 ``tokensync`` ServiceAccount with a token from the TokenRequest API, so every e2e test
-also proves that the RBAC in deploy/ is sufficient.
+also proves that the RBAC in deploy/ is sufficient. That identity holds the default role
+only; tests of workload identity federation add the opt-in rules around themselves
+(:func:`workload_identity_granted`) and remove them after.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import yaml
@@ -24,28 +26,116 @@ from kubernetes import client, dynamic
 
 from localcluster import LocalCluster
 from localcluster.cluster import free_port
+from support.polling import wait_for
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 RBAC = REPO_ROOT / "deploy" / "base" / "rbac.yaml"
 NAMESPACE_MANIFEST = REPO_ROOT / "deploy" / "base" / "namespace.yaml"
+#: The opt-in workload identity rules (kustomize component; the Helm chart reads the same).
+WORKLOAD_IDENTITY_RBAC = REPO_ROOT / "deploy" / "components" / "workload-identity" / "rbac.yaml"
+#: The operator's ServiceAccount (namespace, name) in the deploy/ manifests.
+OPERATOR_ACCOUNT = ("tokensync-system", "tokensync")
 
 
 def apply_files(api: client.ApiClient, paths: Iterable[pathlib.Path]) -> None:
     """Server-side apply every document of every file (like ``kubectl apply --server-side``)."""
+    apply_documents(
+        api, [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+    )
+
+
+def apply_documents(api: client.ApiClient, docs: Iterable[dict[str, Any]]) -> None:
     dyn = dynamic.DynamicClient(api)
-    for path in paths:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc:
-                continue
-            resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
-            namespace = doc["metadata"].get("namespace")
-            resource.server_side_apply(
-                body=doc,
-                name=doc["metadata"]["name"],
-                namespace=namespace,
-                field_manager="tokensync-tests",
-                force_conflicts=True,
-            )
+    for doc in docs:
+        resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+        resource.server_side_apply(
+            body=doc,
+            name=doc["metadata"]["name"],
+            namespace=doc["metadata"].get("namespace"),
+            field_manager="tokensync-tests",
+            force_conflicts=True,
+        )
+
+
+def delete_documents(api: client.ApiClient, docs: Iterable[dict[str, Any]]) -> None:
+    dyn = dynamic.DynamicClient(api)
+    for doc in docs:
+        resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+        meta = doc["metadata"]
+        with contextlib.suppress(dynamic.exceptions.NotFoundError):  # already gone
+            resource.delete(name=meta["name"], namespace=meta.get("namespace"))
+
+
+def operator_may(
+    api: client.ApiClient,
+    verb: str,
+    resource: str,
+    *,
+    subresource: str = "",
+    namespace: str = "",
+    account: tuple[str, str] = OPERATOR_ACCOUNT,
+) -> bool:
+    """What the API server's authorizer answers for the operator's ServiceAccount
+    (``account``: namespace, name), asked by the admin ``api`` with a SubjectAccessReview,
+    as ``kubectl auth can-i --as=system:serviceaccount:...`` does."""
+    account_ns, name = account
+    review = client.AuthorizationV1Api(api).create_subject_access_review(
+        {
+            "spec": {
+                "user": f"system:serviceaccount:{account_ns}:{name}",
+                "groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{account_ns}",
+                    "system:authenticated",
+                ],
+                "resourceAttributes": {
+                    "verb": verb,
+                    "resource": resource,
+                    "subresource": subresource,
+                    "namespace": namespace,
+                },
+            }
+        }
+    )
+    return bool(review.status.allowed)
+
+
+def may_mint_tokens(
+    api: client.ApiClient, namespace: str, *, account: tuple[str, str] = OPERATOR_ACCOUNT
+) -> bool:
+    """May the operator read a ServiceAccount in ``namespace`` and mint its token?"""
+
+    def may(verb: str, subresource: str = "") -> bool:
+        return operator_may(
+            api,
+            verb,
+            "serviceaccounts",
+            subresource=subresource,
+            namespace=namespace,
+            account=account,
+        )
+
+    return may("get") and may("create", "token")
+
+
+@contextlib.contextmanager
+def workload_identity_granted(
+    api: client.ApiClient, docs: Iterable[dict[str, Any]] | None = None, *, namespace: str
+) -> Iterator[None]:
+    """The opt-in workload identity rules applied (by default the kustomize component's,
+    granted cluster-wide), then removed: the shared control plane goes back to the default
+    install, which grants none. Waits until the authorizer sees each change in
+    ``namespace``, so that the operator's first attempt is not refused."""
+    if docs is None:
+        docs = yaml.safe_load_all(WORKLOAD_IDENTITY_RBAC.read_text())
+    grant = [doc for doc in docs if doc]
+    apply_documents(api, grant)
+    try:
+        wait_for(lambda: may_mint_tokens(api, namespace), what="the workload identity grant")
+        yield
+    finally:
+        delete_documents(api, grant)
+        wait_for(lambda: not may_mint_tokens(api, namespace), what="the grant's removal")
 
 
 def service_account_kubeconfig(

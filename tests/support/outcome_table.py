@@ -241,6 +241,8 @@ ROWS = [
         ),
     ),
     Row(
+        # Attempt 5: the backoff's ceiling would be 16 s, but without a valid token it is
+        # timing.NO_TOKEN_CAP (10 s; decision 0031), so DRAW gives 5 s (it gave 8 s before).
         name="the same failure reason twice: no Event",
         status=handled(
             expiresAt=at(-10),
@@ -256,15 +258,15 @@ ROWS = [
                         "False",
                         "Expired",
                         f"token expired at {at(-10)}; refresh failed "
-                        f"(ServerError: {UNAVAILABLE_TEXT}); next attempt at {at(8)}",
+                        f"(ServerError: {UNAVAILABLE_TEXT}); next attempt at {at(5)}",
                         since=-5,
                     ),
                     attempts=5,
                     reason="ServerError",
-                    due=8,
+                    due=5,
                 )
             ],
-            due=8,
+            due=5,
             ready="False",
             writes=0,
         ),

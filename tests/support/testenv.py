@@ -24,6 +24,9 @@ T = TypeVar("T")
 # The API as a user writes it, spelled out rather than imported from the operator's code.
 GROUP, VERSION, PLURAL, KIND = "tokensync.dev", "v1alpha1", "clientcredentials", "ClientCredential"
 CLIENT_SECRET_LABEL = "tokensync.dev/client-secret"
+ALLOWED_DESTINATIONS = "tokensync.dev/allowed-destinations"
+#: Every token server of the e2e tests listens on loopback.
+LOOPBACK = "127.0.0.1"
 REFRESH_ANNOTATION = "tokensync.dev/refresh-requested-at"
 
 
@@ -128,13 +131,21 @@ class Env:
     # -- Secrets -------------------------------------------------------------------------
 
     def secret(
-        self, name: str, data: dict[str, str], *, opt_in: bool = True, type_: str = "Opaque"
+        self,
+        name: str,
+        data: dict[str, str],
+        *,
+        opt_in: bool = True,
+        type_: str = "Opaque",
+        destinations: str | None = LOOPBACK,
     ) -> None:
-        """Create a Secret from text values, labelled for tokensync unless ``opt_in=False``."""
+        """Create a Secret from text values, labelled for tokensync unless ``opt_in=False``,
+        allowed to be sent to ``destinations`` (the annotation; None: no annotation)."""
         labels = {CLIENT_SECRET_LABEL: "true"} if opt_in else {}
+        annotations = {ALLOWED_DESTINATIONS: destinations} if destinations else {}
+        metadata = {"name": name, "labels": labels, "annotations": annotations}
         self.core.create_namespaced_secret(
-            self.ns,
-            {"metadata": {"name": name, "labels": labels}, "type": type_, "stringData": data},
+            self.ns, {"metadata": metadata, "type": type_, "stringData": data}
         )
 
     def replace_secret(self, name: str, data: dict[str, str]) -> None:

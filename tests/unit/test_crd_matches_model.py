@@ -254,6 +254,46 @@ def test_duration_pattern_agrees_with_parse_duration(value: str, valid: bool) ->
             parsing.parse_duration(value, field="f")
 
 
+def duration_fields() -> dict[str, Mapping[str, Any]]:
+    """Every string the CRD reads as a duration (by its pattern), by path."""
+    pattern = spec_schema()["properties"]["refresh"]["properties"]["renewBefore"]["pattern"]
+    return {
+        path: node
+        for path, node in walk_schema(spec_schema(), "spec")
+        if node.get("pattern") == pattern
+    }
+
+
+def test_every_duration_has_bounds_in_both() -> None:
+    assert set(duration_fields()) == set(parsing.DURATION_BOUNDS)
+
+
+@pytest.mark.parametrize("field", sorted(parsing.DURATION_BOUNDS))
+def test_duration_bounds_are_the_parser_s(field: str) -> None:
+    """The CEL rule states the parser's bounds, with its message; Go's time.ParseDuration
+    (which CEL's duration() is) and parse_duration agree on every value to the nanosecond."""
+    low, high = parsing.DURATION_BOUNDS[field]
+    node = duration_fields()[field]
+    (rule,) = node["x-kubernetes-validations"]
+    lower = f"duration(self) >= duration('{parsing.format_duration(low)}') && " if low else ""
+    assert rule["rule"] == f"{lower}duration(self) <= duration('{parsing.format_duration(high)}')"
+    assert rule["message"] == parsing.bounds_message(low, high)
+    assert rule["message"].removeprefix("must be ") in " ".join(node["description"].split())
+    # maxLength keeps the rule's cost estimate small (and the API server accepts the CRD).
+    assert node["maxLength"] <= 64
+    for value, valid in [
+        (parsing.format_duration(low), True),
+        (parsing.format_duration(high), True),
+        (f"{parsing.format_duration(high)}0.001ms", False),
+        *([(f"{low.total_seconds() - 1e-9:.9f}s", False)] if low else []),
+    ]:
+        if valid:
+            assert low <= parsing.parse_duration(value, field=field) <= high
+        else:
+            with pytest.raises(model.SpecError, match=rule["message"]):
+                parsing.parse_duration(value, field=field)
+
+
 @pytest.mark.parametrize(
     ("name", "valid"),
     [

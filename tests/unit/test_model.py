@@ -360,20 +360,23 @@ REFUSED = [
         "spec.refresh.minInterval",
         "invalid duration",
     ),
-    (
-        "default-lifetime-zero",
-        with_(refresh={"defaultLifetime": "0s"}),
-        "x",
-        "spec.refresh.defaultLifetime",
-        "must be positive",
-    ),
-    (
-        "default-lifetime-below-a-microsecond",
-        with_(refresh={"defaultLifetime": "0.0000001s"}),
-        "x",
-        "spec.refresh.defaultLifetime",
-        "must be positive",
-    ),
+    # The bounds of decision 0031, the same as the CRD's (test_crd_matches_model.py).
+    *[
+        (f"{key}-{value}", with_(**{parent: {key: value}}), "x", f"spec.{parent}.{key}", message)
+        for parent, key, value, message in [
+            ("refresh", "defaultLifetime", "0s", "must be between 10s and 87600h"),
+            ("refresh", "defaultLifetime", "0.0000001s", "must be between 10s and 87600h"),
+            ("refresh", "defaultLifetime", "1ms", "must be between 10s and 87600h"),
+            ("refresh", "defaultLifetime", "9.9999999s", "must be between 10s and 87600h"),
+            ("refresh", "defaultLifetime", "100000h", "must be between 10s and 87600h"),
+            ("refresh", "renewBefore", "100000h", "must be at most 87600h"),
+            ("refresh", "minInterval", "0s", "must be between 1s and 87600h"),
+            ("refresh", "minInterval", "999ms", "must be between 1s and 87600h"),
+            ("clientAssertion", "lifetime", "2h", "must be between 10s and 1h"),
+            ("clientAssertion", "lifetime", "9s", "must be between 10s and 1h"),
+            ("clientAssertion", "lifetime", "1h0.000001s", "must be between 10s and 1h"),
+        ]
+    ],
 ]
 
 

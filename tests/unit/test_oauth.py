@@ -92,11 +92,35 @@ def test_dotted_opaque_tokens_use_default_lifetime(access_token: str) -> None:
     assert parse({"access_token": access_token, "token_type": "x"}).lifetime_source == "default"
 
 
-def test_expired_jwt_exp_is_a_bad_response() -> None:
-    exp = int((T0 - timedelta(minutes=1)).timestamp())
+@pytest.mark.parametrize("expires_in", [None, 3600, "3600"])
+@pytest.mark.parametrize("past", [timedelta(minutes=1), timedelta(0)], ids=["past", "now"])
+def test_expired_jwt_exp_is_a_bad_response(expires_in: object, past: timedelta) -> None:
+    """Whatever expires_in says: a resource server refuses the token (decision 0031)."""
+    exp = (T0 - past).timestamp()
+    body = {"access_token": jwt_with({"exp": exp}), "token_type": "Bearer"}
     with pytest.raises(failures.TokenError, match="clock skew") as caught:
-        parse({"access_token": jwt_with({"exp": exp}), "token_type": "Bearer"})
-    assert caught.value.reason == "BadResponse"
+        parse({**body, "expires_in": expires_in})
+    assert (caught.value.reason, caught.value.permanent) == ("BadResponse", False)
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "exp_after", "lifetime", "source"),
+    [
+        (3600, timedelta(minutes=10), timedelta(minutes=10), "jwt_exp"),  # exp is earlier
+        (600, H, timedelta(minutes=10), "expires_in"),  # expires_in is earlier
+        (600, timedelta(minutes=10), timedelta(minutes=10), "expires_in"),  # a tie
+        (60, timedelta(seconds=59.5), timedelta(seconds=59.5), "jwt_exp"),
+        (600, timedelta(days=5000), timedelta(minutes=10), "expires_in"),  # exp in ms: ignored
+    ],
+)
+def test_the_earlier_of_expires_in_and_jwt_exp_wins(
+    expires_in: int, exp_after: timedelta, lifetime: timedelta, source: str
+) -> None:
+    exp = (T0 + exp_after).timestamp()
+    body = {"access_token": jwt_with({"exp": exp}), "token_type": "Bearer"}
+    token = parse({**body, "expires_in": expires_in})
+    assert (token.lifetime, token.lifetime_source) == (lifetime, source)
+    assert token.expires_at == T0 + lifetime
 
 
 def test_content_type_is_not_trusted_and_scope_is_kept() -> None:

@@ -94,28 +94,139 @@ def test_failures_that_do_not_back_off(kind: failures.Kind, due: datetime.dateti
 
 
 @given(
-    remaining=st.floats(min_value=-3600, max_value=7200),
+    remaining=st.none() | st.floats(min_value=-3600, max_value=7200),
     attempts=st.integers(min_value=0, max_value=100),
     draw=st.floats(min_value=0, max_value=0.999),
     retry_after=st.none() | st.floats(min_value=0, max_value=86400),
 )
 def test_a_transient_retry_stays_within_its_bounds(
-    remaining: float, attempts: int, draw: float, retry_after: float | None
+    remaining: float | None, attempts: int, draw: float, retry_after: float | None
 ) -> None:
-    state = progress.State(expires_at=T0 + remaining * S, failed_attempts=attempts)
+    expires = None if remaining is None else T0 + remaining * S
+    state = progress.State(expires_at=expires, failed_attempts=attempts)
     failure = failures.Failure(
         failures.Reason.SERVER_ERROR, "503", kind=failures.Kind.TRANSIENT, retry_after=retry_after
     )
     decision = outcome.decide(state, ATTEMPT, failure, now=T0, draw=draw)
     assert decision.due is not None
     assert decision.state.failed_attempts == attempts + 1
-    left = state.expires_at - T0  # type: ignore[operator] -- set above
+    left = datetime.timedelta(0) if expires is None else expires - T0
     if left > datetime.timedelta(0):
         # a valid token: one more try before it expires (the clamp is at least a second)
         assert decision.due <= T0 + max(left / 2, outcome.MIN_RETRY)
         assert decision.ready is True
     else:
-        assert decision.due <= T0 + max(timing.TRANSIENT_CAP, (retry_after or 0) * S)
+        # no valid token: seconds, not minutes, however long the failures have lasted
+        assert decision.due <= T0 + max(timing.NO_TOKEN_CAP, (retry_after or 0) * S)
+        assert decision.due >= T0 + (retry_after or 0) * S  # and never before Retry-After
         assert decision.ready is False
     if retry_after is not None:
         assert decision.state.not_before == T0 + retry_after * S
+
+
+# -- recovery pace once the token has expired (decision 0031) ----------------------------------
+
+UNAVAILABLE = failures.Failure(failures.Reason.SERVER_ERROR, "503", kind=failures.Kind.TRANSIENT)
+
+
+@pytest.mark.parametrize("attempts", [3, 4, 9, 20, 10**6])
+@pytest.mark.parametrize("expires", [-1.0, None], ids=["expired", "no-token-yet"])
+def test_without_a_valid_token_the_backoff_ceiling_is_seconds(
+    attempts: int, expires: float | None
+) -> None:
+    """Tries made while the token was valid raised the exponent; after expiry that must not
+    put the next try minutes away (a 50 s outage took 147-252 s to recover from)."""
+    state = progress.State(
+        expires_at=None if expires is None else T0 + expires * S, failed_attempts=attempts
+    )
+    for draw in (0.0, 0.5, 0.999):
+        decision = outcome.decide(state, ATTEMPT, UNAVAILABLE, now=T0, draw=draw)
+        ceiling = min(timing.NO_TOKEN_CAP, timing.TRANSIENT_BASE * 2 ** min(attempts, 40))
+        assert decision.due == T0 + ceiling * draw
+
+
+def test_while_the_token_is_valid_the_backoff_keeps_its_five_minute_ceiling() -> None:
+    state = progress.State(expires_at=T0 + 7200 * S, failed_attempts=20)
+    decision = outcome.decide(state, ATTEMPT, UNAVAILABLE, now=T0, draw=0.5)
+    assert decision.due == T0 + timing.TRANSIENT_CAP / 2
+
+
+def test_without_a_valid_token_retry_after_still_holds() -> None:
+    state = progress.State(expires_at=T0 - S, failed_attempts=20)
+    limited = failures.Failure(
+        failures.Reason.RATE_LIMITED, "429", kind=failures.Kind.TRANSIENT, retry_after=120
+    )
+    decision = outcome.decide(state, ATTEMPT, limited, now=T0, draw=0.5)
+    assert decision.due == T0 + 120 * S
+    assert decision.state.not_before == T0 + 120 * S
+
+
+# -- a token that lives less than minInterval (decision 0031) ----------------------------------
+
+
+def issued(lifetime: float, *, min_interval: float) -> progress.Issued:
+    policy = model.RefreshPolicy(min_interval=min_interval * S)
+    expires = T0 + lifetime * S
+    refresh = timing.refresh_at(issued_at=T0, expires_at=expires, policy=policy, jitter=0.5)
+    return progress.Issued(
+        issued_at=T0,
+        expires_at=expires,
+        refresh_at=refresh,
+        token_type="Bearer",
+        scope=None,
+        auth_method="client_secret_basic",
+        target="t",
+        policy=policy,
+    )
+
+
+def test_a_token_shorter_than_min_interval_is_reported_once() -> None:
+    token = issued(2, min_interval=5)
+    first = outcome.decide(progress.State(), ATTEMPT, token, now=T0, draw=0.5)
+    assert first.due == T0 + 5 * S  # minInterval holds, although the token expires at 2 s
+    (condition,) = first.status["conditions"]
+    assert condition["status"] == "True"
+    warning = (
+        "the token lifetime (2s) is shorter than spec.refresh.minInterval (5s): the next "
+        f"token is fetched at {model.format_time(T0 + 5 * S)}, 3s after this one expires"
+    )
+    assert condition["message"] == f"token valid until {model.format_time(T0 + 2 * S)}; " + (
+        f"warning: {warning}"
+    )
+    assert [(e.type, e.reason, e.message) for e in first.events] == [
+        ("Normal", "Issued", condition["message"]),
+        ("Warning", outcome.BELOW_MIN_INTERVAL, warning),
+    ]
+    # The next refresh carries the warning in Ready again, but posts no second Event.
+    again = outcome.decide(first.state, ATTEMPT, token, now=T0 + 5 * S, draw=0.5)
+    assert outcome.BELOW_MIN_INTERVAL_MARK in again.status["conditions"][0]["message"]
+    assert again.events == ()
+
+
+def test_the_min_interval_warning_is_new_again_after_a_failure() -> None:
+    token = issued(2, min_interval=5)
+    first = outcome.decide(progress.State(), ATTEMPT, token, now=T0, draw=0.5)
+    failed = outcome.decide(first.state, ATTEMPT, UNAVAILABLE, now=T0 + 5 * S, draw=0.5)
+    back = outcome.decide(failed.state, ATTEMPT, token, now=T0 + 6 * S, draw=0.5)
+    assert [e.reason for e in back.events] == ["Recovered", outcome.BELOW_MIN_INTERVAL]
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "min_interval", "warning"),
+    [
+        (3600, 30, None),
+        (5, 5, outcome.SHORT_LIFETIME_WARNING),  # renewed at expiry: the kubelet warning
+        (60, 1, outcome.SHORT_LIFETIME_WARNING),
+        (4, 5, outcome.BELOW_MIN_INTERVAL_MARK),  # the minInterval warning, alone
+    ],
+)
+def test_one_warning_at_most(lifetime: float, min_interval: float, warning: str | None) -> None:
+    decision = outcome.decide(
+        progress.State(), ATTEMPT, issued(lifetime, min_interval=min_interval), now=T0, draw=0.5
+    )
+    message = decision.status["conditions"][0]["message"]
+    assert message.count("warning:") == (warning is not None)
+    if warning is not None:
+        assert warning in message
+    below = [e for e in decision.events if e.reason == outcome.BELOW_MIN_INTERVAL]
+    assert len(below) == (warning == outcome.BELOW_MIN_INTERVAL_MARK)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from support.outcome_table import DRAW, NAME, NAMESPACE, ROWS, T0, TARGET, UID, Row
+from support.outcome_table import DRAW, NAME, NAMESPACE, ROWS, T0, TARGET, TOKEN_URL, UID, Row
 from tokensync import (
     failures,
     metrics,
@@ -48,6 +48,7 @@ class RecordingKube:
                     "namespace": NAMESPACE,
                     "resourceVersion": "7",
                     "labels": {model.CLIENT_SECRET_LABEL: "true"},
+                    "annotations": {model.ALLOWED_DESTINATIONS_ANNOTATION: TOKEN_URL},
                 },
                 "data": {"client_id": b64("payments"), "client_secret": b64("s3cret")},
             }
@@ -66,6 +67,8 @@ class RecordingKube:
                 },
                 "data": {},
             }
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self.minted = 0
         self.patches: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str]] = []
         self.writes = 0
@@ -74,6 +77,13 @@ class RecordingKube:
         assert namespace == NAMESPACE
         found = self.secrets.get(name)
         return copy.deepcopy(found) if found else None
+
+    async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.accounts.get(name))
+
+    async def create_token(self, namespace: str, name: str, **_: Any) -> str:
+        self.minted += 1
+        return "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzYSJ9.c2ln"
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         self.writes += 1
@@ -232,3 +242,66 @@ async def test_a_left_over_service_account_ref_mints_nothing() -> None:
     await http.client.aclose()
     assert kube.patches == row.expect.patches
     assert http.requests == 1
+
+
+@pytest.mark.parametrize("listed", [None, "https://idp.example.com/oauth2/other", "evil.test"])
+async def test_a_destination_the_secret_does_not_list_gets_nothing(listed: str | None) -> None:
+    row = ROWS[0]
+    kube, http, metrics_ = RecordingKube(row), MockHttp(row), metrics.Metrics()
+    annotations = {} if listed is None else {model.ALLOWED_DESTINATIONS_ANNOTATION: listed}
+    kube.secrets["client"]["metadata"]["annotations"] = annotations
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    rec = reconcile.Reconciler(
+        kube_api=kube,  # type: ignore[arg-type]
+        http=http,  # type: ignore[arg-type]
+        metrics_=metrics_,
+        queue=queue,
+        pacer=scheduler.HostPacer(rate=1000, burst=1000),
+        clock=lambda: T0,
+        draw=lambda: DRAW,
+    )
+    rec.observe(body(row))
+    await rec.refresh((NAMESPACE, NAME), T0.timestamp())
+    await http.client.aclose()
+    (patch,) = kube.patches
+    assert patch["lastFailureReason"] == "DestinationNotAllowed"
+    assert patch["conditions"][0]["status"] == "False"
+    assert http.requests == 0
+    assert kube.writes == 0
+
+
+@pytest.mark.parametrize(("listed", "minted"), [(None, 0), ("idp.example.com", 1)])
+async def test_a_service_account_token_is_minted_only_for_a_listed_destination(
+    listed: str | None, minted: int
+) -> None:
+    audience = "https://idp.example.com"
+    spec = {
+        "tokenURL": ROWS[0].spec["tokenURL"],
+        "clientID": "payments",
+        "authMethod": "workload_identity",
+        "serviceAccountRef": {"name": "billing", "audience": audience},
+    }
+    row = dataclasses.replace(ROWS[0], spec=spec)
+    kube, http, metrics_ = RecordingKube(row), MockHttp(row), metrics.Metrics()
+    annotations = {model.TOKEN_AUDIENCES_ANNOTATION: audience}
+    if listed is not None:
+        annotations[model.ALLOWED_DESTINATIONS_ANNOTATION] = listed
+    kube.accounts["billing"] = {"metadata": {"name": "billing", "annotations": annotations}}
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    rec = reconcile.Reconciler(
+        kube_api=kube,  # type: ignore[arg-type]
+        http=http,  # type: ignore[arg-type]
+        metrics_=metrics_,
+        queue=queue,
+        pacer=scheduler.HostPacer(rate=1000, burst=1000),
+        clock=lambda: T0,
+        draw=lambda: DRAW,
+    )
+    rec.observe(body(row))
+    await rec.refresh((NAMESPACE, NAME), T0.timestamp())
+    await http.client.aclose()
+    (patch,) = kube.patches
+    assert kube.minted == minted
+    assert http.requests == minted
+    expected = "DestinationNotAllowed" if listed is None else None
+    assert patch["lastFailureReason"] == expected

@@ -45,11 +45,25 @@ def test_keeps_only_what_a_read_would_be_used_for(clock: Clock) -> None:
             "namespace": "ns",
             "resourceVersion": "7",
             "labels": {model.CLIENT_SECRET_LABEL: "true"},
+            "annotations": {},
         },
         "data": {"client_secret": "c2VjcmV0"},
     }
     assert cache.get("ns", "b") is None
     assert cache.get("other", "a") is None
+
+
+def test_keeps_the_allowed_destinations(clock: Clock) -> None:
+    """The watched body stands in for a read: where the Secret may go must survive."""
+    cache = seen.SeenSecrets(clock=clock)
+    body = secret("a", "7", client_secret="c2VjcmV0")
+    body["metadata"]["annotations"][model.ALLOWED_DESTINATIONS_ANNOTATION] = "login.example.com"  # type: ignore[index]
+    cache.put(body)
+    kept = cache.get("ns", "a")
+    assert kept is not None
+    assert kept["metadata"]["annotations"] == {
+        model.ALLOWED_DESTINATIONS_ANNOTATION: "login.example.com"
+    }
 
 
 def test_a_newer_event_replaces_the_entry(clock: Clock) -> None:

@@ -41,13 +41,23 @@ DEFAULT = model.RefreshPolicy()
             30 * S,
             id="clamped-to-min-interval",
         ),
-        pytest.param(20 * S, DEFAULT, 0.0, 10 * S, id="lifetime<min-interval-midpoint"),
-        pytest.param(30 * S, DEFAULT, 0.5, 15 * S, id="lifetime==min-interval-midpoint"),
+        # minInterval holds whatever the lifetime, even past expiry (decision 0031).
+        pytest.param(20 * S, DEFAULT, 0.0, 30 * S, id="lifetime<min-interval-waits"),
+        pytest.param(30 * S, DEFAULT, 0.5, 30 * S, id="lifetime==min-interval-at-expiry"),
+        pytest.param(
+            2 * S, model.RefreshPolicy(min_interval=5 * S), 0.9, 5 * S, id="2s-token-5s-guard"
+        ),
+        pytest.param(
+            2 * S, model.RefreshPolicy(min_interval=timedelta(0)), 0.0, 4 / 3 * S, id="no-guard"
+        ),
         pytest.param(
             H, model.RefreshPolicy(renew_before=timedelta(0)), 0.0, H, id="renew-at-expiry"
         ),
-        pytest.param(timedelta(0), DEFAULT, 0.0, timedelta(0), id="expired-at-issue"),
-        pytest.param(-H, DEFAULT, 0.0, timedelta(0), id="expires-before-issue"),
+        pytest.param(timedelta(0), DEFAULT, 0.0, 30 * S, id="expired-at-issue"),
+        pytest.param(-H, DEFAULT, 0.0, 30 * S, id="expires-before-issue"),
+        pytest.param(
+            -H, model.RefreshPolicy(min_interval=timedelta(0)), 0.0, timedelta(0), id="no-guard<0"
+        ),
     ],
 )
 def test_refresh_at_table(
@@ -77,15 +87,15 @@ jitters = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
 
 
 @given(lifetime=lifetimes, policy=policies, jitter=jitters)
-def test_refresh_at_is_within_the_lifetime_and_honours_the_guard(
+def test_refresh_at_honours_the_guard_whatever_the_lifetime(
     lifetime: timedelta, policy: model.RefreshPolicy, jitter: float
 ) -> None:
     got = timing.refresh_at(issued_at=T0, expires_at=T0 + lifetime, policy=policy, jitter=jitter)
-    assert T0 <= got <= T0 + lifetime
+    assert got >= T0 + policy.min_interval  # no token endpoint's answer breaks the guard
     if policy.min_interval < lifetime:
-        assert got >= T0 + policy.min_interval
+        assert got <= T0 + lifetime  # renewed while valid whenever the guard allows it
     else:
-        assert got < T0 + lifetime  # the guard yields to keeping a valid token
+        assert got == T0 + policy.min_interval  # not a moment later than the guard
 
 
 @given(lifetime=lifetimes, policy=policies, a=jitters, b=jitters)

@@ -49,6 +49,7 @@ def apply_example(api: client.ApiClient, token_url: str) -> str:
     name = ""
     for doc in docs:
         if doc["kind"] == "Secret":
+            doc["metadata"]["annotations"]["tokensync.dev/allowed-destinations"] = token_url
             core.create_namespaced_secret(NAMESPACE, doc)
             client_id = doc["stringData"]["client_id"]
         else:

@@ -48,3 +48,17 @@ it) so that the chart and the kustomize install grant exactly the same.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The workload identity rules (opt-in: workloadIdentity.enabled), read from
+deploy/components/workload-identity/rbac.yaml (files/workload-identity.yaml is a link to
+it), so that the chart and the kustomize component grant exactly the same.
+*/}}
+{{- define "tokensync.workloadIdentityRules" -}}
+{{- range $doc := splitList "\n---\n" (.Files.Get "files/workload-identity.yaml") -}}
+{{- $object := fromYaml $doc -}}
+{{- if eq (get $object "kind") "ClusterRole" -}}
+{{- toYaml (get $object "rules") -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
