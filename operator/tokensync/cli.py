@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULTS.event_rate,
         help="Kubernetes Events posted per second at most (bursts of 100); the rest are skipped",
     )
+    run.add_argument(
+        "--resync-interval",
+        type=_positive_float,
+        default=DEFAULTS.resync_interval,
+        help="seconds between full listings that forget credentials deleted while a watch was down",
+    )
     run.add_argument("--verbose", action="store_true", help="debug logging")
 
     fetch = sub.add_parser("fetch", help="request one token, no cluster needed")
@@ -148,6 +154,8 @@ def _run(args: argparse.Namespace) -> int:
         token_rate_per_host=args.token_rate,
         token_concurrency_per_host=args.token_concurrency,
         event_rate=args.event_rate,
+        namespaces=tuple(args.namespace),
+        resync_interval=args.resync_interval,
     )
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(

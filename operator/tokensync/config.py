@@ -33,6 +33,11 @@ class Config:
     event_rate: float = 10.0
     #: Seconds a token request (or discovery) may take, all of it.
     request_timeout: float = 10.0
+    #: Namespaces watched; empty: the whole cluster.
+    namespaces: tuple[str, ...] = ()
+    #: Seconds between full listings of ClientCredentials that forget the ones deleted
+    #: while a watch was down (issue 14 section 7).
+    resync_interval: float = 300.0
 
 
 DEFAULTS = Config()

@@ -11,6 +11,13 @@ passes the same URL checks as a configured ``tokenURL``.
 Documents are cached per issuer and trust store for a bounded time, the cache has a bounded
 size, and a token request that fails for a reason a moved endpoint could explain drops
 the entry, so the next attempt reads the document again.
+
+An issuer's document is written by whoever runs the issuer, which any tenant may choose,
+so what it can cost is bounded (issue 14 section 3): the body at :data:`MAX_DOCUMENT_BYTES`
+(real documents are a few KiB), the URLs kept at :data:`MAX_URL_LENGTH` (the CRD's bound
+for a tokenURL), the methods list at :data:`MAX_METHODS` names of at most
+:data:`MAX_METHOD_LENGTH` characters, and the cache at :data:`MAX_ENTRIES` entries and
+:data:`MAX_CACHE_CHARACTERS` characters in all. Only the four fields used are kept.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import json
 import ssl
 import time
@@ -33,6 +41,16 @@ OPENID_PATH = "/.well-known/openid-configuration"
 OAUTH_PATH = "/.well-known/oauth-authorization-server"
 DEFAULT_TTL = 3600.0
 MAX_ENTRIES = 1024
+#: Keycloak's document, among the largest, is under 8 KiB; parsing JSON can take 20 times
+#: the bytes it reads, so the cap also bounds what a fetch holds while it parses.
+MAX_DOCUMENT_BYTES = 128 * 1024
+MAX_URL_LENGTH = 2048
+#: token_endpoint_auth_methods_supported: the names registered with IANA are under 30
+#: characters and about a dozen; entries past these bounds are ignored.
+MAX_METHODS = 32
+MAX_METHOD_LENGTH = 64
+#: All the strings the cache keeps (keys and metadata); about 2,000 typical entries.
+MAX_CACHE_CHARACTERS = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,15 +112,34 @@ def parse_metadata(document: object, *, issuer: str) -> Metadata:
         )
     aliases = document.get("mtls_endpoint_aliases")
     mtls = aliases.get("token_endpoint") if isinstance(aliases, Mapping) else None
+    for field, url in (
+        ("token_endpoint", endpoint),
+        ("mtls_endpoint_aliases.token_endpoint", mtls),
+    ):
+        if isinstance(url, str) and len(url) > MAX_URL_LENGTH:
+            raise _error(
+                f"the discovery document's {field} is longer than {MAX_URL_LENGTH} characters",
+                reason="DiscoveryInvalid",
+                permanent=True,
+            )
     methods = document.get("token_endpoint_auth_methods_supported")
     return Metadata(
         issuer=issuer,
         token_endpoint=endpoint,
         mtls_token_endpoint=mtls if isinstance(mtls, str) and mtls else None,
-        auth_methods=(
-            tuple(m for m in methods if isinstance(m, str)) if isinstance(methods, list) else None
-        ),
+        auth_methods=_methods(methods) if isinstance(methods, list) else None,
     )
+
+
+def _methods(listed: list[Any]) -> tuple[str, ...]:
+    """The first :data:`MAX_METHODS` names of at most :data:`MAX_METHOD_LENGTH` characters."""
+    names = (m for m in listed if isinstance(m, str) and len(m) <= MAX_METHOD_LENGTH)
+    return tuple(itertools.islice(names, MAX_METHODS))
+
+
+def _characters(key: tuple[str, str], metadata: Metadata) -> int:
+    strings = [*key, metadata.issuer, metadata.token_endpoint, *(metadata.auth_methods or ())]
+    return sum(map(len, strings)) + len(metadata.mtls_token_endpoint or "")
 
 
 async def _get(client: httpx.AsyncClient, url: str, *, timeout: float) -> tuple[int, object]:  # noqa: ASYNC109
@@ -115,10 +152,12 @@ async def _get(client: httpx.AsyncClient, url: str, *, timeout: float) -> tuple[
                 timeout=timeout,
                 follow_redirects=False,
             ) as response:
-                body = await oauth.read_capped(response)
+                body = await oauth.read_capped(response, cap=MAX_DOCUMENT_BYTES)
                 status = response.status_code
     except failures.TokenError:
-        raise _error("the discovery document exceeds 1 MiB", permanent=False) from None
+        raise _error(
+            f"the discovery document exceeds {MAX_DOCUMENT_BYTES // 1024} KiB", permanent=False
+        ) from None
     except (httpx.TimeoutException, TimeoutError):
         raise _error(f"discovery timed out after {timeout:g}s", permanent=False) from None
     except (httpx.HTTPError, ssl.SSLError) as exc:
@@ -167,10 +206,13 @@ class MetadataCache:
         *,
         ttl: float = DEFAULT_TTL,
         max_entries: int = MAX_ENTRIES,
+        max_characters: int = MAX_CACHE_CHARACTERS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl = ttl
         self._max = max_entries
+        self._max_characters = max_characters
+        self._characters = 0
         self._monotonic = monotonic
         self._entries: collections.OrderedDict[tuple[str, str], tuple[float, Metadata]] = (
             collections.OrderedDict()
@@ -192,14 +234,18 @@ class MetadataCache:
             return entry[1]
         self.fetches += 1
         metadata = await fetch_metadata(client, issuer, timeout=timeout)
+        self.invalidate(issuer, trust=trust)
         self._entries[key] = (self._monotonic(), metadata)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        self._characters += _characters(key, metadata)
+        while len(self._entries) > self._max or self._characters > self._max_characters:
+            old_key, (_, old) = self._entries.popitem(last=False)
+            self._characters -= _characters(old_key, old)
         return metadata
 
     def invalidate(self, issuer: str, *, trust: str) -> None:
-        self._entries.pop((issuer, trust), None)
+        entry = self._entries.pop((issuer, trust), None)
+        if entry is not None:
+            self._characters -= _characters((issuer, trust), entry[1])
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -51,7 +51,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # restart that is every listed body at once. Paged listing bounds the response held
     # and parsed at a time (decision 0024).
     settings.queueing.idle_timeout = 0.5
-    settings.watching.chunk_size = 500
+    settings.watching.chunk_size = 100  # decision 0024 addendum: pages of maximal specs
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.connect_timeout = 10

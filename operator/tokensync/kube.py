@@ -23,6 +23,8 @@ from tokensync import config, failures, model
 
 T = TypeVar("T")
 _MERGE_PATCH = "application/merge-patch+json"
+_LIST_PAGE = 500
+_METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"}
 
 
 class Kube:
@@ -50,6 +52,44 @@ class Kube:
             raise failures.ApiError(exc.status or 0, _status_reason(exc.body)) from None
         except Exception as exc:  # noqa: BLE001 -- urllib3 errors: refused, timeouts, ...
             raise failures.ApiError(0, type(exc).__name__) from None
+
+    async def list_credentials(self, namespace: str | None) -> set[tuple[str, str]]:
+        """Every ClientCredential (in ``namespace``, or the cluster's), as (namespace, name).
+
+        A consistent read from etcd, in pages of metadata only (PartialObjectMetadataList):
+        a tenant's specs and annotations can be large, and only the names are needed.
+        """
+        found: set[tuple[str, str]] = set()
+        token = None
+        while True:
+            page: dict[str, Any]
+            if namespace is None:
+                page = await self._call(
+                    self._custom.list_cluster_custom_object,
+                    model.GROUP,
+                    model.VERSION,
+                    model.PLURAL,
+                    limit=_LIST_PAGE,
+                    _continue=token,
+                    _headers=_METADATA_ONLY,
+                )
+            else:
+                page = await self._call(
+                    self._custom.list_namespaced_custom_object,
+                    model.GROUP,
+                    model.VERSION,
+                    namespace,
+                    model.PLURAL,
+                    limit=_LIST_PAGE,
+                    _continue=token,
+                    _headers=_METADATA_ONLY,
+                )
+            for item in page.get("items") or []:
+                meta = item.get("metadata") or {}
+                found.add((str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return found
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -64,25 +64,29 @@ def _build(
     return outgoing.encode()
 
 
-async def read_capped(response: httpx.Response) -> bytes:
-    """The body, or an error once it passes the cap (checked before and while reading)."""
+async def read_capped(response: httpx.Response, *, cap: int = responses.MAX_BODY_BYTES) -> bytes:
+    """The body, or an error once it passes ``cap`` bytes (checked before and while reading)."""
     status = response.status_code
     # An oversized error body is dropped rather than raised: the status still classifies it,
     # and a 503 should stay a ServerError with its Retry-After.
     overflow = b"" if not 200 <= status < 300 else None
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > responses.MAX_BODY_BYTES:
+    if declared.isdigit() and int(declared) > cap:
         if overflow is None:
-            raise responses.bad_response("body exceeds 1 MiB", status_code=status)
+            raise responses.bad_response(f"body exceeds {_size(cap)}", status_code=status)
         return overflow
     body = bytearray()
     async for chunk in response.aiter_bytes():
         body += chunk
-        if len(body) > responses.MAX_BODY_BYTES:
+        if len(body) > cap:
             if overflow is None:
-                raise responses.bad_response("body exceeds 1 MiB", status_code=status)
+                raise responses.bad_response(f"body exceeds {_size(cap)}", status_code=status)
             return overflow
     return bytes(body)
+
+
+def _size(cap: int) -> str:
+    return f"{cap // 2**20} MiB" if cap % 2**20 == 0 else f"{cap // 1024} KiB"
 
 
 async def _attempt(

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import model
+from tokensync import bounds, model
 
 #: Label and annotation prefix that tokensync owns on the target Secret.
 _OWNED_KEY_PREFIX = f"{model.GROUP}/"
@@ -98,6 +98,8 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
             target_raw.get("annotations"), field="spec.target.annotations"
         ),
     )
+    if _characters(target.labels) + _characters(target.annotations) > bounds.TARGET_METADATA_BOUND:
+        raise model.SpecError("spec.target.annotations", bounds.TARGET_METADATA_MESSAGE)
 
     request = model.TokenRequest(
         token_url=token_url or "",
@@ -129,6 +131,8 @@ def parse_duration(value: object, *, field: str) -> datetime.timedelta:
     within the field's :data:`DURATION_BOUNDS` (any other field: zero to
     :data:`model.MAX_DURATION`), compared before rounding, as the API server compares them.
     """
+    if isinstance(value, str):
+        _check_length(value, field=field)
     if not isinstance(value, str) or not _DURATION.fullmatch(value):
         raise model.SpecError(
             field, f"invalid duration {value!r}: use units ms, s, m, h (e.g. 1h30m)"
@@ -327,7 +331,13 @@ def _extra_params(value: object) -> tuple[tuple[str, str], ...]:
             raise model.SpecError(
                 "spec.extraParams", f"must not set {key}: {model.RESERVED_EXTRA_PARAMS[key]}"
             )
+    if _characters(params) > bounds.EXTRA_PARAMS_BOUND:
+        raise model.SpecError("spec.extraParams", bounds.EXTRA_PARAMS_MESSAGE)
     return params
+
+
+def _characters(items: tuple[tuple[str, str], ...]) -> int:
+    return sum(len(key) + len(value) for key, value in items)
 
 
 def _target_metadata(
@@ -349,7 +359,21 @@ def _optional_str(raw: Mapping[str, Any], key: str, *, parent: str) -> str | Non
         return None
     if not isinstance(value, str) or not value:
         raise model.SpecError(f"{parent}.{key}", "must be a non-empty string")
+    _check_length(value, field=f"{parent}.{key}")
     return value
+
+
+def _check_length(value: str, *, field: str, bound: str | None = None) -> None:
+    """Refuse a string longer than its ``bounds.SIZE_BOUNDS`` entry (``bound``: another path)."""
+    limit = bounds.SIZE_BOUNDS.get(bound or field)
+    if limit is not None and len(value) > limit:
+        raise model.SpecError(field, f"must be at most {limit} characters")
+
+
+def _check_count(value: Mapping[str, Any] | list[Any], *, field: str, unit: str) -> None:
+    limit = bounds.SIZE_BOUNDS.get(field)
+    if limit is not None and len(value) > limit:
+        raise model.SpecError(field, f"must have at most {limit} {unit}")
 
 
 def _required_str(raw: Mapping[str, Any], key: str, *, parent: str) -> str:
@@ -370,6 +394,9 @@ def _str_list(value: object, *, field: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise model.SpecError(field, "must be a list of non-empty strings")
+    _check_count(value, field=field, unit="items")
+    for index, item in enumerate(value):
+        _check_length(item, field=f"{field}[{index}]", bound=f"{field}[]")
     return tuple(value)
 
 
@@ -380,4 +407,10 @@ def _str_map(value: object, *, field: str) -> tuple[tuple[str, str], ...]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise model.SpecError(field, "must be a map of strings")
+    _check_count(value, field=field, unit="entries")
+    longest = bounds.KEY_BOUNDS.get(field)
+    for key, item in value.items():
+        if longest is not None and len(key) > longest:
+            raise model.SpecError(field, f"keys must be at most {longest} characters")
+        _check_length(item, field=f"{field}[{key}]", bound=f"{field}{{}}")
     return tuple(sorted(value.items()))

@@ -101,10 +101,25 @@ class Reconciler:
         self._queue.cancel((namespace, name))
         self._metrics.forget(namespace, name)
 
+    def mark(self) -> int:
+        """Call before a full listing of ClientCredentials; pass the result to retain()."""
+        return self._tracker.mark()
+
+    def retain(self, listed: set[Key], *, since: int) -> list[Key]:
+        """Forget the credentials a full listing no longer has (deleted while the watch was
+        down: a relist delivers no DELETED event). Returns what was forgotten."""
+        gone = self._tracker.absent(listed, since=since)
+        for namespace, name in gone:
+            self.forget(namespace, name)
+        return gone
+
     def secret_seen(self, body: Mapping[str, Any]) -> None:
         """The watch of opted-in Secrets listed, added or modified one."""
-        self._seen.put(body)
         meta = body["metadata"]
+        if self._tracker.is_referenced(meta["namespace"], meta["name"]):
+            self._seen.put(body)  # cache only what a credential reads (issue 14 section 3)
+        else:
+            self._seen.drop(meta["namespace"], meta["name"])
         self.client_secret_changed(
             meta["namespace"], meta["name"], str(meta.get("resourceVersion") or "")
         )

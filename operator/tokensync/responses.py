@@ -26,6 +26,12 @@ from tokensync import failures, model, timing
 
 #: Token responses are a few hundred bytes; anything near this is broken or hostile.
 MAX_BODY_BYTES = 1024 * 1024
+#: token_type and the granted scope go into the credential's status, which every listing
+#: of ClientCredentials carries: a server of the tenant's choosing must not make them
+#: megabytes (issue 14 section 3). A spec may request 64 scopes of 256 characters; twice
+#: that leaves room for the defaults a server grants besides.
+MAX_TOKEN_TYPE_LENGTH = 64
+MAX_SCOPE_LENGTH = 32 * 1024
 #: A lifetime beyond this is a unit bug (milliseconds sent as seconds) rather than a real token.
 MAX_LIFETIME = timedelta(days=3650)
 
@@ -249,7 +255,16 @@ def parse_token_response(
     token_type = document.get("token_type")
     if not isinstance(token_type, str) or not token_type:
         raise bad_response("token_type is missing or empty", status_code=status_code)
+    if len(token_type) > MAX_TOKEN_TYPE_LENGTH:
+        raise bad_response(
+            f"token_type is longer than {MAX_TOKEN_TYPE_LENGTH} characters",
+            status_code=status_code,
+        )
     scope = document.get("scope")
+    if isinstance(scope, str) and len(scope) > MAX_SCOPE_LENGTH:
+        raise bad_response(
+            f"scope is longer than {MAX_SCOPE_LENGTH} characters", status_code=status_code
+        )
     lifetime, source = _lifetime(
         document,
         access_token,

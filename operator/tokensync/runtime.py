@@ -18,7 +18,7 @@ import prometheus_client
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from tokensync import config, kube, metrics, reconcile, scheduler, transport
+from tokensync import config, failures, kube, metrics, reconcile, scheduler, transport
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class Runtime:
         self._task: asyncio.Task[None] | None = None
         self._freezer = HeapFreezer(lambda: len(self.reconciler))
         self._freeze_task: asyncio.Task[None] | None = None
+        self._resync_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.config.metrics_port is not None:
@@ -123,9 +124,29 @@ class Runtime:
             logger.info("metrics on port %d", self.config.metrics_port)
         self._task = asyncio.create_task(self.queue.run(self.reconciler.refresh))
         self._freeze_task = asyncio.create_task(self._freezer.run())
+        self._resync_task = asyncio.create_task(self._resync_forever())
+
+    async def resync(self) -> list[reconcile.Key]:
+        """One full listing; the credentials it no longer has are forgotten."""
+        since = self.reconciler.mark()
+        listed: set[reconcile.Key] = set()
+        for namespace in self.config.namespaces or (None,):
+            listed |= await self.kube.list_credentials(namespace)
+        gone = self.reconciler.retain(listed, since=since)
+        for namespace, name in gone:
+            logger.info("forgot %s/%s: deleted while a watch was down", namespace, name)
+        return gone
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_interval)
+            try:
+                await self.resync()
+            except failures.ApiError as exc:
+                logger.warning("listing ClientCredentials failed, retried later: %s", exc)
 
     async def stop(self) -> None:
-        for task in (self._task, self._freeze_task):
+        for task in (self._task, self._freeze_task, self._resync_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -10,7 +10,9 @@ and deletions arrive as events and replace or drop entries at once; the time bou
 what a watch does not say: kopf lists again after the watch falls behind (410 Gone) and
 reports no deletion for a Secret that vanished in between. After the bound the attempt
 reads the Secret from the API, as every attempt did before. Entries are dropped as they
-age, so an operator whose Secrets do not change holds none.
+age, so an operator whose Secrets do not change holds none. Only Secrets that a tracked
+credential references are put here (``Reconciler.secret_seen``): any tenant can label
+Secrets, and those no credential reads are not kept (issue 14 section 3).
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ triggers exactly those. Pure: no I/O, no queue; the reconcile loop decides what 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import model, progress
+from tokensync import bounds, model, progress
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -25,13 +26,16 @@ class Record:
     name: str
     uid: str
     generation: int
-    #: The raw spec: parsed at each attempt, so an invalid one is reported, not dropped.
+    #: The raw spec, as much of it as parse_spec reads (``bounds.retained``): parsed at
+    #: each attempt, so an invalid one is reported, not dropped.
     spec: Mapping[str, Any]
     refresh_request: str | None
     state: progress.State = dataclasses.field(default_factory=progress.State)
     #: The target Secret this credential last wrote or read, and its uid (decision 0007).
     target_name: str | None = None
     target_uid: str | None = None
+    #: The tracker's event count when this record was last put: see Tracker.absent().
+    observed: int = 0
 
     @property
     def key(self) -> Key:
@@ -83,11 +87,23 @@ class Record:
             name=meta["name"],
             uid=meta["uid"],
             generation=int(meta.get("generation") or 0),
-            spec=body.get("spec") or {},
-            refresh_request=(meta.get("annotations") or {}).get(model.REFRESH_REQUESTED_ANNOTATION),
+            spec=bounds.retained(body.get("spec") or {}),
+            refresh_request=_refresh_request(meta.get("annotations") or {}),
             state=progress.State.from_status(body.get("status") or {}),
             target_name=(body.get("status") or {}).get("target"),
         )
+
+
+#: A refresh request longer than this is remembered by its digest (an annotation value
+#: may be up to 256 KiB; kubectl tokensync refresh writes a timestamp).
+_REQUEST_KEPT = 256
+
+
+def _refresh_request(annotations: Mapping[str, Any]) -> str | None:
+    value = annotations.get(model.REFRESH_REQUESTED_ANNOTATION)
+    if not isinstance(value, str) or len(value) <= _REQUEST_KEPT:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 class Tracker:
@@ -99,6 +115,7 @@ class Tracker:
         # Secret versions seen while their credential was being refreshed: checked when
         # that refresh ends, against the version it actually read (decision 0011).
         self._seen_while_running: dict[Key, dict[str, str]] = {}
+        self._events = 0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -123,7 +140,26 @@ class Tracker:
             record.spec = fresh.spec
             record.refresh_request = fresh.refresh_request
         self._index(record)
+        self._events += 1
+        record.observed = self._events
         return record
+
+    def mark(self) -> int:
+        """A point in the event stream, taken before a full listing starts."""
+        return self._events
+
+    def absent(self, listed: set[Key], *, since: int) -> list[Key]:
+        """Credentials missing from a full listing taken after ``mark()`` returned ``since``.
+
+        Those observed after the mark are kept: the listing may predate their creation.
+        A relist after a broken watch (410 Gone) delivers no DELETED events, so this is how
+        a credential deleted meanwhile is found (issue 14 section 7).
+        """
+        return [
+            key
+            for key, record in self._records.items()
+            if key not in listed and record.observed <= since
+        ]
 
     def remove(self, key: Key) -> Record | None:
         record = self._records.pop(key, None)
@@ -131,6 +167,10 @@ class Tracker:
         if record is not None:
             self._unindex(record)
         return record
+
+    def is_referenced(self, namespace: str, secret: str) -> bool:
+        """Does some tracked credential read its client proof from this Secret?"""
+        return (namespace, secret) in self._by_secret
 
     def readers(self, namespace: str, secret: str, version: str) -> list[Record]:
         """The credentials reading the Secret whose last attempt read another version."""

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tokensync import model, parsing
+from tokensync import bounds, model, parsing
 
 pytestmark = pytest.mark.e2e
 
@@ -477,6 +477,78 @@ INVALID_SPECS = [
         "spec.target.annotations",
         "annotation keys",
     ),
+    # sizes (issue 14 section 3): what one credential can make the operator hold
+    case(
+        "target-labels-too-many",
+        with_changes(target={"labels": {f"l{i}": "x" for i in range(33)}}),
+        "spec.target.labels",
+        "Too many",
+    ),
+    case(
+        "target-annotations-too-many",
+        with_changes(target={"annotations": {f"a{i}": "x" for i in range(33)}}),
+        "spec.target.annotations",
+        "Too many",
+    ),
+    case(
+        "target-annotation-value-too-long",
+        with_changes(target={"annotations": {"a": "x" * 4097}}),
+        "spec.target.annotations.a",
+        "Too long",
+    ),
+    case(
+        "target-labels-and-annotations-over-16384",
+        with_changes(
+            target={
+                "labels": {f"l{i}": "x" * 63 for i in range(32)},
+                "annotations": {f"a{i}": "x" * 4000 for i in range(4)},
+            }
+        ),
+        "spec.target.annotations",
+        "together must be at most 16384 characters",
+    ),
+    case(
+        "extraParams-too-many",
+        with_changes(extraParams={f"p{i}": "x" for i in range(33)}),
+        "spec.extraParams",
+        "Too many",
+    ),
+    case(
+        "extraParams-value-too-long",
+        with_changes(extraParams={"tenant": "x" * 4097}),
+        "spec.extraParams.tenant",
+        "Too long",
+    ),
+    case(
+        "extraParams-over-16384",
+        with_changes(extraParams={f"p{i}": "x" * 4096 for i in range(5)}),
+        "spec.extraParams",
+        "together must be at most 16384 characters",
+    ),
+    case(
+        "scope-too-long",
+        with_changes(scopes=["s" * 257]),
+        "spec.scopes[0]",
+        "Too long",
+    ),
+    case(
+        "resources-too-many",
+        with_changes(resources=[f"https://api.example.com/{i}" for i in range(17)]),
+        "spec.resources",
+        "Too many",
+    ),
+    case(
+        "audience-too-long",
+        with_changes(audience="a" * 2049),
+        "spec.audience",
+        "Too long",
+    ),
+    case(
+        "clientID-too-long",
+        with_changes(clientID="c" * 1025),
+        "spec.clientID",
+        "Too long",
+    ),
     # client authentication without shared secrets, and discovery
     case(
         "tokenURL-and-issuerURL",
@@ -619,6 +691,29 @@ def test_durations_at_their_bounds_are_admitted(
     spec = with_changes(refresh=refresh, clientAssertion={"lifetime": assertion})
     created = create(custom, namespace, credential("bounds", spec))
     parsing.parse_spec(created["spec"], name="bounds")  # what is admitted can be acted on
+
+
+def test_sizes_at_their_bounds_are_admitted(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """The bounds are inclusive, at admission as in parsing.parse_spec: labels and
+    annotations of 16384 characters together, extra parameters likewise."""
+    labels = {f"l{i:02d}": "x" * 63 for i in range(32)}
+    used = sum(len(k) + len(v) for k, v in labels.items())
+    annotations = {f"a{i}": "x" * 4096 for i in range(3)}
+    used += sum(len(k) + len(v) for k, v in annotations.items())
+    annotations["rest"] = "x" * (bounds.TARGET_METADATA_BOUND - used - len("rest"))
+    params = {f"p{i}": "x" * 4096 for i in range(3)}
+    params["last"] = "x" * (bounds.EXTRA_PARAMS_BOUND - 3 * (2 + 4096) - len("last"))
+    spec = with_changes(
+        target={"labels": labels, "annotations": annotations},
+        extraParams=params,
+        scopes=[f"{i:03d}" + "s" * 253 for i in range(64)],
+        resources=[f"https://api.example.com/{i:02d}/" + "r" * 2021 for i in range(16)],
+    )
+    created = create(custom, namespace, credential("sizes", spec))
+    assert is_subset(spec, created["spec"])  # nothing pruned or cut
+    parsing.parse_spec(created["spec"], name="sizes")  # what is admitted can be acted on
 
 
 def test_http_token_url_is_admitted(custom: client.CustomObjectsApi, namespace: str) -> None:

@@ -311,3 +311,20 @@ def test_a_replaced_target_is_not_overwritten(env: Env) -> None:
     ready = env.wait_ready(reason="TargetConflict")
     assert ready["status"] == "False"
     assert env.target() == {"mine": "keep"}
+
+
+def test_target_labels_and_annotations_at_their_bounds_are_written(env: Env) -> None:
+    """The largest target metadata admission allows (issue 14 section 3: 32 labels, 32
+    annotations, 16,384 characters together) fits on the Secret and is written."""
+    labels = {f"example.com/l{i:02d}": "v" * 63 for i in range(32)}
+    used = sum(len(k) + len(v) for k, v in labels.items())
+    annotations = {f"example.com/a{i}": "x" * 4096 for i in range(3)}
+    used += sum(len(k) + len(v) for k, v in annotations.items())
+    rest = "example.com/rest"
+    annotations[rest] = "x" * (16384 - used - len(rest))
+    env.client_secret()
+    env.credential(target={"labels": labels, "annotations": annotations})
+    wait_for(env.token, what="the target Secret")
+    meta = env.core.read_namespaced_secret("api-token", env.ns).metadata
+    assert labels.items() <= (meta.labels or {}).items()
+    assert annotations.items() <= (meta.annotations or {}).items()

@@ -8,6 +8,7 @@ recording which keys parse_spec looks up.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 from collections.abc import Iterator, Mapping
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tokensync import model, parsing
+from tokensync import bounds, model, parsing
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / f"{model.PLURAL}.{model.GROUP}.yaml"
@@ -317,6 +318,195 @@ def test_target_name_rules_agree_with_parse_spec(name: str, valid: bool) -> None
     else:
         with pytest.raises(model.SpecError, match=r"spec\.target\.name"):
             parsing.parse_spec(spec, name="x")
+
+
+# -- sizes (issue 14 section 3) ------------------------------------------------------------
+
+
+def schema_size_bounds() -> dict[str, int]:
+    """Every size bound of the spec's schema: maxLength, maxItems, maxProperties by path."""
+    found = {}
+    for path, node in walk_schema(spec_schema(), "spec"):
+        for keyword in ("maxLength", "maxItems", "maxProperties"):
+            if keyword in node:
+                found[path] = node[keyword]
+    return found
+
+
+def test_size_bounds_are_the_parser_s() -> None:
+    assert schema_size_bounds() == dict(bounds.SIZE_BOUNDS)
+
+
+def test_every_free_string_list_and_map_has_a_bound() -> None:
+    """A string without an enum, a list, a map: each has a size bound in the CRD."""
+    unbounded = []
+    for path, node in walk_schema(spec_schema(), "spec"):
+        kind = node.get("type")
+        if kind == "string" and "enum" not in node and "maxLength" not in node:
+            unbounded.append(path)
+        if kind == "array" and "maxItems" not in node:
+            unbounded.append(path)
+        if kind == "object" and "additionalProperties" in node and "maxProperties" not in node:
+            unbounded.append(path)
+    assert unbounded == []
+
+
+def test_fields_are_the_declared_ones() -> None:
+    declared = set(schema_paths(spec_schema()))
+    fields = {f"{parent}.{key}" for parent, keys in bounds.FIELDS.items() for key in keys}
+    assert fields == declared
+    objects = {path for path, node in walk_schema(spec_schema(), "spec") if "properties" in node}
+    assert set(bounds.FIELDS) == objects
+
+
+#: Required siblings, so that the parser reaches the field under test.
+REQUIRED = {
+    "spec.privateKeyRef": {"name": "k"},
+    "spec.clientCertificateRef": {"name": "t"},
+    "spec.serviceAccountRef": {"name": "sa", "audience": "aud"},
+    "spec.caBundleRef": {"name": "ca"},
+    "spec.clientSecretRef": {"name": "c"},
+}
+
+
+def spec_over(path: str, size: int) -> tuple[dict[str, Any], str, str]:
+    """A valid spec but for ``path`` of ``size`` (characters or entries); the field the
+    parser names and its message."""
+    spec: dict[str, Any] = {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}}
+    base = path.removesuffix("[]").removesuffix("{}")
+    *parents, leaf = base.split(".")[1:]
+    node = spec
+    walked = "spec"
+    for parent in parents:
+        walked += f".{parent}"
+        node = node.setdefault(parent, dict(REQUIRED.get(walked, {})))
+    if leaf == "issuerURL":
+        del spec["tokenURL"]
+    bound = bounds.SIZE_BOUNDS[path]
+    if path.endswith("[]"):
+        node[leaf] = ["a" * size]
+        return spec, f"{base}[0]", f"must be at most {bound} characters"
+    if path.endswith("{}"):
+        node[leaf] = {"k": "a" * size}
+        return spec, f"{base}[k]", f"must be at most {bound} characters"
+    if f"{path}[]" in bounds.SIZE_BOUNDS:
+        node[leaf] = [f"a{i}" for i in range(size)]
+        return spec, path, f"must have at most {bound} items"
+    if f"{path}{{}}" in bounds.SIZE_BOUNDS:
+        node[leaf] = {f"k{i}": "v" for i in range(size)}
+        return spec, path, f"must have at most {bound} entries"
+    node[leaf] = "a" * size
+    return spec, path, f"must be at most {bound} characters"
+
+
+@pytest.mark.parametrize("path", sorted(bounds.SIZE_BOUNDS))
+def test_parse_spec_refuses_one_past_each_bound(path: str) -> None:
+    """What the CRD refuses, parse_spec refuses too (an object stored before the bound),
+    and so does it from the copy the operator keeps (bounds.retained)."""
+    spec, field, message = spec_over(path, bounds.SIZE_BOUNDS[path] + 1)
+    with pytest.raises(model.SpecError) as caught:
+        parsing.parse_spec(spec, name="x")
+    assert (caught.value.field, str(caught.value)) == (field, f"{field}: {message}")
+    with pytest.raises(model.SpecError) as kept:
+        parsing.parse_spec(bounds.retained(spec), name="x")
+    assert str(kept.value) == str(caught.value)
+
+
+def test_retained_is_bounded_and_keeps_only_declared_fields() -> None:
+    """An object stored before the bounds (or before pruning) costs what the bounds allow."""
+    stored = {
+        "tokenURL": "https://a.example/" + "t" * 1_000_000,
+        "clientSecretRef": {"name": "c", "unknown": "x" * 1_000_000},
+        "scopes": ["s" * 100_000] * 10_000,
+        "target": {"annotations": {"k" * 100_000: "v" * 100_000}},
+        "extraParams": {f"p{i}": "x" for i in range(10_000)},
+        "pruned": {"big": "x" * 1_000_000},
+    }
+    kept = bounds.retained(stored)
+    assert set(kept) == {"tokenURL", "clientSecretRef", "scopes", "target", "extraParams"}
+    assert kept["clientSecretRef"] == {"name": "c"}
+    assert len(kept["tokenURL"]) == bounds.SIZE_BOUNDS["spec.tokenURL"] + 1
+    assert len(kept["scopes"]) == bounds.SIZE_BOUNDS["spec.scopes"] + 1
+    assert {len(s) for s in kept["scopes"]} == {bounds.SIZE_BOUNDS["spec.scopes[]"] + 1}
+    ((key, value),) = kept["target"]["annotations"].items()
+    assert len(key) == bounds.KEY_BOUNDS["spec.target.annotations"] + 1
+    assert len(value) == bounds.SIZE_BOUNDS["spec.target.annotations{}"] + 1
+    assert len(kept["extraParams"]) == bounds.SIZE_BOUNDS["spec.extraParams"] + 1
+    assert len(json.dumps(kept)) < 100_000
+    for doc in credentials_in(FULL_EXAMPLE):  # a valid spec is kept whole
+        assert bounds.retained(doc["spec"]) == doc["spec"]
+    assert bounds.retained(["not", "a", "map"]) == {}
+
+
+def key_pattern(node: Mapping[str, Any]) -> str:
+    (found,) = [
+        match.group(1)
+        for rule in node["x-kubernetes-validations"]
+        if (match := re.search(r"k\.matches\(r'(.+?)'\)", rule["rule"]))
+    ]
+    return found
+
+
+@pytest.mark.parametrize("field", ["spec.target.labels", "spec.target.annotations"])
+def test_metadata_key_bound_is_the_crd_s(field: str) -> None:
+    """The CRD's key pattern admits a 253-character prefix and a 63-character name, no
+    more: the parser's KEY_BOUNDS."""
+    node = spec_schema()["properties"]["target"]["properties"][field.rsplit(".", 1)[1]]
+    pattern = key_pattern(node)
+    longest = "a" * 253 + "/" + "b" * 63
+    assert len(longest) == bounds.KEY_BOUNDS[field]
+    assert re.fullmatch(pattern, longest)
+    assert not re.fullmatch(pattern, "a" * 253 + "/" + "b" * 64)
+    over = {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}}
+    over["target"] = {field.rsplit(".", 1)[1]: {longest + "b": "v"}}
+    with pytest.raises(model.SpecError, match=f"keys must be at most {len(longest)} characters"):
+        parsing.parse_spec(over, name="x")
+
+
+def test_extra_params_key_bound_is_the_crd_s() -> None:
+    rules = [
+        r["rule"] for r in spec_schema()["properties"]["extraParams"]["x-kubernetes-validations"]
+    ]
+    assert any(f"{{1,{bounds.KEY_BOUNDS['spec.extraParams']}}}" in rule for rule in rules)
+
+
+@pytest.mark.parametrize(
+    ("node_path", "bound", "message"),
+    [
+        (("target",), bounds.TARGET_METADATA_BOUND, bounds.TARGET_METADATA_MESSAGE),
+        (("extraParams",), bounds.EXTRA_PARAMS_BOUND, bounds.EXTRA_PARAMS_MESSAGE),
+    ],
+    ids=["target", "extraParams"],
+)
+def test_total_rules_are_the_parser_s(node_path: tuple[str, ...], bound: int, message: str) -> None:
+    node = spec_schema()
+    for name in node_path:
+        node = node["properties"][name]
+    (rule,) = [r for r in node["x-kubernetes-validations"] if ".sum()" in r["rule"]]
+    assert rule["rule"].endswith(f"<= {bound}")
+    assert " ".join(rule["message"].split()) == message
+
+
+def test_parse_spec_refuses_totals_over_the_bound_and_admits_them_at_it() -> None:
+    base = {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}}
+    labels = {f"l{i:02d}": "x" * 63 for i in range(32)}
+    used = sum(len(k) + len(v) for k, v in labels.items())
+    annotations = {f"a{i}": "x" * 4096 for i in range(3)}
+    used += sum(len(k) + len(v) for k, v in annotations.items())
+    annotations["rest"] = "x" * (bounds.TARGET_METADATA_BOUND - used - len("rest"))
+    at = {**base, "target": {"labels": labels, "annotations": annotations}}
+    parsing.parse_spec(at, name="x")
+    annotations["rest"] += "x"
+    with pytest.raises(model.SpecError, match="together must be at most 16384") as caught:
+        parsing.parse_spec(at, name="x")
+    assert caught.value.field == "spec.target.annotations"
+    params = {f"p{i}": "x" * 4096 for i in range(3)}
+    params["last"] = "x" * (bounds.EXTRA_PARAMS_BOUND - 3 * (2 + 4096) - len("last"))
+    parsing.parse_spec({**base, "extraParams": params}, name="x")
+    params["last"] += "x"
+    with pytest.raises(model.SpecError, match="together must be at most 16384") as caught:
+        parsing.parse_spec({**base, "extraParams": params}, name="x")
+    assert caught.value.field == "spec.extraParams"
 
 
 # -- documentation ------------------------------------------------------------------------

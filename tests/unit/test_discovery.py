@@ -171,6 +171,36 @@ def test_auth_methods_supported(methods: object, expected: tuple[str, ...] | Non
     assert discovery.parse_metadata(raw, issuer=ISSUER).auth_methods == expected
 
 
+def test_a_huge_methods_list_keeps_its_first_names_of_bounded_length() -> None:
+    """A document of under the cap can list tens of thousands of names: only the first
+    MAX_METHODS names of at most MAX_METHOD_LENGTH characters are kept."""
+    long_name = "m" * (discovery.MAX_METHOD_LENGTH + 1)
+    listed = [long_name, "client_secret_basic", *(f"x{i}" for i in range(20_000))]
+    raw = document(token_endpoint_auth_methods_supported=listed)
+    methods = discovery.parse_metadata(raw, issuer=ISSUER).auth_methods
+    assert methods is not None
+    assert len(methods) == discovery.MAX_METHODS
+    assert methods[0] == "client_secret_basic"
+    assert long_name not in methods
+    assert max(map(len, methods)) <= discovery.MAX_METHOD_LENGTH
+
+
+@pytest.mark.parametrize("field", ["token_endpoint", "mtls_endpoint_aliases.token_endpoint"])
+def test_a_url_over_the_bound_is_invalid(field: str) -> None:
+    url = "https://idp.example.com/" + "t" * discovery.MAX_URL_LENGTH
+    if field == "token_endpoint":
+        raw = document(token_endpoint=url)
+    else:
+        raw = document(mtls_endpoint_aliases={"token_endpoint": url})
+    with pytest.raises(failures.TokenError) as caught:
+        discovery.parse_metadata(raw, issuer=ISSUER)
+    assert (caught.value.reason, caught.value.permanent) == ("DiscoveryInvalid", True)
+    assert field in str(caught.value)
+    at_bound = url[: discovery.MAX_URL_LENGTH]
+    raw = document(token_endpoint=at_bound)
+    assert discovery.parse_metadata(raw, issuer=ISSUER).token_endpoint == at_bound
+
+
 # -- token_endpoint ----------------------------------------------------------------------------
 
 MTLS = "https://mtls.idp.example.com/token"
@@ -392,17 +422,22 @@ async def test_a_redirect_is_not_followed_even_by_a_client_that_would(
 
 
 @pytest.mark.parametrize("unframed", [False, True], ids=["content-length", "unframed"])
-async def test_a_body_over_1_mib_is_refused(
+async def test_a_body_over_the_cap_is_refused(
     server: DiscoveryServer, client: httpx.AsyncClient, *, unframed: bool
 ) -> None:
     issuer = server.issuer()
-    padding = "x" * (responses.MAX_BODY_BYTES + 1)
+    padding = "x" * (discovery.MAX_DOCUMENT_BYTES + 1)
     body = json.dumps({"issuer": issuer, "token_endpoint": issuer + "/t", "pad": padding})
     server.routes[discovery.OPENID_PATH] = Reply(body=body.encode(), unframed=unframed)
     with pytest.raises(failures.TokenError) as caught:
         await fetch(client, issuer)
     assert (caught.value.reason, caught.value.permanent) == ("DiscoveryFailed", False)
-    assert "1 MiB" in str(caught.value)
+    assert "128 KiB" in str(caught.value)
+
+
+def test_the_document_cap_is_below_the_token_response_cap() -> None:
+    """A discovery document is a few KiB; parsing JSON can cost 20 times what it reads."""
+    assert discovery.MAX_DOCUMENT_BYTES <= responses.MAX_BODY_BYTES // 8
 
 
 async def test_a_body_just_under_the_cap_is_read(
@@ -411,8 +446,8 @@ async def test_a_body_just_under_the_cap_is_read(
     issuer = server.issuer()
     doc = {"issuer": issuer, "token_endpoint": issuer + "/t", "pad": ""}
     size = len(json.dumps(doc))
-    doc["pad"] = "x" * (responses.MAX_BODY_BYTES - size)
-    assert len(json.dumps(doc)) == responses.MAX_BODY_BYTES
+    doc["pad"] = "x" * (discovery.MAX_DOCUMENT_BYTES - size)
+    assert len(json.dumps(doc)) == discovery.MAX_DOCUMENT_BYTES
     server.routes[discovery.OPENID_PATH] = Reply.json(doc)
     assert (await fetch(client, issuer)).token_endpoint == issuer + "/t"
 
@@ -549,6 +584,30 @@ async def test_the_cache_is_bounded_least_recently_used_first(
     assert len(cache) == 2
     await cached(cache, client, server.issuer("/a"))
     assert requests_per_issuer(server)["/a"] == 2
+
+
+async def test_the_cache_is_bounded_in_characters(
+    server: DiscoveryServer, client: httpx.AsyncClient
+) -> None:
+    """Entries are evicted, least recently used first, once the strings kept pass the
+    bound, however few entries there are."""
+    for path in ("/a", "/b", "/c"):
+        server.serve_openid(path)
+    one = len(server.issuer("/a")) * 2 + len(server.issuer("/a") + "/token") + len("trust")
+    cache = discovery.MetadataCache(max_characters=2 * one + 10, monotonic=FakeClock())
+    await cached(cache, client, server.issuer("/a"), trust="trust")
+    await cached(cache, client, server.issuer("/b"), trust="trust")
+    assert len(cache) == 2
+    await cached(cache, client, server.issuer("/c"), trust="trust")  # evicts a
+    assert len(cache) == 2
+    await cached(cache, client, server.issuer("/b"), trust="trust")
+    assert requests_per_issuer(server) == {"/a": 1, "/b": 1, "/c": 1}
+    await cached(cache, client, server.issuer("/a"), trust="trust")
+    assert requests_per_issuer(server)["/a"] == 2
+    cache.invalidate(server.issuer("/a"), trust="trust")
+    cache.invalidate(server.issuer("/a"), trust="trust")  # twice: counted once
+    await cached(cache, client, server.issuer("/a"), trust="trust")
+    assert len(cache) == 2
 
 
 async def test_failures_are_not_cached(server: DiscoveryServer, client: httpx.AsyncClient) -> None:

@@ -746,7 +746,7 @@ def test_private_key_ref_validation(raw: object, field: str, fragment: str) -> N
     [
         (["c"], "spec.clientCertificateRef", "an object"),
         ({}, "spec.clientCertificateRef.name", "is required"),
-        ({"name": "a" * 254}, "spec.clientCertificateRef.name", "not a valid Secret name"),
+        ({"name": "a" * 254}, "spec.clientCertificateRef.name", "at most 253 characters"),
     ],
 )
 def test_client_certificate_ref_validation(raw: object, field: str, fragment: str) -> None:
@@ -837,7 +837,11 @@ def test_client_assertion_validation(raw: object, field: str) -> None:
         ({"audience": "api://x"}, "spec.serviceAccountRef.name", "is required"),
         ({"name": "Payments", "audience": "x"}, "spec.serviceAccountRef.name", "ServiceAccount"),
         ({"name": "pay_ments", "audience": "x"}, "spec.serviceAccountRef.name", "ServiceAccount"),
-        ({"name": "a" * 254, "audience": "x"}, "spec.serviceAccountRef.name", "ServiceAccount"),
+        (
+            {"name": "a" * 254, "audience": "x"},
+            "spec.serviceAccountRef.name",
+            "at most 253 characters",
+        ),
         ({"name": "-payments", "audience": "x"}, "spec.serviceAccountRef.name", "ServiceAccount"),
         ({"name": "payments"}, "spec.serviceAccountRef.audience", "is required"),
         ({"name": "payments", "audience": ""}, "spec.serviceAccountRef.audience", "non-empty"),
