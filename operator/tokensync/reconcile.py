@@ -89,6 +89,8 @@ class Reconciler:
     def observe(self, body: Mapping[str, Any]) -> None:
         """A ClientCredential was listed, added or modified."""
         record = self._tracker.put(body)
+        for name in record.secret_names:
+            self._seen.claim(record.namespace, name)
         if record.needs_refresh_now():
             self._queue.trigger(record.key)
         elif not self._queue.is_known(record.key):
@@ -116,10 +118,11 @@ class Reconciler:
     def secret_seen(self, body: Mapping[str, Any]) -> None:
         """The watch of opted-in Secrets listed, added or modified one."""
         meta = body["metadata"]
-        if self._tracker.is_referenced(meta["namespace"], meta["name"]):
-            self._seen.put(body)  # cache only what a credential reads (issue 14 section 3)
-        else:
-            self._seen.drop(meta["namespace"], meta["name"])
+        # Kept long only if a credential reads it (issue 14 section 3); else briefly, for
+        # the credential that a cold start's other listing may bring next.
+        self._seen.put(
+            body, referenced=self._tracker.is_referenced(meta["namespace"], meta["name"])
+        )
         self.client_secret_changed(
             meta["namespace"], meta["name"], str(meta.get("resourceVersion") or "")
         )

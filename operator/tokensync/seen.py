@@ -10,9 +10,13 @@ and deletions arrive as events and replace or drop entries at once; the time bou
 what a watch does not say: kopf lists again after the watch falls behind (410 Gone) and
 reports no deletion for a Secret that vanished in between. After the bound the attempt
 reads the Secret from the API, as every attempt did before. Entries are dropped as they
-age, so an operator whose Secrets do not change holds none. Only Secrets that a tracked
-credential references are put here (``Reconciler.secret_seen``): any tenant can label
-Secrets, and those no credential reads are not kept (issue 14 section 3).
+age, so an operator whose Secrets do not change holds none.
+
+Any tenant can label Secrets, so what is kept is bounded (issue 14 section 3): a Secret no
+tracked credential references is held only briefly (:data:`PENDING_SECONDS`, at most
+:data:`PENDING_BYTES` of them in all), long enough for the credential that follows it in a
+cold start's listings to claim it (:meth:`SeenSecrets.claim`); a Secret whose data is over
+:data:`MAX_ENTRY_BYTES` is not kept at all.
 """
 
 from __future__ import annotations
@@ -26,35 +30,47 @@ from tokensync import model
 
 #: How long a watched Secret stands in for a read of it.
 TRUST_SECONDS = 300.0
+#: How long a Secret that no credential references yet is kept, and how much of them.
+PENDING_SECONDS = 60.0
+PENDING_BYTES = 16 * 1024 * 1024
+#: A Secret whose data is larger is read from the API at each attempt instead.
+MAX_ENTRY_BYTES = 64 * 1024
 
 Key = tuple[str, str]  # (namespace, name)
+_Entry = tuple[float, dict[str, Any], int]  # (event time, minimal body, data bytes)
 
 _LABELS = {model.CLIENT_SECRET_LABEL: "true"}
 
 
 class SeenSecrets:
-    """Recently watched opted-in Secrets: just the data, version and opt-in label."""
+    """Recently watched opted-in Secrets: just the data, version, opt-in label and
+    allowed destinations."""
 
     def __init__(
         self, *, trust: float = TRUST_SECONDS, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._trust = trust
         self._clock = clock
-        # Insertion order is age order: put() moves a key to the end.
-        self._entries: collections.OrderedDict[Key, tuple[float, dict[str, Any]]] = (
-            collections.OrderedDict()
-        )
+        # Insertion order is age order in both: put() and claim() append at the end.
+        self._entries: collections.OrderedDict[Key, _Entry] = collections.OrderedDict()
+        self._pending: collections.OrderedDict[Key, _Entry] = collections.OrderedDict()
+        self._pending_bytes = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._pending)
 
-    def put(self, body: Mapping[str, Any]) -> None:
-        """A Secret carrying the opt-in label was listed, added or modified."""
+    def put(self, body: Mapping[str, Any], *, referenced: bool = True) -> None:
+        """A Secret carrying the opt-in label was listed, added or modified.
+
+        ``referenced``: some tracked credential reads it; if not, it is only pending.
+        """
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        self.drop(*key)
         labels = meta.get("labels") or {}
-        if labels.get(model.CLIENT_SECRET_LABEL) != "true":
-            self._entries.pop(key, None)
+        data = body.get("data") or {}
+        size = sum(len(k) + len(v) for k, v in data.items() if isinstance(v, str))
+        if labels.get(model.CLIENT_SECRET_LABEL) != "true" or size > MAX_ENTRY_BYTES:
             return
         now = self._clock()
         self._expire(now)
@@ -64,35 +80,57 @@ class SeenSecrets:
         kept = {
             k: annotations[k] for k in (model.ALLOWED_DESTINATIONS_ANNOTATION,) if k in annotations
         }
-        self._entries[key] = (
-            now,
-            {
-                "metadata": {
-                    "name": key[1],
-                    "namespace": key[0],
-                    "resourceVersion": str(meta.get("resourceVersion") or ""),
-                    "labels": _LABELS,
-                    "annotations": kept,
-                },
-                "data": body.get("data") or {},
+        minimal = {
+            "metadata": {
+                "name": key[1],
+                "namespace": key[0],
+                "resourceVersion": str(meta.get("resourceVersion") or ""),
+                "labels": _LABELS,
+                "annotations": kept,
             },
-        )
-        self._entries.move_to_end(key)
+            "data": data,
+        }
+        if referenced:
+            self._entries[key] = (now, minimal, size)
+            return
+        self._pending[key] = (now, minimal, size)
+        self._pending_bytes += size
+        while self._pending_bytes > PENDING_BYTES:
+            _, (_, _, dropped) = self._pending.popitem(last=False)
+            self._pending_bytes -= dropped
+
+    def claim(self, namespace: str, name: str) -> None:
+        """A credential that reads this Secret appeared: keep it for the full trust time."""
+        entry = self._pending.pop((namespace, name), None)
+        if entry is not None:
+            self._pending_bytes -= entry[2]
+            # Out of age order by at most PENDING_SECONDS: get() checks the age itself, so
+            # it is never trusted too long, only dropped a little late.
+            self._entries[(namespace, name)] = entry
 
     def drop(self, namespace: str, name: str) -> None:
         """The Secret was deleted, or no longer carries the label."""
         self._entries.pop((namespace, name), None)
+        entry = self._pending.pop((namespace, name), None)
+        if entry is not None:
+            self._pending_bytes -= entry[2]
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as last watched, if that was recent enough to stand in for a read."""
         now = self._clock()
         self._expire(now)
-        entry = self._entries.get((namespace, name))
-        return entry[1] if entry is not None else None
+        key = (namespace, name)
+        entry = self._entries.get(key) or self._pending.get(key)
+        if entry is None or now - entry[0] >= self._trust:
+            return None
+        return entry[1]
 
     def _expire(self, now: float) -> None:
-        while self._entries:
-            key, (at, _) = next(iter(self._entries.items()))
-            if now - at < self._trust:
-                return
-            del self._entries[key]
+        for entries, trust in ((self._entries, self._trust), (self._pending, PENDING_SECONDS)):
+            while entries:
+                key, (at, _, size) = next(iter(entries.items()))
+                if now - at < trust:
+                    break
+                del entries[key]
+                if entries is self._pending:
+                    self._pending_bytes -= size

@@ -86,8 +86,17 @@ def test_is_referenced_follows_the_credentials() -> None:
     assert not tracker.is_referenced("ns", "renamed")
 
 
-def test_only_secrets_a_credential_reads_are_cached() -> None:
-    cache = seen.SeenSecrets()
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_secret_no_credential_reads_is_kept_only_briefly() -> None:
+    clock = Clock()
+    cache = seen.SeenSecrets(clock=clock)
     rec = reconcile.Reconciler(
         kube_api=None,  # type: ignore[arg-type] -- no attempt runs
         http=None,  # type: ignore[arg-type]
@@ -96,17 +105,39 @@ def test_only_secrets_a_credential_reads_are_cached() -> None:
         pacer=scheduler.HostPacer(rate=1, burst=1),
         seen_secrets=cache,
     )
-    rec.secret_seen(labelled_secret("client"))  # before its credential: read at the attempt
-    rec.secret_seen(labelled_secret("unrelated"))
-    assert len(cache) == 0
-    rec.observe(credential({"clientSecretRef": {"name": "client"}}))
+    # A cold start's Secret listing may come before the credentials' listing: pending.
     rec.secret_seen(labelled_secret("client"))
     rec.secret_seen(labelled_secret("unrelated"))
+    assert len(cache) == 2
+    # The credential that reads it claims it: kept for the full trust time.
+    rec.observe(credential({"clientSecretRef": {"name": "client"}}))
+    clock.now = seen.PENDING_SECONDS + 1
     assert cache.get("ns", "client") is not None
-    assert cache.get("ns", "unrelated") is None
+    assert cache.get("ns", "unrelated") is None  # unclaimed: gone after PENDING_SECONDS
     assert len(cache) == 1
-    rec.observe(credential({"clientSecretRef": {"name": "other"}}))
-    rec.secret_seen(labelled_secret("client"))  # no longer read: dropped
+    clock.now = seen.TRUST_SECONDS + 1
+    assert cache.get("ns", "client") is None
+
+
+def test_pending_secrets_are_bounded_in_bytes() -> None:
+    cache = seen.SeenSecrets(clock=Clock())
+    value = "x" * (seen.MAX_ENTRY_BYTES - 100)
+    count = seen.PENDING_BYTES // len(value) + 10
+    for i in range(count):
+        body = labelled_secret(f"s{i}")
+        body["data"] = {"k": value}
+        cache.put(body, referenced=False)
+    assert len(cache) < count
+    assert cache.get("ns", f"s{count - 1}") is not None  # the newest are kept
+    assert cache.get("ns", "s0") is None
+
+
+def test_a_large_secret_is_not_kept() -> None:
+    cache = seen.SeenSecrets(clock=Clock())
+    body = labelled_secret("big")
+    body["data"] = {"k": "x" * (seen.MAX_ENTRY_BYTES + 1)}
+    cache.put(body)
+    assert cache.get("ns", "big") is None
     assert len(cache) == 0
 
 
