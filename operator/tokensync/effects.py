@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import failures, kube, metrics, outcome, scheduler, tracking
+from tokensync import failures, kube, metrics, progress, scheduler, tracking
 
 logger = logging.getLogger("tokensync.reconcile")
 
@@ -26,7 +26,7 @@ class Effects:
         self._events = events
 
     async def apply(
-        self, record: tracking.Record, decision: outcome.Decision, *, now: datetime.datetime
+        self, record: tracking.Record, decision: progress.Decision, *, now: datetime.datetime
     ) -> None:
         ns, name = record.namespace, record.name
         if decision.status:
@@ -43,7 +43,7 @@ class Effects:
             await self.event(record, event, now=now)
 
     async def event(
-        self, record: tracking.Record, event: outcome.Event, *, now: datetime.datetime
+        self, record: tracking.Record, event: progress.Event, *, now: datetime.datetime
     ) -> None:
         if not self._events.take():
             self._metrics.events_dropped.inc()

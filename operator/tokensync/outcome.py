@@ -3,7 +3,7 @@
 This is where to look for "why is my credential not Ready" and "why did it retry then".
 Pure: :func:`decide` takes what the operator remembers about a credential
 (``progress.State``), what the attempt produced (``progress.Issued``, ``progress.Adopted``
-or a ``failures.Failure``), the time and a random draw, and returns a :class:`Decision`:
+or a ``failures.Failure``), the time and a random draw, and returns a :class:`progress.Decision`:
 the state to remember, the status patch, when the credential is due again, the Events,
 the Ready gauge and the log line. The reconcile loop applies it; nothing here does I/O.
 
@@ -50,32 +50,6 @@ BELOW_MIN_INTERVAL = "LifetimeBelowMinInterval"
 BELOW_MIN_INTERVAL_MARK = "is shorter than spec.refresh.minInterval"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Event:
-    type: str
-    reason: str
-    message: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Decision:
-    state: progress.State
-    #: A merge patch of ``status``; empty: nothing to write.
-    status: Mapping[str, Any]
-    #: When the credential is due again; None: not until its spec changes.
-    due: datetime.datetime | None = None
-    #: False: leave the credential's due time as it is.
-    reschedule: bool = True
-    #: The Ready gauge; None leaves it.
-    ready: bool | None = None
-    #: (expires_at, refresh_at) for the per-credential gauges.
-    times: tuple[datetime.datetime, datetime.datetime] | None = None
-    events: tuple[Event, ...] = ()
-    #: One log line; ``%s`` stands for the credential's namespace/name.
-    log: str = ""
-    log_level: int = logging.INFO
-
-
 def adoptable(
     state: progress.State,
     times: tuple[datetime.datetime, datetime.datetime, datetime.datetime] | None,
@@ -109,7 +83,7 @@ def decide(
     *,
     now: datetime.datetime,
     draw: float,
-) -> Decision:
+) -> progress.Decision:
     """The outcome of one attempt. ``now`` is when it ended; ``draw`` is in [0, 1)."""
     if isinstance(result, progress.Issued):
         return _issued(state, attempt, result, now=now)
@@ -118,19 +92,19 @@ def decide(
     return _failed(state, attempt, result, now=now, draw=draw)
 
 
-def waiting(state: progress.State, *, generation: int, now: datetime.datetime) -> Decision:
+def waiting(state: progress.State, *, generation: int, now: datetime.datetime) -> progress.Decision:
     """Woken before the token endpoint's Retry-After: report expiry if it came, then wait."""
     assert state.not_before is not None
     message = "the token endpoint asked to wait before retrying"
     found = expired(state, generation=generation, now=now, message=message)
     if found is None:
-        return Decision(state=state, status={}, due=state.not_before)
+        return progress.Decision(state=state, status={}, due=state.not_before)
     return dataclasses.replace(found, due=state.not_before, reschedule=True)
 
 
 def expired(
     state: progress.State, *, generation: int, now: datetime.datetime, message: str
-) -> Decision | None:
+) -> progress.Decision | None:
     """Ready=False Expired (once) when the token has expired; None when nothing changes."""
     if state.expires_at is None or state.expires_at > now:
         return None
@@ -141,12 +115,12 @@ def expired(
     conditions = _ready(
         state, ready=False, reason=Reason.EXPIRED, message=text, generation=generation, now=now
     )
-    return Decision(
+    return progress.Decision(
         state=dataclasses.replace(state, conditions=conditions),
         status={"conditions": list(conditions)},
         reschedule=False,
         ready=False,
-        events=(Event("Warning", Reason.EXPIRED, text),),
+        events=(progress.Event("Warning", Reason.EXPIRED, text),),
     )
 
 
@@ -178,7 +152,7 @@ def _issued(
     token: progress.Issued,
     *,
     now: datetime.datetime,
-) -> Decision:
+) -> progress.Decision:
     valid = f"token valid until {model.format_time(token.expires_at)}"
     message = valid
     lifetime = token.expires_at - token.issued_at
@@ -196,14 +170,14 @@ def _issued(
         generation=attempt.generation,
         now=now,
     )
-    events: tuple[Event, ...] = ()
+    events: tuple[progress.Event, ...] = ()
     if state.expires_at is None:
-        events = (Event("Normal", "Issued", message),)
+        events = (progress.Event("Normal", "Issued", message),)
     elif state.failure_reason is not None:
-        events = (Event("Normal", "Recovered", f"refresh succeeded; {message}"),)
+        events = (progress.Event("Normal", "Recovered", f"refresh succeeded; {message}"),)
     if below and BELOW_MIN_INTERVAL_MARK not in str(previous.get("message", "")):
-        events += (Event("Warning", BELOW_MIN_INTERVAL, below),)  # new, not per refresh
-    return Decision(
+        events += (progress.Event("Warning", BELOW_MIN_INTERVAL, below),)  # new, not per refresh
+    return progress.Decision(
         state=progress.State(
             handled_generation=attempt.generation,
             handled_request=attempt.request,
@@ -262,7 +236,7 @@ def _adopted(
     found: progress.Adopted,
     *,
     now: datetime.datetime,
-) -> Decision:
+) -> progress.Decision:
     message = f"token valid until {model.format_time(found.expires_at)}"
     conditions = _ready(
         state,
@@ -272,7 +246,7 @@ def _adopted(
         generation=attempt.generation,
         now=now,
     )
-    return Decision(
+    return progress.Decision(
         state=dataclasses.replace(
             state,
             handled_generation=attempt.generation,
@@ -345,7 +319,7 @@ def _failed(
     *,
     now: datetime.datetime,
     draw: float,
-) -> Decision:
+) -> progress.Decision:
     """A failed attempt. The target Secret is never touched for one."""
     reason, message = failure.reason, failure.message
     retry_at, not_before = _retry(state, failure, now=now, draw=draw)
@@ -377,11 +351,11 @@ def _failed(
     )
     events = []
     if state.failure_reason != reason:
-        events.append(Event("Warning", reason, f"refresh failed: {message}"))
+        events.append(progress.Event("Warning", reason, f"refresh failed: {message}"))
     if ready_reason is Reason.EXPIRED and (
         previous is None or previous.get("reason") != Reason.EXPIRED
     ):
-        events.append(Event("Warning", Reason.EXPIRED, ready_message))
+        events.append(progress.Event("Warning", Reason.EXPIRED, ready_message))
     source_version = state.source_version
     if attempt.source_version is not None:
         source_version = attempt.source_version
@@ -396,7 +370,7 @@ def _failed(
         failure_reason=reason,
         conditions=conditions,
     )
-    return Decision(
+    return progress.Decision(
         state=new,
         status={
             "conditions": list(conditions),

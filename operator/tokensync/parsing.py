@@ -10,13 +10,11 @@ dataclasses out, no I/O.
 
 from __future__ import annotations
 
-import datetime
-import fractions
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import bounds, model
+from tokensync import bounds, durations, model
 
 #: Label and annotation prefix that tokensync owns on the target Secret.
 _OWNED_KEY_PREFIX = f"{model.GROUP}/"
@@ -25,21 +23,6 @@ _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 # RFC 6749 section 3.3: printable ASCII except space, double quote and backslash.
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # ASCII digits only: \d would also take digits of other scripts, which float() accepts.
-_DURATION = re.compile(r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+")
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_MICROSECONDS = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
-_ZERO = datetime.timedelta(0)
-
-#: The bounds of every duration in a spec, inclusive: the CRD's CEL rules refuse the same at
-#: admission, with the same message (tests/unit/test_crd_matches_model.py compares them).
-#: Below minInterval's floor a refresh loop is bounded only by the host's pace, and below
-#: defaultLifetime's a token without expiry would be renewed as fast as minInterval allows.
-DURATION_BOUNDS: Mapping[str, tuple[datetime.timedelta, datetime.timedelta]] = {
-    "spec.clientAssertion.lifetime": (model.MIN_ASSERTION_LIFETIME, model.MAX_ASSERTION_LIFETIME),
-    "spec.refresh.renewBefore": (_ZERO, model.MAX_DURATION),
-    "spec.refresh.minInterval": (datetime.timedelta(seconds=1), model.MAX_DURATION),
-    "spec.refresh.defaultLifetime": (datetime.timedelta(seconds=10), model.MAX_DURATION),
-}
 
 
 def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialSpec:
@@ -122,49 +105,6 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
         client_certificate_ref=certificate_ref,
         service_account_ref=service_account_ref,
     )
-
-
-def parse_duration(value: object, *, field: str) -> datetime.timedelta:
-    """Parse a Go-style duration (``90s``, ``5m``, ``1h30m``, ``250ms``); negative is an error.
-
-    Exact to the microsecond (decimal fractions are summed as fractions, not floats), and
-    within the field's :data:`DURATION_BOUNDS` (any other field: zero to
-    :data:`model.MAX_DURATION`), compared before rounding, as the API server compares them.
-    """
-    if isinstance(value, str):
-        _check_length(value, field=field)
-    if not isinstance(value, str) or not _DURATION.fullmatch(value):
-        raise model.SpecError(
-            field, f"invalid duration {value!r}: use units ms, s, m, h (e.g. 1h30m)"
-        )
-    micros = sum(
-        fractions.Fraction(number) * _UNIT_MICROSECONDS[unit]
-        for number, unit in _DURATION_PART.findall(value)
-    )
-    low, high = DURATION_BOUNDS.get(field, (_ZERO, model.MAX_DURATION))
-    if not _microseconds(low) <= micros <= _microseconds(high):
-        raise model.SpecError(field, bounds_message(low, high))
-    return datetime.timedelta(microseconds=round(micros))
-
-
-def bounds_message(low: datetime.timedelta, high: datetime.timedelta) -> str:
-    """What parse_duration and the CRD say of a duration out of bounds."""
-    if low == _ZERO:
-        return f"must be at most {format_duration(high)}"
-    return f"must be between {format_duration(low)} and {format_duration(high)}"
-
-
-def format_duration(span: datetime.timedelta) -> str:
-    """A bound as the CRD writes it: ``10s``, ``1h``, ``87600h`` (largest whole unit)."""
-    micros = _microseconds(span)
-    for unit in ("h", "m", "s", "ms"):
-        if micros % _UNIT_MICROSECONDS[unit] == 0:
-            return f"{micros // _UNIT_MICROSECONDS[unit]}{unit}"
-    raise ValueError(f"{span!r} is not a whole number of milliseconds")
-
-
-def _microseconds(span: datetime.timedelta) -> int:
-    return span // datetime.timedelta(microseconds=1)
 
 
 def _parse_secret_ref(raw: object) -> model.SecretRef | None:
@@ -258,7 +198,7 @@ def _parse_assertion(raw: object) -> model.AssertionOptions:
         )
     lifetime = model.DEFAULT_ASSERTION_LIFETIME
     if raw.get("lifetime") is not None:
-        lifetime = parse_duration(raw["lifetime"], field=f"{parent}.lifetime")
+        lifetime = durations.parse(raw["lifetime"], field=f"{parent}.lifetime")
     return model.AssertionOptions(
         audience=_optional_str(raw, "audience", parent=parent),
         algorithm=algorithm,
@@ -274,7 +214,7 @@ def _parse_refresh(raw: object) -> model.RefreshPolicy:
         raise model.SpecError("spec.refresh", "must be an object")
     renew_before = None
     if raw.get("renewBefore") is not None:
-        renew_before = parse_duration(raw["renewBefore"], field="spec.refresh.renewBefore")
+        renew_before = durations.parse(raw["renewBefore"], field="spec.refresh.renewBefore")
     percentage = raw.get("renewBeforePercentage")
     if percentage is not None:
         if isinstance(percentage, bool) or not isinstance(percentage, int):
@@ -285,10 +225,10 @@ def _parse_refresh(raw: object) -> model.RefreshPolicy:
         raise model.SpecError("spec.refresh", "set renewBefore or renewBeforePercentage, not both")
     min_interval = model.DEFAULT_MIN_INTERVAL
     if raw.get("minInterval") is not None:
-        min_interval = parse_duration(raw["minInterval"], field="spec.refresh.minInterval")
+        min_interval = durations.parse(raw["minInterval"], field="spec.refresh.minInterval")
     default_lifetime = model.DEFAULT_LIFETIME
     if raw.get("defaultLifetime") is not None:
-        default_lifetime = parse_duration(
+        default_lifetime = durations.parse(
             raw["defaultLifetime"], field="spec.refresh.defaultLifetime"
         )
     return model.RefreshPolicy(

@@ -1,4 +1,4 @@
-"""What an attempt starts from and what it produces: the inputs of ``outcome``.
+"""What an attempt starts from and what it produces, and what ``outcome`` decides of it.
 
 :class:`State` is what the operator remembers about a credential between attempts;
 :class:`Attempt` is what one attempt acts on; :class:`Issued`, :class:`Adopted` or a
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,3 +88,29 @@ class Adopted:
 
 
 Result = Issued | Adopted | failures.Failure
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    state: State
+    #: A merge patch of ``status``; empty: nothing to write.
+    status: Mapping[str, Any]
+    #: When the credential is due again; None: not until its spec changes.
+    due: datetime.datetime | None = None
+    #: False: leave the credential's due time as it is.
+    reschedule: bool = True
+    #: The Ready gauge; None leaves it.
+    ready: bool | None = None
+    #: (expires_at, refresh_at) for the per-credential gauges.
+    times: tuple[datetime.datetime, datetime.datetime] | None = None
+    events: tuple[Event, ...] = ()
+    #: One log line; ``%s`` stands for the credential's namespace/name.
+    log: str = ""
+    log_level: int = logging.INFO

@@ -172,7 +172,7 @@ class Reconciler:
         decision = outcome.decide(record.state, this, result, now=now, draw=self._draw())
         await self._apply(record, decision)
 
-    async def _apply(self, record: tracking.Record, decision: outcome.Decision) -> None:
+    async def _apply(self, record: tracking.Record, decision: progress.Decision) -> None:
         record.state = decision.state
         if decision.reschedule:
             if decision.due is not None:

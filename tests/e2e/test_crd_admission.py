@@ -366,7 +366,7 @@ INVALID_SPECS = [
         "spec.refresh.defaultLifetime",
         "must be between 10s and 87600h",
     ),
-    # the bounds of decision 0031, the parser's (parsing.DURATION_BOUNDS)
+    # the bounds of decision 0031, the parser's (durations.DURATION_BOUNDS)
     case(
         "defaultLifetime-1ms",
         with_changes(refresh={"defaultLifetime": "1ms"}),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tokensync import bounds, model, parsing
+from tokensync import bounds, durations, model, parsing
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / f"{model.PLURAL}.{model.GROUP}.yaml"
@@ -192,7 +192,7 @@ def test_schema_defaults_and_enums_match_model() -> None:
     assert key["key"]["default"] == model.DEFAULT_PRIVATE_KEY_KEY
     assertion = props["clientAssertion"]["properties"]
     assert assertion["algorithm"]["enum"] == list(model.ASSERTION_ALGORITHMS)
-    assert parsing.parse_duration(assertion["lifetime"]["default"], field="x") == (
+    assert durations.parse(assertion["lifetime"]["default"], field="x") == (
         model.DEFAULT_ASSERTION_LIFETIME
     )
     refresh = props["refresh"]["properties"]
@@ -249,10 +249,10 @@ def test_duration_pattern_agrees_with_parse_duration(value: str, valid: bool) ->
     pattern = spec_schema()["properties"]["refresh"]["properties"]["renewBefore"]["pattern"]
     assert bool(re.fullmatch(pattern, value)) is valid
     if valid:
-        parsing.parse_duration(value, field="f")
+        durations.parse(value, field="f")
     else:
         with pytest.raises(model.SpecError):
-            parsing.parse_duration(value, field="f")
+            durations.parse(value, field="f")
 
 
 def duration_fields() -> dict[str, Mapping[str, Any]]:
@@ -266,33 +266,33 @@ def duration_fields() -> dict[str, Mapping[str, Any]]:
 
 
 def test_every_duration_has_bounds_in_both() -> None:
-    assert set(duration_fields()) == set(parsing.DURATION_BOUNDS)
+    assert set(duration_fields()) == set(durations.DURATION_BOUNDS)
 
 
-@pytest.mark.parametrize("field", sorted(parsing.DURATION_BOUNDS))
+@pytest.mark.parametrize("field", sorted(durations.DURATION_BOUNDS))
 def test_duration_bounds_are_the_parser_s(field: str) -> None:
     """The CEL rule states the parser's bounds, with its message; Go's time.ParseDuration
     (which CEL's duration() is) and parse_duration agree on every value to the nanosecond."""
-    low, high = parsing.DURATION_BOUNDS[field]
+    low, high = durations.DURATION_BOUNDS[field]
     node = duration_fields()[field]
     (rule,) = node["x-kubernetes-validations"]
-    lower = f"duration(self) >= duration('{parsing.format_duration(low)}') && " if low else ""
-    assert rule["rule"] == f"{lower}duration(self) <= duration('{parsing.format_duration(high)}')"
-    assert rule["message"] == parsing.bounds_message(low, high)
+    lower = f"duration(self) >= duration('{durations.format_duration(low)}') && " if low else ""
+    assert rule["rule"] == f"{lower}duration(self) <= duration('{durations.format_duration(high)}')"
+    assert rule["message"] == durations.bounds_message(low, high)
     assert rule["message"].removeprefix("must be ") in " ".join(node["description"].split())
     # maxLength keeps the rule's cost estimate small (and the API server accepts the CRD).
     assert node["maxLength"] <= 64
     for value, valid in [
-        (parsing.format_duration(low), True),
-        (parsing.format_duration(high), True),
-        (f"{parsing.format_duration(high)}0.001ms", False),
+        (durations.format_duration(low), True),
+        (durations.format_duration(high), True),
+        (f"{durations.format_duration(high)}0.001ms", False),
         *([(f"{low.total_seconds() - 1e-9:.9f}s", False)] if low else []),
     ]:
         if valid:
-            assert low <= parsing.parse_duration(value, field=field) <= high
+            assert low <= durations.parse(value, field=field) <= high
         else:
             with pytest.raises(model.SpecError, match=rule["message"]):
-                parsing.parse_duration(value, field=field)
+                durations.parse(value, field=field)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokensync import model, parsing
+from tokensync import durations, model, parsing
 
 CRD_PATH = (
     pathlib.Path(__file__).resolve().parents[2] / "crds" / "clientcredentials.tokensync.dev.yaml"
@@ -447,7 +447,7 @@ def test_reserved_extra_params_are_the_ones_the_crd_refuses() -> None:
     ],
 )
 def test_parse_duration_table(text: str, expected: datetime.timedelta) -> None:
-    assert parsing.parse_duration(text, field="f") == expected
+    assert durations.parse(text, field="f") == expected
 
 
 @pytest.mark.parametrize(
@@ -481,7 +481,7 @@ def test_parse_duration_table(text: str, expected: datetime.timedelta) -> None:
 )
 def test_parse_duration_refuses(value: object) -> None:
     with pytest.raises(model.SpecError) as caught:
-        parsing.parse_duration(value, field="spec.refresh.minInterval")
+        durations.parse(value, field="spec.refresh.minInterval")
     assert caught.value.field == "spec.refresh.minInterval"
 
 
@@ -508,7 +508,7 @@ def duration_parts(draw: st.DrawFn) -> tuple[str, int]:
 def test_parse_duration_sums_its_parts_exactly(parts: list[tuple[str, int]]) -> None:
     text = "".join(part for part, _ in parts)
     expected = datetime.timedelta(microseconds=sum(micros for _, micros in parts))
-    assert parsing.parse_duration(text, field="f") == expected
+    assert durations.parse(text, field="f") == expected
 
 
 CRD_DURATION = r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+"
@@ -516,7 +516,7 @@ CRD_DURATION = r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+"
 
 def parse_or_message(text: str) -> datetime.timedelta | str:
     try:
-        return parsing.parse_duration(text, field="f")
+        return durations.parse(text, field="f")
     except model.SpecError as exc:
         return str(exc)
 
@@ -534,7 +534,7 @@ def test_what_the_crd_admits_parses_or_is_too_long(text: str) -> None:
 def test_what_the_crd_refuses_parse_duration_refuses(text: str) -> None:
     if not re.fullmatch(CRD_DURATION, text):
         with pytest.raises(model.SpecError):
-            parsing.parse_duration(text, field="f")
+            durations.parse(text, field="f")
 
 
 # -- client authentication without shared secrets ---------------------------------------------

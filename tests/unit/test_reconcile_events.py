@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from tokensync import effects, metrics, outcome, scheduler, tracking
+from tokensync import effects, metrics, progress, scheduler, tracking
 
 
 class RecordingKube:
@@ -36,9 +36,9 @@ async def test_events_beyond_the_budget_are_counted_not_posted() -> None:
     )
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     for _ in range(5):
-        await rec.event(cred, outcome.Event("Normal", "Issued", "token valid"), now=now)
+        await rec.event(cred, progress.Event("Normal", "Issued", "token valid"), now=now)
     assert len(kube.events) == 2
     assert metrics_.registry.get_sample_value("tokensync_events_dropped_total") == 3.0
     clock.now = 1.0
-    await rec.event(cred, outcome.Event("Warning", "InvalidClient", "refused"), now=now)
+    await rec.event(cred, progress.Event("Warning", "InvalidClient", "refused"), now=now)
     assert [e["reason"] for e in kube.events] == ["Issued", "Issued", "InvalidClient"]
