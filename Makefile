@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/tools:$(CURDIR)/tests
 
-.PHONY: install lint lint-docker test test-unit test-e2e test-chaos controlplane controlplane-binaries demo bench bench-quick bench-ab bench-scale bench-plot docs clean
+.PHONY: install lint lint-docker test test-unit test-e2e test-chaos controlplane controlplane-binaries demo bench bench-quick bench-ab bench-scale bench-maxspec bench-plot docs clean
 
 install: $(STAMP)
 
@@ -74,6 +74,10 @@ bench-quick: install controlplane-binaries
 AB ?= HEAD~1 HEAD
 bench-ab: install controlplane-binaries
 	$(BIN)/python bench/abtest.py -n 2000 --rounds 2 $(AB)
+
+# Operator memory with 1,000 of the largest ClientCredentials admission allows (issue 14 s3).
+bench-maxspec: install controlplane-binaries
+	$(BIN)/python bench/maxspec.py -n 1000
 
 # docs/performance.png from the newest bench/out result for each N.
 bench-plot: install
