@@ -38,7 +38,9 @@ class Effects:
         if decision.ready is not None:
             self._metrics.set_ready(ns, name, "True" if decision.ready else "False")
         if decision.log:
-            logger.log(decision.log_level, decision.log, f"{ns}/{name}")
+            # Not a format string: failure messages may hold "%" (a URL's %2F, say).
+            line = decision.log.replace(progress.CREDENTIAL, f"{ns}/{name}", 1)
+            logger.log(decision.log_level, "%s", line)
         for event in decision.events:
             await self.event(record, event, now=now)
 

@@ -162,14 +162,6 @@ def _issued(
     elif timing.short_lifetime_warning(lifetime=lifetime, policy=token.policy):
         message += SHORT_LIFETIME_WARNING
     previous = status.ready_condition(state.conditions) or {}
-    conditions = _ready(
-        state,
-        ready=True,
-        reason=Reason.TOKEN_ISSUED,
-        message=message,
-        generation=attempt.generation,
-        now=now,
-    )
     events: tuple[progress.Event, ...] = ()
     if state.expires_at is None:
         events = (progress.Event("Normal", "Issued", message),)
@@ -177,38 +169,27 @@ def _issued(
         events = (progress.Event("Normal", "Recovered", f"refresh succeeded; {message}"),)
     if below and BELOW_MIN_INTERVAL_MARK not in str(previous.get("message", "")):
         events += (progress.Event("Warning", BELOW_MIN_INTERVAL, below),)  # new, not per refresh
-    return progress.Decision(
-        state=progress.State(
-            handled_generation=attempt.generation,
-            handled_request=attempt.request,
-            expires_at=token.expires_at,
-            next_refresh_at=token.refresh_at,
-            source_version=attempt.source_version,
-            auth_method=token.auth_method,
-            conditions=conditions,
-        ),
+    held = _holding(
+        state,
+        attempt,
+        issued_at=token.issued_at,
+        expires_at=token.expires_at,
+        refresh_at=token.refresh_at,
+        target=token.target,
+        auth_method=token.auth_method,
+        message=message,
+        now=now,
+    )
+    return dataclasses.replace(
+        held,
         status={
-            "conditions": list(conditions),
-            "observedGeneration": attempt.generation,
-            "handledRefreshRequest": attempt.request,
-            **status.times(
-                expiresAt=token.expires_at,
-                lastRefreshAt=token.issued_at,
-                nextRefreshAt=token.refresh_at,
-            ),
+            **held.status,
             "authMethod": token.auth_method,
-            "failedAttempts": 0,
-            "lastFailureReason": None,
-            "target": token.target,
-            "clientSecretVersion": attempt.source_version,
             "tokenType": token.token_type,
             "scope": token.scope,
         },
-        due=token.refresh_at,
-        ready=True,
-        times=(token.expires_at, token.refresh_at),
         events=events,
-        log=f"issued a token for %s, {valid}, "
+        log=f"issued a token for {progress.CREDENTIAL}, {valid}, "
         f"next refresh at {model.format_time(token.refresh_at)}",
     )
 
@@ -237,7 +218,37 @@ def _adopted(
     *,
     now: datetime.datetime,
 ) -> progress.Decision:
-    message = f"token valid until {model.format_time(found.expires_at)}"
+    held = _holding(
+        state,
+        attempt,
+        issued_at=found.issued_at,
+        expires_at=found.expires_at,
+        refresh_at=found.refresh_at,
+        target=found.target,
+        auth_method=state.auth_method,
+        message=f"token valid until {model.format_time(found.expires_at)}",
+        now=now,
+    )
+    return dataclasses.replace(
+        held,
+        log=f"adopted the token of {progress.CREDENTIAL} from its Secret {found.target} "
+        f"(status was behind the Secret), next refresh at {model.format_time(found.refresh_at)}",
+    )
+
+
+def _holding(
+    state: progress.State,
+    attempt: progress.Attempt,
+    *,
+    issued_at: datetime.datetime,
+    expires_at: datetime.datetime,
+    refresh_at: datetime.datetime,
+    target: str,
+    auth_method: str | None,
+    message: str,
+    now: datetime.datetime,
+) -> progress.Decision:
+    """Ready with a token in the target Secret, issued now or adopted from it."""
     conditions = _ready(
         state,
         ready=True,
@@ -247,37 +258,28 @@ def _adopted(
         now=now,
     )
     return progress.Decision(
-        state=dataclasses.replace(
-            state,
+        state=progress.State(
             handled_generation=attempt.generation,
             handled_request=attempt.request,
-            expires_at=found.expires_at,
-            next_refresh_at=found.refresh_at,
-            not_before=None,
+            expires_at=expires_at,
+            next_refresh_at=refresh_at,
             source_version=attempt.source_version,
-            failed_attempts=0,
-            failure_reason=None,
+            auth_method=auth_method,
             conditions=conditions,
         ),
         status={
             "conditions": list(conditions),
             "observedGeneration": attempt.generation,
             "handledRefreshRequest": attempt.request,
-            **status.times(
-                expiresAt=found.expires_at,
-                lastRefreshAt=found.issued_at,
-                nextRefreshAt=found.refresh_at,
-            ),
+            **status.times(expiresAt=expires_at, lastRefreshAt=issued_at, nextRefreshAt=refresh_at),
             "failedAttempts": 0,
             "lastFailureReason": None,
-            "target": found.target,
+            "target": target,
             "clientSecretVersion": attempt.source_version,
         },
-        due=found.refresh_at,
+        due=refresh_at,
         ready=True,
-        times=(found.expires_at, found.refresh_at),
-        log=f"adopted the token of %s from its Secret {found.target} (status was behind the "
-        f"Secret), next refresh at {model.format_time(found.refresh_at)}",
+        times=(expires_at, refresh_at),
     )
 
 
@@ -384,6 +386,6 @@ def _failed(
         due=retry_at,
         ready=ready,
         events=tuple(events),
-        log=f"refresh of %s failed ({reason}): {message}",
+        log=f"refresh of {progress.CREDENTIAL} failed ({reason}): {message}",
         log_level=logging.WARNING,
     )

@@ -90,6 +90,10 @@ class Adopted:
 Result = Issued | Adopted | failures.Failure
 
 
+#: Where a Decision's log line names the credential.
+CREDENTIAL = "{credential}"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
     type: str
@@ -111,6 +115,7 @@ class Decision:
     #: (expires_at, refresh_at) for the per-credential gauges.
     times: tuple[datetime.datetime, datetime.datetime] | None = None
     events: tuple[Event, ...] = ()
-    #: One log line; ``%s`` stands for the credential's namespace/name.
+    #: One log line; :data:`CREDENTIAL`, before any other text, stands for the credential's
+    #: namespace/name.
     log: str = ""
     log_level: int = logging.INFO
