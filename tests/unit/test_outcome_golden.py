@@ -130,9 +130,10 @@ def body(row: Row) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
-async def test_reconcile_path(row: Row) -> None:
-    kube, http, metrics_ = RecordingKube(row), MockHttp(row), metrics.Metrics()
+async def refresh_once(
+    row: Row, kube: RecordingKube, http: MockHttp, metrics_: metrics.Metrics
+) -> scheduler.RefreshQueue[reconcile.Key]:
+    """One attempt for the row's credential through the whole reconcile path, at T0."""
     queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
     rec = reconcile.Reconciler(
         kube_api=kube,  # type: ignore[arg-type]
@@ -146,6 +147,13 @@ async def test_reconcile_path(row: Row) -> None:
     rec.observe(body(row))
     await rec.refresh((NAMESPACE, NAME), T0.timestamp())
     await http.client.aclose()
+    return queue
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+async def test_reconcile_path(row: Row) -> None:
+    kube, http, metrics_ = RecordingKube(row), MockHttp(row), metrics.Metrics()
+    queue = await refresh_once(row, kube, http, metrics_)
 
     expect = row.expect
     assert kube.patches == expect.patches
@@ -227,19 +235,7 @@ async def test_a_left_over_service_account_ref_mints_nothing() -> None:
     }
     row = dataclasses.replace(ROWS[0], spec=spec)
     kube, http, metrics_ = RecordingKube(row), MockHttp(row), metrics.Metrics()
-    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
-    rec = reconcile.Reconciler(
-        kube_api=kube,  # type: ignore[arg-type]
-        http=http,  # type: ignore[arg-type]
-        metrics_=metrics_,
-        queue=queue,
-        pacer=scheduler.HostPacer(rate=1000, burst=1000),
-        clock=lambda: T0,
-        draw=lambda: DRAW,
-    )
-    rec.observe(body(row))
-    await rec.refresh((NAMESPACE, NAME), T0.timestamp())
-    await http.client.aclose()
+    await refresh_once(row, kube, http, metrics_)
     assert kube.patches == row.expect.patches
     assert http.requests == 1
 
@@ -250,19 +246,7 @@ async def test_a_destination_the_secret_does_not_list_gets_nothing(listed: str |
     kube, http, metrics_ = RecordingKube(row), MockHttp(row), metrics.Metrics()
     annotations = {} if listed is None else {model.ALLOWED_DESTINATIONS_ANNOTATION: listed}
     kube.secrets["client"]["metadata"]["annotations"] = annotations
-    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
-    rec = reconcile.Reconciler(
-        kube_api=kube,  # type: ignore[arg-type]
-        http=http,  # type: ignore[arg-type]
-        metrics_=metrics_,
-        queue=queue,
-        pacer=scheduler.HostPacer(rate=1000, burst=1000),
-        clock=lambda: T0,
-        draw=lambda: DRAW,
-    )
-    rec.observe(body(row))
-    await rec.refresh((NAMESPACE, NAME), T0.timestamp())
-    await http.client.aclose()
+    await refresh_once(row, kube, http, metrics_)
     (patch,) = kube.patches
     assert patch["lastFailureReason"] == "DestinationNotAllowed"
     assert patch["conditions"][0]["status"] == "False"
@@ -287,19 +271,7 @@ async def test_a_service_account_token_is_minted_only_for_a_listed_destination(
     if listed is not None:
         annotations[model.ALLOWED_DESTINATIONS_ANNOTATION] = listed
     kube.accounts["billing"] = {"metadata": {"name": "billing", "annotations": annotations}}
-    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
-    rec = reconcile.Reconciler(
-        kube_api=kube,  # type: ignore[arg-type]
-        http=http,  # type: ignore[arg-type]
-        metrics_=metrics_,
-        queue=queue,
-        pacer=scheduler.HostPacer(rate=1000, burst=1000),
-        clock=lambda: T0,
-        draw=lambda: DRAW,
-    )
-    rec.observe(body(row))
-    await rec.refresh((NAMESPACE, NAME), T0.timestamp())
-    await http.client.aclose()
+    await refresh_once(row, kube, http, metrics_)
     (patch,) = kube.patches
     assert kube.minted == minted
     assert http.requests == minted
