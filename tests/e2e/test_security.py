@@ -13,6 +13,7 @@ from kubernetes import client, config
 from test_operator import Env
 
 from localcluster import LocalCluster
+from support import testenv
 from support.faultserver import FaultServer
 from support.operatorproc import (
     OperatorProcess,
@@ -21,7 +22,7 @@ from support.operatorproc import (
     operator_may,
 )
 from support.polling import wait_for
-from support.testenv import ALLOWED_DESTINATIONS, GROUP, LOOPBACK, PLURAL, VERSION
+from support.testenv import ALLOWED_DESTINATIONS, GROUP, LOOPBACK, PLURAL
 from support.tokenserver import TokenServer
 
 STOLEN = "db-password-that-must-never-leave"
@@ -117,17 +118,8 @@ def test_confused_deputy_cannot_exfiltrate_a_secret(
         client.CoreV1Api(author).read_namespaced_secret("database", namespace)
     assert denied.value.status == 403
     # ...but may point a ClientCredential at that Secret and at their own server.
-    client.CustomObjectsApi(author).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        PLURAL,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ClientCredential",
-            "metadata": {"name": "exfiltrate"},
-            "spec": {"tokenURL": attacker.url, "clientSecretRef": {"name": "database"}},
-        },
+    testenv.Env(author, namespace).create_credential(
+        "exfiltrate", {"tokenURL": attacker.url, "clientSecretRef": {"name": "database"}}
     )
     env = Env(api_client, namespace, token_server)
     ready = env.wait_ready("exfiltrate", reason="ClientSecretNotOptedIn")
@@ -197,18 +189,7 @@ def test_a_labelled_secret_goes_only_where_its_owner_allowed(
     token_server.set_secret(env.client_id, STOLEN)
     spec = {"tokenURL": attacker.url, "clientSecretRef": {"name": "oauth-client"}}
     for name, method in (("post", "client_secret_post"), ("basic", "client_secret_basic")):
-        client.CustomObjectsApi(author).create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ClientCredential",
-                "metadata": {"name": name},
-                "spec": {**spec, "authMethod": method},
-            },
-        )
+        testenv.Env(author, namespace).create_credential(name, {**spec, "authMethod": method})
         ready = env.wait_ready(name, reason="DestinationNotAllowed")
         assert ready["status"] == "False"
         assert "nothing was sent" in ready["message"]
@@ -289,20 +270,12 @@ def test_a_tenant_cannot_have_the_default_operator_mint_a_token(
             }
         },
     )
-    client.CustomObjectsApi(author).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        PLURAL,
+    testenv.Env(author, namespace).create_credential(
+        "federated",
         {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ClientCredential",
-            "metadata": {"name": "federated"},
-            "spec": {
-                "tokenURL": token_server.url,
-                "clientID": "federated",
-                "serviceAccountRef": {"name": "billing", "audience": audience},
-            },
+            "tokenURL": token_server.url,
+            "clientID": "federated",
+            "serviceAccountRef": {"name": "billing", "audience": audience},
         },
     )
     env = Env(api_client, namespace, token_server)
