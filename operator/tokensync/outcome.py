@@ -102,6 +102,24 @@ def waiting(state: progress.State, *, generation: int, now: datetime.datetime) -
     return dataclasses.replace(found, due=state.not_before, reschedule=True)
 
 
+def expiry_alarm(state: progress.State) -> datetime.datetime | None:
+    """When Ready must turn False (Expired) unless a new token arrives first, or None.
+
+    The token's expiry, whether its refresh is running, waiting for a worker or parked
+    behind a slow host. None when there is no token, when the expiry has been reported,
+    and when minInterval holds the next refresh past the expiry: such a token stays Ready
+    until that refresh (decision 0031).
+    """
+    previous = status.ready_condition(state.conditions) or {}
+    if state.expires_at is None or previous.get("reason") == Reason.EXPIRED:
+        return None
+    if previous.get("status") == "True" and BELOW_MIN_INTERVAL_MARK in str(
+        previous.get("message", "")
+    ):
+        return None
+    return state.expires_at
+
+
 def expired(
     state: progress.State, *, generation: int, now: datetime.datetime, message: str
 ) -> progress.Decision | None:

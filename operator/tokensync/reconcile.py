@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import datetime
 import random
-from collections.abc import Callable, Iterator, Mapping
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from tokensync import (
+    alarms,
     attempt,
     config,
     discovery,
@@ -62,6 +64,9 @@ class Reconciler:
         self._draw = draw
         self._seen = seen_secrets if seen_secrets is not None else seen.SeenSecrets()
         self._tracker = tracking.Tracker()
+        self._expiries = alarms.Alarms[Key](clock=lambda: self._clock().timestamp())
+        #: Per credential with effects being applied: a lock and how many use it.
+        self._applying: dict[Key, tuple[asyncio.Lock, list[int]]] = {}
         self._attempts = attempt.Attempts(
             kube_api=kube_api,
             endpoints=endpoint.Endpoints(
@@ -84,6 +89,18 @@ class Reconciler:
     def __len__(self) -> int:
         return len(self._tracker)
 
+    def lane(self, key: Key) -> str | None:
+        """The host a credential's refresh waits on (its issuer's or token URL's), for the
+        refresh queue's per-host share (decision 0034)."""
+        record = self._tracker.get(key)
+        url = record.spec.get("issuerURL") or record.spec.get("tokenURL") if record else None
+        if not isinstance(url, str):
+            return None
+        try:
+            return (urllib.parse.urlsplit(url).hostname or "").lower() or None
+        except ValueError:
+            return None  # refused by the attempt's URL check, before any request
+
     # -- watch events ------------------------------------------------------------------
 
     def observe(self, body: Mapping[str, Any]) -> None:
@@ -91,6 +108,7 @@ class Reconciler:
         record = self._tracker.put(body)
         for name in record.secret_names:
             self._seen.claim(record.namespace, name)
+        self._arm(record)
         if record.needs_refresh_now():
             self._queue.trigger(record.key)
         elif not self._queue.is_known(record.key):
@@ -101,6 +119,7 @@ class Reconciler:
         """A ClientCredential was deleted: stop refreshing it."""
         self._tracker.remove((namespace, name))
         self._queue.cancel((namespace, name))
+        self._expiries.cancel((namespace, name))
         self._metrics.forget(namespace, name)
 
     def mark(self) -> int:
@@ -164,8 +183,7 @@ class Reconciler:
             await self._apply(record, outcome.waiting(record.state, generation=generation, now=now))
             return
         this = progress.Attempt(generation=record.generation, request=record.refresh_request)
-        with self._expiry_watchdog(record):
-            result = await self._attempts.run(record, this)
+        result = await self._attempts.run(record, this)
         if not self._tracker.is_current(record):
             return  # deleted while we worked; its Secret goes with it (ownerReference)
         now = self._clock()  # not the attempt's start: a request may have taken a while
@@ -174,35 +192,54 @@ class Reconciler:
 
     async def _apply(self, record: tracking.Record, decision: progress.Decision) -> None:
         record.state = decision.state
+        self._arm(record)
         if decision.reschedule:
             if decision.due is not None:
                 self._queue.schedule(record.key, at=decision.due.timestamp())
             else:
                 self._queue.cancel(record.key)  # only a change to the spec can help
-        await self._effects.apply(record, decision, now=self._clock())
+        async with self._in_order(record.key):
+            await self._effects.apply(record, decision, now=self._clock())
 
-    @contextlib.contextmanager
-    def _expiry_watchdog(self, record: tracking.Record) -> Iterator[None]:
-        """Report expiry on time even while a token request is still in flight."""
-        expires_at = record.state.expires_at
-        delay = (expires_at - self._clock()).total_seconds() if expires_at else 0.0
-        if delay <= 0 or delay > self._settings.request_timeout + 1:
-            yield  # expired already (the attempt's outcome reports it) or far away
-            return
-
-        async def report_at_expiry() -> None:
-            await asyncio.sleep(delay)
-            generation = record.state.handled_generation or record.generation
-            now = self._clock()
-            message = "refresh in progress"
-            decision = outcome.expired(
-                record.state, generation=generation, now=now, message=message
-            )
-            if decision is not None:
-                await self._apply(record, decision)
-
-        task = asyncio.create_task(report_at_expiry())
+    @contextlib.asynccontextmanager
+    async def _in_order(self, key: Key) -> AsyncIterator[None]:
+        """One credential's effects reach the API server in the order they were decided:
+        an expiry reported while its refresh ran must not land after the new token's
+        status (the Kubernetes client's thread pool does not keep order)."""
+        lock, users = self._applying.get(key) or (asyncio.Lock(), [0])
+        self._applying[key] = (lock, users)
+        users[0] += 1
         try:
-            yield
+            async with lock:
+                yield
         finally:
-            task.cancel()
+            users[0] -= 1
+            if not users[0]:
+                del self._applying[key]
+
+    # -- expiry ------------------------------------------------------------------------
+
+    async def watch_expiry(self) -> None:
+        """Report each expiry at its time, whatever the refresh queue is doing."""
+        await self._expiries.run(self._expire)
+
+    def _arm(self, record: tracking.Record) -> None:
+        at = outcome.expiry_alarm(record.state)
+        if at is None:
+            self._expiries.cancel(record.key)
+        else:
+            self._expiries.set(record.key, at=at.timestamp())
+
+    async def _expire(self, key: Key) -> None:
+        record = self._tracker.get(key)
+        if record is None:
+            return
+        generation = record.state.handled_generation or record.generation
+        decision = outcome.expired(
+            record.state,
+            generation=generation,
+            now=self._clock(),
+            message="its refresh has not completed yet",
+        )
+        if decision is not None:
+            await self._apply(record, decision)

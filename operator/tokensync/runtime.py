@@ -87,8 +87,11 @@ class Runtime:
     def __init__(self, settings: config.Config) -> None:
         self.config = settings
         self.metrics = metrics.Metrics()
+        # Fair across namespaces; no namespace or host holds over half the workers (0034).
         self.queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(
-            workers=settings.workers
+            workers=settings.workers,
+            group=lambda key: key[0],
+            lane=lambda key: self.reconciler.lane(key),  # noqa: PLW0108 -- built below
         )
         self.kube = kube.Kube(_api_client(settings.kube_workers), workers=settings.kube_workers)
         self.http = transport.HttpClients(
@@ -113,6 +116,7 @@ class Runtime:
         self._freezer = HeapFreezer(lambda: len(self.reconciler))
         self._freeze_task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.config.metrics_port is not None:
@@ -125,6 +129,7 @@ class Runtime:
         self._task = asyncio.create_task(self.queue.run(self.reconciler.refresh))
         self._freeze_task = asyncio.create_task(self._freezer.run())
         self._resync_task = asyncio.create_task(self._resync_forever())
+        self._expiry_task = asyncio.create_task(self.reconciler.watch_expiry())
 
     async def resync(self) -> list[reconcile.Key]:
         """One full listing; the credentials it no longer has are forgotten."""
@@ -146,7 +151,7 @@ class Runtime:
                 logger.warning("listing ClientCredentials failed, retried later: %s", exc)
 
     async def stop(self) -> None:
-        for task in (self._task, self._freeze_task, self._resync_task):
+        for task in (self._task, self._freeze_task, self._resync_task, self._expiry_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

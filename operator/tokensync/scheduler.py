@@ -3,8 +3,9 @@
 A single heap keyed by due time and a bounded pool of workers replace one timer task per
 credential: ten thousand credentials cost ten thousand heap entries, not ten thousand
 tasks; concurrency has one global bound; and lateness (due time to start) is measured in
-one place. Times are wall-clock seconds (``time.time()``) because due times come from
-timestamps stored in status, which must survive a restart.
+one place. Which due key a free worker takes is ``fairness``'s call (decision 0034). Times
+are wall-clock seconds (``time.time()``) because due times come from timestamps stored in
+status, which must survive a restart.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from tokensync import config
+from tokensync import config, fairness
 
 K = TypeVar("K", bound=Hashable)
 Work = Callable[[K, float], Awaitable[None]]
@@ -35,9 +36,20 @@ class RefreshQueue(Generic[K]):
 
     A key runs on one worker at a time. :meth:`trigger` during a run makes the key run again
     right after, so a change that arrives mid-refresh is never lost.
+
+    With ``group`` (a key's tenant) and ``lane`` (the host its work waits on), due keys are
+    handed out in turns across groups, and no group or lane holds more than half the
+    workers (``fairness.FairReady``); without them, in the order they became due.
     """
 
-    def __init__(self, *, workers: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int,
+        clock: Callable[[], float] = time.time,
+        group: fairness.Classify[K] | None = None,
+        lane: fairness.Classify[K] | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._workers = workers
@@ -45,14 +57,25 @@ class RefreshQueue(Generic[K]):
         self._heap: list[tuple[float, int, K]] = []
         self._pending: dict[K, tuple[float, int]] = {}
         self._seq = 0
-        self._running: set[K] = set()
+        self._running: set[K] = set()  # handed to the ready set until its run ends
         self._dirty: set[K] = set()
-        self._ready: asyncio.Queue[tuple[K, float]] = asyncio.Queue()
+        fair = group is not None or lane is not None
+        self._ready = fairness.FairReady[K](
+            share=max(1, workers // 2) if fair else workers,
+            group=group or _one_group,
+            lane=lane or _no_lane,
+        )
+        self._available = asyncio.Event()
         self._wake = asyncio.Event()
         self.heartbeat = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    @property
+    def waiting(self) -> int:
+        """Due keys that no worker has taken yet."""
+        return len(self._ready)
 
     def due_at(self, key: K) -> float | None:
         entry = self._pending.get(key)
@@ -105,7 +128,8 @@ class RefreshQueue(Generic[K]):
                 self._dirty.add(key)
             else:
                 self._running.add(key)
-                self._ready.put_nowait((key, at))
+                self._ready.add(key, at)
+                self._available.set()
 
     async def _dispatch(self) -> None:
         while True:
@@ -124,7 +148,12 @@ class RefreshQueue(Generic[K]):
 
     async def _worker(self, work: Work[K]) -> None:
         while True:
-            key, due = await self._ready.get()
+            self._available.clear()
+            taken = self._ready.take()
+            if taken is None:
+                await self._available.wait()
+                continue
+            key, due = taken
             try:
                 await work(key, due)
             except asyncio.CancelledError:
@@ -135,10 +164,20 @@ class RefreshQueue(Generic[K]):
                 if key not in self._pending:
                     self.schedule(key, at=self._clock() + 60.0)
             finally:
+                self._ready.done(key)
+                self._available.set()  # a group or lane may have room again
                 self._running.discard(key)
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.schedule(key, at=self._clock())
+
+
+def _one_group(key: Hashable) -> None:
+    return None
+
+
+def _no_lane(key: Hashable) -> None:
+    return None
 
 
 @dataclasses.dataclass(slots=True)

@@ -118,14 +118,16 @@ class Recorded:
 
 
 class FaultServer:
-    """Scripted token endpoint on 127.0.0.1; use as a context manager.
+    """Scripted token endpoint on 127.0.0.1 (or another loopback ``host``); use as a
+    context manager.
 
     ``push(*faults)`` queues responses, served first in first out; when the queue is empty
     every request gets ``default`` (a valid token unless changed).
     """
 
-    def __init__(self, *, default: Fault | None = None) -> None:
+    def __init__(self, *, default: Fault | None = None, host: str = "127.0.0.1") -> None:
         self.default = default or Fault.token()
+        self.host = host
         self._queue: collections.deque[Fault] = collections.deque()
         self._recorded: list[Recorded] = []
         self._lock = threading.Lock()
@@ -144,7 +146,7 @@ class FaultServer:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("FaultServer is not running")
-        return f"http://127.0.0.1:{self._server.server_port}/token"
+        return f"http://{self.host}:{self._server.server_port}/token"
 
     @property
     def requests(self) -> list[Recorded]:
@@ -166,7 +168,7 @@ class FaultServer:
     def start(self, *, port: int = 0) -> FaultServer:
         """Listen on ``port`` (0: any free port; ``self.port`` after a stop: the same URL)."""
         self._released.clear()
-        self._server = _QuietServer(("127.0.0.1", port), _handler_for(self))
+        self._server = _QuietServer((self.host, port), _handler_for(self))
         self._port = self._server.server_port
         self._thread = threading.Thread(
             # A short poll keeps stop() fast: shutdown() waits for the loop's next check.

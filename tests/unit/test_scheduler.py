@@ -493,3 +493,32 @@ async def test_sends_stay_spaced_when_sleepers_wake_late_together() -> None:
     released.set()
     await asyncio.gather(*tasks)
     assert sent == [0.0, 0.5, 0.6, 0.7]  # never closer than 1/rate
+
+
+async def test_a_host_that_never_answers_holds_only_its_share_of_workers(clock: Clock) -> None:
+    """Issue 14 section 2: keys of a tarpit host, due first and in numbers, leave the
+    other half of the pool to every other host and namespace."""
+    queue: scheduler.RefreshQueue[str] = scheduler.RefreshQueue(
+        workers=4,
+        clock=clock,
+        group=lambda key: key.split("/")[0],
+        lane=lambda key: key.split("/")[1],
+    )
+    work = Recorder()
+    stuck = [f"tenant/tarpit/{i}" for i in range(20)]
+    for key in stuck:
+        work.gates[key] = asyncio.Event()  # never answers
+        queue.schedule(key, at=T0)
+    victims = [f"victim/idp/{i}" for i in range(10)]
+    for key in victims:
+        queue.schedule(key, at=T0 + 1)
+    async with running(queue, work):
+        await work.until(lambda: sum(work.running.values()) == 2)
+        clock.now = T0 + 1
+        await work.until(lambda: all(key in [k for k, _ in work.calls] for key in victims))
+        assert sum(work.running[key] for key in stuck) == 2
+        assert queue.waiting == 18  # parked, holding no worker
+        for key in stuck[:2]:
+            work.gates[key].set()
+        await work.until(lambda: sum(1 for key, _ in work.calls if key in stuck) == 4)
+    assert work.max_total <= 4

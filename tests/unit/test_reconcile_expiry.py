@@ -1,0 +1,93 @@
+"""Ready turns False (Expired) at expiry even while the refresh waits for a worker
+(issue 14 section 2): the alarm does not need the refresh queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from typing import Any
+
+import pytest
+
+from tokensync import alarms, metrics, reconcile, scheduler
+
+T0 = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+S = datetime.timedelta(seconds=1)
+
+
+class RecordingKube:
+    def __init__(self) -> None:
+        self.status: list[dict[str, Any]] = []
+        self.events: list[str] = []
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.status.append(status)
+
+    async def post_event(self, **event: Any) -> None:
+        self.events.append(event["reason"])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(alarms, "POLL_INTERVAL", 0.001)
+
+
+def body(name: str, *, expires: datetime.datetime, message: str = "token valid") -> dict[str, Any]:
+    stamp = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {"namespace": "ns", "name": name, "uid": f"u-{name}", "generation": 1},
+        "spec": {"tokenURL": "https://idp.example/token", "clientSecretRef": {"name": "c"}},
+        "status": {
+            "observedGeneration": 1,
+            "expiresAt": stamp,
+            "nextRefreshAt": (expires - 10 * S).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Issued", "message": message}
+            ],
+        },
+    }
+
+
+async def test_expiry_is_reported_while_no_worker_has_run_the_refresh() -> None:
+    kube, clock = RecordingKube(), Clock()
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    rec = reconcile.Reconciler(
+        kube_api=kube,  # type: ignore[arg-type] -- only status and events are reached
+        http=None,  # type: ignore[arg-type]
+        metrics_=metrics.Metrics(),
+        queue=queue,  # never run: every refresh waits for a worker forever
+        pacer=scheduler.HostPacer(rate=1, burst=1),
+        clock=clock,
+    )
+    rec.observe(body("waiting", expires=T0 + 30 * S))
+    below = "the token lifetime (5s) is shorter than spec.refresh.minInterval (1m)"
+    rec.observe(body("below-min-interval", expires=T0 + 5 * S, message=below))
+    rec.observe(body("later", expires=T0 + 3600 * S))
+    task = asyncio.create_task(rec.watch_expiry())
+    try:
+        await asyncio.sleep(0.02)
+        assert kube.status == []
+        clock.now = T0 + 31 * S
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if kube.status:
+                break
+        await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(kube.status) == 1  # "waiting" only: once, and not the others
+    (ready,) = kube.status[0]["conditions"]
+    assert (ready["status"], ready["reason"]) == ("False", "Expired")
+    assert "its refresh has not completed yet" in ready["message"]
+    assert kube.events == ["Expired"]
