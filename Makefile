@@ -31,7 +31,7 @@ test-unit: install
 
 # Builds (once, cached outside the repo) and starts a real kube-apiserver + etcd.
 # The chaos tests are left to test-chaos.
-test-e2e: install controlplane-binaries
+test-e2e: install controlplane-binaries node-binaries
 	$(BIN)/pytest -q -p no:cacheprovider -m "not chaos" tests/e2e
 
 # The chaos tests alone (provider outage, 50 SIGKILLs, API server restart): 5-6 min on two
@@ -82,3 +82,10 @@ bench-maxspec: install controlplane-binaries
 # docs/performance.png from the newest bench/out result for each N.
 bench-plot: install
 	$(BIN)/python bench/scale.py --plot
+
+# A real node (kubelet, containerd, runc, CNI, pause) for the e2e tests that run pods
+# (issue 15, decision 0038): built once into the cache by hack/build-node.sh, which also
+# installs Debian's runc and busybox-static when they are missing.
+.PHONY: node-binaries
+node-binaries:
+	@bash hack/build-node.sh >/dev/null

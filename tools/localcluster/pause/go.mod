@@ -1,0 +1,3 @@
+module tokensync.local/pause
+
+go 1.22
