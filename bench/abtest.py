@@ -43,7 +43,7 @@ import scale
 from tokenendpoint import FastTokenEndpoint
 
 from localcluster import LocalCluster
-from support.operatorproc import OperatorProcess, apply_files, install_operator_identity
+from support.operatorproc import LOOPBACK, OperatorProcess, apply_files, install_operator_identity
 
 #: The harness's own PYTHONPATH; each cold start puts its revision's operator/ before it.
 BASE_PYTHONPATH = os.environ.get("PYTHONPATH", "")
@@ -61,6 +61,13 @@ def export(revision: str, into: pathlib.Path) -> pathlib.Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
     return target / "operator"
+
+
+def private_networks(source: pathlib.Path) -> tuple[str, ...]:
+    """The loopback allowance the token endpoint needs, for revisions that refuse loopback
+    without it (issue 14 section 4); older ones know no such flag."""
+    cli = (source / "tokensync" / "cli.py").read_text()
+    return LOOPBACK if "--allow-private-network" in cli else ()
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -130,6 +137,7 @@ def cold_start(
         log_path=log,
         extra_args=[f"--token-rate={args.token_rate}", f"--namespace={namespace}"],
         verbose=False,
+        private_networks=private_networks(source),
     ).start(timeout=120)
     pid = scale.operator_pid(op)
     spy = scale.profile(op, f"cold-start-{namespace}", args.timeout)

@@ -78,17 +78,27 @@ class Attempts:
         destination = spec.issuer_url or spec.request.token_url
         self._endpoints.check_url(destination, kind=failures.Kind.SPEC)
         material, proofs = await self._material(record.namespace, spec, attempt)
+        rotated = (attempt.source_version or None) != (record.state.source_version or None)
+        requested = record.needs_refresh_now() or rotated
         existing = await self._targets.check(record, spec.target.name)
         if existing is not None:
+            # Read after a start, or after the target watch saw it changed (decision 0035):
+            # its annotations are checked against status before they are believed.
             adopted = outcome.adoptable(
                 record.state,
-                target.token_times(existing),
+                target.whole_times(existing),
                 target=spec.target.name,
                 now=self._clock(),
-                refresh_requested=record.needs_refresh_now(),
+                refresh_requested=requested,
+                policy=spec.refresh,
             )
             if adopted is not None:
                 return adopted
+        wait = outcome.repair_not_before(
+            record.state, policy=spec.refresh, now=self._clock(), requested=requested
+        )
+        if wait is not None:
+            return progress.Deferred(until=wait, target=spec.target.name)
         for name, proof in proofs.items():
             self._check_destination(proof, "Secret", name, destination)
         where = await self._endpoints.resolve(record.namespace, spec, material)
@@ -119,7 +129,28 @@ class Attempts:
             issued_at=token.issued_at,
             refresh_at=refresh_at,
         )
-        await self._targets.write(record, body)
+        newer = await self._targets.write(
+            record,
+            body,
+            wins=lambda times: outcome.supersedes(
+                times,
+                issued_at=token.issued_at,
+                expires_at=token.expires_at,
+                policy=spec.refresh,
+                now=self._clock(),
+            ),
+        )
+        if newer is not None:
+            # Another writer stored a token as new as this one (decision 0036): this one is
+            # dropped, and status follows the Secret.
+            issued_at, expires_at, refresh_at = newer
+            return progress.Adopted(
+                issued_at=issued_at,
+                expires_at=expires_at,
+                refresh_at=refresh_at,
+                target=spec.target.name,
+                why="another writer stored a token as new as the one fetched, kept",
+            )
         return progress.Issued(
             issued_at=token.issued_at,
             expires_at=token.expires_at,

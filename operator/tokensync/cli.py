@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="restrict token endpoints to these hosts; '*.example.com' matches subdomains",
     )
+    _private_network_flag(run)
     run.add_argument(
         "--workers", type=_positive_int, default=DEFAULTS.workers, help="concurrent refreshes"
     )
@@ -102,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--resource", action="append", default=[])
     fetch.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     fetch.add_argument("--allow-insecure-http", action="store_true")
+    _private_network_flag(fetch)
     fetch.add_argument("--private-key", type=pathlib.Path, help="PEM or JWK file: private_key_jwt")
     fetch.add_argument(
         "--certificate", type=pathlib.Path, help="PEM certificate of --private-key (x5t#S256)"
@@ -111,6 +113,30 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--ca-bundle", type=pathlib.Path, help="PEM CAs to trust")
     fetch.add_argument("--show-token", action="store_true", help="also print the access token")
     return parser
+
+
+def _private_network_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-private-network",
+        dest="private_networks",
+        metavar="CIDR|HOST",
+        type=_private_entries,
+        action="extend",
+        default=[],
+        help="allow token endpoints on loopback, private or cluster-internal destinations: "
+        "a CIDR (10.0.0.0/8), an address (::1) or a host name (*.auth.svc.cluster.local); "
+        "repeatable, or comma-separated. Metadata and link-local addresses stay refused",
+    )
+
+
+def _private_entries(text: str) -> list[str]:
+    """One flag value: its entries, each checked now rather than at the first request."""
+    entries = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        urlpolicy.Allowance.parse(entries)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return entries
 
 
 def _positive_int(text: str) -> int:
@@ -149,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = config.Config(
         allow_insecure_http=args.allow_insecure_http,
         allowed_hosts=frozenset(args.allowed_token_host) or None,
+        private_networks=tuple(args.private_networks),
         metrics_port=args.metrics_port or None,
         workers=args.workers,
         token_rate_per_host=args.token_rate,
@@ -156,6 +183,10 @@ def _run(args: argparse.Namespace) -> int:
         event_rate=args.event_rate,
         namespaces=tuple(args.namespace),
         resync_interval=args.resync_interval,
+    )
+    logging.getLogger(__name__).info(
+        "private networks allowed as token endpoints: %s",
+        urlpolicy.Allowance.parse(settings.private_networks),
     )
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(
@@ -223,6 +254,16 @@ def _context(ca_pem: str | None, cert: str | None, key: str | None) -> ssl.SSLCo
         raise SystemExit(str(exc)) from None
 
 
+def _client(verify: ssl.SSLContext | bool, allowance: urlpolicy.Allowance) -> httpx.AsyncClient:
+    """The operator's kind of client: the same destination rules, checked on connect."""
+    return transport.guarded_client(
+        verify=verify,
+        allowance=allowance,
+        timeout=DEFAULTS.request_timeout,
+        limits=httpx.Limits(max_connections=2),
+    )
+
+
 async def _fetch(args: argparse.Namespace) -> int:
     request, client_id, refresh, issuer = _request_from(args)
     credentials = model.ClientAuthMaterial(
@@ -244,16 +285,18 @@ async def _fetch(args: argparse.Namespace) -> int:
         return 2
     ca_pem = _read(args.ca_bundle)
     supported: tuple[str, ...] | None = None
+    allowance = urlpolicy.Allowance.parse(args.private_networks)
     try:
         async with (
-            httpx.AsyncClient(follow_redirects=False, verify=_context(ca_pem, None, None)) as plain,
-            httpx.AsyncClient(
-                follow_redirects=False,
-                verify=_context(ca_pem, credentials.tls_certificate, credentials.tls_key),
+            _client(_context(ca_pem, None, None), allowance) as plain,
+            _client(
+                _context(ca_pem, credentials.tls_certificate, credentials.tls_key), allowance
             ) as http,
         ):
             if issuer:
-                urlpolicy.check_token_url(issuer, allow_insecure_http=args.allow_insecure_http)
+                urlpolicy.check_token_url(
+                    issuer, allow_insecure_http=args.allow_insecure_http, allowance=allowance
+                )
                 metadata = await discovery.fetch_metadata(
                     plain, issuer, timeout=DEFAULTS.request_timeout
                 )
@@ -263,7 +306,7 @@ async def _fetch(args: argparse.Namespace) -> int:
                 request = dataclasses.replace(request, token_url=token_url)
                 supported = metadata.auth_methods
             urlpolicy.check_token_url(
-                request.token_url, allow_insecure_http=args.allow_insecure_http
+                request.token_url, allow_insecure_http=args.allow_insecure_http, allowance=allowance
             )
             result = await oauth.fetch_token(
                 http,

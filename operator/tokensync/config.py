@@ -17,6 +17,9 @@ class Config:
     allow_insecure_http: bool = False
     #: None: any host that passes the URL policy; else only these ("*.example.com" too).
     allowed_hosts: frozenset[str] | None = None
+    #: Loopback, private and cluster-internal destinations the admin allows: CIDRs,
+    #: addresses, host names (urlpolicy.Allowance.parse); none by default (decision 0037).
+    private_networks: tuple[str, ...] = ()
     metrics_port: int | None = 8080
     metrics_address: str = "0.0.0.0"  # noqa: S104 -- scraped from outside the pod
     #: Refreshes running at once.

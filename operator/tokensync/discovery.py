@@ -6,7 +6,8 @@ is and which client authentication methods it takes. The OpenID Connect form
 (``/.well-known/oauth-authorization-server`` inserted before the issuer's path). The
 document's ``issuer`` must equal the configured one (RFC 8414 section 3.3), so that a
 document served elsewhere cannot redirect the credentials. The token endpoint found there
-passes the same URL checks as a configured ``tokenURL``.
+passes the same URL checks as a configured ``tokenURL``; the client given connects only where
+the destination rules allow (``transport.GuardedBackend``), the document's host included.
 
 Documents are cached per issuer and trust store for a bounded time, the cache has a bounded
 size, and a token request that fails for a reason a moved endpoint could explain drops
@@ -35,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from tokensync import failures, oauth
+from tokensync import failures, oauth, urlpolicy
 
 OPENID_PATH = "/.well-known/openid-configuration"
 OAUTH_PATH = "/.well-known/oauth-authorization-server"
@@ -154,6 +155,8 @@ async def _get(client: httpx.AsyncClient, url: str, *, timeout: float) -> tuple[
             ) as response:
                 body = await oauth.read_capped(response, cap=MAX_DOCUMENT_BYTES)
                 status = response.status_code
+    except urlpolicy.Refused:
+        raise  # the issuer resolved to a refused address: nothing was sent
     except failures.TokenError:
         raise _error(
             f"the discovery document exceeds {MAX_DOCUMENT_BYTES // 1024} KiB", permanent=False

@@ -2,7 +2,9 @@
 
 The token URL comes from the spec or from the issuer's metadata (discovery, cached); either
 way it passes the URL policy before a byte is sent. The client trusts the credential's CA
-bundle and carries its TLS client certificate, if it has them. Raises ``failures.Failure``.
+bundle and carries its TLS client certificate, if it has them, and connects only to
+addresses the destination rules allow with the admin's allowance (checked again on the
+address it connects to, decision 0037). Raises ``failures.Failure``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Endpoints:
         self._http = http
         self._metadata = metadata
         self._settings = settings
+        self._allowance = urlpolicy.Allowance.parse(settings.private_networks)
 
     def check_url(self, url: str, *, kind: failures.Kind) -> None:
         try:
@@ -57,6 +60,7 @@ class Endpoints:
                 url,
                 allow_insecure_http=self._settings.allow_insecure_http,
                 allowed_hosts=self._settings.allowed_hosts,
+                allowance=self._allowance,
             )
         except failures.Failure as exc:
             raise failures.Failure(exc.reason, exc.message, kind=kind) from None
@@ -111,6 +115,7 @@ class Endpoints:
             client_cert_pem=material.tls_certificate,
             client_key_pem=material.tls_key,
             seconds=self._settings.request_timeout,
+            allowance=self._allowance,
         )
         if not oauth.is_certificate_alert(alert):
             return None
@@ -150,7 +155,10 @@ class Endpoints:
     ) -> httpx.AsyncClient:
         try:
             return self._http.for_tls(
-                ca_pem=ca_pem, client_cert_pem=cert_pem, client_key_pem=key_pem
+                ca_pem=ca_pem,
+                client_cert_pem=cert_pem,
+                client_key_pem=key_pem,
+                allowance=self._allowance,
             )
         except transport.BadCABundle as exc:
             where = f"{ref.kind} {ref.name!r}" if ref else "caBundleRef"

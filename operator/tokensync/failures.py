@@ -60,6 +60,7 @@ class Reason(enum.StrEnum):
     REDIRECT_REFUSED = "RedirectRefused"
     # where the request goes
     TOKEN_URL_REFUSED = "TokenURLRefused"
+    PRIVATE_NETWORK_REFUSED = "PrivateNetworkRefused"
     TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
     CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
     CA_BUNDLE_INVALID = "CABundleInvalid"
@@ -141,6 +142,13 @@ EXPLAINED: tuple[tuple[tuple[Reason, ...], str], ...] = (
         (R.TOKEN_URL_REFUSED,),
         "the URL is not allowed: http without `--allow-insecure-http`, a link-local or cloud "
         "metadata address, or a host outside `--allowed-token-host`",
+    ),
+    (
+        (R.PRIVATE_NETWORK_REFUSED,),
+        "the token URL or issuer is, names or resolves to a loopback, private or "
+        "cluster-internal address (`127.0.0.1`, `10.x`, `localhost`, `*.svc`, the API "
+        "server); nothing was sent. Only the operator's admin can allow such destinations "
+        "(`--allow-private-network`, Helm `allowedPrivateNetworks`)",
     ),
     ((R.REDIRECT_REFUSED,), "the token endpoint answered with a redirect; use the final URL"),
     (

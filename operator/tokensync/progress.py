@@ -1,8 +1,8 @@
 """What an attempt starts from and what it produces, and what ``outcome`` decides of it.
 
 :class:`State` is what the operator remembers about a credential between attempts;
-:class:`Attempt` is what one attempt acts on; :class:`Issued`, :class:`Adopted` or a
-``failures.Failure`` is what it produced. Plain frozen data, pure.
+:class:`Attempt` is what one attempt acts on; :class:`Issued`, :class:`Adopted`,
+:class:`Deferred` or a ``failures.Failure`` is what it produced. Plain frozen data, pure.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class State:
 
     handled_generation: int | None = None
     handled_request: str | None = None
+    #: When the current token was issued (status.lastRefreshAt): the order of two tokens.
+    issued_at: datetime.datetime | None = None
     expires_at: datetime.datetime | None = None
     next_refresh_at: datetime.datetime | None = None
     #: The token endpoint's Retry-After: no attempt before this (kept in memory only).
@@ -42,6 +44,7 @@ class State:
         return cls(
             handled_generation=st.get("observedGeneration"),
             handled_request=st.get("handledRefreshRequest"),
+            issued_at=model.parse_time(st.get("lastRefreshAt")),
             expires_at=model.parse_time(st.get("expiresAt")),
             next_refresh_at=model.parse_time(st.get("nextRefreshAt")),
             source_version=st.get("clientSecretVersion"),
@@ -79,15 +82,29 @@ class Issued:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Adopted:
-    """The target Secret already holds a newer token than status knew of (decision 0005)."""
+    """The target Secret already holds a token as new as any this attempt could write:
+    status was behind it (decision 0005), or another writer put it there (decision 0036).
+    Nothing is written to the Secret; status follows it."""
 
     issued_at: datetime.datetime
     expires_at: datetime.datetime
     refresh_at: datetime.datetime
     target: str
+    #: Why, for the log line.
+    why: str = "status was behind the Secret"
 
 
-Result = Issued | Adopted | failures.Failure
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deferred:
+    """The target Secret needs a new token (deleted, or edited), but the current one was
+    issued less than minInterval ago and nobody asked for one: not before ``until``
+    (decision 0035). Nothing was fetched or written."""
+
+    until: datetime.datetime
+    target: str
+
+
+Result = Issued | Adopted | Deferred | failures.Failure
 
 
 #: Where a Decision's log line names the credential.

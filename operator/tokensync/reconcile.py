@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import random
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -29,12 +30,16 @@ from tokensync import (
     progress,
     scheduler,
     seen,
+    target,
     tracking,
     transport,
     writer,
 )
 
 Key = tracking.Key
+logger = logging.getLogger(__name__)
+#: Seconds between a target's deletion and its re-check (decision 0035).
+TARGET_DELETED_GRACE = 1.0
 
 
 def utcnow() -> datetime.datetime:
@@ -114,6 +119,9 @@ class Reconciler:
         elif not self._queue.is_known(record.key):
             due = record.state.next_refresh_at or self._clock()
             self._queue.schedule(record.key, at=due.timestamp())
+        parked = self._tracker.claim_target(record.key)
+        if parked is not None:
+            self.target_seen(parked)  # its target was listed first (decision 0035)
 
     def forget(self, namespace: str, name: str) -> None:
         """A ClientCredential was deleted: stop refreshing it."""
@@ -159,6 +167,52 @@ class Reconciler:
                 self._tracker.seen_while_running(record.key, name, version)
             else:
                 self._queue.trigger(record.key)
+
+    # -- target Secrets ----------------------------------------------------------------
+
+    def target_seen(self, found: target.Seen) -> None:
+        """The watch of managed Secrets listed, added, modified or deleted one (decision
+        0035). No I/O: an event for a version this process wrote costs a few lookups and
+        a string comparison. A change by anyone else makes the credential's next attempt,
+        at once, read the target first: it adopts a newer token another operator process
+        stored, or writes a new one (no sooner than minInterval after the current one)."""
+        record = self._tracker.get((found.namespace, found.owner[0]))
+        if record is None:
+            # On a start the targets may be listed before their credentials: judged when
+            # the credential comes (observe).
+            self._tracker.park_target(found, now=self._clock().timestamp())
+            return
+        if record.uid != found.owner[1] or record.deleting:
+            return
+        if record.target_name != found.name:
+            return  # not its target (now): a renamed spec.target leaves the old Secret be
+        if self._queue.is_running(record.key):
+            # Judged when the attempt in flight ends (Tracker.stale_after_run): its write
+            # may supersede this change, or this change may have come after its write.
+            self._tracker.target_seen_while_running(record.key, found)
+            return
+        verdict = tracking.judge(record, found)
+        if verdict is tracking.Verdict.AGREES:
+            record.accept(found)
+        elif verdict is tracking.Verdict.CHANGED:
+            record.target_uid = None  # the next attempt reads it before anything else
+            if found.deleted:
+                # A namespace being deleted takes its Secrets first: a moment later the
+                # client Secret is gone too and no token is fetched for a dying namespace.
+                at = self._clock().timestamp() + TARGET_DELETED_GRACE
+                due = self._queue.due_at(record.key)
+                if due is None or due > at:
+                    self._queue.schedule(record.key, at=at)
+            else:
+                self._queue.trigger(record.key)
+            logger.info(
+                "target Secret %s/%s of %s was %s outside this process: re-checked %s",
+                found.namespace,
+                found.name,
+                record.name,
+                "deleted" if found.deleted else "changed",
+                f"in {TARGET_DELETED_GRACE:g} s" if found.deleted else "now",
+            )
 
     # -- the refresh -------------------------------------------------------------------
 
@@ -234,12 +288,15 @@ class Reconciler:
         record = self._tracker.get(key)
         if record is None:
             return
-        generation = record.state.handled_generation or record.generation
+        state = record.state
+        message = "its refresh has not completed yet"
+        if state.failure_reason:
+            message = f"the last refresh failed ({state.failure_reason}); retrying"
         decision = outcome.expired(
-            record.state,
-            generation=generation,
+            state,
+            generation=state.handled_generation or record.generation,
             now=self._clock(),
-            message="its refresh has not completed yet",
+            message=message,
         )
         if decision is not None:
             await self._apply(record, decision)

@@ -18,7 +18,17 @@ import prometheus_client
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from tokensync import config, failures, kube, metrics, reconcile, scheduler, transport
+from tokensync import (
+    config,
+    failures,
+    kube,
+    metrics,
+    reconcile,
+    scheduler,
+    target,
+    transport,
+    urlpolicy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +105,9 @@ class Runtime:
         )
         self.kube = kube.Kube(_api_client(settings.kube_workers), workers=settings.kube_workers)
         self.http = transport.HttpClients(
-            timeout=settings.request_timeout, max_connections=settings.workers
+            timeout=settings.request_timeout,
+            max_connections=settings.workers,
+            allowance=urlpolicy.Allowance.parse(settings.private_networks),
         )
         self.reconciler = reconcile.Reconciler(
             kube_api=self.kube,
@@ -109,6 +121,18 @@ class Runtime:
             ),
             settings=settings,
         )
+        # The target Secrets, watched outside kopf, which watches Secrets once, with the
+        # client Secrets' label (decision 0035); each watch with a client of its own.
+        self.target_watches = [
+            kube.SecretWatch(
+                _api_client(1),
+                namespace=namespace,
+                label_selector=target.MANAGED_SELECTOR,
+                summarize=target.seen,
+                deliver=self.reconciler.target_seen,
+            )
+            for namespace in settings.namespaces or (None,)
+        ]
         # Read at scrape time: kopf caches the health probe's result for up to 10 s, so
         # setting it there made the gauge lag (and a restart look 10 s slower than it is).
         self.metrics.queue_size.set_function(lambda: len(self.queue))
@@ -130,6 +154,8 @@ class Runtime:
         self._freeze_task = asyncio.create_task(self._freezer.run())
         self._resync_task = asyncio.create_task(self._resync_forever())
         self._expiry_task = asyncio.create_task(self.reconciler.watch_expiry())
+        for watch in self.target_watches:
+            watch.start(asyncio.get_running_loop())
 
     async def resync(self) -> list[reconcile.Key]:
         """One full listing; the credentials it no longer has are forgotten."""
@@ -151,6 +177,8 @@ class Runtime:
                 logger.warning("listing ClientCredentials failed, retried later: %s", exc)
 
     async def stop(self) -> None:
+        for watch in self.target_watches:
+            watch.stop()
         for task in (self._task, self._freeze_task, self._resync_task, self._expiry_task):
             if task is not None:
                 task.cancel()

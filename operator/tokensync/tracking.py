@@ -3,17 +3,20 @@
 The watch bookkeeping, and nothing else: a :class:`Record` per credential (what its last
 event said, plus the :class:`progress.State` its attempts leave), and an index from each
 Secret holding client proof to the credentials that read it, so that a rotated Secret
-triggers exactly those. Pure: no I/O, no queue; the reconcile loop decides what to run.
+triggers exactly those; and what a target Secret's watch event means for its credential
+(:func:`judge`: the operator's own write, or a change by someone else, decision 0035).
+Pure: no I/O, no queue; the reconcile loop decides what to run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import bounds, model, progress
+from tokensync import bounds, model, progress, target
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -34,6 +37,19 @@ class Record:
     #: The target Secret this credential last wrote or read, and its uid (decision 0007).
     target_name: str | None = None
     target_uid: str | None = None
+    #: That Secret's resourceVersion as this process last wrote or read it: every write is
+    #: conditional on it (decision 0036).
+    target_version: str | None = None
+    #: ``target.digest`` of what this process last wrote or is writing there (or found
+    #: there as status describes it), and of the content before that: a watch event with
+    #: either is not a change by someone else (decision 0035). 16 bytes each.
+    target_digest: bytes | None = None
+    target_previous: bytes | None = None
+    #: The ClientCredential's resourceVersion as last seen (watch event or status patch):
+    #: status patches are conditional on it (decision 0036).
+    resource_version: str | None = None
+    #: The ClientCredential is being deleted: its target is not repaired.
+    deleting: bool = False
     #: The tracker's event count when this record was last put: see Tracker.absent().
     observed: int = 0
 
@@ -79,6 +95,24 @@ class Record:
         request = self.refresh_request
         return bool(request) and request != self.state.handled_request
 
+    def wrote(self, digest: bytes) -> None:
+        """This process is about to write content with ``digest`` to the target."""
+        if digest != self.target_digest:
+            self.target_previous, self.target_digest = self.target_digest, digest
+
+    def read_target(self, secret: Mapping[str, Any]) -> None:
+        """This process read (or, on a watch event, accepted) the target Secret as it is."""
+        meta = secret.get("metadata") or {}
+        self.target_name, self.target_uid = meta.get("name"), meta.get("uid")
+        self.target_version = meta.get("resourceVersion")
+        self.wrote(target.digest(secret))
+
+    def accept(self, seen: target.Seen) -> None:
+        """A watch event showed the target as status describes it (:attr:`Verdict.AGREES`):
+        the next write is conditional on that version, and no read is needed first."""
+        self.target_name, self.target_uid, self.target_version = seen.name, seen.uid, seen.version
+        self.wrote(seen.digest)
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Record:
         meta = body["metadata"]
@@ -91,8 +125,54 @@ class Record:
             refresh_request=_refresh_request(meta.get("annotations") or {}),
             state=progress.State.from_status(body.get("status") or {}),
             target_name=(body.get("status") or {}).get("target"),
+            resource_version=meta.get("resourceVersion"),
+            deleting=bool(meta.get("deletionTimestamp")),
         )
 
+
+class Verdict(enum.Enum):
+    """What a target watch event means for its credential (:func:`judge`)."""
+
+    #: Written by this process, or as this process last found it: nothing to do.
+    OWN = "own"
+    #: First sight since the start, and as status describes it: remember it as found.
+    AGREES = "agrees"
+    #: Deleted, edited, or written by another writer: read it again before anything else
+    #: (the next attempt adopts a newer token, or rewrites the Secret with a new one).
+    CHANGED = "changed"
+
+
+def judge(record: Record, seen: target.Seen) -> Verdict:
+    """Is a target Secret event a change by someone else? Pure, and cheap: an event for a
+    version this process wrote compares two strings (decision 0035)."""
+    if seen.deleted:
+        if record.target_uid is not None and seen.uid != record.target_uid:
+            return Verdict.OWN  # an earlier Secret of that name, replaced since
+        return Verdict.CHANGED
+    if seen.version and seen.version == record.target_version:
+        return Verdict.OWN
+    if seen.digest in (record.target_digest, record.target_previous):
+        return Verdict.OWN  # our write before its response, or what we superseded
+    if record.target_digest is None and _agrees(record.state, seen.times):
+        return Verdict.AGREES  # nothing written or read since the start, as status says
+    return Verdict.CHANGED
+
+
+def _agrees(state: progress.State, times: target.TokenTimes | None) -> bool:
+    """Whole, with the issue and expiry times status has (both whole seconds)."""
+    if times is None or state.issued_at is None or state.expires_at is None:
+        return False
+    issued_at, expires_at, _ = times
+    return model.format_time(issued_at) == model.format_time(state.issued_at) and (
+        model.format_time(expires_at) == model.format_time(state.expires_at)
+    )
+
+
+#: A target event whose credential is not tracked yet is kept this long, for the credential
+#: that the other listing of a start may bring next (decision 0035), and this many at most
+#: (about 550 bytes each: 11 MiB; any tenant can label a Secret and name an owner).
+UNCLAIMED_SECONDS = 60.0
+UNCLAIMED_MAX = 20_000
 
 #: A refresh request longer than this is remembered by its digest (an annotation value
 #: may be up to 256 KiB; kubectl tokensync refresh writes a timestamp).
@@ -115,6 +195,11 @@ class Tracker:
         # Secret versions seen while their credential was being refreshed: checked when
         # that refresh ends, against the version it actually read (decision 0011).
         self._seen_while_running: dict[Key, dict[str, str]] = {}
+        # The latest target Secret event of each credential whose attempt was running:
+        # judged when it ends, against what it left (decision 0035).
+        self._targets_while_running: dict[Key, target.Seen] = {}
+        # Target events of credentials not tracked yet, oldest first: (when, event).
+        self._unclaimed: dict[Key, tuple[float, target.Seen]] = {}
         self._events = 0
 
     def __len__(self) -> int:
@@ -139,6 +224,8 @@ class Tracker:
             record.generation = fresh.generation
             record.spec = fresh.spec
             record.refresh_request = fresh.refresh_request
+            record.resource_version = fresh.resource_version
+            record.deleting = fresh.deleting
         self._index(record)
         self._events += 1
         record.observed = self._events
@@ -164,6 +251,7 @@ class Tracker:
     def remove(self, key: Key) -> Record | None:
         record = self._records.pop(key, None)
         self._seen_while_running.pop(key, None)
+        self._targets_while_running.pop(key, None)
         if record is not None:
             self._unindex(record)
         return record
@@ -181,15 +269,51 @@ class Tracker:
     def seen_while_running(self, key: Key, secret: str, version: str) -> None:
         self._seen_while_running.setdefault(key, {})[secret] = version
 
+    def park_target(self, found: target.Seen, *, now: float) -> None:
+        """A target event whose credential is not tracked (yet): on a start the targets may
+        be listed before the credentials. Kept :data:`UNCLAIMED_SECONDS`, at most
+        :data:`UNCLAIMED_MAX` (a summary of a few hundred bytes each, no data)."""
+        key = (found.namespace, found.owner[0])
+        self._unclaimed.pop(key, None)
+        self._unclaimed[key] = (now, found)
+        while self._unclaimed:
+            oldest = next(iter(self._unclaimed))
+            if len(self._unclaimed) <= UNCLAIMED_MAX and (
+                self._unclaimed[oldest][0] > now - UNCLAIMED_SECONDS
+            ):
+                break
+            del self._unclaimed[oldest]
+
+    def claim_target(self, key: Key) -> target.Seen | None:
+        """The target event parked for a credential now tracked, if any."""
+        parked = self._unclaimed.pop(key, None)
+        return parked[1] if parked else None
+
+    def target_seen_while_running(self, key: Key, found: target.Seen) -> None:
+        """A target event while the credential's attempt ran: the latest describes the
+        Secret as it is now, so only that one is kept."""
+        self._targets_while_running[key] = found
+
     def stale_after_run(self, key: Key) -> bool:
-        """Was a Secret version seen during the run other than the one the run read?"""
+        """Must the credential run again now? When a client Secret version seen during the
+        run is not the one the run read, or its target was changed by someone else after
+        the run's write (the next attempt then reads the target first)."""
         versions = self._seen_while_running.pop(key, {})
+        found = self._targets_while_running.pop(key, None)
         record = self._records.get(key)
         if record is None:
             return False
-        return any(
+        stale = any(
             not record.has_secret_version(name, version) for name, version in versions.items()
         )
+        if found is not None and (found.name, found.owner[1]) == (record.target_name, record.uid):
+            verdict = judge(record, found)
+            if verdict is Verdict.AGREES:
+                record.accept(found)
+            elif verdict is Verdict.CHANGED:
+                record.target_uid = None
+                stale = True
+        return stale
 
     def _index(self, record: Record) -> None:
         for name in record.secret_names:

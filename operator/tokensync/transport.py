@@ -11,6 +11,14 @@ is bounded; the least recently used client is closed a while after it leaves the
 Python's ``ssl`` loads a certificate chain only from files. The key is written to an
 anonymous in-memory file (``memfd_create``), loaded, and the file closed at once: it never
 touches a disk.
+
+Every client connects through :class:`GuardedBackend`, which resolves a host once, checks
+every address it resolved to against the destination rules (``urlpolicy``, with the
+admin's :class:`urlpolicy.Allowance`) and connects to one of exactly those addresses, so a
+name cannot pass the check with one answer and be connected to with another (decision
+0037). Only such clients are handed out: token requests, discovery and the handshake
+diagnosis all go through it. Proxies from the environment are not used (a proxy would
+connect where the check never looked).
 """
 
 from __future__ import annotations
@@ -20,12 +28,18 @@ import collections
 import contextlib
 import hashlib
 import os
+import socket
 import ssl
 import tempfile
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
+import httpcore
 import httpx
+
+from tokensync import urlpolicy
 
 MAX_TLS_CLIENTS = 64
 #: Longer than any request may take (request timeout plus margin).
@@ -88,6 +102,130 @@ def tls_context(
     return context
 
 
+async def resolve_checked(
+    host: str,
+    port: int,
+    allowance: urlpolicy.Allowance,
+    *,
+    timeout: float | None,  # noqa: ASYNC109 -- httpcore's connect timeout, passed through
+) -> list[str]:
+    """Every address ``host`` resolves to (once each, in the resolver's order), after
+    :func:`urlpolicy.check_connection` passed them all. Raises ``urlpolicy.Refused``, or
+    httpcore's ConnectError/ConnectTimeout as a failed connect would."""
+    urlpolicy.check_connection(host, [], allowance)  # a refused name is not even looked up
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise httpcore.ConnectTimeout("name resolution timed out") from None
+    except OSError as exc:
+        raise httpcore.ConnectError(f"name resolution failed ({type(exc).__name__})") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise httpcore.ConnectError("the name resolved to no address")
+    urlpolicy.check_connection(host, addresses, allowance)
+    return addresses
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with the destination rules in front of every connect.
+
+    httpcore asks its backend to connect to the URL's host and port; this one resolves the
+    host once, checks every answer, and connects to those addresses only, one after the
+    other until one answers. TLS is unchanged: httpcore wraps the stream with the URL's host
+    as the server name, so SNI and certificate verification are against the name, never
+    the address.
+    """
+
+    def __init__(
+        self,
+        allowance: urlpolicy.Allowance,
+        *,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self.allowance = allowance
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 -- httpcore's signature
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        addresses = await resolve_checked(host, port, self.allowance, timeout=timeout)
+        failed: httpcore.ConnectError | None = None
+        for address in addresses:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=left,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except httpcore.ConnectError as exc:
+                failed = exc  # refused or unreachable: the next checked address
+        assert failed is not None  # resolve_checked returns at least one address
+        raise failed
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 -- httpcore's signature
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not token endpoints")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with its connection pool on a :class:`GuardedBackend`."""
+
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext | bool,
+        limits: httpx.Limits,
+        backend: httpcore.AsyncNetworkBackend,
+    ) -> None:
+        context = httpx.create_ssl_context(verify=verify)
+        super().__init__(verify=context, limits=limits)
+        # httpx takes no network backend, so its pool is rebuilt with the same settings and
+        # this backend (tests/unit/test_transport_guard.py fails if that stops working).
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=backend,
+        )
+
+
+def guarded_client(
+    *,
+    verify: ssl.SSLContext | bool,
+    allowance: urlpolicy.Allowance,
+    timeout: float,
+    limits: httpx.Limits,
+) -> httpx.AsyncClient:
+    """An HTTP client that connects only where the destination rules allow (and follows no
+    redirects): the only kind tokensync sends anything with."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout),
+        follow_redirects=False,
+        transport=_GuardedTransport(
+            verify=verify, limits=limits, backend=GuardedBackend(allowance)
+        ),
+    )
+
+
 async def handshake_alert(
     url: str,
     *,
@@ -95,6 +233,7 @@ async def handshake_alert(
     client_cert_pem: str,
     client_key_pem: str,
     seconds: float,
+    allowance: urlpolicy.Allowance = urlpolicy.NO_ALLOWANCE,
 ) -> str | None:
     """The TLS error the server answers a handshake with (``SSLError.reason``), or None.
 
@@ -103,6 +242,7 @@ async def handshake_alert(
     that then resets the connection leaves the client a bare read error. One handshake
     limited to TLS 1.2, where the certificate is checked inside the handshake, brings the
     alert back (the caller tells certificate alerts from others: oauth.is_certificate_alert).
+    The probe goes where the destination rules allow, like every request.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
@@ -112,18 +252,22 @@ async def handshake_alert(
     )
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     writer = None
+    port = parts.port or 443
     try:
         async with asyncio.timeout(seconds):
+            addresses = await resolve_checked(parts.hostname, port, allowance, timeout=seconds)
             reader, writer = await asyncio.open_connection(
-                parts.hostname, parts.port or 443, ssl=context
+                addresses[0], port, ssl=context, server_hostname=parts.hostname
             )
             writer.write(b"HEAD / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
             await writer.drain()
             await reader.read(1)
     except ssl.SSLError as exc:
         return str(exc.reason or "") or None
-    except (OSError, TimeoutError, ValueError):
+    except (OSError, TimeoutError, ValueError, httpcore.ConnectError, httpcore.ConnectTimeout):
         return None
+    except urlpolicy.Refused:
+        return None  # the request it diagnoses was refused the same way
     finally:
         if writer is not None:
             writer.close()
@@ -131,22 +275,34 @@ async def handshake_alert(
 
 
 class HttpClients:
-    def __init__(self, *, timeout: float, max_connections: int) -> None:
+    """Every HTTP client of the operator, each guarded by an allowance: ``allowance`` here
+    is the default for :meth:`for_tls` callers that name none (nothing private allowed)."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        max_connections: int,
+        allowance: urlpolicy.Allowance = urlpolicy.NO_ALLOWANCE,
+    ) -> None:
         self._timeout = timeout
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
-        self.default = self._client(verify=True)
-        self._by_tls: collections.OrderedDict[str, httpx.AsyncClient] = collections.OrderedDict()
+        self._allowance = allowance
+        self.default = self._client(verify=True, allowance=allowance)
+        # The client without TLS inputs, per allowance (in practice one: the operator's).
+        self._plain: dict[urlpolicy.Allowance, httpx.AsyncClient] = {allowance: self.default}
+        self._by_tls: collections.OrderedDict[tuple[urlpolicy.Allowance, str], httpx.AsyncClient]
+        self._by_tls = collections.OrderedDict()
         # Clients out of the cache, each with the task that closes it later (or None).
         self._retiring: dict[httpx.AsyncClient, asyncio.Task[None] | None] = {}
 
-    def _client(self, *, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(self._timeout),
-            limits=self._limits,
-            follow_redirects=False,
-            verify=verify,
+    def _client(
+        self, *, verify: ssl.SSLContext | bool, allowance: urlpolicy.Allowance
+    ) -> httpx.AsyncClient:
+        return guarded_client(
+            verify=verify, allowance=allowance, timeout=self._timeout, limits=self._limits
         )
 
     def for_tls(
@@ -155,14 +311,20 @@ class HttpClients:
         ca_pem: str | None = None,
         client_cert_pem: str | None = None,
         client_key_pem: str | None = None,
+        allowance: urlpolicy.Allowance | None = None,
     ) -> httpx.AsyncClient:
-        """The client for this trust store and client certificate (None: the defaults)."""
+        """The client for this trust store, client certificate and allowance (None: the
+        defaults)."""
+        allowance = self._allowance if allowance is None else allowance
         if not (ca_pem or client_cert_pem):
-            return self.default
+            client = self._plain.get(allowance)
+            if client is None:
+                client = self._plain[allowance] = self._client(verify=True, allowance=allowance)
+            return client
         digest = hashlib.sha256()
         for part in (ca_pem, client_cert_pem, client_key_pem):
             digest.update((part or "").encode() + b"\0")
-        key = digest.hexdigest()
+        key = (allowance, digest.hexdigest())
         client = self._by_tls.get(key)
         if client is not None:
             self._by_tls.move_to_end(key)
@@ -170,7 +332,7 @@ class HttpClients:
         context = tls_context(
             ca_pem=ca_pem, client_cert_pem=client_cert_pem, client_key_pem=client_key_pem
         )
-        client = self._client(verify=context)
+        client = self._client(verify=context, allowance=allowance)
         self._by_tls[key] = client
         if len(self._by_tls) > MAX_TLS_CLIENTS:
             _, oldest = self._by_tls.popitem(last=False)
@@ -195,5 +357,5 @@ class HttpClients:
         for task in self._retiring.values():
             if task is not None:
                 task.cancel()
-        for client in [self.default, *self._by_tls.values(), *self._retiring]:
+        for client in [*self._plain.values(), *self._by_tls.values(), *self._retiring]:
             await client.aclose()

@@ -1,16 +1,41 @@
 """Reading and writing the target Secret, refusing Secrets tokensync does not own.
 
-Every write is one request with the whole Secret (never torn), and conditional on the uid
+Every write is one request with the whole Secret (never torn), conditional on the uid
 tokensync last saw (decision 0007): a Secret deleted and recreated by someone else under
-the same name is never overwritten. Raises ``failures.Failure``: a Secret the API server
-refuses as invalid is permanent (TargetInvalid), other refusals are transient.
+the same name is never overwritten. It is also conditional on the resourceVersion this
+process last wrote or read (decision 0036): when the Secret changed since (another operator
+process, an edit), it is read again, and a token issued in the same second or later that
+tokensync could have written wins (``outcome.supersedes``): the write is dropped and the
+attempt adopts that token, so a Secret's issue time never goes backwards. Raises
+``failures.Failure``: a Secret the API server refuses as invalid is permanent
+(TargetInvalid), other refusals are transient.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tokensync import failures, kube, target, tracking
+
+#: Reads and writes against a target that changes at each of them, before the attempt
+#: fails (transient, retried with backoff).
+CONFLICT_ATTEMPTS = 4
+#: Does the token a Secret holds (its whole times, or None) win over the one being written?
+Winner = Callable[[target.TokenTimes | None], bool]
+
+
+def _never(times: target.TokenTimes | None) -> bool:
+    return False
+
+
+def _older_than_known(record: tracking.Record, body: Mapping[str, Any]) -> bool:
+    """Was the token being written issued before the one this process last knew to be in
+    the target (``state.issued_at``: written, read or adopted), to the second?"""
+    times, known = target.token_times(body), record.state.issued_at
+    if times is None or known is None or record.target_name != body["metadata"]["name"]:
+        return False
+    return times[0] < known.replace(microsecond=0)
 
 
 class TargetWriter:
@@ -20,7 +45,8 @@ class TargetWriter:
     async def check(self, record: tracking.Record, name: str) -> dict[str, Any] | None:
         """Refuse a foreign target before asking the provider for a token we cannot store.
 
-        Returns the target Secret when it was read (the first attempt after a start).
+        Returns the target Secret when it was read: the first attempt after a start, and
+        the first after the target watch saw it changed (decision 0035).
         """
         if record.target_uid and record.target_name == name:
             return None
@@ -32,13 +58,17 @@ class TargetWriter:
             return None
         if not target.owned_by(existing, credential_uid=record.uid):
             raise target.conflict(name)
-        record.target_name, record.target_uid = name, existing["metadata"]["uid"]
+        record.read_target(existing)
         return existing
 
-    async def write(self, record: tracking.Record, body: dict[str, Any]) -> None:
-        """Write the whole target Secret in one request."""
+    async def write(
+        self, record: tracking.Record, body: dict[str, Any], *, wins: Winner = _never
+    ) -> target.TokenTimes | None:
+        """Write the whole target Secret in one request. None when written; when the Secret
+        changed since this process last saw it and holds a token that ``wins``, nothing is
+        written and that token's times are returned."""
         try:
-            await self._write(record, body)
+            return await self._write(record, body, wins)
         except failures.ApiError as exc:
             if exc.status == 422:
                 # From a create, or a patch with the uid just read (a replaced Secret's 422
@@ -53,35 +83,103 @@ class TargetWriter:
                 ) from None
             raise failures.from_api_error(exc, reason=failures.Reason.TARGET_WRITE_FAILED) from None
 
-    async def _write(self, record: tracking.Record, body: dict[str, Any]) -> None:
+    async def _write(
+        self, record: tracking.Record, body: dict[str, Any], wins: Winner
+    ) -> target.TokenTimes | None:
         name = body["metadata"]["name"]
+        ours, before = target.digest(body), record.target_digest
+        if _older_than_known(record, body):
+            # This process last saw a later token there (adopted from a writer whose clock
+            # runs ahead): compare with what is there now rather than write blindly.
+            return await self._resolve(record, body, wins, before=before)
         if record.target_uid and record.target_name == name:
+            record.wrote(ours)  # its watch event may come before the response
             try:
-                await self._patch(record, body, uid=record.target_uid)
+                await self._patch(
+                    record, body, uid=record.target_uid, version=record.target_version
+                )
             except failures.ApiError as exc:
                 # 404: deleted. 422 "metadata.uid: field is immutable": deleted and replaced
-                # by another Secret of the same name. Either way, start over and check.
-                if exc.status not in (404, 409, 422):
+                # by another Secret of the same name: start over with a create. 409: changed
+                # since this process wrote or read it: read it and compare.
+                if exc.status == 409:
+                    return await self._resolve(record, body, wins, before=before)
+                if exc.status not in (404, 422):
                     raise
                 record.target_uid = None
             else:
-                return
+                return None
+        if await self._create(record, body):
+            return None
+        return await self._resolve(record, body, wins, before=before)
+
+    async def _create(self, record: tracking.Record, body: dict[str, Any]) -> bool:
+        """Create the Secret; False if one of that name exists (409)."""
+        record.wrote(target.digest(body))
         try:
             created = await self._kube.create_secret(record.namespace, target.for_create(body))
         except failures.ApiError as exc:
             if exc.status != 409:
                 raise
-        else:
-            record.target_name, record.target_uid = name, created["metadata"]["uid"]
-            return
-        existing = await self._kube.read_secret(record.namespace, name)
-        if existing is None or not target.owned_by(existing, credential_uid=record.uid):
-            raise target.conflict(name)
-        await self._patch(record, body, uid=existing["metadata"]["uid"])
+            return False
+        self._wrote(record, body["metadata"]["name"], created)
+        return True
 
-    async def _patch(self, record: tracking.Record, body: dict[str, Any], *, uid: str) -> None:
+    async def _resolve(
+        self, record: tracking.Record, body: dict[str, Any], wins: Winner, *, before: bytes | None
+    ) -> target.TokenTimes | None:
+        """The Secret exists and is not as this process last saw it: read it, and write over
+        it only if its token does not win; each write conditional on the version just read."""
+        name = body["metadata"]["name"]
+        ours = target.digest(body)
+        for _ in range(CONFLICT_ATTEMPTS):
+            existing = await self._kube.read_secret(record.namespace, name)
+            if existing is None:
+                if await self._create(record, body):
+                    return None
+                continue  # created by someone else meanwhile
+            if not target.owned_by(existing, credential_uid=record.uid):
+                raise target.conflict(name)
+            found = target.whole_times(existing)
+            if wins(found):
+                record.read_target(existing)
+                record.target_previous = before
+                return found
+            uid, version = existing["metadata"]["uid"], existing["metadata"].get("resourceVersion")
+            # What is superseded here may still come by on the watch: not a change then.
+            record.target_previous, record.target_digest = target.digest(existing), ours
+            try:
+                await self._patch(record, body, uid=uid, version=version)
+            except failures.ApiError as exc:
+                if exc.status not in (404, 409):
+                    raise
+            else:
+                return None
+        raise failures.Failure(
+            failures.Reason.TARGET_WRITE_FAILED,
+            f"the target Secret {name!r} changed at each of {CONFLICT_ATTEMPTS} writes",
+            kind=failures.Kind.TRANSIENT,
+        )
+
+    async def _patch(
+        self, record: tracking.Record, body: dict[str, Any], *, uid: str, version: str | None
+    ) -> None:
         # The uid makes the patch conditional: if the Secret was deleted and someone else
         # created one with the same name, the API server refuses to change its uid (422).
-        patch = {**body, "metadata": {**body["metadata"], "uid": uid}}
-        await self._kube.patch_secret(record.namespace, body["metadata"]["name"], patch)
-        record.target_name, record.target_uid = body["metadata"]["name"], uid
+        # The resourceVersion makes it conditional on nobody having written it since (409).
+        meta: dict[str, Any] = {**body["metadata"], "uid": uid}
+        if version:
+            meta["resourceVersion"] = version
+        patched = await self._kube.patch_secret(
+            record.namespace, body["metadata"]["name"], {**body, "metadata": meta}
+        )
+        self._wrote(record, body["metadata"]["name"], patched, uid=uid)
+
+    @staticmethod
+    def _wrote(
+        record: tracking.Record, name: str, response: Mapping[str, Any] | None, uid: str = ""
+    ) -> None:
+        meta = (response or {}).get("metadata") or {}
+        record.target_name = name
+        record.target_uid = meta.get("uid") or uid
+        record.target_version = meta.get("resourceVersion")

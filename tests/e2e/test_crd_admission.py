@@ -122,6 +122,11 @@ def test_example_is_admitted(
 LONG_NAME = "a" * 248  # 248 + len("-token") > 253
 PATTERN = "should match"
 CEL_URL = "must be an absolute https:// URL"
+METADATA = "must not point at a cloud metadata service or a link-local address"
+DECIMAL = "as four decimal numbers"
+IN_IPV6 = "must not write an IPv4 address inside an IPv6 address"
+UNSPECIFIED = "unspecified, multicast or reserved"
+ASCII = "must write the host in ASCII"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +193,42 @@ INVALID_SPECS = [
         with_changes(tokenURL="https://login.example.com/" + "a" * 2048),
         "spec.tokenURL",
         "Too long",
+    ),
+    # the spellings of issue 14 section 4: always wrong, so refused before the operator
+    # (which judges the address it connects to) ever sees them
+    *(
+        case(f"tokenURL-{id_}", with_changes(tokenURL=url), "spec.tokenURL", expect)
+        for id_, url, expect in (
+            ("metadata-trailing-dot", "http://169.254.169.254./latest", METADATA),
+            ("metadata-name-trailing-dot", "http://metadata./computeMetadata", METADATA),
+            ("metadata-ipv4-mapped", "http://[::ffff:169.254.169.254]/", IN_IPV6),
+            ("metadata-ipv4-mapped-hex", "http://[::ffff:a9fe:a9fe]/", IN_IPV6),
+            ("metadata-ipv4-mapped-long", "http://[0:0:0:0:0:ffff:a9fe:a9fe]/", IN_IPV6),
+            ("metadata-nat64", "http://[64:ff9b::a9fe:a9fe]/", METADATA),
+            ("metadata-ipv6-long", "http://[fd00:ec2:0:0:0:0:0:254]/", METADATA),
+            ("metadata-decimal", "http://2852039166/latest", DECIMAL),
+            ("metadata-hex", "http://0xa9.0xfe.0xa9.0xfe/latest", DECIMAL),
+            ("metadata-octal", "http://0251.0376.0251.0376/latest", DECIMAL),
+            ("metadata-three-parts", "http://169.254.43518/latest", DECIMAL),
+            ("loopback-leading-zero", "http://127.000.000.001:8080/token", DECIMAL),
+            ("unspecified", "http://0.0.0.0:8080/token", UNSPECIFIED),
+            ("unspecified-ipv6", "http://[::]:8080/token", UNSPECIFIED),
+            ("multicast", "https://224.0.0.251/token", UNSPECIFIED),
+            ("fullwidth", "https://\uff11\uff16\uff19.254.169.254/token", ASCII),
+            ("ideographic-dots", "https://169\u3002254\u3002169\u3002254/token", ASCII),
+        )
+    ),
+    case(
+        "issuerURL-metadata-decimal",
+        with_changes(tokenURL=DROP, issuerURL="http://2852039166/"),
+        "spec.issuerURL",
+        DECIMAL,
+    ),
+    case(
+        "issuerURL-metadata-ipv4-mapped",
+        with_changes(tokenURL=DROP, issuerURL="http://[::ffff:169.254.169.254]/"),
+        "spec.issuerURL",
+        IN_IPV6,
     ),
     # clientSecretRef
     case(
@@ -720,6 +761,30 @@ def test_http_token_url_is_admitted(custom: client.CustomObjectsApi, namespace: 
     """Plain http passes admission (for demos); the operator refuses it unless opted in."""
     spec = with_changes(tokenURL="http://localhost:8080/token")
     assert create(custom, namespace, credential("plain-http", spec))["spec"]["tokenURL"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/token",
+        "http://[::1]:8080/token",
+        "https://10.0.0.1/token",
+        "https://192.168.1.10:8443/oauth2/token",
+        "https://keycloak.auth.svc.cluster.local/realms/a/protocol/openid-connect/token",
+        "https://kubernetes.default.svc/token",
+        "https://[2606:4700::1]/token",
+        "https://1e100.example/token",
+        "https://0xcafe.example/token",
+    ],
+)
+def test_what_only_the_admin_can_allow_is_admitted(
+    url: str, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """Loopback, private and cluster-internal destinations are the operator's to judge:
+    its admin may allow them (--allow-private-network), and the tests do, for loopback.
+    Admission refuses only what no admin can allow, and spellings that hide an address."""
+    created = create(custom, namespace, credential("internal", with_changes(tokenURL=url)))
+    assert created["spec"]["tokenURL"] == url
 
 
 # -- (c) defaults -------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 Tests run ``python -m tokensync run`` exactly as a user would, authenticated as the
 ``tokensync`` ServiceAccount with a token from the TokenRequest API, so every e2e test
-also proves that the RBAC in deploy/ is sufficient. That identity holds the default role
+also proves that the RBAC in deploy/ is sufficient. Every token endpoint of the tests
+listens on loopback, which tokensync refuses unless its admin allows it: the operator is
+started with that allowance (:data:`LOOPBACK`, ``--allow-private-network``) unless a test
+asks for none. That identity holds the default role
 only; tests of workload identity federation add the opt-in rules around themselves
 (:func:`workload_identity_granted`) and remove them after.
 """
@@ -35,6 +38,9 @@ NAMESPACE_MANIFEST = REPO_ROOT / "deploy" / "base" / "namespace.yaml"
 WORKLOAD_IDENTITY_RBAC = REPO_ROOT / "deploy" / "components" / "workload-identity" / "rbac.yaml"
 #: The operator's ServiceAccount (namespace, name) in the deploy/ manifests.
 OPERATOR_ACCOUNT = ("tokensync-system", "tokensync")
+#: What the tests' operators may reach although it is private: loopback, where the token
+#: servers listen (issue 14 section 4, decision 0037).
+LOOPBACK = ("127.0.0.0/8", "::1")
 
 
 def apply_files(api: client.ApiClient, paths: Iterable[pathlib.Path]) -> None:
@@ -168,11 +174,14 @@ class OperatorProcess:
         log_path: pathlib.Path,
         extra_args: Iterable[str] = (),
         verbose: bool = True,
+        private_networks: Iterable[str] = LOOPBACK,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_args = list(extra_args)
         self.verbose = verbose  # debug logging; the benchmarks turn it off
+        #: --allow-private-network; () for an operator that reaches no private network.
+        self.private_networks = tuple(private_networks)
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self.health_port = 0
@@ -188,6 +197,11 @@ class OperatorProcess:
                     "tokensync",
                     "run",
                     "--allow-insecure-http",
+                    *(
+                        [f"--allow-private-network={','.join(self.private_networks)}"]
+                        if self.private_networks
+                        else []
+                    ),
                     f"--metrics-port={self.metrics_port}",
                     f"--health-port={self.health_port}",
                     *(["--verbose"] if self.verbose else []),

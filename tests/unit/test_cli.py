@@ -15,6 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from support.tokenserver import TokenServer
 from tokensync import cli
 
+#: The token servers listen on loopback, which tokensync refuses unless allowed.
+LOOPBACK = "--allow-private-network=127.0.0.0/8,::1"
+
 
 @pytest.fixture
 def server() -> Iterator[TokenServer]:
@@ -37,6 +40,7 @@ def test_fetch_prints_metadata_but_not_the_token(
             "--scope",
             "a",
             "--allow-insecure-http",
+            LOOPBACK,
         ]
     )
     out = capsys.readouterr().out
@@ -73,7 +77,9 @@ def test_fetch_show_token_and_file(
         )
     )
     monkeypatch.setenv(cli.SECRET_ENV, "cli-secret")
-    code = cli.main(["fetch", "--file", str(manifest), "--allow-insecure-http", "--show-token"])
+    code = cli.main(
+        ["fetch", "--file", str(manifest), "--allow-insecure-http", "--show-token", LOOPBACK]
+    )
     meta = json.loads(capsys.readouterr().out)
     assert code == 0
     assert server.verify(meta["access_token"])
@@ -83,11 +89,10 @@ def test_fetch_refuses_http_without_opt_in_and_reports_errors(
     server: TokenServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(cli.SECRET_ENV, "wrong-secret")
-    assert cli.main(["fetch", "--token-url", server.url, "--client-id", "cli-client"]) == 1
+    fetch = ["fetch", "--token-url", server.url, "--client-id", "cli-client"]
+    assert cli.main([*fetch, LOOPBACK]) == 1
     assert "TokenURLRefused" in capsys.readouterr().err
-    code = cli.main(
-        ["fetch", "--token-url", server.url, "--client-id", "cli-client", "--allow-insecure-http"]
-    )
+    code = cli.main([*fetch, "--allow-insecure-http", LOOPBACK])
     err = capsys.readouterr().err
     assert code == 1
     assert "InvalidClient" in err
@@ -121,6 +126,7 @@ def test_fetch_private_key_jwt_by_discovery(
                 "--private-key",
                 str(key_file),
                 "--allow-insecure-http",
+                LOOPBACK,
             ]
         )
         meta = json.loads(capsys.readouterr().out)
@@ -155,3 +161,69 @@ def test_run_parses_the_tuning_flags() -> None:
         ["run", "--token-concurrency=2", "--event-rate=2.5", "--token-rate=7"]
     )
     assert (args.token_concurrency, args.event_rate, args.token_rate) == (2, 2.5, 7.0)
+
+
+# -- the private network allowance (issue 14 section 4, decision 0037) ----------------------
+
+
+def test_fetch_refuses_loopback_without_the_allowance_and_sends_nothing(
+    server: TokenServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The literal address and a name that resolves to it: refused before any request."""
+    monkeypatch.setenv(cli.SECRET_ENV, "cli-secret")
+    for url in (server.url, server.url.replace("127.0.0.1", "localhost")):
+        code = cli.main(
+            ["fetch", "--token-url", url, "--client-id", "cli-client", "--allow-insecure-http"]
+        )
+        err = capsys.readouterr().err
+        assert code == 1
+        assert "PrivateNetworkRefused" in err
+        assert "--allow-private-network" in err
+    assert server.requests == 0
+
+
+def test_fetch_with_the_allowance_for_a_name(
+    server: TokenServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host entry allows that name and the private addresses it resolves to."""
+    monkeypatch.setenv(cli.SECRET_ENV, "cli-secret")
+    url = server.url.replace("127.0.0.1", "localhost")
+    code = cli.main(
+        [
+            "fetch",
+            *("--token-url", url, "--client-id", "cli-client"),
+            *("--allow-insecure-http", "--allow-private-network=localhost"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert len(server.issued) == 1
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["127.0.0.0/8,::1"], ["127.0.0.0/8", "::1"]),
+        (
+            ["10.0.0.0/8", "keycloak.auth.svc.cluster.local"],
+            ["10.0.0.0/8", "keycloak.auth.svc.cluster.local"],
+        ),
+        (["*.corp.example, 192.168.1.7"], ["*.corp.example", "192.168.1.7"]),
+        ([""], []),
+    ],
+)
+def test_run_parses_the_private_network_allowance(values: list[str], expected: list[str]) -> None:
+    args = cli._parser().parse_args(["run", *(f"--allow-private-network={v}" for v in values)])
+    assert args.private_networks == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["169.254.0.0/16", "169.254.169.254", "fe80::/64", "metadata.google.internal", "a b"]
+)
+def test_run_refuses_an_allowance_that_cannot_be(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Metadata and link-local addresses stay refused: saying otherwise is a startup error."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", f"--allow-private-network={value}"])
+    assert exc.value.code == 2
+    assert "--allow-private-network" in capsys.readouterr().err

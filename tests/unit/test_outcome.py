@@ -20,28 +20,121 @@ def times(issued: float, expires: float, refresh: float) -> tuple[datetime.datet
     return (T0 + issued * S, T0 + expires * S, T0 + refresh * S)
 
 
+#: The default policy: renewed when a third of the lifetime is left, minus up to 10 %.
+POLICY = model.RefreshPolicy()
+#: A token of an hour issued a minute ago, due in 2300 s: what tokensync writes.
+HOUR = times(-60, 3540, 2300)
+Y2099 = datetime.datetime(2099, 1, 1, tzinfo=datetime.UTC)
+
+
 @pytest.mark.parametrize(
-    ("status_expires", "found", "requested", "adopted"),
+    ("status", "found", "requested", "adopted"),
     [
-        (None, times(-60, 3540, 2300), False, True),  # status knows no token: take it
-        (60, times(-60, 3540, 2300), False, True),  # the Secret's token is newer
-        (3540, times(-60, 3540, 2300), False, False),  # status is not behind
-        (60, times(-3000, 600, -1), False, False),  # due
-        (60, times(-3600, -1, -100), False, False),  # expired
-        (60, times(-60, 3540, 2300), True, False),  # a new generation or refresh request
-        (60, None, False, False),  # annotations missing
+        ((None, None), HOUR, False, True),  # status knows no token: take it
+        ((-3600, 60), HOUR, False, True),  # newer than status's (killed between the writes)
+        ((None, 60), HOUR, False, True),  # a status without lastRefreshAt: by expiry
+        ((None, 3540), HOUR, False, False),  # ... and not behind
+        ((-60, 3540), HOUR, False, True),  # the very token status describes, not due
+        ((-60, 3540, "ServerError"), HOUR, False, False),  # the same while failing: fetch
+        ((-30, 3570), HOUR, False, False),  # older than status's: the Secret was rolled back
+        ((-3600, 60), times(-3000, 600, -1), False, False),  # due
+        ((-3600, 60), times(-3600, -1, -100), False, False),  # expired
+        ((-3600, 60), HOUR, True, False),  # a new generation, request, or rotated Secret
+        ((-3600, 60), None, False, False),  # annotations missing, or the Secret not whole
+        # Times tokensync could not have written are not believed (decision 0035):
+        ((-3600, 60), times(20, 3620, 2360), False, True),  # within the clock skew
+        ((-3600, 60), times(40, 3640, 2400), False, False),  # issued in the future
+        ((-3600, 60), (Y2099, Y2099 + 3600 * S, Y2099 + 2400 * S), False, False),
+        ((None, None), (T0 - 60 * S, Y2099, Y2099), False, False),  # beyond MAX_DURATION
+        ((-3600, 60), times(-60, 4 * 3600, 9000), False, False),  # 4x status's lifetime
+        ((-3600, 60), times(-60, 3540, 3500), False, False),  # refresh-at past the policy's
+        ((-3600, 60), times(-60, 3540, 100), False, False),  # refresh-at before it
     ],
 )
 def test_adoptable(
-    status_expires: float | None,
+    status: tuple[float | None, ...] | tuple[float | None, float | None, str],
     found: tuple[datetime.datetime, datetime.datetime, datetime.datetime] | None,
     requested: bool,
     adopted: bool,
 ) -> None:
-    expires = None if status_expires is None else T0 + status_expires * S
-    state = progress.State(expires_at=expires)
-    result = outcome.adoptable(state, found, target="t", now=T0, refresh_requested=requested)
+    issued, expires, *failing = status
+    state = progress.State(
+        issued_at=None if issued is None else T0 + issued * S,
+        expires_at=None if expires is None else T0 + expires * S,
+        failure_reason=failing[0] if failing else None,
+    )
+    result = outcome.adoptable(
+        state, found, target="t", now=T0, refresh_requested=requested, policy=POLICY
+    )
     assert (result is not None) == adopted
+
+
+@pytest.mark.parametrize(
+    ("found", "wins"),
+    [
+        (None, False),  # not whole: written over
+        (times(-2, 3598, 2300), False),  # issued before the token just fetched
+        (times(0.5, 3600.5, 2300), True),  # the same second: kept, never replaced
+        (times(5, 3605, 2300), True),  # later
+        (times(5, 3605 * 4, 2300), False),  # later, but four times the lifetime
+        ((Y2099, Y2099 + 3600 * S, Y2099 + 2400 * S), False),  # "issued in 2099"
+    ],
+)
+def test_a_token_in_the_secret_supersedes_the_one_fetched_only_if_as_new(
+    found: tuple[datetime.datetime, datetime.datetime, datetime.datetime] | None, wins: bool
+) -> None:
+    fetched_at = T0 + 0.2 * S
+    assert (
+        outcome.supersedes(
+            found,
+            issued_at=fetched_at,
+            expires_at=fetched_at + 3600 * S,
+            policy=POLICY,
+            now=fetched_at,
+        )
+        == wins
+    )
+
+
+@pytest.mark.parametrize(
+    ("issued", "due", "requested", "until"),
+    [
+        (-5, 2300, False, 25),  # a re-check 5 s after the issue: minInterval (30 s) holds
+        (-40, 2300, False, None),  # past minInterval: at once
+        (-5, 2300, True, None),  # a new generation, a refresh request, a rotated Secret
+        (-5, -1, False, None),  # due anyway
+        (3600, 7200, False, None),  # status says issued in an hour: not believed
+        (None, None, False, None),  # no token yet
+    ],
+)
+def test_a_repair_fetches_no_sooner_than_min_interval(
+    issued: float | None, due: float | None, requested: bool, until: float | None
+) -> None:
+    state = progress.State(
+        issued_at=None if issued is None else T0 + issued * S,
+        expires_at=None if issued is None else T0 + (issued + 3600) * S,
+        next_refresh_at=None if due is None else T0 + due * S,
+    )
+    found = outcome.repair_not_before(state, policy=POLICY, now=T0, requested=requested)
+    assert found == (None if until is None else T0 + until * S)
+
+
+def test_a_deferred_repair_writes_no_status_and_comes_back_then() -> None:
+    state = progress.State(issued_at=T0 - 5 * S, next_refresh_at=T0 + 2300 * S)
+    deferred = progress.Deferred(until=T0 + 25 * S, target="t")
+    decision = outcome.decide(state, ATTEMPT, deferred, now=T0, draw=0.5)
+    assert decision.state == state
+    assert decision.status == {}
+    assert decision.due == T0 + 25 * S
+    assert decision.events == ()
+    assert decision.ready is None
+
+
+def test_an_issued_token_is_remembered_with_its_issue_time() -> None:
+    token = issued(3600, min_interval=30)
+    decision = outcome.decide(progress.State(), ATTEMPT, token, now=T0, draw=0.5)
+    assert decision.state.issued_at == T0
+    assert progress.State.from_status(dict(decision.status)).issued_at == T0
 
 
 def test_expired_is_reported_once() -> None:

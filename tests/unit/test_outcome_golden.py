@@ -17,7 +17,24 @@ from typing import Any
 import httpx
 import pytest
 
-from support.outcome_table import DRAW, NAME, NAMESPACE, ROWS, T0, TARGET, TOKEN_URL, UID, Row
+from support.outcome_table import (
+    DRAW,
+    ISSUED_DUE,
+    NAME,
+    NAMESPACE,
+    OLD_READY,
+    ROWS,
+    T0,
+    TARGET,
+    TOKEN_URL,
+    UID,
+    Expect,
+    Row,
+    at,
+    handled,
+    issued_patch,
+    ready,
+)
 from tokensync import (
     failures,
     metrics,
@@ -54,19 +71,7 @@ class RecordingKube:
             }
         }
         if row.target is not None:
-            owner = [{"uid": UID}] if row.target_owned else []
-            labels = {model.MANAGED_BY_LABEL: model.MANAGED_BY_VALUE} if row.target_owned else {}
-            self.secrets[TARGET] = {
-                "metadata": {
-                    "name": TARGET,
-                    "namespace": NAMESPACE,
-                    "uid": "uid-target",
-                    "labels": labels,
-                    "annotations": dict(row.target),
-                    "ownerReferences": owner,
-                },
-                "data": {},
-            }
+            self.secrets[TARGET] = target_secret(row)
         self.accounts: dict[str, dict[str, Any]] = {}
         self.minted = 0
         self.patches: list[dict[str, Any]] = []
@@ -92,12 +97,16 @@ class RecordingKube:
         self.secrets[body["metadata"]["name"]] = created
         return created
 
-    async def patch_secret(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+    async def patch_secret(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         self.writes += 1
+        return copy.deepcopy(body)
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    async def patch_status(
+        self, namespace: str, name: str, patch: dict[str, Any], **_: Any
+    ) -> dict[str, Any]:
         assert (namespace, name) == (NAMESPACE, NAME)
         self.patches.append(copy.deepcopy(dict(patch)))
+        return {"metadata": {"resourceVersion": str(len(self.patches))}}
 
     async def post_event(self, *, type_: str, reason: str, message: str, **_: Any) -> None:
         self.events.append((type_, reason, message))
@@ -120,6 +129,32 @@ class MockHttp:
 
     def for_tls(self, **_: Any) -> httpx.AsyncClient:
         return self.client
+
+
+def target_secret(row: Row) -> dict[str, Any]:
+    """The row's target Secret: whole, as tokensync writes one (if owned), with the row's
+    annotations."""
+    assert row.target is not None
+    owner = [{"uid": UID}] if row.target_owned else []
+    labels = {model.MANAGED_BY_LABEL: model.MANAGED_BY_VALUE} if row.target_owned else {}
+    expires = row.target.get(model.EXPIRES_AT_ANNOTATION, "")
+    return {
+        "metadata": {
+            "name": TARGET,
+            "namespace": NAMESPACE,
+            "uid": "uid-target",
+            "resourceVersion": "30",
+            "labels": labels,
+            "annotations": dict(row.target),
+            "ownerReferences": owner,
+        },
+        "data": {
+            "access_token": b64("adopted"),
+            "token_type": b64("Bearer"),
+            "expires_at": b64(expires),
+            "authorization": b64("Bearer adopted"),
+        },
+    }
 
 
 def body(row: Row) -> dict[str, Any]:
@@ -175,8 +210,10 @@ def result_of(row: Row, state: progress.State) -> progress.Result:
     if row.target is not None:
         if not row.target_owned:
             return target.conflict(TARGET)
-        found = target.token_times({"metadata": {"annotations": row.target}})
-        adopted = outcome.adoptable(state, found, target=TARGET, now=T0, refresh_requested=False)
+        found = target.whole_times(target_secret(row))
+        adopted = outcome.adoptable(
+            state, found, target=TARGET, now=T0, refresh_requested=False, policy=spec.refresh
+        )
         if adopted is not None:
             return adopted
     assert row.response is not None
@@ -277,3 +314,114 @@ async def test_a_service_account_token_is_minted_only_for_a_listed_destination(
     assert http.requests == minted
     expected = "DestinationNotAllowed" if listed is None else None
     assert patch["lastFailureReason"] == expected
+
+
+# -- the target Secret checked against status (issue 14 section 6, decision 0035) ---------------
+
+#: What status says of the current token: issued an hour before expiry, 60 s from now.
+BEHIND = handled(
+    lastRefreshAt=at(-3540),
+    expiresAt=at(60),
+    conditions=[OLD_READY],
+    authMethod="client_secret_basic",
+)
+CURRENT = handled(
+    lastRefreshAt=at(-60),
+    expiresAt=at(3540),
+    nextRefreshAt=at(2300),
+    conditions=[OLD_READY],
+    authMethod="client_secret_basic",
+)
+
+
+def annotations(issued: str, expires: str, refresh: str) -> dict[str, str]:
+    return {
+        "tokensync.dev/issued-at": issued,
+        "tokensync.dev/expires-at": expires,
+        "tokensync.dev/refresh-at": refresh,
+    }
+
+
+SECTION_6_ROWS = [
+    Row(
+        name="adoption refused: the Secret says it was issued in 2099, a new token is fetched",
+        status=BEHIND,
+        target=annotations("2099-01-01T00:00:00Z", "2099-01-01T01:00:00Z", "2099-01-01T00:40:00Z"),
+        expect=Expect(patches=[issued_patch(since=-3000)], due=ISSUED_DUE),
+    ),
+    Row(
+        name="adoption refused: an expiry ten times the lifetime status knows",
+        status=BEHIND,
+        target=annotations(at(-60), at(35940), at(23900)),
+        expect=Expect(patches=[issued_patch(since=-3000)], due=ISSUED_DUE),
+    ),
+    Row(
+        name="adoption refused: a refresh time the policy cannot give",
+        status=BEHIND,
+        target=annotations(at(-60), at(3540), at(3530)),
+        expect=Expect(patches=[issued_patch(since=-3000)], due=ISSUED_DUE),
+    ),
+    Row(
+        name="adoption refused: the Secret holds an older token than status describes",
+        status=CURRENT,
+        target=annotations(at(-3600), at(0), at(-1200)),
+        expect=Expect(patches=[issued_patch(since=-3000)], due=ISSUED_DUE),
+    ),
+    Row(
+        name="a re-check finds the token status describes: kept, nothing fetched",
+        status=CURRENT,
+        target=annotations(at(-60), at(3540), at(2300)),
+        expect=Expect(
+            patches=[
+                {
+                    "conditions": [
+                        ready("True", "TokenIssued", f"token valid until {at(3540)}", -3000)
+                    ],
+                    "observedGeneration": 1,
+                    "handledRefreshRequest": None,
+                    "expiresAt": at(3540),
+                    "lastRefreshAt": at(-60),
+                    "nextRefreshAt": at(2300),
+                    "failedAttempts": 0,
+                    "lastFailureReason": None,
+                    "target": TARGET,
+                    "clientSecretVersion": "7",
+                }
+            ],
+            due=2300,
+            requests=0,
+            writes=0,
+        ),
+    ),
+    Row(
+        name="a deleted target 5 s after its token: rewritten once minInterval (30 s) has passed",
+        status=handled(
+            lastRefreshAt=at(-5),
+            expiresAt=at(3595),
+            nextRefreshAt=at(2300),
+            conditions=[OLD_READY],
+            authMethod="client_secret_basic",
+        ),
+        expect=Expect(patches=[], due=25, ready="True", requests=0, writes=0),
+    ),
+]
+
+
+@pytest.mark.parametrize("row", SECTION_6_ROWS, ids=[row.name for row in SECTION_6_ROWS])
+async def test_the_target_is_checked_against_status(row: Row) -> None:
+    """The first attempt after a start, or after the target watch saw the Secret change,
+    reads the Secret: its times are believed only as tokensync could have written them."""
+    kube, http, metrics_ = RecordingKube(row), MockHttp(row), metrics.Metrics()
+    queue = await refresh_once(row, kube, http, metrics_)
+    expect = row.expect
+    assert kube.patches == expect.patches
+    assert kube.events == expect.events
+    assert queue.due_at((NAMESPACE, NAME)) == T0.timestamp() + (expect.due or 0)
+    assert http.requests == expect.requests
+    assert kube.writes == expect.writes
+    # And through the outcome module alone (the deferred repair is the attempt's own call).
+    if expect.requests or expect.patches:
+        state = progress.State.from_status(row.status)
+        attempt = progress.Attempt(generation=1, request=None, source_version="7")
+        decision = outcome.decide(state, attempt, result_of(row, state), now=T0, draw=DRAW)
+        assert [decision.status] == expect.patches

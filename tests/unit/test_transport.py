@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from localcluster.pki import CertificateAuthority, KeyPair
-from tokensync import failures, model, oauth, responses, transport
+from tokensync import failures, model, oauth, responses, transport, urlpolicy
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 H = datetime.timedelta(hours=1)
@@ -187,7 +187,9 @@ def mtls_server(ca: CertificateAuthority, tmp_path: pathlib.Path) -> Iterator[Mu
 
 @pytest.fixture
 async def clients() -> AsyncIterator[transport.HttpClients]:
-    http = transport.HttpClients(timeout=5.0, max_connections=4)
+    # The TLS servers listen on loopback, which the operator reaches only when allowed.
+    loopback = urlpolicy.Allowance.parse(["127.0.0.0/8"])
+    http = transport.HttpClients(timeout=5.0, max_connections=4, allowance=loopback)
     yield http
     await http.aclose()
 

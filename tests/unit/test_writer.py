@@ -8,12 +8,16 @@ every backoff (issue 14, section 5). The Kubernetes API is a scripted fake.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tokensync import failures, model, outcome, progress, tracking, writer
+from tokensync import failures, model, outcome, progress, target, timing, tracking, writer
 
 NAMESPACE, NAME, UID, TARGET = "team-a", "payments", "uid-payments", "payments-token"
 BODY: dict[str, Any] = {
@@ -145,3 +149,226 @@ def test_an_invalid_target_is_retried_slowly_not_at_every_backoff() -> None:
     assert decision.due == now + datetime.timedelta(minutes=5)
     assert decision.ready is False
     assert decision.status["conditions"][0]["reason"] == "TargetInvalid"
+
+
+# -- two writers (issue 14 section 9, decision 0036) -------------------------------------------
+
+T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
+S = datetime.timedelta(seconds=1)
+POLICY = model.RefreshPolicy()
+
+
+class SecretStore:
+    """One namespace's Secrets with the API server's preconditions: a uid that differs is
+    422, a resourceVersion that differs 409, a missing Secret 404, an existing one 409 on
+    create. ``before_write`` runs once before the next write lands (another writer)."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.version = 100
+        self.before_write: list[Any] = []
+        self.calls: list[str] = []
+
+    def _bump(self, secret: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        secret["metadata"]["resourceVersion"] = str(self.version)
+        return copy.deepcopy(secret)
+
+    async def _interlope(self) -> None:
+        pending, self.before_write = self.before_write, []
+        for write in pending:
+            await write()
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("read")
+        found = self.secrets.get(name)
+        return copy.deepcopy(found) if found else None
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("create")
+        await self._interlope()
+        name = body["metadata"]["name"]
+        if name in self.secrets:
+            raise failures.ApiError(409, "AlreadyExists")
+        created = copy.deepcopy(body)
+        self.version += 1
+        created["metadata"]["uid"] = f"uid-{self.version}"
+        self.secrets[name] = created
+        return self._bump(created)
+
+    async def patch_secret(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("patch")
+        await self._interlope()
+        current = self.secrets.get(name)
+        if current is None:
+            raise failures.ApiError(404, "NotFound")
+        meta = body["metadata"]
+        if meta.get("uid") not in (None, current["metadata"]["uid"]):
+            raise failures.ApiError(422, "Invalid")
+        version = meta.get("resourceVersion")
+        if version is not None and version != current["metadata"]["resourceVersion"]:
+            raise failures.ApiError(409, "Conflict")
+        for key, value in body["data"].items():
+            if value is None:
+                current["data"].pop(key, None)
+            else:
+                current["data"][key] = value
+        current["metadata"]["annotations"].update(meta.get("annotations") or {})
+        return self._bump(current)
+
+    def issued(self) -> datetime.datetime | None:
+        found = self.secrets.get(TARGET)
+        times = target.whole_times(found) if found else None
+        return times[0] if times else None
+
+
+def rendered(issued: datetime.datetime, token: str) -> dict[str, Any]:
+    expires = issued + datetime.timedelta(hours=1)
+    return target.render_target(
+        namespace=NAMESPACE,
+        credential=NAME,
+        credential_uid=UID,
+        target=model.TargetSpec(name=TARGET),
+        access_token=token,
+        token_type="Bearer",
+        expires_at=expires,
+        scope=None,
+        issued_at=issued,
+        refresh_at=timing.refresh_at(
+            issued_at=issued, expires_at=expires, policy=POLICY, jitter=0.5
+        ),
+    )
+
+
+async def write_token(
+    store: SecretStore,
+    rec: tracking.Record,
+    issued: datetime.datetime,
+    token: str,
+    *,
+    now: datetime.datetime | None = None,
+) -> target.TokenTimes | None:
+    """Write a token issued at ``issued``; ``now`` (the writer's clock, by default the
+    issue time) may be later: a token fetched a while ago, written now."""
+    body = rendered(issued, token)
+    return await writer.TargetWriter(kube_api=store).write(  # type: ignore[arg-type]
+        rec,
+        body,
+        wins=lambda times: outcome.supersedes(
+            times,
+            issued_at=issued,
+            expires_at=issued + datetime.timedelta(hours=1),
+            policy=POLICY,
+            now=now or issued,
+        ),
+    )
+
+
+def fresh() -> tracking.Record:
+    return record(target_uid=None)
+
+
+async def test_a_later_token_from_another_writer_is_kept() -> None:
+    store, a, b = SecretStore(), fresh(), fresh()
+    assert await write_token(store, a, T0, "a1") is None
+    assert await write_token(store, b, T0 + 10 * S, "b1") is None  # create: 409, read, patch
+    # a's next write is conditional on the version a wrote: refused, read, b's is later.
+    kept = await write_token(store, a, T0 + 5 * S, "a2")
+    assert kept is not None
+    assert kept[0] == T0 + 10 * S
+    assert target.whole_times(store.secrets[TARGET]) == kept
+    # a now knows that version: its next, later token is written without a conflict.
+    store.calls.clear()
+    assert await write_token(store, a, T0 + 20 * S, "a3") is None
+    assert store.calls == ["patch"]
+    assert store.issued() == T0 + 20 * S
+
+
+async def test_a_token_of_the_same_second_is_not_replaced() -> None:
+    store, a, b = SecretStore(), fresh(), fresh()
+    await write_token(store, a, T0 + 0.9 * S, "a1")
+    kept = await write_token(store, b, T0 + 0.1 * S, "b1")
+    assert kept is not None
+    assert store.issued() == T0  # whole seconds, as the annotation holds it
+    assert "YTE=" in str(store.secrets[TARGET]["data"]["access_token"])  # "a1"
+
+
+async def test_an_edited_target_is_written_over() -> None:
+    store, a = SecretStore(), fresh()
+    await write_token(store, a, T0, "a1")
+    store.secrets[TARGET]["data"]["access_token"] = "ZWRpdGVk"  # "edited": no longer whole
+    store.version += 1
+    store.secrets[TARGET]["metadata"]["resourceVersion"] = str(store.version)
+    edited = target.digest(store.secrets[TARGET])
+    assert await write_token(store, a, T0 + 60 * S, "a2") is None
+    assert store.issued() == T0 + 60 * S
+    # The watch event of the edit may still come: it is known, not a change to repair.
+    assert (a.target_digest, a.target_previous) == (target.digest(store.secrets[TARGET]), edited)
+    assert a.target_version == store.secrets[TARGET]["metadata"]["resourceVersion"]
+
+
+async def test_a_write_racing_another_is_read_again_each_time() -> None:
+    store, a, b = SecretStore(), fresh(), fresh()
+    await write_token(store, a, T0, "a1")
+    await write_token(store, b, T0 + 1 * S, "b1")
+
+    async def b_writes_later() -> None:
+        await write_token(store, b, T0 + 30 * S, "b2")
+
+    # a's patch is refused (b wrote), a reads b1 (older than a's): a writes again, but b
+    # writes b2 just before: refused again, read again, b2 is later: kept.
+    store.before_write.append(b_writes_later)
+    kept = await write_token(store, a, T0 + 20 * S, "a2")
+    assert kept is not None
+    assert kept[0] == T0 + 30 * S
+    assert store.issued() == T0 + 30 * S
+
+
+async def test_a_target_that_changes_at_every_write_fails_transiently() -> None:
+    store, a = SecretStore(), fresh()
+    await write_token(store, a, T0, "a1")
+
+    async def edit() -> None:
+        store.secrets[TARGET]["data"]["access_token"] = "ZWRpdGVk"
+        store.version += 1
+        store.secrets[TARGET]["metadata"]["resourceVersion"] = str(store.version)
+        store.before_write.append(edit)
+
+    store.before_write.append(edit)
+    with pytest.raises(failures.Failure) as failed:
+        await write_token(store, a, T0 + 60 * S, "a2")
+    assert failed.value.reason is failures.Reason.TARGET_WRITE_FAILED
+    assert failed.value.kind is failures.Kind.TRANSIENT
+    assert "a2" not in failed.value.message
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=2), st.integers(min_value=0, max_value=50)),
+        min_size=1,
+        max_size=30,
+    )
+)
+async def test_the_issue_time_never_goes_backwards(writes: list[tuple[int, int]]) -> None:
+    """Three writers, each writing tokens of its own increasing issue times (a writer may
+    write a token fetched long before), interleaved in any order: the Secret's issue time
+    never decreases."""
+    store = SecretStore()
+    records = [fresh() for _ in range(3)]
+    clocks = [0, 0, 0]
+    last: datetime.datetime | None = None
+    for who, step in writes:
+        clocks[who] += step
+        issued, now = T0 + clocks[who] * S, T0 + max(clocks) * S
+        rec = records[who]
+        kept = await write_token(store, rec, issued, f"t{who}-{clocks[who]}", now=now)
+        # As outcome.decide leaves it: the token written, or the one adopted.
+        rec.state = dataclasses.replace(rec.state, issued_at=kept[0] if kept else issued)
+        now = store.issued()
+        assert now is not None
+        if kept is None:
+            assert now == issued.replace(microsecond=0)
+        else:
+            assert kept[0] >= issued.replace(microsecond=0)
+        assert last is None or now >= last
+        last = now
