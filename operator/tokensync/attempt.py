@@ -25,9 +25,9 @@ from tokensync import (
     metrics,
     model,
     oauth,
-    outcome,
     parsing,
     progress,
+    provenance,
     responses,
     scheduler,
     seen,
@@ -84,7 +84,7 @@ class Attempts:
         if existing is not None:
             # Read after a start, or after the target watch saw it changed (decision 0035):
             # its annotations are checked against status before they are believed.
-            adopted = outcome.adoptable(
+            adopted = provenance.adoptable(
                 record.state,
                 target.whole_times(existing),
                 target=spec.target.name,
@@ -94,7 +94,7 @@ class Attempts:
             )
             if adopted is not None:
                 return adopted
-        wait = outcome.repair_not_before(
+        wait = provenance.repair_not_before(
             record.state, policy=spec.refresh, now=self._clock(), requested=requested
         )
         if wait is not None:
@@ -132,7 +132,7 @@ class Attempts:
         newer = await self._targets.write(
             record,
             body,
-            wins=lambda times: outcome.supersedes(
+            wins=lambda times: provenance.supersedes(
                 times,
                 issued_at=token.issued_at,
                 expires_at=token.expires_at,

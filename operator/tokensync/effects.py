@@ -14,7 +14,16 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import failures, kube, metrics, model, outcome, progress, scheduler, tracking
+from tokensync import (
+    failures,
+    kube,
+    metrics,
+    model,
+    progress,
+    provenance,
+    scheduler,
+    tracking,
+)
 
 logger = logging.getLogger("tokensync.reconcile")
 #: Status patches refused for a newer resourceVersion, each followed by a read, before the
@@ -79,7 +88,7 @@ class Effects:
         """Patch status if it describes no newer token than ``issued_at`` (the token this
         process knows): conditional on the resourceVersion last seen, and on a conflict
         read again and compared, so that the rule holds whoever writes in between. A time
-        in status that no clock could have written yet (beyond ``outcome.CLOCK_SKEW``) is
+        in status that no clock could have written yet (beyond ``provenance.CLOCK_SKEW``) is
         not a newer token: it is written over."""
         ns, name = record.namespace, record.name
         try:
@@ -105,7 +114,7 @@ class Effects:
                 theirs = model.parse_time((current.get("status") or {}).get("lastRefreshAt"))
                 if (
                     theirs is not None
-                    and theirs <= now + outcome.CLOCK_SKEW
+                    and theirs <= now + provenance.CLOCK_SKEW
                     and (issued_at is None or theirs > issued_at.replace(microsecond=0))
                 ):
                     logger.info(

@@ -5,7 +5,7 @@ annotations, so the operator's only writes are the target Secrets, status and ev
 
 The target Secrets are watched too, but not here: kopf watches a resource once, with one
 server-side label selector (the client Secrets' opt-in label below), and the targets carry
-another label. ``runtime`` starts that watch (``kube.SecretWatch``), which hands each event
+another label. ``runtime`` starts that watch (``secretwatch.SecretWatch``), which hands each event
 to ``Reconciler.target_seen`` on the event loop, like these handlers (decision 0035).
 """
 

@@ -14,13 +14,11 @@ import datetime
 import functools
 import json
 import logging
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from kubernetes import client
-from kubernetes.watch import watch as k8s_watch
 
 from tokensync import config, failures, model
 
@@ -53,7 +51,7 @@ class Kube:
         except client.ApiException as exc:
             # The body of an error response may echo what we sent (a Secret): keep only
             # the machine-readable reason.
-            raise failures.ApiError(exc.status or 0, _status_reason(exc.body)) from None
+            raise failures.ApiError(exc.status or 0, status_reason(exc.body)) from None
         except Exception as exc:  # noqa: BLE001 -- urllib3 errors: refused, timeouts, ...
             raise failures.ApiError(0, type(exc).__name__) from None
 
@@ -236,191 +234,6 @@ class Kube:
         await self._call(self._core.create_namespaced_event, involved["namespace"], body)
 
 
-class _Stopped(Exception):
-    pass
-
-
-class _Gone(Exception):
-    """The watch cannot resume from its resourceVersion (410): list again."""
-
-
-class SecretWatch(Generic[T]):
-    """List, then watch, the Secrets a label selects, in a thread of its own; each event
-    summarized there and handed to the event loop.
-
-    kopf watches each resource once, with one server-side label selector per resource (the
-    client Secrets' opt-in label), so the target Secrets, which carry another label, are
-    watched here (decision 0035). The thread parses each event and ``summarize`` reduces it
-    (the data stays in the thread); ``deliver`` runs on the event loop with the summary, at
-    most ``room`` of them waiting at a time. A watch that cannot resume (410 Gone) lists
-    again; errors are retried with backoff. The thread holds its own API client: a watch
-    held open must not take a connection from the pool of :class:`Kube`.
-    """
-
-    def __init__(
-        self,
-        api: client.ApiClient,
-        *,
-        namespace: str | None,
-        label_selector: str,
-        summarize: Callable[[str, dict[str, Any]], T | None],
-        deliver: Callable[[T], None],
-        page: int = 100,
-        room: int = 256,
-        server_timeout: int = 300,
-    ) -> None:
-        self._core = client.CoreV1Api(api)
-        self._namespace = namespace
-        self._selector = label_selector
-        self._summarize = summarize
-        self._deliver = deliver
-        self._page = page
-        self._room = threading.BoundedSemaphore(room)
-        self._server_timeout = server_timeout
-        self._stopping = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        #: Full listings made (the first, and one after each 410); for tests and the log.
-        self.listings = 0
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        where = self._namespace or "all namespaces"
-        self._thread = threading.Thread(
-            target=self._run, name=f"watch-secrets-{where}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop handing events over; the thread ends at its next event or timeout (it is a
-        daemon: it never holds the process up)."""
-        self._stopping.set()
-
-    def _run(self) -> None:
-        version: str | None = None
-        failures_in_a_row = 0
-        while not self._stopping.is_set():
-            try:
-                if version is None:
-                    version = self._list()
-                version = self._watch(version)
-                failures_in_a_row = 0
-            except _Stopped:
-                return
-            except _Gone:
-                version = None
-            except client.ApiException as exc:
-                if exc.status != 410:
-                    failures_in_a_row = self._failed(exc, failures_in_a_row)
-                version = None  # 410: too old to resume from; else list afresh after an error
-            except Exception as exc:  # noqa: BLE001 -- dropped connections, timeouts, ...
-                failures_in_a_row = self._failed(exc, failures_in_a_row)
-
-    def _failed(self, exc: Exception, failures_in_a_row: int) -> int:
-        """Log a failed listing or watch and wait before the next; returns the new count."""
-        failures_in_a_row += 1
-        delay = min(30.0, 2.0 ** min(failures_in_a_row, 5))
-        # Only the error's kind: an API error's body may echo a Secret.
-        logger.warning(
-            "watch of target Secrets failed (%s), retried in %.0f s", _describe(exc), delay
-        )
-        self._stopping.wait(delay)
-        return failures_in_a_row
-
-    def _call(self, **kwargs: Any) -> Any:
-        kwargs["label_selector"] = self._selector
-        kwargs["_preload_content"] = False
-        if self._namespace is None:
-            return self._core.list_secret_for_all_namespaces(**kwargs)
-        return self._core.list_namespaced_secret(self._namespace, **kwargs)
-
-    def _list(self) -> str:
-        """Every selected Secret, in pages; returns the listing's resourceVersion."""
-        token: str | None = None
-        count = 0
-        while True:
-            page = json.loads(
-                self._call(limit=self._page, _continue=token, _request_timeout=60).data or b"{}"
-            )
-            for item in page.get("items") or []:
-                self._hand("LISTED", item)
-                count += 1
-            meta = page.get("metadata") or {}
-            token = meta.get("continue")
-            if not token:
-                self.listings += 1
-                logger.info("listed %d target Secrets", count)
-                return str(meta.get("resourceVersion") or "")
-
-    def _watch(self, version: str) -> str:
-        """Follow changes from ``version`` until the server ends the watch; returns the
-        version to resume from. Raises _Gone when it must list again."""
-        response = self._call(
-            watch=True,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._server_timeout,
-            _request_timeout=(10, self._server_timeout + 30),
-        )
-        try:
-            lines = k8s_watch.iter_resp_lines(response)  # type: ignore[no-untyped-call]
-            for kind, obj in _events(lines):
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone
-                    raise failures.ApiError(int(obj.get("code") or 0), str(obj.get("reason")))
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if kind != "BOOKMARK":
-                    self._hand(kind, obj)
-        finally:
-            response.close()  # as kubernetes.watch does: never pool a half-read connection
-            response.release_conn()
-        return version
-
-    def _hand(self, kind: str, obj: dict[str, Any]) -> None:
-        item = self._summarize(kind, obj)
-        if item is None:
-            return
-        while not self._room.acquire(timeout=1.0):
-            if self._stopping.is_set():
-                raise _Stopped
-        if self._stopping.is_set() or self._loop is None:
-            self._room.release()
-            raise _Stopped
-        try:
-            self._loop.call_soon_threadsafe(self._on_loop, item)
-        except RuntimeError:  # the loop is closed: the operator is stopping
-            self._room.release()
-            raise _Stopped from None
-
-    def _on_loop(self, item: T) -> None:
-        try:
-            if not self._stopping.is_set():
-                self._deliver(item)
-        except Exception:
-            logger.exception("a target Secret event was not handled")
-        finally:
-            self._room.release()
-
-
-def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(type, object) of each watch event line; blank lines skipped."""
-    for line in lines:
-        if not line.strip():
-            continue
-        event = json.loads(line)
-        obj = event.get("object")
-        yield str(event.get("type") or ""), obj if isinstance(obj, dict) else {}
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, client.ApiException):
-        return f"HTTP {exc.status} {_status_reason(exc.body)}"
-    if isinstance(exc, failures.ApiError):
-        return str(exc)
-    return type(exc).__name__
-
-
 def _read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Make the call and read its body, in the pool's thread.
 
@@ -433,7 +246,7 @@ def _read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return json.loads(data) if data else {}
 
 
-def _status_reason(body: object) -> str:
+def status_reason(body: object) -> str:
     if isinstance(body, bytes | str):
         try:
             parsed = json.loads(body)

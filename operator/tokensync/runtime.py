@@ -25,6 +25,7 @@ from tokensync import (
     metrics,
     reconcile,
     scheduler,
+    secretwatch,
     target,
     transport,
     urlpolicy,
@@ -124,7 +125,7 @@ class Runtime:
         # The target Secrets, watched outside kopf, which watches Secrets once, with the
         # client Secrets' label (decision 0035); each watch with a client of its own.
         self.target_watches = [
-            kube.SecretWatch(
+            secretwatch.SecretWatch(
                 _api_client(1),
                 namespace=namespace,
                 label_selector=target.MANAGED_SELECTOR,

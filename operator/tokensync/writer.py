@@ -5,7 +5,7 @@ tokensync last saw (decision 0007): a Secret deleted and recreated by someone el
 the same name is never overwritten. It is also conditional on the resourceVersion this
 process last wrote or read (decision 0036): when the Secret changed since (another operator
 process, an edit), it is read again, and a token issued in the same second or later that
-tokensync could have written wins (``outcome.supersedes``): the write is dropped and the
+tokensync could have written wins (``provenance.supersedes``): the write is dropped and the
 attempt adopts that token, so a Secret's issue time never goes backwards. Raises
 ``failures.Failure``: a Secret the API server refuses as invalid is permanent
 (TargetInvalid), other refusals are transient.

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokensync import failures, model, outcome, progress, timing
+from tokensync import failures, model, outcome, progress, provenance, timing
 
 T0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 S = datetime.timedelta(seconds=1)
@@ -63,7 +63,7 @@ def test_adoptable(
         expires_at=None if expires is None else T0 + expires * S,
         failure_reason=failing[0] if failing else None,
     )
-    result = outcome.adoptable(
+    result = provenance.adoptable(
         state, found, target="t", now=T0, refresh_requested=requested, policy=POLICY
     )
     assert (result is not None) == adopted
@@ -85,7 +85,7 @@ def test_a_token_in_the_secret_supersedes_the_one_fetched_only_if_as_new(
 ) -> None:
     fetched_at = T0 + 0.2 * S
     assert (
-        outcome.supersedes(
+        provenance.supersedes(
             found,
             issued_at=fetched_at,
             expires_at=fetched_at + 3600 * S,
@@ -115,7 +115,7 @@ def test_a_repair_fetches_no_sooner_than_min_interval(
         expires_at=None if issued is None else T0 + (issued + 3600) * S,
         next_refresh_at=None if due is None else T0 + due * S,
     )
-    found = outcome.repair_not_before(state, policy=POLICY, now=T0, requested=requested)
+    found = provenance.repair_not_before(state, policy=POLICY, now=T0, requested=requested)
     assert found == (None if until is None else T0 + until * S)
 
 

@@ -42,6 +42,7 @@ from tokensync import (
     outcome,
     parsing,
     progress,
+    provenance,
     reconcile,
     responses,
     scheduler,
@@ -211,7 +212,7 @@ def result_of(row: Row, state: progress.State) -> progress.Result:
         if not row.target_owned:
             return target.conflict(TARGET)
         found = target.whole_times(target_secret(row))
-        adopted = outcome.adoptable(
+        adopted = provenance.adoptable(
             state, found, target=TARGET, now=T0, refresh_requested=False, policy=spec.refresh
         )
         if adopted is not None:

@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from tokensync import kube, metrics, model, progress, reconcile, scheduler, target, tracking
+from tokensync import (
+    metrics,
+    model,
+    progress,
+    reconcile,
+    scheduler,
+    secretwatch,
+    target,
+    tracking,
+)
 
 T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
 S = datetime.timedelta(seconds=1)
@@ -337,7 +346,7 @@ def page(*items: dict[str, Any], version: str, more: str | None = None) -> dict[
 async def test_lists_then_watches_and_lists_again_after_410() -> None:
     delivered: list[tuple[str, str]] = []
     done = asyncio.Event()
-    watch: kube.SecretWatch[tuple[str, str]] = kube.SecretWatch(
+    watch: secretwatch.SecretWatch[tuple[str, str]] = secretwatch.SecretWatch(
         None,  # type: ignore[arg-type]
         namespace=None,
         label_selector=target.MANAGED_SELECTOR,

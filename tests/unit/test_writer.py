@@ -17,7 +17,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokensync import failures, model, outcome, progress, target, timing, tracking, writer
+from tokensync import (
+    failures,
+    model,
+    outcome,
+    progress,
+    provenance,
+    target,
+    timing,
+    tracking,
+    writer,
+)
 
 NAMESPACE, NAME, UID, TARGET = "team-a", "payments", "uid-payments", "payments-token"
 BODY: dict[str, Any] = {
@@ -254,7 +264,7 @@ async def write_token(
     return await writer.TargetWriter(kube_api=store).write(  # type: ignore[arg-type]
         rec,
         body,
-        wins=lambda times: outcome.supersedes(
+        wins=lambda times: provenance.supersedes(
             times,
             issued_at=issued,
             expires_at=issued + datetime.timedelta(hours=1),
