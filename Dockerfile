@@ -37,9 +37,14 @@ LABEL org.opencontainers.image.title="tokensync" \
 # Nothing installs packages at run time; drop the installers the base image ships.
 RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel
 COPY --from=venv /opt/tokensync /opt/tokensync
+# USER: the numeric user has no /etc/passwd entry (nor has whatever UID a cluster assigns),
+# and kopf names the operator after getpass.getuser(), which reads $USER before the
+# password database; without it `tokensync run` exits at start with KeyError: 'getpwuid():
+# uid not found: 65532' (found by the pod test, tests/e2e/test_operator_pod.py).
 ENV PATH=/opt/tokensync/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    USER=tokensync
 USER 65532:65532
 EXPOSE 8080 8081
 ENTRYPOINT ["tokensync", "run"]

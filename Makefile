@@ -86,6 +86,18 @@ bench-plot: install
 # A real node (kubelet, containerd, runc, CNI, pause) for the e2e tests that run pods
 # (issue 15, decision 0038): built once into the cache by hack/build-node.sh, which also
 # installs Debian's runc and busybox-static when they are missing.
-.PHONY: node-binaries
+.PHONY: node-binaries controlplane-node
 node-binaries:
 	@bash hack/build-node.sh >/dev/null
+
+# The control plane with a node (as root): pods with spec.nodeName: tokensync-node run.
+controlplane-node: install controlplane-binaries node-binaries
+	$(BIN)/python -m localcluster --node
+
+# The operator image, built from the Dockerfile without a Docker daemon (issue 15, decision
+# 0039): buildah on a local Debian 12 + Python 3.11 base made by mmdebstrap (both Debian
+# packages, installed when missing), cached outside the repo. Prints the OCI archive's path
+# (tokensync.local/tokensync:dev, for `ctr images import`); users with Docker build as usual.
+.PHONY: image
+image: install
+	@bash hack/build-image.sh

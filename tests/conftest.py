@@ -1,4 +1,5 @@
-"""Shared fixtures: one real control plane per test session, started on first use."""
+"""Shared fixtures: one real control plane per test session, and one real node on it for
+the tests marked ``node``, each started on first use."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 from hypothesis import settings
 from kubernetes import client, config
 
-from localcluster import LocalCluster
+from localcluster import LocalCluster, Node
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,6 +34,21 @@ def cluster() -> Iterator[LocalCluster]:
         pids = running.pids()
     leftovers = [pid for pid in pids if pathlib.Path(f"/proc/{pid}").exists()]
     assert not leftovers, f"control plane processes left behind: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def node(cluster: LocalCluster) -> Iterator[Node]:
+    """A real node (containerd, runc, CNI, kubelet; needs root) on the session's control
+    plane, with the busybox test image loaded. Pods name it in ``spec.nodeName``; they reach
+    this machine at ``node.host_ip``, the API server at ``node.apiserver_url`` and loopback
+    servers through ``node.reach(url)``. It must leave nothing behind on the machine."""
+    started = cluster.start_node()
+    try:
+        yield started
+    finally:
+        cluster.stop_node()
+    leftovers = started.leftovers()
+    assert not leftovers, f"the node left these behind: {leftovers}"
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,11 @@ def test_build_context_holds_what_copy_needs() -> None:
             for source in sources:
                 assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
                 assert (REPO_ROOT / source).exists()
+
+
+def test_user_name_is_set_for_a_uid_without_a_passwd_entry() -> None:
+    """kopf names the operator after getpass.getuser(): $USER first, then /etc/passwd, where
+    65532 (or a UID the cluster assigns) has no entry, so without $USER the operator exits at
+    start (KeyError: 'getpwuid(): uid not found: 65532'; tests/e2e/test_operator_pod.py)."""
+    env = " ".join(rest for word, rest in final_stage() if word == "ENV")
+    assert re.search(r"(^|\s)USER=\w+", env), env

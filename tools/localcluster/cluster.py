@@ -1,114 +1,79 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver (RBAC on), and
-optionally kube-controller-manager for owner-reference garbage collection.
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver (RBAC on), optionally
+kube-controller-manager for owner-reference garbage collection, and optionally a real node
+(:mod:`localcluster.node`: containerd and a kubelet) that runs pods.
 
 Tests, ``make demo``, ``make controlplane`` and the benchmarks all start it through
 :class:`LocalCluster`, so they exercise the same thing. Every run gets fresh ports, a fresh
 temporary directory and fresh certificates; :meth:`LocalCluster.stop` ends every process it
 started (SIGTERM, then SIGKILL), and so does interpreter exit.
+
+The API server listens on 127.0.0.1 only. It holds kubelet client credentials (pod logs,
+exec), and once a node runs it also names the node's host address in its serving
+certificate (:meth:`LocalCluster.serve_also_on`), where the node relays pods' connections
+to it (docs/decisions/0038).
 """
 
 from __future__ import annotations
 
 import atexit
 import base64
-import contextlib
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Self
 
 import yaml
 
 from localcluster import binaries, pki
+from localcluster.errors import ClusterError
+from localcluster.node import Node, stop_nodes_of
+from localcluster.process import Process, free_port
+
+__all__ = ["READY_TIMEOUT", "ClusterError", "LocalCluster", "Process", "free_port"]
 
 READY_TIMEOUT = 90.0
+#: How long the API server may take to pick up a new serving certificate (it watches the
+#: files, and re-reads them every minute anyway).
+CERT_RELOAD_TIMEOUT = 90.0
 _LIVE_CLUSTERS: set[LocalCluster] = set()
-
-
-class ClusterError(RuntimeError):
-    """The control plane did not come up; the message names the cause and the log file."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-class _Process:
-    """One child process with its log file; started in its own process group."""
-
-    def __init__(self, name: str, argv: list[str], log_path: pathlib.Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log: IO[bytes] = log_path.open("ab")
-        self.popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout)
-        self._log.close()
-
-
 class LocalCluster:
-    """kube-apiserver + etcd (+ kube-controller-manager) on 127.0.0.1 with free ports."""
+    """kube-apiserver + etcd (+ kube-controller-manager) on 127.0.0.1 with free ports, and
+    with ``node=True`` a node (:attr:`node`) started after them and stopped before them."""
 
     def __init__(
         self,
         *,
         controller_manager: bool = True,
+        node: bool = False,
         bins: binaries.Binaries | None = None,
         workdir: pathlib.Path | None = None,
     ) -> None:
         self._want_kcm = controller_manager
+        self._want_node = node
         self._bins = bins
         self._own_workdir = workdir is None
         self.workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix="tokensync-cp-"))
-        self.processes: dict[str, _Process] = {}
+        self.processes: dict[str, Process] = {}
         self.ca = pki.CertificateAuthority()
         self.apiserver_port = 0
         self.kubeconfig = self.workdir / "admin.kubeconfig"
+        #: The node started by :meth:`start_node` (or ``node=True``), while it runs.
+        self.node: Node | None = None
+        self._serving_hosts: list[str] = ["127.0.0.1", "localhost"]
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -143,11 +108,28 @@ class LocalCluster:
             self.write_kubeconfig(self.kubeconfig, user="admin", groups=("system:masters",))
             if self._want_kcm and self.bins.kube_controller_manager is not None:
                 self._start_controller_manager()
+            if self._want_node:
+                self.start_node()
         except BaseException:
             self.stop()
             raise
 
+    def start_node(self) -> Node:
+        """Start a node (containerd + kubelet) on this control plane; :meth:`stop` stops it."""
+        if self.node is None:
+            started = Node(self)
+            started.start()
+            self.node = started
+        return self.node
+
+    def stop_node(self) -> None:
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
+
     def stop(self) -> None:
+        self.stop_node()
+        stop_nodes_of(self)  # nodes started on it directly, while the API server runs
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self.processes.pop(name, None)
             if proc is not None:
@@ -164,13 +146,53 @@ class LocalCluster:
     def _write_pki(self) -> None:
         d = self.workdir
         (d / "ca.crt").write_bytes(self.ca.cert_pem)
-        serving = self.ca.issue("kube-apiserver", server_hosts=("127.0.0.1", "localhost"))
-        (d / "apiserver.crt").write_bytes(serving.cert_pem)
-        (d / "apiserver.key").write_bytes(serving.key_pem)
+        self._write_serving_certificate()
+        # What the API server presents to kubelets (pods/log, exec, port-forward, proxy).
+        kubelet_client = self.ca.issue(
+            "kube-apiserver-kubelet-client", organizations=("system:masters",)
+        )
+        (d / "apiserver-kubelet-client.crt").write_bytes(kubelet_client.cert_pem)
+        (d / "apiserver-kubelet-client.key").write_bytes(kubelet_client.key_pem)
         pki.write_service_account_keys(d)
 
-    def _spawn(self, name: str, argv: list[str]) -> _Process:
-        proc = _Process(name, argv, self.workdir / f"{name}.log")
+    def _write_serving_certificate(self) -> None:
+        """apiserver.crt and .key for every address in ``_serving_hosts``; each file is
+        replaced in one rename, the key first, so the API server's file watch never reads a
+        half-written file (a certificate that does not match the key is retried)."""
+        serving = self.ca.issue("kube-apiserver", server_hosts=tuple(self._serving_hosts))
+        for name, data in (("apiserver.key", serving.key_pem), ("apiserver.crt", serving.cert_pem)):
+            tmp = self.workdir / f".{name}.tmp"
+            tmp.write_bytes(data)
+            tmp.chmod(0o600)
+            tmp.replace(self.workdir / name)
+
+    def serve_also_on(self, address: str) -> None:
+        """Have the API server's serving certificate name ``address`` too (a node's host
+        address, where pods reach it through a relay); returns once the running API server
+        presents it. The API server keeps listening on 127.0.0.1 only."""
+        if address in self._serving_hosts:
+            return
+        self._serving_hosts.append(address)
+        self._write_serving_certificate()
+        proc = self.processes.get("kube-apiserver")
+        if proc is not None:
+            proc.wait_ready(
+                lambda: self._presents_certificate_for(address), CERT_RELOAD_TIMEOUT, ClusterError
+            )
+
+    def _presents_certificate_for(self, address: str) -> bool:
+        ctx = ssl.create_default_context(cadata=self.ca.cert_pem.decode())
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.apiserver_port), timeout=2) as sock,
+                ctx.wrap_socket(sock, server_hostname=address),
+            ):
+                return True
+        except (ssl.SSLError, OSError):
+            return False
+
+    def _spawn(self, name: str, argv: list[str]) -> Process:
+        proc = Process(name, argv, self.workdir / f"{name}.log")
         self.processes[name] = proc
         return proc
 
@@ -210,6 +232,12 @@ class LocalCluster:
                 f"--tls-cert-file={d / 'apiserver.crt'}",
                 f"--tls-private-key-file={d / 'apiserver.key'}",
                 f"--client-ca-file={d / 'ca.crt'}",
+                # Pod logs and exec through the API server: it dials the node's InternalIP
+                # (its name does not resolve here) and verifies the kubelet with the CA.
+                f"--kubelet-client-certificate={d / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={d / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={d / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--authorization-mode=RBAC",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={d / 'sa.pub'}",
@@ -289,21 +317,9 @@ class LocalCluster:
             self._probe_ctx = self._ssl_context()
         return self._http_ok(f"{self.server}/readyz", self._probe_ctx)
 
-    def _wait(self, proc: _Process, ready: Any, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise ClusterError(
-                    f"{proc.name} exited with code {proc.popen.returncode} before it was "
-                    f"ready; read {proc.log_path}\n{proc.log_tail()}"
-                )
-            if ready():
-                return
-            time.sleep(0.1)
-        raise ClusterError(
-            f"{proc.name} was not ready within {timeout:.0f}s; read {proc.log_path}\n"
-            + proc.log_tail()
-        )
+    @staticmethod
+    def _wait(proc: Process, ready: Callable[[], bool], timeout: float = READY_TIMEOUT) -> None:
+        proc.wait_ready(ready, timeout, ClusterError)
 
     # -- identities ------------------------------------------------------------------
 

@@ -30,7 +30,23 @@ OCI_REF_NAME = "org.opencontainers.image.ref.name"
 
 PAUSE_IMAGE = "tokensync.local/pause:1"
 BUSYBOX_IMAGE = "tokensync.local/busybox:1"
-BUSYBOX_APPLETS = ("sh", "cat", "echo", "ls", "sleep", "env", "true", "false")
+BUSYBOX_APPLETS = (
+    "sh",
+    "cat",
+    "echo",
+    "ls",
+    "sleep",
+    "env",
+    "true",
+    "false",
+    "date",
+    "wget",
+    "nc",
+    "tail",
+    "timeout",
+    "printf",
+    "head",
+)
 
 
 @dataclasses.dataclass(frozen=True)

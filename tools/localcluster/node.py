@@ -4,244 +4,59 @@
 Nothing is faked: pods scheduled to the node (``spec.nodeName``: the control plane runs no
 scheduler) get a sandbox, a network namespace on a bridge of our own, Secret volumes
 mounted by the kubelet and containers run by runc. Images come from this machine, never a
-registry: :mod:`localcluster.images` writes them and :meth:`Node.import_image` loads them.
+registry: :mod:`localcluster.images` writes them; the pause image and the busybox test image
+(:data:`~localcluster.images.BUSYBOX_IMAGE`, ``imagePullPolicy: Never``) are loaded at
+start, others with :meth:`Node.import_image`.
 
-What the node touches on the host, all undone by :meth:`Node.stop`:
+This module orchestrates; each part has its own module: :mod:`localcluster.containerd`,
+:mod:`localcluster.kubelet`, :mod:`localcluster.hostnet` (the bridge and CNI),
+:mod:`localcluster.relay` (pods reaching loopback servers) and :mod:`localcluster.hoststate`
+(what the node changes on the machine, and undoes). Besides those, the node creates a
+ClusterRoleBinding giving ``system:node:<name>`` the ``system:node`` role (the API server
+runs RBAC only, no Node authorizer), and the Node object itself; :meth:`Node.stop` removes
+them and :meth:`Node.leftovers` says what, if anything, is still there.
 
-- a temporary directory (containerd's root and state, the kubelet's root dir, pod logs,
-  certificates, CNI configuration and IP allocations); every mount under it is unmounted;
-- a bridge ``tsnode<id>`` with the gateway address of a free ``10.77.N.0/24``, and the veth
-  pairs of pods (the bridge plugin runs with ``isGateway: false`` and ``ipMasq: false``: no
-  IP forwarding, no iptables rule; the bridge address is also the node's InternalIP, where
-  the kubelet listens, so the kubelet is reachable from this machine only);
-- a cgroup ``/tokensync-node-<id>`` in every hierarchy (the kubelet's ``cgroupRoot``);
-- the kernel settings the kubelet changes at start (``vm.overcommit_memory``,
-  ``kernel.panic``, ``kernel.panic_on_oops``, ...): recorded first, restored at stop;
-- the few host paths containerd and the kubelet create whatever their configuration says
-  (``/run/containerd/s`` for shim sockets, ``/var/log/containers`` for log links, the
-  device plugin socket in ``/var/lib/kubelet/device-plugins``): removed again when they
-  did not exist before;
-- a ClusterRoleBinding giving ``system:node:<name>`` the ``system:node`` role (the API
-  server runs RBAC only, no Node authorizer), and the Node object itself.
-
-The API server reaches the kubelet (logs, exec) only when it was started with kubelet
-client credentials: see :func:`apiserver_reaches_kubelets` and docs/decisions/0038.
+How pods reach the host (docs/decisions/0038): the bridge address :attr:`Node.host_ip` is
+their gateway. The API server stays bound to 127.0.0.1; the node relays
+``host_ip:apiserver_port`` to it and has it add ``host_ip`` to its serving certificate, so
+a pod given :meth:`Node.apiserver_env` talks to it with the cluster CA as a real in-cluster
+client does. A test server on loopback is reached through :meth:`Node.reach` (or
+:meth:`Node.expose`), a server of the test's own can also listen on ``host_ip`` directly.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
-import ipaddress
 import json
 import os
 import pathlib
 import secrets
 import shutil
-import signal
-import socket
 import ssl
-import stat
-import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-import yaml
+from localcluster import binaries, hoststate, images
+from localcluster.containerd import Containerd
+from localcluster.errors import NodeError
+from localcluster.hostnet import Bridge
+from localcluster.kubelet import ROLE_BINDINGS, Kubelet, registration, role_binding
+from localcluster.process import Process
+from localcluster.relay import Relay
 
-from localcluster import images
-from localcluster.cluster import LocalCluster, _Process, free_port
+if TYPE_CHECKING:
+    from localcluster.cluster import LocalCluster
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "hack" / "build-node.sh"
+__all__ = ["READY_TIMEOUT", "Node", "NodeError", "stop_nodes_of"]
+
 READY_TIMEOUT = 120.0
-SUBNET_POOL = ipaddress.IPv4Network("10.77.0.0/16")
-K8S_NAMESPACE = "k8s.io"  # containerd namespace the CRI plugin uses
-# The kubelet sets these at start (container_manager_linux.go, setupKernelTunables).
-KERNEL_TUNABLES = (
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-)
-# Created by containerd or the kubelet whatever their configuration says.
-HOST_PATHS = (
-    pathlib.Path("/run/containerd"),
-    pathlib.Path("/var/log/containers"),
-    pathlib.Path("/var/lib/cni"),
-    pathlib.Path("/var/lib/kubelet"),  # device-plugins/kubelet.sock ignores --root-dir
-)
 _LIVE_NODES: set[Node] = set()
-
-
-class NodeError(RuntimeError):
-    """The node did not come up, or could not be torn down; the message says why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeBinaries:
-    directory: pathlib.Path
-    runc: pathlib.Path
-    busybox: pathlib.Path
-
-    @property
-    def kubelet(self) -> pathlib.Path:
-        return self.directory / "kubelet"
-
-    @property
-    def containerd(self) -> pathlib.Path:
-        return self.directory / "containerd"
-
-    @property
-    def ctr(self) -> pathlib.Path:
-        return self.directory / "ctr"
-
-    @property
-    def shim(self) -> pathlib.Path:
-        return self.directory / "containerd-shim-runc-v2"
-
-    @property
-    def pause(self) -> pathlib.Path:
-        return self.directory / "pause"
-
-    @property
-    def cni(self) -> pathlib.Path:
-        return self.directory / "cni"
-
-
-def locate_node_binaries() -> NodeBinaries:
-    """Build (or reuse) the node's binaries with hack/build-node.sh."""
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise NodeError(
-            f"building the node failed (exit {result.returncode}); "
-            "see the messages above and the build log they name"
-        )
-    directory = pathlib.Path(result.stdout.strip().splitlines()[-1])
-    runc = shutil.which("runc") or "/usr/sbin/runc"
-    bins = NodeBinaries(directory, pathlib.Path(runc), pathlib.Path("/bin/busybox"))
-    for path in (bins.kubelet, bins.containerd, bins.ctr, bins.shim, bins.pause, bins.runc):
-        if not os.access(path, os.X_OK):
-            raise NodeError(f"{path} is missing or not executable")
-    return bins
-
-
-def apiserver_reaches_kubelets(cluster: LocalCluster) -> bool:
-    """Whether the cluster's API server can authenticate to a kubelet (logs, exec, proxy).
-
-    That takes ``--kubelet-client-certificate``/``--kubelet-client-key`` and, since the
-    node's InternalIP is what it must dial, ``--kubelet-preferred-address-types`` starting
-    with ``InternalIP`` (the default tries the node's name, which does not resolve here).
-    """
-    proc = cluster.processes.get("kube-apiserver")
-    if proc is None:
-        return False
-    argv = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
-    return any(a.startswith("--kubelet-client-certificate=") for a in argv) and any(
-        a.startswith("--kubelet-preferred-address-types=InternalIP") for a in argv
-    )
-
-
-# -- host inspection ------------------------------------------------------------------
-
-
-def _mount_points() -> list[str]:
-    points = []
-    for line in pathlib.Path("/proc/self/mountinfo").read_text().splitlines():
-        field = line.split(" ")[4]
-        points.append(field.encode().decode("unicode_escape"))  # octal escapes: \040 etc.
-    return points
-
-
-def _routes() -> list[ipaddress.IPv4Network]:
-    out = subprocess.run(
-        ["ip", "-j", "-4", "route", "show", "table", "all"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    nets = []
-    for route in json.loads(out or "[]"):
-        dst = route.get("dst", "")
-        if dst in ("", "default", "broadcast"):
-            continue
-        with contextlib.suppress(ValueError):
-            nets.append(ipaddress.ip_network(dst, strict=False))
-    return [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
-
-
-def _link_exists(name: str) -> bool:
-    return pathlib.Path(f"/sys/class/net/{name}").exists()
-
-
-def _links_of(bridge: str) -> list[str]:
-    brif = pathlib.Path(f"/sys/class/net/{bridge}/brif")
-    return sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
-
-
-def _cgroup_hierarchies() -> list[pathlib.Path]:
-    """Every mounted cgroup hierarchy: the v1 controllers and the v2 (unified) tree."""
-    found = []
-    for line in pathlib.Path("/proc/self/mounts").read_text().splitlines():
-        _dev, point, fstype, *_ = line.split(" ")
-        if fstype in ("cgroup", "cgroup2"):
-            found.append(pathlib.Path(point))
-    return found
-
-
-def _pids_with(needle: str) -> list[int]:
-    """Processes whose command line contains ``needle``."""
-    pids = []
-    for proc in pathlib.Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in cmdline:
-            pids.append(int(proc.name))
-    return pids
-
-
-def _read_sysctl(name: str) -> str | None:
-    try:
-        return (pathlib.Path("/proc/sys") / name).read_text().strip()
-    except OSError:
-        return None
-
-
-def _listening(path: pathlib.Path) -> bool:
-    """Whether a server still accepts connections on the unix socket at ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        raise NodeError("a node needs root: it mounts, makes cgroups and network links")
-
-
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
 
 
 class Node:
@@ -252,21 +67,22 @@ class Node:
         cluster: LocalCluster,
         *,
         name: str = "tokensync-node",
-        bins: NodeBinaries | None = None,
+        bins: binaries.NodeBinaries | None = None,
     ) -> None:
         self.cluster = cluster
         self.name = name
         self._bins = bins
         self.id = secrets.token_hex(3)
-        self.bridge = f"tsnode{self.id}"
-        self.cgroup_root = f"/tokensync-node-{self.id}"
         self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="tokensync-node-"))
-        self.processes: dict[str, _Process] = {}
-        self.subnet: ipaddress.IPv4Network | None = None
-        self.kubelet_port = 0
-        self._sysctls: dict[str, str] = {}
-        self._host_paths_before: dict[pathlib.Path, bool] = {}
+        self.bridge = Bridge(f"tsnode{self.id}")
+        self.cgroups = hoststate.CgroupRoot(f"tokensync-node-{self.id}")
+        self.processes: dict[str, Process] = {}
+        self._host = hoststate.HostChanges()
+        self._containerd: Containerd | None = None
+        self._kubelet: Kubelet | None = None
         self._api_ctx: ssl.SSLContext | None = None
+        self._apiserver_relay: Relay | None = None
+        self._relays: dict[tuple[str, int], Relay] = {}
         self._pids: list[int] = []
         self._sandboxes: set[str] = set()
 
@@ -285,15 +101,20 @@ class Node:
         self.stop()
 
     @property
-    def bins(self) -> NodeBinaries:
+    def bins(self) -> binaries.NodeBinaries:
         if self._bins is None:
-            self._bins = locate_node_binaries()
+            self._bins = binaries.locate_node()
         return self._bins
 
     @property
+    def host_ip(self) -> str:
+        """The bridge address: the pods' gateway, the node's InternalIP (the kubelet listens
+        there), and the address at which pods reach servers on this machine."""
+        return self.bridge.host_ip
+
+    @property
     def node_ip(self) -> str:
-        assert self.subnet is not None
-        return str(self.subnet.network_address + 1)
+        return self.host_ip
 
     @property
     def network(self) -> str:
@@ -301,23 +122,32 @@ class Node:
         return f"tokensync-{self.id}"
 
     @property
-    def containerd_socket(self) -> pathlib.Path:
-        return self.workdir / "containerd" / "containerd.sock"
+    def containerd(self) -> Containerd:
+        if self._containerd is None:
+            raise NodeError("the node is not started")
+        return self._containerd
+
+    @property
+    def kubelet(self) -> Kubelet:
+        if self._kubelet is None:
+            raise NodeError("the node is not started")
+        return self._kubelet
 
     def start(self) -> None:
-        """Start containerd and the kubelet; return once the Node is Ready."""
+        """Start containerd and the kubelet; return once the Node is Ready, the test image
+        is loaded and the API server answers pods at :attr:`host_ip`."""
         _LIVE_NODES.add(self)
         try:
-            _require_root()
-            _ = self.bins
-            self._record_host_state()
+            hoststate.require_root(NodeError)
+            bins = self.bins
+            self._host.record()
             self._authorize()
-            self._setup_network()
-            self._make_cgroup_root()
-            self._start_containerd()
-            self.import_image(self._pause_archive())
-            self._start_kubelet()
-            self._wait_ready()
+            self._start_network()
+            self.cgroups.make()
+            self._start_containerd(bins)
+            self.import_image(self._image_archive("pause", images.pause_image, bins.pause))
+            self.import_image(self._image_archive("busybox", images.busybox_image, bins.busybox))
+            self._start_kubelet(bins)
         except BaseException:
             self.stop()
             raise
@@ -329,19 +159,22 @@ class Node:
         try:
             with contextlib.suppress(Exception):
                 self._delete_pods()
-            proc = self.processes.pop("kubelet", None)
-            if proc is not None:
-                proc.stop()
-            with contextlib.suppress(Exception):
-                self._remove_containers()
-            proc = self.processes.pop("containerd", None)
-            if proc is not None:
-                proc.stop()
-            self._kill_leftover_processes()
-            self._unmount_all()
-            self._remove_links()
-            self._remove_cgroups()
-            self._restore_host_state()
+            self._stop_process("kubelet")
+            if self._containerd is not None:
+                with contextlib.suppress(Exception):
+                    self._containerd.remove_containers()
+                self._sandboxes = self._containerd.sandbox_ids()
+            self._stop_process("containerd")
+            hoststate.kill_until_gone(self._node_pids)
+            hoststate.unmount_under(self.workdir)
+            for relay in [*self._relays.values(), self._apiserver_relay]:
+                if relay is not None:
+                    relay.stop()
+            self._relays.clear()
+            self._apiserver_relay = None
+            self.bridge.remove()
+            self.cgroups.remove()
+            self._host.restore(self._is_ours)
             with contextlib.suppress(Exception):
                 self._unregister()
         finally:
@@ -352,183 +185,67 @@ class Node:
     def leftovers(self) -> list[str]:
         """What of this node is still on the host: empty after a clean :meth:`stop`."""
         found = [f"process {pid}" for pid in self._pids if pathlib.Path(f"/proc/{pid}").exists()]
-        found += [f"process {pid}" for pid in self._shim_pids() + sorted(self._cgroup_pids())]
-        found += [f"mount {m}" for m in _mount_points() if m.startswith(str(self.workdir))]
-        if _link_exists(self.bridge):
-            found.append(f"link {self.bridge} (ports: {_links_of(self.bridge)})")
-        found += [
-            f"cgroup {h / self.cgroup_root.lstrip('/')}"
-            for h in _cgroup_hierarchies()
-            if (h / self.cgroup_root.lstrip("/")).exists()
-        ]
-        found += [
-            f"host path {p} (did not exist before)"
-            for p, existed in self._host_paths_before.items()
-            if not existed and p.exists()
-        ]
-        found += [
-            f"sysctl {k}={_read_sysctl(k)} (was {v})"
-            for k, v in self._sysctls.items()
-            if _read_sysctl(k) != v
-        ]
+        found += [f"process {pid}" for pid in sorted(self._node_pids())]
+        found += [f"mount {m}" for m in hoststate.mounts_under(self.workdir)]
+        found += self.bridge.leftovers() + self.cgroups.leftovers()
+        found += self._host.leftovers(self._is_ours)
         return sorted(set(found))
 
-    # -- host state ------------------------------------------------------------------
+    # -- how pods reach the host -----------------------------------------------------
 
-    def _record_host_state(self) -> None:
-        for name in KERNEL_TUNABLES:
-            value = _read_sysctl(name)
-            if value is not None:
-                self._sysctls[name] = value
-        self._host_paths_before = {p: p.exists() for p in HOST_PATHS}
+    @property
+    def apiserver_port(self) -> int:
+        """The port at :attr:`host_ip` where pods reach the API server."""
+        if self._apiserver_relay is None:
+            raise NodeError("the node is not started")
+        return self._apiserver_relay.port
 
-    def _restore_host_state(self) -> None:
-        for name, value in self._sysctls.items():
-            if _read_sysctl(name) != value:
-                with contextlib.suppress(OSError):
-                    (pathlib.Path("/proc/sys") / name).write_text(value)
-        # containerd's loopback network caches results under the pod sandbox's ID.
-        cri = self.workdir / "containerd"
-        self._sandboxes = {
-            p.name for p in cri.glob("*/io.containerd.grpc.v1.cri/sandboxes/*") if len(p.name) == 64
-        }
-        for path, existed in self._host_paths_before.items():
-            self._prune(path, remove_root=not existed)
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://{self.host_ip}:{self.apiserver_port}"
 
-    def _prune(self, root: pathlib.Path, *, remove_root: bool) -> None:
-        """Remove this node's traces from a host directory, and then emptied directories.
+    def apiserver_env(self) -> list[dict[str, str]]:
+        """A container's ``env`` entries that point in-cluster clients at the API server.
 
-        Ours: links into the workdir (``/var/log/containers``), files named after the CNI
-        network (the CNI result cache), and unix sockets nobody listens on any more (the
-        shims' and the kubelet's device plugin socket). Anything else is someone else's.
+        The kubelet sets ``KUBERNETES_SERVICE_HOST`` to the ``kubernetes`` Service's
+        ClusterIP, which nothing routes here (no kube-proxy); a container's own ``env``
+        wins over it. The client still needs a token and the CA (``cluster.ca.cert_pem``)
+        mounted: the ServiceAccount admission plugin is off on this control plane.
         """
-        if not root.is_dir():
-            return
-        for dirpath, _dirs, files in os.walk(root, topdown=False):
-            for name in files:
-                path = pathlib.Path(dirpath) / name
-                if self._is_ours(path):
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-            if remove_root or pathlib.Path(dirpath) != root:
-                with contextlib.suppress(OSError):
-                    pathlib.Path(dirpath).rmdir()  # only if empty
+        return [
+            {"name": "KUBERNETES_SERVICE_HOST", "value": self.host_ip},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": str(self.apiserver_port)},
+        ]
 
-    def _is_ours(self, path: pathlib.Path) -> bool:
-        if path.is_symlink():
-            return os.readlink(path).startswith(str(self.workdir) + "/")
-        prefixes = (f"{self.network}-", *(f"cni-loopback-{sid}-" for sid in self._sandboxes))
-        if path.name.startswith(prefixes):
-            return True
-        try:
-            return stat.S_ISSOCK(path.lstat().st_mode) and not _listening(path)
-        except OSError:
-            return False
+    def expose(self, port: int, host: str = "127.0.0.1") -> int:
+        """Relay ``host_ip:<returned port>`` to the server at ``host:port`` on this machine,
+        for as long as the node runs (once per server, however often asked)."""
+        relay = self._relays.get((host, port))
+        if relay is None:
+            relay = Relay(self.host_ip, port, target_host=host).start()
+            self._relays[host, port] = relay
+        return relay.port
 
-    # -- network ---------------------------------------------------------------------
+    def reach(self, url: str) -> str:
+        """``url`` of a loopback server, as a pod reaches it (through :meth:`expose`)."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
+            raise ValueError(f"{url} is not a loopback URL with a port")
+        port = self.expose(parts.port)
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{self.host_ip}:{port}"))
 
-    def _pick_subnet(self) -> ipaddress.IPv4Network:
-        used = _routes()
-        for candidate in SUBNET_POOL.subnets(new_prefix=24):
-            if not any(candidate.overlaps(n) for n in used):
-                return candidate
-        raise NodeError(f"no free /24 in {SUBNET_POOL}: every one overlaps a route")
+    # -- images ----------------------------------------------------------------------
 
-    def _setup_network(self) -> None:
-        self.subnet = self._pick_subnet()
-        gateway = f"{self.node_ip}/{self.subnet.prefixlen}"
-        for argv in (
-            ("link", "add", "name", self.bridge, "type", "bridge"),
-            ("addr", "add", gateway, "dev", self.bridge),
-            ("link", "set", self.bridge, "up"),
-        ):
-            result = _ip(*argv)
-            if result.returncode != 0:
-                raise NodeError(f"ip {' '.join(argv)} failed: {result.stderr.strip()}")
-        net = self.workdir / "cni"
-        (net / "net.d").mkdir(parents=True)
-        conflist = {
-            "cniVersion": "1.0.0",
-            "name": self.network,
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self.bridge,
-                    "isGateway": False,  # the bridge has its address already: no forwarding
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": str(self.subnet), "gateway": self.node_ip}]],
-                        "routes": [{"dst": "0.0.0.0/0", "gw": self.node_ip}],
-                        "dataDir": str(net / "ipam"),
-                    },
-                }
-            ],
-        }
-        (net / "net.d" / "10-tokensync.conflist").write_text(json.dumps(conflist, indent=2))
+    def import_image(self, archive: pathlib.Path) -> None:
+        """Load an OCI archive (see :mod:`localcluster.images`) for the kubelet to use."""
+        self.containerd.import_image(archive)
 
-    def _remove_links(self) -> None:
-        if not _link_exists(self.bridge):
-            return
-        for port in _links_of(self.bridge):
-            _ip("link", "delete", port)
-        _ip("link", "delete", self.bridge)
-
-    # -- cgroups ---------------------------------------------------------------------
-
-    def _make_cgroup_root(self) -> None:
-        # The kubelet wants its cgroupRoot to exist in every hierarchy it uses.
-        for hierarchy in _cgroup_hierarchies():
-            (hierarchy / self.cgroup_root.lstrip("/")).mkdir(exist_ok=True)
-
-    def _cgroup_pids(self) -> set[int]:
-        pids: set[int] = set()
-        for hierarchy in _cgroup_hierarchies():
-            root = hierarchy / self.cgroup_root.lstrip("/")
-            if not root.is_dir():
-                continue
-            for procs in root.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError, ValueError):
-                    pids.update(int(p) for p in procs.read_text().split())
-        return pids
-
-    def _remove_cgroups(self) -> None:
-        for hierarchy in _cgroup_hierarchies():
-            root = hierarchy / self.cgroup_root.lstrip("/")
-            if not root.is_dir():
-                continue
-            dirs = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-            for directory in [*dirs, root]:
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-
-    # -- processes and mounts --------------------------------------------------------
-
-    def _shim_pids(self) -> list[int]:
-        """containerd's shims for this node: they name its socket on their command line."""
-        return _pids_with(f"-address {self.containerd_socket}")
-
-    def _kill_leftover_processes(self) -> None:
-        """Shims outlive containerd by design, and a container may outlive its shim."""
-        for _ in range(50):
-            pids = set(self._shim_pids()) | self._cgroup_pids()
-            pids.discard(os.getpid())
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
-
-    def _unmount_all(self) -> None:
-        prefix = str(self.workdir)
-        for _ in range(10):
-            points = [m for m in _mount_points() if m == prefix or m.startswith(prefix + "/")]
-            if not points:
-                return
-            for point in sorted(set(points), key=len, reverse=True):
-                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    def _image_archive(
+        self, name: str, build: Callable[[pathlib.Path, pathlib.Path], str], binary: pathlib.Path
+    ) -> pathlib.Path:
+        archive = self.workdir / f"{name}.oci.tar"
+        build(binary, archive)
+        return archive
 
     # -- API access ------------------------------------------------------------------
 
@@ -557,44 +274,19 @@ class Node:
         return text if raw else json.loads(text or "null")
 
     def kubelet_get(self, path: str) -> str:
-        """GET from the kubelet's own API, with a client certificate from the cluster CA.
+        """GET from the kubelet's own API (see :meth:`Kubelet.get`)."""
+        return self.kubelet.get(path)
 
-        The same path the API server takes for ``pods/log`` once it has kubelet client
-        credentials; the kubelet authenticates the certificate and asks the API server
-        (SubjectAccessReview) whether that user may read ``nodes/proxy``.
-        """
-        pair = self.cluster.ca.issue("tokensync-kubelet-client", organizations=("system:masters",))
-        cert, key = self.workdir / "kubelet-client.crt", self.workdir / "kubelet-client.key"
-        cert.write_bytes(pair.cert_pem)
-        key.write_bytes(pair.key_pem)
-        ctx = ssl.create_default_context(cadata=self.cluster.ca.cert_pem.decode())
-        ctx.load_cert_chain(cert, key)
-        url = f"https://{self.node_ip}:{self.kubelet_port}{path}"
-        with urllib.request.urlopen(url, timeout=10, context=ctx) as resp:
-            return str(resp.read().decode())
+    def pods(self) -> list[dict[str, Any]]:
+        selector = urllib.parse.quote(f"spec.nodeName={self.name}")
+        items: list[dict[str, Any]] = self.api("GET", f"/api/v1/pods?fieldSelector={selector}")[
+            "items"
+        ]
+        return items
 
     def _authorize(self) -> None:
-        # RBAC's system:node role has no subjects by default; the Node authorizer, which
-        # would otherwise let kubelets in, is not enabled on this control plane.
-        binding = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": f"tokensync:node:{self.name}"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "system:node",
-            },
-            "subjects": [
-                {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "User",
-                    "name": f"system:node:{self.name}",
-                }
-            ],
-        }
         try:
-            self.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+            self.api("POST", ROLE_BINDINGS, role_binding(self.name))
         except urllib.error.HTTPError as exc:
             if exc.code != 409:
                 raise
@@ -604,207 +296,53 @@ class Node:
             self.api("DELETE", path)
 
     def _unregister(self) -> None:
-        self._delete_quietly(f"/api/v1/nodes/{self.name}")
-        self._delete_quietly(
-            f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.name}"
-        )
-        self._delete_quietly(
-            f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/tokensync:node:{self.name}"
-        )
-
-    def pods(self) -> list[dict[str, Any]]:
-        selector = urllib.parse.quote(f"spec.nodeName={self.name}")
-        items: list[dict[str, Any]] = self.api("GET", f"/api/v1/pods?fieldSelector={selector}")[
-            "items"
-        ]
-        return items
+        for path in registration(self.name):
+            self._delete_quietly(path)
 
     def _delete_pods(self, timeout: float = 30.0) -> None:
         """Let the kubelet stop the node's pods (and tear down their networks) itself."""
-        if "kubelet" not in self.processes or not self.processes["kubelet"].alive():
+        proc = self.processes.get("kubelet")
+        if proc is None or not proc.alive():
             return
         for pod in self.pods():
             meta = pod["metadata"]
             self._delete_quietly(
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}?gracePeriodSeconds=1"
             )
-        deadline = time.monotonic() + timeout
-        while self.pods() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        with contextlib.suppress(NodeError):
+            proc.wait_ready(lambda: not self.pods(), timeout, NodeError, interval=0.5)
 
-    # -- containerd ------------------------------------------------------------------
+    # -- parts -----------------------------------------------------------------------
 
-    def _containerd_config(self) -> str:
-        d = self.workdir / "containerd"
-        runtime = "plugins.'io.containerd.cri.v1.runtime'"
-        lines = [
-            "version = 3",
-            f"root = '{d / 'root'}'",
-            f"state = '{d / 'state'}'",
-            "imports = []",
-            # The kubelet sets the OOM score of pods' sandboxes below ours, which takes
-            # CAP_SYS_RESOURCE; without it containerd clamps the score instead of failing.
-            "oom_score = 0",
-            "[grpc]",
-            f"  address = '{self.containerd_socket}'",
-            "[ttrpc]",
-            f"  address = '{self.containerd_socket}.ttrpc'",
-            "[plugins.'io.containerd.cri.v1.images']",
-            "  snapshotter = 'overlayfs'",
-            "[plugins.'io.containerd.cri.v1.images'.pinned_images]",
-            f"  sandbox = '{images.PAUSE_IMAGE}'",
-            f"[{runtime}]",
-            "  restrict_oom_score_adj = true",
-            "  netns_mounts_under_state_dir = true",
-            f"  cdi_spec_dirs = ['{d / 'cdi'}']",
-            f"[{runtime}.cni]",
-            f"  bin_dirs = ['{self.bins.cni}']",
-            f"  conf_dir = '{self.workdir / 'cni' / 'net.d'}'",
-            f"[{runtime}.containerd.runtimes.runc]",
-            "  runtime_type = 'io.containerd.runc.v2'",
-            f"  runtime_path = '{self.bins.shim}'",
-            f"[{runtime}.containerd.runtimes.runc.options]",
-            f"  BinaryName = '{self.bins.runc}'",
-            f"  Root = '{d / 'runc'}'",
-            "  SystemdCgroup = false",
-            "[plugins.'io.containerd.grpc.v1.cri']",
-            "  stream_server_address = '127.0.0.1'",
-            "  stream_server_port = '0'",
-            "[plugins.'io.containerd.internal.v1.opt']",
-            f"  path = '{d / 'opt'}'",
-            "[plugins.'io.containerd.image-verifier.v1.bindir']",
-            f"  bin_dir = '{d / 'image-verifier'}'",
-            "[plugins.'io.containerd.nri.v1.nri']",
-            "  disable = true",
-        ]
-        return "\n".join(lines) + "\n"
+    def _start_network(self) -> None:
+        self.bridge.create()
+        net = self.workdir / "cni"
+        (net / "net.d").mkdir(parents=True)
+        conflist = self.bridge.conflist(self.network, net / "ipam")
+        (net / "net.d" / "10-tokensync.conflist").write_text(json.dumps(conflist, indent=2))
+        # Pods reach the API server at host_ip: its certificate must name that address.
+        self.cluster.serve_also_on(self.host_ip)
+        self._apiserver_relay = Relay(self.host_ip, self.cluster.apiserver_port).start()
 
-    def _start_containerd(self) -> None:
-        d = self.workdir / "containerd"
-        d.mkdir(exist_ok=True)
-        config = d / "config.toml"
-        config.write_text(self._containerd_config())
-        # env(1) execs containerd with our binaries first on PATH (the shim finds itself
-        # there), so the process we stop is containerd itself.
-        path = f"PATH={self.bins.directory}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}"
-        proc = self._spawn(
-            "containerd",
-            ["env", path, str(self.bins.containerd), f"--config={config}", "--log-level=info"],
+    def _start_containerd(self, bins: binaries.NodeBinaries) -> None:
+        self._containerd = Containerd(
+            self.workdir / "containerd", bins, cni_conf_dir=self.workdir / "cni" / "net.d"
         )
-        self._wait(proc, self._containerd_ready, 30.0)
+        proc = self._spawn("containerd", self._containerd.argv())
+        proc.wait_ready(self._containerd.ready, 30.0, NodeError, interval=0.25, tail=25)
 
-    def ctr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.bins.ctr), f"--address={self.containerd_socket}", "-n", K8S_NAMESPACE, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
+    def _start_kubelet(self, bins: binaries.NodeBinaries) -> None:
+        self._kubelet = Kubelet(
+            self.workdir / "kubelet",
+            cluster=self.cluster,
+            name=self.name,
+            node_ip=self.host_ip,
+            runtime_socket=self.containerd.socket,
+            cgroup_root=self.cgroups.path,
+            pod_logs_dir=self.workdir / "pod-logs",
         )
-
-    def _containerd_ready(self) -> bool:
-        return self.containerd_socket.exists() and self.ctr("version", timeout=5).returncode == 0
-
-    def import_image(self, archive: pathlib.Path) -> None:
-        """Load an OCI archive (see :mod:`localcluster.images`) for the kubelet to use."""
-        result = self.ctr("images", "import", str(archive), timeout=120)
-        if result.returncode != 0:
-            raise NodeError(f"ctr images import {archive} failed: {result.stderr.strip()}")
-
-    def _pause_archive(self) -> pathlib.Path:
-        archive = self.workdir / "pause.oci.tar"
-        images.pause_image(self.bins.pause, archive)
-        return archive
-
-    def busybox_archive(self) -> pathlib.Path:
-        """The test image (:data:`images.BUSYBOX_IMAGE`) as an archive for :meth:`import_image`."""
-        archive = self.workdir / "busybox.oci.tar"
-        images.busybox_image(self.bins.busybox, archive)
-        return archive
-
-    def _remove_containers(self) -> None:
-        """Kill and delete whatever runs in containerd after the kubelet is gone."""
-        tasks = self.ctr("tasks", "list", "-q").stdout.split()
-        for task in tasks:
-            self.ctr("tasks", "kill", "--signal", "SIGKILL", task, timeout=10)
-        for task in tasks:
-            self.ctr("tasks", "delete", "--force", task, timeout=10)
-        containers = self.ctr("containers", "list", "-q").stdout.split()
-        if containers:
-            self.ctr("containers", "delete", *containers, timeout=30)
-
-    # -- kubelet ---------------------------------------------------------------------
-
-    def _kubelet_config(self) -> dict[str, Any]:
-        k = self.workdir / "kubelet"
-        return {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            "failCgroupV1": False,  # these machines run cgroup v1; 1.35+ refuse it otherwise
-            "cgroupDriver": "cgroupfs",
-            "cgroupRoot": self.cgroup_root,
-            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
-            "address": self.node_ip,
-            "port": self.kubelet_port,
-            "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1",
-            "healthzPort": free_port(),
-            "tlsCertFile": str(k / "serving.crt"),
-            "tlsPrivateKeyFile": str(k / "serving.key"),
-            "authentication": {
-                "anonymous": {"enabled": False},
-                "webhook": {"enabled": True},
-                "x509": {"clientCAFile": str(k / "ca.crt")},
-            },
-            "authorization": {"mode": "Webhook"},
-            "registerNode": True,
-            "failSwapOn": False,
-            "resolvConf": str(k / "resolv.conf"),
-            "podLogsDir": str(self.workdir / "pod-logs"),
-            "volumePluginDir": str(k / "volume-plugins"),
-            "makeIPTablesUtilChains": False,
-            "oomScoreAdj": 0,  # lowering it takes CAP_SYS_RESOURCE, which we may not have
-            # A busy or nearly full disk must not evict the tests' pods, nor collect images
-            # (ours cannot be pulled again).
-            "evictionHard": {
-                "memory.available": "50Mi",
-                "nodefs.available": "1%",
-                "nodefs.inodesFree": "1%",
-                "imagefs.available": "1%",
-                "imagefs.inodesFree": "1%",
-            },
-            "imageGCHighThresholdPercent": 100,
-            "imageGCLowThresholdPercent": 99,
-            "serializeImagePulls": False,
-        }
-
-    def _start_kubelet(self) -> None:
-        k = self.workdir / "kubelet"
-        k.mkdir()
-        (k / "ca.crt").write_bytes(self.cluster.ca.cert_pem)
-        serving = self.cluster.ca.issue(self.name, server_hosts=(self.node_ip, self.name))
-        (k / "serving.crt").write_bytes(serving.cert_pem)
-        (k / "serving.key").write_bytes(serving.key_pem)
-        (k / "resolv.conf").write_text("# tokensync local node: pods resolve no names\n")
-        self.kubelet_port = free_port()
-        config = k / "config.yaml"
-        config.write_text(yaml.safe_dump(self._kubelet_config()))
-        kubeconfig = self.cluster.write_kubeconfig(
-            k / "kubeconfig", user=f"system:node:{self.name}", groups=("system:nodes",)
-        )
-        self._spawn(
-            "kubelet",
-            [
-                str(self.bins.kubelet),
-                f"--config={config}",
-                f"--kubeconfig={kubeconfig}",
-                f"--root-dir={k / 'root'}",
-                f"--cert-dir={k / 'pki'}",
-                f"--hostname-override={self.name}",
-                f"--node-ip={self.node_ip}",
-                "--v=1",
-            ],
-        )
+        proc = self._spawn("kubelet", self._kubelet.argv(bins.kubelet))
+        proc.wait_ready(self._node_ready, READY_TIMEOUT, NodeError, interval=0.25, tail=25)
 
     def _node_ready(self) -> bool:
         try:
@@ -814,32 +352,42 @@ class Node:
         conditions = node.get("status", {}).get("conditions") or []
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    def _wait_ready(self) -> None:
-        self._wait(self.processes["kubelet"], self._node_ready, READY_TIMEOUT)
-
-    # -- helpers ---------------------------------------------------------------------
-
-    def _spawn(self, name: str, argv: list[str]) -> _Process:
-        proc = _Process(name, argv, self.workdir / f"{name}.log")
+    def _spawn(self, name: str, argv: list[str]) -> Process:
+        proc = Process(name, argv, self.workdir / f"{name}.log")
         self.processes[name] = proc
         self._pids.append(proc.pid)
         return proc
 
-    def _wait(self, proc: _Process, ready: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise NodeError(
-                    f"{proc.name} exited with code {proc.popen.returncode} before it was "
-                    f"ready; read {proc.log_path}\n{proc.log_tail(25)}"
-                )
-            if ready():
-                return
-            time.sleep(0.25)
-        raise NodeError(
-            f"{proc.name} was not ready within {timeout:.0f}s; read {proc.log_path}\n"
-            + proc.log_tail(25)
-        )
+    def _stop_process(self, name: str) -> None:
+        proc = self.processes.pop(name, None)
+        if proc is not None:
+            proc.stop()
+
+    # -- cleanup ---------------------------------------------------------------------
+
+    def _node_pids(self) -> set[int]:
+        """Shims (they outlive containerd by design) and whatever is in the node's cgroups."""
+        shims: set[int] = set()
+        if self._containerd is not None:
+            shims = set(hoststate.pids_with(self._containerd.shim_command_marker()))
+        return shims | self.cgroups.pids()
+
+    def _is_ours(self, path: pathlib.Path) -> bool:
+        """Whether a file in a host path is this node's: a link into its directory
+        (``/var/log/containers``), a file named after its CNI network or sandboxes (the CNI
+        result cache), or a unix socket nobody listens on any more (the shims', the kubelet's
+        device plugin socket). Anything else is someone else's."""
+        if path.is_symlink():
+            return os.readlink(path).startswith(str(self.workdir) + "/")
+        prefixes = (f"{self.network}-", *(f"cni-loopback-{sid}-" for sid in self._sandboxes))
+        return path.name.startswith(prefixes) or hoststate.is_dead_socket(path)
+
+
+def stop_nodes_of(cluster: LocalCluster) -> None:
+    """Stop every node still running on ``cluster`` (before its API server goes away)."""
+    for node in list(_LIVE_NODES):
+        if node.cluster is cluster:
+            node.stop()
 
 
 @atexit.register
