@@ -30,6 +30,7 @@ from tokensync import (
     progress,
     scheduler,
     seen,
+    status,
     target,
     tracking,
     transport,
@@ -119,9 +120,21 @@ class Reconciler:
         elif not self._queue.is_known(record.key):
             due = record.state.next_refresh_at or self._clock()
             self._queue.schedule(record.key, at=due.timestamp())
+            self._resume_metrics(record)
         parked = self._tracker.claim_target(record.key)
         if parked is not None:
             self.target_seen(parked)  # its target was listed first (decision 0035)
+
+    def _resume_metrics(self, record: tracking.Record) -> None:
+        """A credential resumed from its status (after a start): export what status says
+        until its next refresh, so that the expiring-soon alert can fire meanwhile."""
+        state, ns, name = record.state, record.namespace, record.name
+        if state.expires_at is not None and state.next_refresh_at is not None:
+            self._metrics.expiration.labels(ns, name).set(state.expires_at.timestamp())
+            self._metrics.renewal.labels(ns, name).set(state.next_refresh_at.timestamp())
+        ready = status.ready_condition(state.conditions) or {}
+        if ready.get("status") in ("True", "False"):
+            self._metrics.set_ready(ns, name, str(ready["status"]))
 
     def forget(self, namespace: str, name: str) -> None:
         """A ClientCredential was deleted: stop refreshing it."""

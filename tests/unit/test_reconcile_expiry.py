@@ -91,3 +91,25 @@ async def test_expiry_is_reported_while_no_worker_has_run_the_refresh() -> None:
     assert (ready["status"], ready["reason"]) == ("False", "Expired")
     assert "its refresh has not completed yet" in ready["message"]
     assert kube.events == ["Expired"]
+
+
+def test_a_resumed_credential_exports_its_gauges_before_its_next_refresh() -> None:
+    """After a start the per-credential gauges come from status at once, not at the next
+    refresh: TokensyncTokenExpiringSoon must be able to fire for a resumed token."""
+    metrics_ = metrics.Metrics()
+    rec = reconcile.Reconciler(
+        kube_api=RecordingKube(),  # type: ignore[arg-type] -- nothing is applied
+        http=None,  # type: ignore[arg-type]
+        metrics_=metrics_,
+        queue=scheduler.RefreshQueue(workers=1),
+        pacer=scheduler.HostPacer(rate=1, burst=1),
+        clock=Clock(),
+    )
+    rec.observe(body("resumed", expires=T0 + 600 * S))
+    labels = {"namespace": "ns", "name": "resumed"}
+    sample = metrics_.registry.get_sample_value
+    assert (
+        sample("tokensync_token_expiration_timestamp_seconds", labels) == (T0 + 600 * S).timestamp()
+    )
+    assert sample("tokensync_token_renewal_timestamp_seconds", labels) == (T0 + 590 * S).timestamp()
+    assert sample("tokensync_credential_ready", {**labels, "condition": "True"}) == 1.0
