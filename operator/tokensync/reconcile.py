@@ -24,6 +24,7 @@ from tokensync import (
     discovery,
     effects,
     endpoint,
+    failures,
     kube,
     metrics,
     outcome,
@@ -64,6 +65,7 @@ class Reconciler:
         events: scheduler.Budget | None = None,
     ) -> None:
         self._queue = queue
+        self._kube = kube_api
         self._metrics = metrics_
         self._settings = settings
         self._clock = clock
@@ -210,6 +212,7 @@ class Reconciler:
         elif verdict is tracking.Verdict.CHANGED:
             record.target_uid = None  # the next attempt reads it before anything else
             if found.deleted:
+                record.target_deleted = True
                 # A namespace being deleted takes its Secrets first: a moment later the
                 # client Secret is gone too and no token is fetched for a dying namespace.
                 at = self._clock().timestamp() + TARGET_DELETED_GRACE
@@ -249,6 +252,8 @@ class Reconciler:
             generation = record.state.handled_generation or record.generation
             await self._apply(record, outcome.waiting(record.state, generation=generation, now=now))
             return
+        if record.target_deleted and not await self._still_exists(record):
+            return
         this = progress.Attempt(generation=record.generation, request=record.refresh_request)
         result = await self._attempts.run(record, this)
         if not self._tracker.is_current(record):
@@ -256,6 +261,21 @@ class Reconciler:
         now = self._clock()  # not the attempt's start: a request may have taken a while
         decision = outcome.decide(record.state, this, result, now=now, draw=self._draw())
         await self._apply(record, decision)
+
+    async def _still_exists(self, record: tracking.Record) -> bool:
+        """Before a deleted target is written again: is its credential still there? A
+        credential deleted while the watch was down (no DELETED event) has its target
+        garbage-collected; writing it again would only feed the collector."""
+        record.target_deleted = False
+        try:
+            body = await self._kube.read_credential(record.namespace, record.name)
+        except failures.ApiError:
+            return True  # the attempt reports the API server's trouble itself
+        if body is not None and body["metadata"].get("uid") == record.uid:
+            return True
+        self.forget(record.namespace, record.name)
+        logger.info("forgot %s/%s: deleted while a watch was down", record.namespace, record.name)
+        return False
 
     async def _apply(self, record: tracking.Record, decision: progress.Decision) -> None:
         record.state = decision.state

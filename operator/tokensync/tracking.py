@@ -50,6 +50,10 @@ class Record:
     resource_version: str | None = None
     #: The ClientCredential is being deleted: its target is not repaired.
     deleting: bool = False
+    #: The target watch saw the target deleted: before it is written again, the credential
+    #: itself is read (the garbage collector deletes targets whose credential is gone, and
+    #: a credential deleted while the watch was down sent no DELETED event).
+    target_deleted: bool = False
     #: The tracker's event count when this record was last put: see Tracker.absent().
     observed: int = 0
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tokensync import alarms, metrics, reconcile, scheduler
+from tokensync import alarms, metrics, reconcile, scheduler, target
 
 T0 = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
 S = datetime.timedelta(seconds=1)
@@ -113,3 +113,49 @@ def test_a_resumed_credential_exports_its_gauges_before_its_next_refresh() -> No
     )
     assert sample("tokensync_token_renewal_timestamp_seconds", labels) == (T0 + 590 * S).timestamp()
     assert sample("tokensync_credential_ready", {**labels, "condition": "True"}) == 1.0
+
+
+class CredentialGone(RecordingKube):
+    """The API server no longer has the credential (deleted while the watch was down)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def read_credential(self, namespace: str, name: str) -> None:
+        self.reads += 1
+
+
+async def test_a_deleted_target_of_a_deleted_credential_is_not_written_again() -> None:
+    """The garbage collector deletes the target of a credential deleted while the watch
+    was down: the repair reads the credential first and forgets it, fetching nothing."""
+    kube = CredentialGone()
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    rec = reconcile.Reconciler(
+        kube_api=kube,  # type: ignore[arg-type] -- only read_credential is reached
+        http=None,  # type: ignore[arg-type] -- never reached: nothing is fetched
+        metrics_=metrics.Metrics(),
+        queue=queue,
+        pacer=scheduler.HostPacer(rate=1, burst=1),
+        clock=Clock(),
+    )
+    gone = body("gone", expires=T0 + 600 * S)
+    gone["status"]["target"] = "gone-token"
+    rec.observe(gone)
+    rec.target_seen(
+        target.Seen(
+            namespace="ns",
+            name="gone-token",
+            uid="secret-uid",
+            version="42",
+            owner=("gone", "u-gone"),
+            deleted=True,
+            digest=b"",
+            times=None,
+        )
+    )
+    assert queue.due_at(("ns", "gone")) is not None  # the repair is due
+    await rec.refresh(("ns", "gone"), T0.timestamp())
+    assert kube.reads == 1
+    assert len(rec) == 0
+    assert not queue.is_known(("ns", "gone"))
