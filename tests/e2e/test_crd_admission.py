@@ -813,8 +813,8 @@ EXPECTED_COLUMNS = [
     ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', 0),
     ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', 1),
     ("Target", "string", ".status.target", 0),
-    ("Expires", "date", ".status.expiresAt", 0),
-    ("Next Refresh", "date", ".status.nextRefreshAt", 0),
+    ("Expires", "string", ".status.expiresAt", 0),
+    ("Next Refresh", "string", ".status.nextRefreshAt", 0),
     ("Age", "date", ".metadata.creationTimestamp", 0),
 ]
 
@@ -904,9 +904,37 @@ def test_status_round_trips_and_feeds_the_columns(
     assert cells["Ready"] == "True"
     assert cells["Reason"] == "TokenIssued"
     assert cells["Target"] == "status-demo-token"
-    # date columns render as relative ages; that they are non-empty shows the paths resolve
-    assert cells["Expires"]
-    assert cells["Next Refresh"]
+    # Readable times, not ages: kubectl renders a date column in the future as <invalid>,
+    # and a token's expiry and next refresh always lie in the future.
+    assert cells["Expires"] == "2026-11-22T23:15:00Z"
+    assert cells["Next Refresh"] == "2026-11-22T23:10:00Z"
+    assert cells["Age"]  # a date column: an age
+
+
+def test_future_times_print_readably(custom: client.CustomObjectsApi, namespace: str) -> None:
+    """What a new user saw: EXPIRES and NEXT REFRESH in the future printed as <invalid>."""
+    create(custom, namespace, credential("future-demo", BASE_SPEC))
+    future = {
+        **FULL_STATUS,
+        "expiresAt": "2099-01-01T00:00:00Z",
+        "nextRefreshAt": "2098-12-31T23:55:00Z",
+    }
+    future["target"] = "future-demo-token"
+    patch_status(custom, namespace, "future-demo", future)
+    table = cast(
+        "dict[str, Any]",
+        custom.list_namespaced_custom_object(
+            model.GROUP, model.VERSION, namespace, model.PLURAL, _headers={"Accept": TABLE_ACCEPT}
+        ),
+    )
+    headers = [c["name"] for c in table["columnDefinitions"]]
+    (row,) = [r for r in table["rows"] if r["cells"][0] == "future-demo"]
+    cells = dict(zip(headers, row["cells"], strict=True))
+    assert (cells["Expires"], cells["Next Refresh"]) == (
+        "2099-01-01T00:00:00Z",
+        "2098-12-31T23:55:00Z",
+    )
+    assert "<invalid>" not in row["cells"]
 
 
 @pytest.mark.parametrize(

@@ -646,3 +646,15 @@ def test_kubectl_explain_describes_every_spec_field(kubectl: Kubectl, crds: None
         out = kubectl.run("explain", f"clientcredential.spec.{name}").stdout
         first_words = " ".join(str(field["description"]).split()[:6])
         assert first_words in " ".join(out.split()), f"spec.{name}"
+
+
+def test_kubectl_apply_of_the_crds_directory_succeeds(kubectl: Kubectl) -> None:
+    """`kubectl apply -f crds/`, what a user types first, applies the CRD and nothing else
+    (the kustomization beside it is named so that kubectl does not read it)."""
+    result = kubectl.run("apply", "-f", str(manifests.REPO_ROOT / "crds"), "--dry-run=server")
+    # One line, for the CRD: created, configured or unchanged, as this cluster has it.
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith(
+        "customresourcedefinition.apiextensions.k8s.io/clientcredentials.tokensync.dev "
+    ), result.stdout
+    assert "Kustomization" not in result.stderr, result.stderr
