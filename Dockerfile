@@ -46,5 +46,5 @@ ENV PATH=/opt/tokensync/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     USER=tokensync
 USER 65532:65532
-EXPOSE 8080 8081
+EXPOSE 8080 8081 8082
 ENTRYPOINT ["tokensync", "run"]

@@ -26,12 +26,15 @@ from tokensync import (
     model,
     oauth,
     parsing,
+    possession,
     progress,
     provenance,
     responses,
     scheduler,
     seen,
+    shape,
     sources,
+    status,
     target,
     timing,
     tracking,
@@ -75,12 +78,16 @@ class Attempts:
 
     async def _run(self, record: tracking.Record, attempt: progress.Attempt) -> progress.Result:
         spec = parsing.parse_spec(record.spec, name=record.name)
+        # A template that cannot render, even with placeholder values, costs no token and
+        # leaves the Secret as it is (decision 0040).
+        shape.check(spec.target)
+        self._check_template_failed(record)
         destination = spec.issuer_url or spec.request.token_url
         self._endpoints.check_url(destination, kind=failures.Kind.SPEC)
         material, proofs = await self._material(record.namespace, spec, attempt)
         rotated = (attempt.source_version or None) != (record.state.source_version or None)
-        requested = record.needs_refresh_now() or rotated
-        existing = await self._targets.check(record, spec.target.name)
+        requested = record.needs_refresh_now() or rotated or record.replace_asked()
+        existing = await self._targets.check(record, spec.target)
         if existing is not None:
             # Read after a start, or after the target watch saw it changed (decision 0035):
             # its annotations are checked against status before they are believed.
@@ -117,6 +124,8 @@ class Attempts:
             policy=spec.refresh,
             jitter=self._draw(),
         )
+        # What a consumer's proof is checked against at the refresh endpoint (decision 0043).
+        token_id = possession.token_id(token.access_token)
         body = target.render_target(
             namespace=record.namespace,
             credential=record.name,
@@ -128,10 +137,14 @@ class Attempts:
             scope=token.scope,
             issued_at=token.issued_at,
             refresh_at=refresh_at,
+            token_id=token_id,
+            # The keys an earlier shape wrote there, removed unless this one writes them.
+            previous=record.target_written if record.target_name == spec.target.name else None,
         )
         newer = await self._targets.write(
             record,
             body,
+            policy=spec.target,
             wins=lambda times: provenance.supersedes(
                 times,
                 issued_at=token.issued_at,
@@ -151,6 +164,8 @@ class Attempts:
                 target=spec.target.name,
                 why="another writer stored a token as new as the one fetched, kept",
             )
+        record.holds(token_id)
+        record.target_written = target.written(body)
         return progress.Issued(
             issued_at=token.issued_at,
             expires_at=token.expires_at,
@@ -160,6 +175,21 @@ class Attempts:
             auth_method=result.auth_method.value,
             target=spec.target.name,
             policy=spec.refresh,
+        )
+
+    @staticmethod
+    def _check_template_failed(record: tracking.Record) -> None:
+        """A template that failed with a real token fails again, without a new token,
+        until the spec changes or a refresh is requested: an event of the credential (its
+        own status patch) must not fetch a token per event (decision 0040)."""
+        state = record.state
+        if state.failure_reason != failures.Reason.TEMPLATE_FAILED or record.needs_refresh_now():
+            return
+        ready = status.ready_condition(state.conditions) or {}
+        raise failures.Failure(
+            failures.Reason.TEMPLATE_FAILED,
+            str(ready.get("message") or "spec.target.template: failed with the last token"),
+            kind=failures.Kind.SPEC,
         )
 
     async def _material(

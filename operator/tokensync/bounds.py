@@ -50,6 +50,13 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.target.labels{}": 63,
     "spec.target.annotations": 32,
     "spec.target.annotations{}": 4096,
+    "spec.target.dockerConfig.registry": 253,
+    "spec.target.dockerConfig.username": 256,
+    "spec.target.template.data": 16,
+    "spec.target.template.data{}": 16384,
+    "spec.rolloutRestart.targets": 16,
+    "spec.rolloutRestart.targets[].name": 253,
+    "spec.rolloutRestart.minInterval": 64,
 }
 
 #: The longest key of each map: a Kubernetes label or annotation key is a DNS-subdomain
@@ -59,6 +66,8 @@ KEY_BOUNDS: Mapping[str, int] = {
     "spec.target.labels": 253 + 1 + 63,
     "spec.target.annotations": 253 + 1 + 63,
     "spec.extraParams": 128,
+    # A Secret key: at most 253 characters of [-._a-zA-Z0-9].
+    "spec.target.template.data": 253,
 }
 
 #: The CEL rules on totals: characters of keys plus values. The API server caps a Secret's
@@ -70,6 +79,8 @@ TARGET_METADATA_MESSAGE = (
 )
 EXTRA_PARAMS_BOUND = 16384
 EXTRA_PARAMS_MESSAGE = f"names and values together must be at most {EXTRA_PARAMS_BOUND} characters"
+TEMPLATE_BOUND = 16384
+TEMPLATE_MESSAGE = f"keys and templates together must be at most {TEMPLATE_BOUND} characters"
 
 #: The fields of each object of a spec: what parse_spec reads, and all the CRD declares.
 FIELDS: Mapping[str, frozenset[str]] = {
@@ -91,6 +102,7 @@ FIELDS: Mapping[str, frozenset[str]] = {
             "extraParams",
             "refresh",
             "target",
+            "rolloutRestart",
         }
     ),
     "spec.clientSecretRef": frozenset({"name", "clientIDKey", "clientSecretKey"}),
@@ -102,7 +114,23 @@ FIELDS: Mapping[str, frozenset[str]] = {
     "spec.refresh": frozenset(
         {"renewBefore", "renewBeforePercentage", "minInterval", "defaultLifetime"}
     ),
-    "spec.target": frozenset({"name", "labels", "annotations"}),
+    "spec.target": frozenset(
+        {
+            "name",
+            "labels",
+            "annotations",
+            "creationPolicy",
+            "deletionPolicy",
+            "type",
+            "dockerConfig",
+            "template",
+        }
+    ),
+    "spec.target.dockerConfig": frozenset({"registry", "username"}),
+    "spec.target.template": frozenset({"data"}),
+    "spec.rolloutRestart": frozenset({"targets", "minInterval"}),
+    # A list of objects: ``[]`` is each item (bounded in number by SIZE_BOUNDS).
+    "spec.rolloutRestart.targets[]": frozenset({"kind", "name"}),
 }
 
 #: How much of a string without a size bound (an enum: authMethod, algorithm) is kept.
@@ -127,6 +155,13 @@ def _retained_object(raw: Mapping[str, Any], path: str) -> dict[str, Any]:
         field, value = f"{path}.{key}", raw[key]
         if field in FIELDS and isinstance(value, Mapping):
             kept[key] = _retained_object(value, field)
+        elif f"{field}[]" in FIELDS and isinstance(value, list):
+            kept[key] = [
+                _retained_object(item, f"{field}[]")
+                if isinstance(item, Mapping)
+                else _cut(item, _UNBOUNDED_KEPT + 1)
+                for item in value[: SIZE_BOUNDS[field] + 1]
+            ]
         elif f"{field}{{}}" in SIZE_BOUNDS and isinstance(value, Mapping):
             limit, longest = SIZE_BOUNDS[field] + 1, KEY_BOUNDS[field] + 1
             kept[key] = {

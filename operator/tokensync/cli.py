@@ -31,6 +31,7 @@ from tokensync import (
     model,
     oauth,
     parsing,
+    shape,
     transport,
     urlpolicy,
 )
@@ -51,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=DEFAULTS.metrics_port, help="Prometheus port (0: off)"
     )
     run.add_argument("--health-port", type=int, default=8081, help="liveness probe port (0: off)")
+    run.add_argument(
+        "--refresh-port",
+        type=_port,
+        default=DEFAULTS.refresh_port,
+        help="port of the refresh endpoint, where a workload holding a token asks for a new "
+        "one (0: off)",
+    )
     run.add_argument(
         "--allow-insecure-http",
         action="store_true",
@@ -112,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--client-key", type=pathlib.Path, help="PEM key of --client-cert")
     fetch.add_argument("--ca-bundle", type=pathlib.Path, help="PEM CAs to trust")
     fetch.add_argument("--show-token", action="store_true", help="also print the access token")
+    fetch.add_argument(
+        "--render",
+        action="store_true",
+        help="with --file: also print the target Secret's type and data as tokensync would "
+        "write them for this token (spec.target.template, dockerConfig); they hold the token",
+    )
     return parser
 
 
@@ -137,6 +151,13 @@ def _private_entries(text: str) -> list[str]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return entries
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, not {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -177,6 +198,7 @@ def _run(args: argparse.Namespace) -> int:
         allowed_hosts=frozenset(args.allowed_token_host) or None,
         private_networks=tuple(args.private_networks),
         metrics_port=args.metrics_port or None,
+        refresh_port=args.refresh_port or None,
         workers=args.workers,
         token_rate_per_host=args.token_rate,
         token_concurrency_per_host=args.token_concurrency,
@@ -264,8 +286,29 @@ def _client(verify: ssl.SSLContext | bool, allowance: urlpolicy.Allowance) -> ht
     )
 
 
+def _target_from(args: argparse.Namespace) -> model.TargetSpec | None:
+    """spec.target of --file, for --render; its template checked before any request."""
+    if not args.render:
+        return None
+    if not args.file:
+        raise SystemExit("--render needs --file: the target comes from the ClientCredential")
+    doc = yaml.safe_load(args.file.read_text())
+    docs = doc if isinstance(doc, list) else [doc]
+    found = next((d for d in docs if isinstance(d, dict) and d.get("kind") == model.KIND), None)
+    if found is None:
+        raise SystemExit(f"{args.file}: no {model.KIND} in the file")
+    spec = parsing.parse_spec(found.get("spec") or {}, name=found["metadata"]["name"])
+    shape.check(spec.target)
+    return spec.target
+
+
 async def _fetch(args: argparse.Namespace) -> int:
     request, client_id, refresh, issuer = _request_from(args)
+    try:
+        wanted = _target_from(args)
+    except failures.Failure as exc:
+        print(f"error: {exc.reason}: {exc}", file=sys.stderr)
+        return 1
     credentials = model.ClientAuthMaterial(
         client_id=client_id or "",
         client_secret=os.environ.get(SECRET_ENV) or None,
@@ -336,5 +379,22 @@ async def _fetch(args: argparse.Namespace) -> int:
     }
     if args.show_token:
         out["access_token"] = token.access_token
+    if wanted is not None:
+        shaped = shape.Token(
+            access_token=token.access_token,
+            token_type=token.token_type,
+            expires_at=token.expires_at,
+            scope=token.scope,
+            issued_at=token.issued_at,
+        )
+        try:
+            data = shape.render(wanted, shaped, show_error=True)
+        except failures.Failure as exc:
+            print(f"error: {exc.reason}: {exc}", file=sys.stderr)
+            return 1
+        out["secret"] = {
+            "type": wanted.type.value,
+            "data": {key: value for key, value in data.items() if value is not None},
+        }
     print(json.dumps(out, indent=2))
     return 0

@@ -22,6 +22,12 @@ class Config:
     private_networks: tuple[str, ...] = ()
     metrics_port: int | None = 8080
     metrics_address: str = "0.0.0.0"  # noqa: S104 -- scraped from outside the pod
+    #: The refresh endpoint's port (decision 0043); None: not served.
+    refresh_port: int | None = 8082
+    refresh_address: str = "0.0.0.0"  # noqa: S104 -- called by workloads in other pods
+    #: Requests with a valid proof answered per credential and minute, and at once.
+    refresh_asks_per_minute: float = 3.0
+    refresh_ask_burst: int = 3
     #: Refreshes running at once.
     workers: int = 16
     #: Kubernetes API requests at once (the client's thread pool, decision 0006).
@@ -32,6 +38,8 @@ class Config:
     token_burst_per_host: int = 1
     #: Token requests in flight per host (decision 0026).
     token_concurrency_per_host: int = 4
+    #: Workloads read or patched at once for spec.rolloutRestart (decision 0042).
+    rollout_workers: int = 4
     #: Kubernetes Events posted per second at most, on average (decision 0027).
     event_rate: float = 10.0
     #: Seconds a token request (or discovery) may take, all of it.

@@ -28,6 +28,7 @@ DURATION_BOUNDS: Mapping[str, tuple[datetime.timedelta, datetime.timedelta]] = {
     "spec.refresh.renewBefore": (_ZERO, model.MAX_DURATION),
     "spec.refresh.minInterval": (datetime.timedelta(seconds=1), model.MAX_DURATION),
     "spec.refresh.defaultLifetime": (datetime.timedelta(seconds=10), model.MAX_DURATION),
+    "spec.rolloutRestart.minInterval": (model.MIN_ROLLOUT_INTERVAL, model.MAX_DURATION),
 }
 
 

@@ -89,9 +89,14 @@ class Reason(enum.StrEnum):
     DESTINATION_NOT_ALLOWED = "DestinationNotAllowed"
     # the cluster
     TARGET_CONFLICT = "TargetConflict"
+    TARGET_NOT_HANDED_OVER = "TargetNotHandedOver"
+    TARGET_NOT_FOUND = "TargetNotFound"
+    TARGET_TYPE_MISMATCH = "TargetTypeMismatch"
     TARGET_INVALID = "TargetInvalid"
     TARGET_WRITE_FAILED = "TargetWriteFailed"
     KUBERNETES_API_ERROR = "KubernetesAPIError"
+    # the spec
+    TEMPLATE_FAILED = "TemplateFailed"
     INVALID_SPEC = "InvalidSpec"
 
 
@@ -235,7 +240,26 @@ EXPLAINED: tuple[tuple[tuple[Reason, ...], str], ...] = (
     ),
     (
         (R.TARGET_CONFLICT,),
-        "a Secret of the target name exists and tokensync does not manage it for this credential",
+        "a Secret of the target name exists and tokensync does not manage it for this "
+        "credential (or, with creationPolicy Adopt, another controller owns it); the message "
+        "says which",
+    ),
+    (
+        (R.TARGET_NOT_HANDED_OVER,),
+        "creationPolicy Adopt or Merge: the Secret exists without the annotation "
+        "`tokensync.dev/hand-over-to` naming this ClientCredential; retried every 5 minutes "
+        "and at once on `kubectl tokensync refresh`",
+    ),
+    (
+        (R.TARGET_NOT_FOUND,),
+        "creationPolicy Merge: the Secret to write into does not exist (tokensync never "
+        "creates it); retried every 5 minutes and at once on `kubectl tokensync refresh`",
+    ),
+    (
+        (R.TARGET_TYPE_MISMATCH,),
+        "the Secret has another type than `spec.target.type`; a type cannot change and "
+        "tokensync deletes no Secret: delete it and tokensync creates it with the new type "
+        "(a Merge target: its owner recreates it); the message names both types",
     ),
     (
         (R.TARGET_INVALID,),
@@ -247,6 +271,13 @@ EXPLAINED: tuple[tuple[tuple[Reason, ...], str], ...] = (
         (R.TARGET_WRITE_FAILED, R.KUBERNETES_API_ERROR),
         "the Kubernetes API refused or did not answer a read or the target Secret's write; "
         "retried with backoff (the message has the HTTP status)",
+    ),
+    (
+        (R.TEMPLATE_FAILED,),
+        "a `spec.target.template` does not parse or does not render (an undefined variable, "
+        "a filter that fails, over 256 KiB); the message names the key. The Secret in place "
+        "is left as it was; nothing is retried until the spec changes. Check a template "
+        "with `tokensync fetch --render`",
     ),
     (
         (R.INVALID_SPEC,),

@@ -62,6 +62,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.networking.connect_timeout = 10
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     memo.runtime = runtime.Runtime(memo.config)
+    try:
+        await memo.runtime.serve()  # first: a port taken stops the start, nothing is running
+    except OSError as exc:
+        raise kopf.PermanentError(f"the refresh endpoint cannot listen: {exc}") from None
     memo.runtime.start()
 
 

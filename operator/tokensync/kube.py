@@ -25,7 +25,16 @@ from tokensync import config, failures, model
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 _MERGE_PATCH = "application/merge-patch+json"
+#: Target Secrets: ownerReferences merge by uid, so other owners' references stay and ours
+#: can be removed alone (decision 0041); maps and null values work as in a merge patch.
+_STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 _LIST_PAGE = 500
+#: The kubernetes client's name of each kind spec.rolloutRestart may name.
+_WORKLOAD_RESOURCES = {
+    "Deployment": "deployment",
+    "StatefulSet": "stateful_set",
+    "DaemonSet": "daemon_set",
+}
 _METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"}
 
 
@@ -35,6 +44,7 @@ class Kube:
     ) -> None:
         self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
+        self._apps = client.AppsV1Api(api)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="kube"
         )
@@ -153,7 +163,11 @@ class Kube:
         self, namespace: str, name: str, body: Mapping[str, Any]
     ) -> dict[str, Any]:
         patched: dict[str, Any] = await self._call(
-            self._core.patch_namespaced_secret, name, namespace, body, _content_type=_MERGE_PATCH
+            self._core.patch_namespaced_secret,
+            name,
+            namespace,
+            body,
+            _content_type=_STRATEGIC_PATCH,
         )
         return patched
 
@@ -197,6 +211,35 @@ class Kube:
                 return None
             raise
         return found
+
+    def _workload_calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """(read, patch) of an apps/v1 workload kind (model.ROLLOUT_KINDS)."""
+        resource = _WORKLOAD_RESOURCES[kind]
+        return (
+            getattr(self._apps, f"read_namespaced_{resource}"),
+            getattr(self._apps, f"patch_namespaced_{resource}"),
+        )
+
+    async def read_workload(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        """A Deployment, StatefulSet or DaemonSet (spec.rolloutRestart); None if absent."""
+        read, _ = self._workload_calls(kind)
+        try:
+            found: dict[str, Any] = await self._call(read, name, namespace)
+        except failures.ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
+
+    async def patch_workload(
+        self, namespace: str, kind: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A merge patch of a workload; 409 if it names a resourceVersion no longer current."""
+        _, patch = self._workload_calls(kind)
+        patched: dict[str, Any] = await self._call(
+            patch, name, namespace, body, _content_type=_MERGE_PATCH
+        )
+        return patched
 
     async def post_event(
         self,

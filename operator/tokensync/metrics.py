@@ -164,9 +164,33 @@ class Metrics:
             "Kubernetes Events not posted because more were due than --event-rate allows.",
             registry=self.registry,
         )
+        # spec.rolloutRestart (decision 0042): per namespace and kind, not per workload or
+        # credential, so the series grow with the namespaces that use it, at most.
+        self.rollout_restarts = prom.Counter(
+            "tokensync_rollout_restarts",
+            "Workloads restarted after a new token (spec.rolloutRestart), by namespace and kind.",
+            ["namespace", "kind"],
+            registry=self.registry,
+        )
+        self.rollout_restart_failures = prom.Counter(
+            "tokensync_rollout_restart_failures",
+            "Workload restarts that failed, by namespace, kind and reason "
+            "(NotFound, Forbidden, KubernetesAPIError).",
+            ["namespace", "kind", "reason"],
+            registry=self.registry,
+        )
         self.queue_size = prom.Gauge(
             "tokensync_refresh_queue_size",
             "Credentials waiting in the refresh queue.",
+            registry=self.registry,
+        )
+        # Labelled by outcome only: a namespace label would let any caller mint series
+        # (decision 0020); the Event names the credential.
+        self.refresh_asks = prom.Counter(
+            "tokensync_refresh_endpoint_requests",
+            "Requests at the refresh endpoint by outcome (requested, already_requested, "
+            "stale, refused, rate_limited, busy).",
+            ["outcome"],
             registry=self.registry,
         )
 

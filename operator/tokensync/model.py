@@ -215,11 +215,99 @@ class RefreshPolicy:
     default_lifetime: datetime.timedelta = DEFAULT_LIFETIME
 
 
+class CreationPolicy(enum.StrEnum):
+    """spec.target.creationPolicy: which Secret tokensync may write to (decision 0041)."""
+
+    #: tokensync creates the Secret; an existing one it does not manage is refused.
+    OWNER = "Owner"
+    #: Like Owner, and an existing Secret handed over to this credential is taken over.
+    ADOPT = "Adopt"
+    #: Only tokensync's keys are written into a handed-over Secret that something else owns.
+    MERGE = "Merge"
+
+
+class DeletionPolicy(enum.StrEnum):
+    """spec.target.deletionPolicy: does the Secret go with its ClientCredential?"""
+
+    #: An ownerReference: the garbage collector deletes the Secret with the credential.
+    DELETE = "Delete"
+    #: No ownerReference: the Secret stays when the credential, or the CRD, is deleted.
+    RETAIN = "Retain"
+
+
+class SecretType(enum.StrEnum):
+    """spec.target.type: the target Secret's type (decision 0040)."""
+
+    OPAQUE = "Opaque"
+    #: One key, .dockerconfigjson, with the token as the password of one registry.
+    DOCKER_CONFIG_JSON = "kubernetes.io/dockerconfigjson"
+
+
+#: The registry user of spec.target.dockerConfig by default: the one Google Artifact
+#: Registry and Container Registry take with an OAuth access token as the password.
+DEFAULT_REGISTRY_USERNAME = "oauth2accesstoken"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DockerConfig:
+    """spec.target.dockerConfig: the registry the token is a password for."""
+
+    registry: str
+    username: str = DEFAULT_REGISTRY_USERNAME
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TargetTemplate:
+    """spec.target.template: the target's keys, each with its template (sorted by key)."""
+
+    data: tuple[tuple[str, str], ...]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TargetSpec:
     name: str
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
+    creation_policy: CreationPolicy = CreationPolicy.OWNER
+    #: Merge never puts an ownerReference, whatever this says (the parser refuses Delete
+    #: set explicitly with Merge).
+    deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
+    #: The Secret's type and data (decision 0040): set with ``type`` dockerconfigjson only.
+    type: SecretType = SecretType.OPAQUE
+    docker_config: DockerConfig | None = None
+    template: TargetTemplate | None = None
+
+    @property
+    def owned(self) -> bool:
+        """Does the credential control the Secret's garbage collection (an ownerReference)?"""
+        return (
+            self.creation_policy is not CreationPolicy.MERGE
+            and self.deletion_policy is DeletionPolicy.DELETE
+        )
+
+
+#: The workloads spec.rolloutRestart may name, all in group apps/v1.
+ROLLOUT_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+#: spec.rolloutRestart.minInterval: the default, and the shortest allowed. A rollout takes
+#: minutes; a shorter interval would let a token loop restart pods faster than they start.
+DEFAULT_ROLLOUT_INTERVAL = datetime.timedelta(minutes=5)
+MIN_ROLLOUT_INTERVAL = datetime.timedelta(seconds=30)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RolloutTarget:
+    """A workload in the credential's namespace (there is no namespace field, on purpose)."""
+
+    kind: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RolloutRestart:
+    """Workloads restarted after each new token (spec.rolloutRestart, decision 0042)."""
+
+    targets: tuple[RolloutTarget, ...]
+    min_interval: datetime.timedelta = DEFAULT_ROLLOUT_INTERVAL
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -234,6 +322,7 @@ class ClientCredentialSpec:
     private_key_ref: PrivateKeyRef | None = None
     client_certificate_ref: str | None = None
     service_account_ref: ServiceAccountRef | None = None
+    rollout_restart: RolloutRestart | None = None
 
     @property
     def secret_names(self) -> tuple[str, ...]:

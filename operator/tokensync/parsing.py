@@ -14,12 +14,20 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import bounds, durations, model
+from tokensync import bounds, durations, model, ownership
 
 #: Label and annotation prefix that tokensync owns on the target Secret.
 _OWNED_KEY_PREFIX = f"{model.GROUP}/"
 
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# A registry host as image references name it: a DNS name (or IPv4 address), a port.
+_REGISTRY = re.compile(
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(:[0-9]{1,5})?"
+)
+# Printable ASCII without space and colon.
+_REGISTRY_USER = re.compile(r"[!-9;-~]+")
+# A Secret's data key (Kubernetes IsConfigMapKey).
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 # RFC 6749 section 3.3: printable ASCII except space, double quote and backslash.
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # ASCII digits only: \d would also take digits of other scripts, which float() accepts.
@@ -72,8 +80,15 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
                 f"the target Secret {target_name!r} must not be a Secret holding client "
                 f"credentials ({field})",
             )
+    creation, deletion = ownership.parse(target_raw)
+    secret_type, docker_config, template = _parse_shape(target_raw)
     target = model.TargetSpec(
         name=target_name,
+        creation_policy=creation,
+        deletion_policy=deletion,
+        type=secret_type,
+        docker_config=docker_config,
+        template=template,
         labels=_target_metadata(
             target_raw.get("labels"), field="spec.target.labels", reserved=(model.MANAGED_BY_LABEL,)
         ),
@@ -104,7 +119,89 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
         private_key_ref=private_key_ref,
         client_certificate_ref=certificate_ref,
         service_account_ref=service_account_ref,
+        rollout_restart=_parse_rollout_restart(spec.get("rolloutRestart")),
     )
+
+
+def _parse_shape(
+    raw: Mapping[str, Any],
+) -> tuple[model.SecretType, model.DockerConfig | None, model.TargetTemplate | None]:
+    """spec.target's type, dockerConfig and template (decision 0040). Templates are
+    compiled at each attempt (``shape.check``), not here: Jinja is not the parser's."""
+    parent = "spec.target"
+    type_raw = raw.get("type")
+    try:
+        secret_type = model.SecretType.OPAQUE if type_raw is None else model.SecretType(type_raw)
+    except ValueError:
+        allowed = ", ".join(t.value for t in model.SecretType)
+        raise model.SpecError(f"{parent}.type", f"must be one of {allowed}") from None
+    docker_config = _parse_docker_config(raw.get("dockerConfig"))
+    template = _parse_template(raw.get("template"))
+    docker = model.SecretType.DOCKER_CONFIG_JSON
+    if secret_type is docker and docker_config is None:
+        raise model.SpecError(
+            f"{parent}.dockerConfig", f"is required when {parent}.type is {docker.value}"
+        )
+    if secret_type is not docker and docker_config is not None:
+        raise model.SpecError(
+            f"{parent}.dockerConfig", f"may be set only when {parent}.type is {docker.value}"
+        )
+    if secret_type is docker and template is not None:
+        raise model.SpecError(
+            f"{parent}.template",
+            f"cannot be combined with type {docker.value}, whose only key is .dockerconfigjson",
+        )
+    return secret_type, docker_config, template
+
+
+def _parse_docker_config(raw: object) -> model.DockerConfig | None:
+    if raw is None:
+        return None
+    parent = "spec.target.dockerConfig"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    registry = _optional_str(raw, "registry", parent=parent)
+    username = _optional_str(raw, "username", parent=parent)
+    if registry is None:
+        raise model.SpecError(f"{parent}.registry", "is required")
+    if not _REGISTRY.fullmatch(registry):
+        raise model.SpecError(
+            f"{parent}.registry",
+            f"{registry!r} is not a registry host: a DNS name or address with an optional "
+            "port, for example europe-docker.pkg.dev or registry.example.com:5000",
+        )
+    if username is not None and not _REGISTRY_USER.fullmatch(username):
+        # The kubelet splits base64(username:password) at the first colon.
+        raise model.SpecError(
+            f"{parent}.username", "must be printable ASCII without spaces or colons"
+        )
+    return model.DockerConfig(
+        registry=registry, username=username or model.DEFAULT_REGISTRY_USERNAME
+    )
+
+
+def _parse_template(raw: object) -> model.TargetTemplate | None:
+    if raw is None:
+        return None
+    parent = "spec.target.template"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    field = f"{parent}.data"
+    if raw.get("data") is None:
+        raise model.SpecError(field, "is required")
+    data = _str_map(raw.get("data"), field=field)
+    if not data:
+        raise model.SpecError(field, "must have at least one key")
+    for key, _ in data:
+        if not _SECRET_KEY.fullmatch(key) or key == "." or key.startswith(".."):
+            raise model.SpecError(
+                field,
+                f"{key!r} is not a valid Secret key: use letters, digits, '-', '_' and '.' "
+                "(not '.' alone, not starting with '..')",
+            )
+    if _characters(data) > bounds.TEMPLATE_BOUND:
+        raise model.SpecError(field, bounds.TEMPLATE_MESSAGE)
+    return model.TargetTemplate(data=data)
 
 
 def _parse_secret_ref(raw: object) -> model.SecretRef | None:
@@ -237,6 +334,40 @@ def _parse_refresh(raw: object) -> model.RefreshPolicy:
         min_interval=min_interval,
         default_lifetime=default_lifetime,
     )
+
+
+def _parse_rollout_restart(raw: object) -> model.RolloutRestart | None:
+    """spec.rolloutRestart: workloads of this namespace only, each named once (decision 0042)."""
+    if raw is None:
+        return None
+    parent = "spec.rolloutRestart"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    items = raw.get("targets")
+    field = f"{parent}.targets"
+    if not isinstance(items, list) or not items:
+        raise model.SpecError(field, "must be a non-empty list of {kind, name} objects")
+    _check_count(items, field=field, unit="items")
+    targets: list[model.RolloutTarget] = []
+    for index, item in enumerate(items):
+        at = f"{field}[{index}]"
+        if not isinstance(item, Mapping):
+            raise model.SpecError(at, "must be an object with kind and name")
+        kind = _required_str(item, "kind", parent=at)
+        if kind not in model.ROLLOUT_KINDS:
+            raise model.SpecError(f"{at}.kind", f"must be one of {', '.join(model.ROLLOUT_KINDS)}")
+        name = _required_str(item, "name", parent=at)
+        _check_length(name, field=f"{at}.name", bound=f"{field}[].name")
+        if not _DNS_SUBDOMAIN.fullmatch(name):
+            raise model.SpecError(f"{at}.name", f"{name!r} is not a valid {kind} name")
+        found = model.RolloutTarget(kind=kind, name=name)
+        if found in targets:
+            raise model.SpecError(at, f"{kind} {name!r} is listed twice")
+        targets.append(found)
+    min_interval = model.DEFAULT_ROLLOUT_INTERVAL
+    if raw.get("minInterval") is not None:
+        min_interval = durations.parse(raw["minInterval"], field=f"{parent}.minInterval")
+    return model.RolloutRestart(targets=tuple(targets), min_interval=min_interval)
 
 
 def _parse_ca_bundle(raw: object) -> model.CABundleRef | None:

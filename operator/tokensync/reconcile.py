@@ -27,8 +27,12 @@ from tokensync import (
     failures,
     kube,
     metrics,
+    model,
     outcome,
+    parsing,
+    possession,
     progress,
+    rollouts,
     scheduler,
     seen,
     status,
@@ -92,7 +96,20 @@ class Reconciler:
             draw=draw,
         )
         budget = events or scheduler.Budget(rate=settings.event_rate, burst=config.EVENT_BURST)
+        # Valid proofs at the refresh endpoint, per credential (decision 0043).
+        self._asks = possession.Limiter(
+            rate=settings.refresh_asks_per_minute / 60.0, burst=settings.refresh_ask_burst
+        )
         self._effects = effects.Effects(kube_api=kube_api, metrics_=metrics_, events=budget)
+        #: spec.rolloutRestart, on a queue of its own (decision 0042); runtime runs it.
+        self.rollouts = rollouts.Rollouts(
+            kube_api=kube_api,
+            metrics_=metrics_,
+            effects_=self._effects,
+            lookup=self._tracker.get,
+            clock=clock,
+            workers=settings.rollout_workers,
+        )
 
     def __len__(self) -> int:
         return len(self._tracker)
@@ -119,10 +136,12 @@ class Reconciler:
         self._arm(record)
         if record.needs_refresh_now():
             self._queue.trigger(record.key)
-        elif not self._queue.is_known(record.key):
+        elif not self._queue.is_known(record.key) and not record.parked:
             due = record.state.next_refresh_at or self._clock()
             self._queue.schedule(record.key, at=due.timestamp())
             self._resume_metrics(record)
+            # A restart that a crash prevented is made now; no other (decision 0042).
+            self.rollouts.token_changed(record, resumed=True)
         parked = self._tracker.claim_target(record.key)
         if parked is not None:
             self.target_seen(parked)  # its target was listed first (decision 0035)
@@ -261,6 +280,10 @@ class Reconciler:
         now = self._clock()  # not the attempt's start: a request may have taken a while
         decision = outcome.decide(record.state, this, result, now=now, draw=self._draw())
         await self._apply(record, decision)
+        if isinstance(result, progress.Issued | progress.Adopted):
+            # Only a token this process wrote restarts a workload without a record of an
+            # earlier one; an adopted token is a resumed one (decision 0042).
+            self.rollouts.token_changed(record, resumed=isinstance(result, progress.Adopted))
 
     async def _still_exists(self, record: tracking.Record) -> bool:
         """Before a deleted target is written again: is its credential still there? A
@@ -281,6 +304,7 @@ class Reconciler:
         record.state = decision.state
         self._arm(record)
         if decision.reschedule:
+            record.parked = decision.due is None
             if decision.due is not None:
                 self._queue.schedule(record.key, at=decision.due.timestamp())
             else:
@@ -303,6 +327,72 @@ class Reconciler:
             users[0] -= 1
             if not users[0]:
                 del self._applying[key]
+
+    # -- the refresh endpoint ----------------------------------------------------------
+
+    async def refresh_asked(
+        self, namespace: str, name: str, proof: bytes | None
+    ) -> possession.Reply:
+        """A workload asked for a new token at the refresh endpoint, with the token id of its
+        proof (None: malformed). At most one refresh per token version, no sooner than
+        minInterval after the current token, within the credential's rate (decision 0043)."""
+        record = self._tracker.get((namespace, name))
+        known = None
+        if record is not None and not record.deleting:
+            known = possession.Known(
+                current=record.token_id, previous=record.token_previous, asked=record.token_asked
+            )
+        answer = possession.judge(proof, known)
+        if record is None or answer is possession.Answer.REFUSED:
+            return possession.Reply(possession.Answer.REFUSED)
+        now = self._clock()
+        wait = self._asks.take(record.key, now=now.timestamp())
+        if wait:
+            return possession.Reply(possession.Answer.RATE_LIMITED, retry_after=wait)
+        at = None
+        if answer is possession.Answer.REQUESTED:
+            record.token_asked = record.token_id
+            at = possession.refresh_at(
+                issued_at=record.state.issued_at, min_interval=self._min_interval(record), now=now
+            )
+            due = self._queue.due_at(record.key)
+            if at <= now:
+                self._queue.trigger(record.key)
+            elif due is None or due > at.timestamp():
+                self._queue.schedule(record.key, at=at.timestamp())
+            logger.info(
+                "%s/%s: a holder of the current token asked for a new one (refresh endpoint), "
+                "fetched %s",
+                namespace,
+                name,
+                "now" if at <= now else f"at {model.format_time(at)} (minInterval)",
+            )
+            event = progress.Event(
+                "Normal",
+                possession.EVENT_REASON,
+                "a holder of the current token asked for a new one at the refresh endpoint; "
+                + ("fetching now" if at <= now else f"fetching at {model.format_time(at)}"),
+            )
+            await self._effects.event(record, event, now=now)
+        return possession.Reply(answer, summary=self._summary(record, at))
+
+    @staticmethod
+    def _min_interval(record: tracking.Record) -> datetime.timedelta:
+        try:
+            return parsing.parse_spec(record.spec, name=record.name).refresh.min_interval
+        except model.SpecError:
+            return model.DEFAULT_MIN_INTERVAL  # its attempt reports the spec; none is fetched
+
+    @staticmethod
+    def _summary(record: tracking.Record, at: datetime.datetime | None) -> dict[str, str]:
+        """What a holder of a valid proof is told: nothing it could not read in status."""
+        ready = status.ready_condition(record.state.conditions) or {}
+        summary = {"ready": str(ready.get("status") or "Unknown")}
+        if record.state.expires_at is not None:
+            summary["expiresAt"] = model.format_time(record.state.expires_at)
+        if at is not None:
+            summary["refreshAt"] = model.format_time(at)
+        return summary
 
     # -- expiry ------------------------------------------------------------------------
 

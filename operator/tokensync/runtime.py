@@ -23,7 +23,9 @@ from tokensync import (
     failures,
     kube,
     metrics,
+    ownership,
     reconcile,
+    refreshapi,
     scheduler,
     secretwatch,
     target,
@@ -123,17 +125,31 @@ class Runtime:
             settings=settings,
         )
         # The target Secrets, watched outside kopf, which watches Secrets once, with the
-        # client Secrets' label (decision 0035); each watch with a client of its own.
+        # client Secrets' label (decision 0035); each watch with a client of its own. Merge
+        # targets carry a label of their own (their managed-by is their owner's), and a
+        # selector cannot say "or": a second watch (decision 0041).
         self.target_watches = [
             secretwatch.SecretWatch(
                 _api_client(1),
                 namespace=namespace,
-                label_selector=target.MANAGED_SELECTOR,
+                label_selector=selector,
                 summarize=target.seen,
                 deliver=self.reconciler.target_seen,
             )
             for namespace in settings.namespaces or (None,)
+            for selector in ownership.WATCH_SELECTORS
         ]
+        # Workloads ask for a new token here, with no Kubernetes rights (decision 0043).
+        self.refresh_api = (
+            refreshapi.RefreshApi(
+                asks=self.reconciler,
+                metrics_=self.metrics,
+                port=settings.refresh_port,
+                address=settings.refresh_address,
+            )
+            if settings.refresh_port is not None
+            else None
+        )
         # Read at scrape time: kopf caches the health probe's result for up to 10 s, so
         # setting it there made the gauge lag (and a restart look 10 s slower than it is).
         self.metrics.queue_size.set_function(lambda: len(self.queue))
@@ -142,6 +158,7 @@ class Runtime:
         self._freeze_task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
+        self._rollout_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.config.metrics_port is not None:
@@ -155,8 +172,14 @@ class Runtime:
         self._freeze_task = asyncio.create_task(self._freezer.run())
         self._resync_task = asyncio.create_task(self._resync_forever())
         self._expiry_task = asyncio.create_task(self.reconciler.watch_expiry())
+        self._rollout_task = asyncio.create_task(self.reconciler.rollouts.run())
         for watch in self.target_watches:
             watch.start(asyncio.get_running_loop())
+
+    async def serve(self) -> None:
+        """Open the refresh endpoint; raises when its port cannot be bound."""
+        if self.refresh_api is not None:
+            await self.refresh_api.start()
 
     async def resync(self) -> list[reconcile.Key]:
         """One full listing; the credentials it no longer has are forgotten."""
@@ -178,9 +201,17 @@ class Runtime:
                 logger.warning("listing ClientCredentials failed, retried later: %s", exc)
 
     async def stop(self) -> None:
+        if self.refresh_api is not None:
+            await self.refresh_api.stop()
         for watch in self.target_watches:
             watch.stop()
-        for task in (self._task, self._freeze_task, self._resync_task, self._expiry_task):
+        for task in (
+            self._task,
+            self._freeze_task,
+            self._resync_task,
+            self._expiry_task,
+            self._rollout_task,
+        ):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

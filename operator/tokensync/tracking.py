@@ -56,6 +56,19 @@ class Record:
     target_deleted: bool = False
     #: The tracker's event count when this record was last put: see Tracker.absent().
     observed: int = 0
+    #: The last attempt failed in a way only a change can mend (its decision had no due
+    #: time): an event of the credential that changes nothing (its own status patch) must
+    #: not start another attempt (reconcile.observe).
+    parked: bool = False
+    #: ``possession.token_id`` of the token in the target (written, read or seen there) and of
+    #: the one before it, and of the token a refresh was asked for at the refresh endpoint
+    #: (decision 0043). 16 bytes each; the token itself is not kept.
+    token_id: bytes | None = None
+    token_previous: bytes | None = None
+    token_asked: bytes | None = None
+    #: The keys tokensync last wrote into the target, or found there (decision 0040): those
+    #: a new shape does not write are removed. None: unknown, nothing to remove.
+    target_written: target.Written | None = None
 
     @property
     def key(self) -> Key:
@@ -99,6 +112,16 @@ class Record:
         request = self.refresh_request
         return bool(request) and request != self.state.handled_request
 
+    def replace_asked(self) -> bool:
+        """A holder of the current token asked for a new one at the refresh endpoint: the
+        token in the target is not adopted again, it is replaced (decision 0043)."""
+        return self.token_asked is not None and self.token_asked == self.token_id
+
+    def holds(self, token_id: bytes | None) -> None:
+        """The target holds the token with this id (None: an id unknown to this process)."""
+        if token_id != self.token_id:
+            self.token_previous, self.token_id = self.token_id, token_id
+
     def wrote(self, digest: bytes) -> None:
         """This process is about to write content with ``digest`` to the target."""
         if digest != self.target_digest:
@@ -110,12 +133,16 @@ class Record:
         self.target_name, self.target_uid = meta.get("name"), meta.get("uid")
         self.target_version = meta.get("resourceVersion")
         self.wrote(target.digest(secret))
+        self.holds(target.token_id(secret))
+        self.target_written = target.written(secret)
 
     def accept(self, seen: target.Seen) -> None:
         """A watch event showed the target as status describes it (:attr:`Verdict.AGREES`):
         the next write is conditional on that version, and no read is needed first."""
         self.target_name, self.target_uid, self.target_version = seen.name, seen.uid, seen.version
         self.wrote(seen.digest)
+        self.holds(seen.token_id)
+        self.target_written = seen.written
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Record:

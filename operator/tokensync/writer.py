@@ -6,9 +6,12 @@ the same name is never overwritten. It is also conditional on the resourceVersio
 process last wrote or read (decision 0036): when the Secret changed since (another operator
 process, an edit), it is read again, and a token issued in the same second or later that
 tokensync could have written wins (``provenance.supersedes``): the write is dropped and the
-attempt adopts that token, so a Secret's issue time never goes backwards. Raises
-``failures.Failure``: a Secret the API server refuses as invalid is permanent
-(TargetInvalid), other refusals are transient.
+attempt adopts that token, so a Secret's issue time never goes backwards. Which Secret may
+be written at all is ``ownership.decide``'s (decision 0041): one tokensync created or was
+handed over; a Merge target is never created; a Secret of another type than the spec asks
+for is refused (TargetTypeMismatch): a type is immutable and tokensync deletes no Secret,
+so the user deletes it. Raises ``failures.Failure``: a Secret the API server refuses as
+invalid is permanent (TargetInvalid), other refusals are transient.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tokensync import failures, kube, target, tracking
+from tokensync import failures, kube, model, ownership, target, tracking
 
 #: Reads and writes against a target that changes at each of them, before the attempt
 #: fails (transient, retried with backoff).
@@ -42,33 +45,70 @@ class TargetWriter:
     def __init__(self, *, kube_api: kube.Kube) -> None:
         self._kube = kube_api
 
-    async def check(self, record: tracking.Record, name: str) -> dict[str, Any] | None:
-        """Refuse a foreign target before asking the provider for a token we cannot store.
+    async def check(
+        self, record: tracking.Record, policy: model.TargetSpec
+    ) -> dict[str, Any] | None:
+        """Refuse a target the credential may not write before asking the provider for a
+        token it cannot store: foreign, not handed over, a missing Merge target, of another
+        type than spec.target asks for.
 
-        Returns the target Secret when it was read: the first attempt after a start, and
-        the first after the target watch saw it changed (decision 0035).
+        Returns the target Secret when it was read and tokensync wrote it: the first
+        attempt after a start, the first after the target watch saw it changed (decision
+        0035), and the first after a change of the spec (its policies or type may have
+        changed). A Secret just handed over is read but not returned: a token found in it
+        was not written by tokensync and is not adopted.
         """
-        if record.target_uid and record.target_name == name:
+        name = policy.name
+        changed = record.generation != record.state.handled_generation
+        if record.target_uid and record.target_name == name and not changed:
             return None
         try:
             existing = await self._kube.read_secret(record.namespace, name)
         except failures.ApiError as exc:
             raise failures.from_api_error(exc) from None
+        take = self._decide(record, policy, existing, ownership.wanted_type(policy))
         if existing is None:
             return None
-        if not target.owned_by(existing, credential_uid=record.uid):
-            raise target.conflict(name)
         record.read_target(existing)
-        return existing
+        if take is ownership.Take.WRITE:
+            return existing
+        # Just handed over: tokensync wrote none of its keys, so a key of the default shape
+        # that is there (a CronJob's access_token) is not one to remove for a template.
+        record.target_written = None
+        return None
+
+    @staticmethod
+    def _decide(
+        record: tracking.Record,
+        policy: model.TargetSpec,
+        existing: dict[str, Any] | None,
+        wanted_type: str,
+    ) -> ownership.Take:
+        take = ownership.decide(
+            existing,
+            name=policy.name,
+            policy=policy,
+            credential=record.name,
+            uid=record.uid,
+            wanted_type=wanted_type,
+        )
+        if isinstance(take, failures.Failure):
+            raise take
+        return take
 
     async def write(
-        self, record: tracking.Record, body: dict[str, Any], *, wins: Winner = _never
+        self,
+        record: tracking.Record,
+        body: dict[str, Any],
+        *,
+        policy: model.TargetSpec,
+        wins: Winner = _never,
     ) -> target.TokenTimes | None:
         """Write the whole target Secret in one request. None when written; when the Secret
         changed since this process last saw it and holds a token that ``wins``, nothing is
         written and that token's times are returned."""
         try:
-            return await self._write(record, body, wins)
+            return await self._write(record, body, wins, policy)
         except failures.ApiError as exc:
             if exc.status == 422:
                 # From a create, or a patch with the uid just read (a replaced Secret's 422
@@ -84,14 +124,14 @@ class TargetWriter:
             raise failures.from_api_error(exc, reason=failures.Reason.TARGET_WRITE_FAILED) from None
 
     async def _write(
-        self, record: tracking.Record, body: dict[str, Any], wins: Winner
+        self, record: tracking.Record, body: dict[str, Any], wins: Winner, policy: model.TargetSpec
     ) -> target.TokenTimes | None:
         name = body["metadata"]["name"]
         ours, before = target.digest(body), record.target_digest
         if _older_than_known(record, body):
             # This process last saw a later token there (adopted from a writer whose clock
             # runs ahead): compare with what is there now rather than write blindly.
-            return await self._resolve(record, body, wins, before=before)
+            return await self._resolve(record, body, wins, policy, before=before)
         if record.target_uid and record.target_name == name:
             record.wrote(ours)  # its watch event may come before the response
             try:
@@ -102,16 +142,21 @@ class TargetWriter:
                 # 404: deleted. 422 "metadata.uid: field is immutable": deleted and replaced
                 # by another Secret of the same name: start over with a create. 409: changed
                 # since this process wrote or read it: read it and compare.
+                # A 422 may also be a type the spec changed (immutable): the create's 409
+                # leads to the read, which refuses it (TargetTypeMismatch).
                 if exc.status == 409:
-                    return await self._resolve(record, body, wins, before=before)
+                    return await self._resolve(record, body, wins, policy, before=before)
                 if exc.status not in (404, 422):
                     raise
                 record.target_uid = None
             else:
                 return None
-        if await self._create(record, body):
+        # A Merge target is never created: the read says whether it is there.
+        if policy.creation_policy is not model.CreationPolicy.MERGE and await self._create(
+            record, body
+        ):
             return None
-        return await self._resolve(record, body, wins, before=before)
+        return await self._resolve(record, body, wins, policy, before=before)
 
     async def _create(self, record: tracking.Record, body: dict[str, Any]) -> bool:
         """Create the Secret; False if one of that name exists (409)."""
@@ -126,21 +171,27 @@ class TargetWriter:
         return True
 
     async def _resolve(
-        self, record: tracking.Record, body: dict[str, Any], wins: Winner, *, before: bytes | None
+        self,
+        record: tracking.Record,
+        body: dict[str, Any],
+        wins: Winner,
+        policy: model.TargetSpec,
+        *,
+        before: bytes | None,
     ) -> target.TokenTimes | None:
         """The Secret exists and is not as this process last saw it: read it, and write over
         it only if its token does not win; each write conditional on the version just read."""
         name = body["metadata"]["name"]
         ours = target.digest(body)
+        wanted_type = str(body.get("type") or ownership.DEFAULT_TYPE)
         for _ in range(CONFLICT_ATTEMPTS):
             existing = await self._kube.read_secret(record.namespace, name)
+            take = self._decide(record, policy, existing, wanted_type)
             if existing is None:
                 if await self._create(record, body):
                     return None
                 continue  # created by someone else meanwhile
-            if not target.owned_by(existing, credential_uid=record.uid):
-                raise target.conflict(name)
-            found = target.whole_times(existing)
+            found = target.whole_times(existing) if take is ownership.Take.WRITE else None
             if wins(found):
                 record.read_target(existing)
                 record.target_previous = before

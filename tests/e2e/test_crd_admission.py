@@ -110,6 +110,13 @@ def test_example_is_admitted(
         if doc["kind"] == "ServiceAccount":
             core.create_namespaced_service_account(namespace, doc)
             continue
+        if doc["kind"] == "Deployment":  # a consumer that spec.rolloutRestart restarts
+            client.AppsV1Api(core.api_client).create_namespaced_deployment(namespace, doc)
+            continue
+        if doc["kind"] == "NetworkPolicy":  # a tenant's egress to the refresh endpoint
+            networking = client.NetworkingV1Api(core.api_client)
+            networking.create_namespaced_network_policy(namespace, doc)
+            continue
         assert doc["kind"] == model.KIND, f"unexpected kind {doc['kind']} in {path.name}"
         created = create(custom, namespace, doc)
         # Structural schemas prune unknown fields silently: a misspelt field in an example
@@ -518,6 +525,25 @@ INVALID_SPECS = [
         "spec.target.annotations",
         "annotation keys",
     ),
+    # creation and deletion policies (issue 16 section 2, decision 0041)
+    case(
+        "target-creation-policy-unknown",
+        with_changes(target={"creationPolicy": "Take"}),
+        "spec.target.creationPolicy",
+        "Unsupported value",
+    ),
+    case(
+        "target-deletion-policy-unknown",
+        with_changes(target={"deletionPolicy": "Orphan"}),
+        "spec.target.deletionPolicy",
+        "Unsupported value",
+    ),
+    case(
+        "target-merge-with-delete",
+        with_changes(target={"creationPolicy": "Merge", "deletionPolicy": "Delete"}),
+        "spec.target.deletionPolicy",
+        "must not be Delete with creationPolicy Merge",
+    ),
     # sizes (issue 14 section 3): what one credential can make the operator hold
     case(
         "target-labels-too-many",
@@ -686,6 +712,142 @@ INVALID_SPECS = [
         "spec.target.name",
         "client certificate Secret",
     ),
+    # the target's shape (decision 0040)
+    case(
+        "target-type-unknown",
+        with_changes(target={"type": "kubernetes.io/tls"}),
+        "spec.target.type",
+        "Unsupported value",
+    ),
+    case(
+        "dockerconfigjson-without-dockerConfig",
+        with_changes(target={"type": "kubernetes.io/dockerconfigjson"}),
+        "spec.target.dockerConfig",
+        "is required when type is kubernetes.io/dockerconfigjson",
+    ),
+    case(
+        "dockerConfig-without-its-type",
+        with_changes(target={"dockerConfig": {"registry": "r.example"}}),
+        "spec.target.dockerConfig",
+        "may be set only when type is kubernetes.io/dockerconfigjson",
+    ),
+    case(
+        "dockerconfigjson-with-a-template",
+        with_changes(
+            target={
+                "type": "kubernetes.io/dockerconfigjson",
+                "dockerConfig": {"registry": "r.example"},
+                "template": {"data": {"token": "{{ access_token }}"}},
+            }
+        ),
+        "spec.target.template",
+        "cannot be combined with type kubernetes.io/dockerconfigjson",
+    ),
+    case(
+        "dockerConfig-registry-a-url",
+        with_changes(
+            target={
+                "type": "kubernetes.io/dockerconfigjson",
+                "dockerConfig": {"registry": "https://r.example/v2"},
+            }
+        ),
+        "spec.target.dockerConfig.registry",
+        PATTERN,
+    ),
+    case(
+        "dockerConfig-username-with-a-colon",
+        with_changes(
+            target={
+                "type": "kubernetes.io/dockerconfigjson",
+                "dockerConfig": {"registry": "r.example", "username": "a:b"},
+            }
+        ),
+        "spec.target.dockerConfig.username",
+        PATTERN,
+    ),
+    case(
+        "template-without-data",
+        with_changes(target={"template": {}}),
+        "spec.target.template.data",
+        "Required value",
+    ),
+    case(
+        "template-with-no-key",
+        with_changes(target={"template": {"data": {}}}),
+        "spec.target.template.data",
+        "should have at least 1 properties",
+    ),
+    case(
+        "template-key-not-a-secret-key",
+        with_changes(target={"template": {"data": {"a/b": "{{ access_token }}"}}}),
+        "spec.target.template.data",
+        "keys must be valid Secret keys",
+    ),
+    case(
+        "template-key-dot-dot",
+        with_changes(target={"template": {"data": {"..data": "{{ access_token }}"}}}),
+        "spec.target.template.data",
+        "keys must be valid Secret keys",
+    ),
+    case(
+        "template-too-many-keys",
+        with_changes(target={"template": {"data": {f"k{i}": "x" for i in range(17)}}}),
+        "spec.target.template.data",
+        "must have at most 16 items",
+    ),
+    case(
+        "template-too-large",
+        with_changes(target={"template": {"data": {f"k{i}": "x" * 4096 for i in range(4)}}}),
+        "spec.target.template.data",
+        "keys and templates together must be at most 16384 characters",
+    ),
+    # rolloutRestart (decision 0042)
+    case(
+        "rolloutRestart-without-targets",
+        with_changes(rolloutRestart={"minInterval": "5m"}),
+        "spec.rolloutRestart.targets",
+        "Required value",
+    ),
+    case(
+        "rolloutRestart-no-target",
+        with_changes(rolloutRestart={"targets": []}),
+        "spec.rolloutRestart.targets",
+        "at least 1",
+    ),
+    case(
+        "rolloutRestart-17-targets",
+        with_changes(
+            rolloutRestart={"targets": [{"kind": "Deployment", "name": f"d{i}"} for i in range(17)]}
+        ),
+        "spec.rolloutRestart.targets",
+        "must have at most 16 items",
+    ),
+    case(
+        "rolloutRestart-kind-pod",
+        with_changes(rolloutRestart={"targets": [{"kind": "Pod", "name": "a"}]}),
+        "spec.rolloutRestart.targets[0].kind",
+        "Unsupported value",
+    ),
+    case(
+        "rolloutRestart-name-not-dns",
+        with_changes(rolloutRestart={"targets": [{"kind": "Deployment", "name": "Web_1"}]}),
+        "spec.rolloutRestart.targets[0].name",
+        PATTERN,
+    ),
+    case(
+        "rolloutRestart-target-twice",
+        with_changes(rolloutRestart={"targets": [{"kind": "DaemonSet", "name": "a"}] * 2}),
+        "spec.rolloutRestart.targets[1]",
+        "Duplicate value",
+    ),
+    case(
+        "rolloutRestart-minInterval-29s",
+        with_changes(
+            rolloutRestart={"targets": [{"kind": "Deployment", "name": "a"}], "minInterval": "29s"}
+        ),
+        "spec.rolloutRestart.minInterval",
+        "must be between 30s and 87600h",
+    ),
 ]
 
 
@@ -757,6 +919,24 @@ def test_sizes_at_their_bounds_are_admitted(
     parsing.parse_spec(created["spec"], name="sizes")  # what is admitted can be acted on
 
 
+def test_rollout_restart_at_its_bounds_is_admitted_and_defaulted(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """16 targets of the three kinds, names of 253 characters, minInterval 30s; and the
+    default minInterval (5m) filled in by the API server when unset."""
+    kinds = ("Deployment", "StatefulSet", "DaemonSet")
+    targets = [{"kind": kinds[i % 3], "name": f"{i:02d}" + "w" * 251} for i in range(16)]
+    spec = with_changes(rolloutRestart={"targets": targets, "minInterval": "30s"})
+    created = create(custom, namespace, credential("restarts", spec))
+    assert is_subset(spec, created["spec"])
+    parsed = parsing.parse_spec(created["spec"], name="restarts").rollout_restart
+    assert parsed is not None
+    assert len(parsed.targets) == 16
+    spec = with_changes(rolloutRestart={"targets": [{"kind": "Deployment", "name": "a"}]})
+    created = create(custom, namespace, credential("defaulted", spec))
+    assert created["spec"]["rolloutRestart"]["minInterval"] == "5m"
+
+
 def test_http_token_url_is_admitted(custom: client.CustomObjectsApi, namespace: str) -> None:
     """Plain http passes admission (for demos); the operator refuses it unless opted in."""
     spec = with_changes(tokenURL="http://localhost:8080/token")
@@ -805,6 +985,30 @@ def test_minimal_credential_gets_defaults(custom: client.CustomObjectsApi, names
     assert "refresh" not in spec
     parsed = parsing.parse_spec(spec, name="minimal")
     assert parsed.target.name == "minimal-token"
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [
+        {"creationPolicy": creation, **({"deletionPolicy": deletion} if deletion else {})}
+        for creation in ("Owner", "Adopt", "Merge")
+        for deletion in (None, "Delete", "Retain")
+        if (creation, deletion) != ("Merge", "Delete")
+    ],
+    ids=lambda p: "-".join(p.values()),
+)
+def test_target_policies_are_admitted_without_defaults(
+    policies: dict[str, str], custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """Every combination but Merge with Delete set; no default is written, so that the CEL
+    rule can tell Delete set from Delete by default (decision 0041)."""
+    name = "-".join(policies.values()).lower()
+    created = create(custom, namespace, credential(name, with_changes(target=policies)))
+    stored = created["spec"]["target"]
+    assert {k: v for k, v in stored.items() if k.endswith("Policy")} == policies
+    parsed = parsing.parse_spec(created["spec"], name=name).target
+    assert parsed.creation_policy.value == policies["creationPolicy"]
+    assert parsed.deletion_policy.value == policies.get("deletionPolicy", "Delete")
 
 
 # -- (d) names and printer columns --------------------------------------------------------

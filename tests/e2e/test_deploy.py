@@ -23,7 +23,14 @@ from kubernetes import client, config
 
 from localcluster import LocalCluster
 from support import manifests
-from support.manifests import COMPONENTS, OPERATOR_NAMESPACE, OVERLAYS, WORKLOAD_IDENTITY, Kubectl
+from support.manifests import (
+    COMPONENTS,
+    OPERATOR_NAMESPACE,
+    OVERLAYS,
+    ROLLOUT_RESTART,
+    WORKLOAD_IDENTITY,
+    Kubectl,
+)
 from support.operatorproc import (
     OperatorProcess,
     service_account_kubeconfig,
@@ -176,13 +183,20 @@ def test_deployment_arguments_are_flags_of_tokensync_run(
     spec = manifests.container(docs)
     parsed = cli._parser().parse_args(["run", *spec["args"]])
     ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
-    assert ports == {"metrics": parsed.metrics_port, "health": parsed.health_port}
+    assert ports == {
+        "metrics": parsed.metrics_port,
+        "health": parsed.health_port,
+        "refresh": parsed.refresh_port,
+    }
     assert parsed.metrics_port == 8080
     assert parsed.health_port == 8081
+    assert parsed.refresh_port == 8082
     for probe in ("livenessProbe", "readinessProbe"):
         assert spec[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     service = manifests.find(docs, "Service", "tokensync-metrics")
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    refresh = manifests.find(docs, "Service", "tokensync-refresh")
+    assert refresh["spec"]["ports"][0]["targetPort"] == "refresh"
     pod_labels = manifests.find(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
 
@@ -223,7 +237,12 @@ def test_network_policy_allows_only_what_the_operator_needs(
     }
     assert egress == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443)}
     ingress = [port for rule in allow["ingress"] for port in rule["ports"]]
-    assert ingress == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress == [
+        {"port": "metrics", "protocol": "TCP"},
+        {"port": "refresh", "protocol": "TCP"},  # decision 0043
+    ]
+    # The refresh endpoint from pods in the cluster only; metrics from anywhere, as before.
+    assert [rule.get("from") for rule in allow["ingress"]] == [None, [{"namespaceSelector": {}}]]
 
 
 # -- Pod Security -------------------------------------------------------------------------
@@ -390,6 +409,17 @@ def test_service_account_is_denied_what_it_does_not_need(
         "change its own Deployment": lambda: apps.patch_namespaced_deployment(
             "tokensync", OPERATOR_NAMESPACE, {"spec": {"replicas": 2}}
         ),
+        # Restarting workloads is an opt-in (deploy/components/rollout-restart).
+        "get a Deployment": lambda: apps.read_namespaced_deployment("app", namespace),
+        "restart a Deployment": lambda: apps.patch_namespaced_deployment(
+            "app", namespace, {"spec": {"template": {"metadata": {"annotations": {"a": "b"}}}}}
+        ),
+        "restart a StatefulSet": lambda: apps.patch_namespaced_stateful_set(
+            "app", namespace, {"spec": {"template": {"metadata": {"annotations": {"a": "b"}}}}}
+        ),
+        "restart a DaemonSet": lambda: apps.patch_namespaced_daemon_set(
+            "app", namespace, {"spec": {"template": {"metadata": {"annotations": {"a": "b"}}}}}
+        ),
         "read CRDs": lambda: client.ApiextensionsV1Api(sa_client).list_custom_resource_definition(),
     }
     codes = {what: status_code(call) for what, call in denied.items()}
@@ -503,6 +533,66 @@ def test_workload_identity_components_grant_the_same_rules(
     assert refused.returncode != 0
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_default_install_grants_nothing_on_workloads(
+    kubectl: Kubectl, tmp_path: pathlib.Path, overlay: str
+) -> None:
+    """Without the rollout-restart component no rule names apps workloads (decision 0042)."""
+    docs = manifests.documents(render(tmp_path, kubectl, overlay, COMPONENTS))
+    roles = [d for d in docs if d["kind"] in {"ClusterRole", "Role"}]
+    assert roles
+    for rule in (rule for role in roles for rule in role["rules"]):
+        assert not {"apps", "*"} & set(rule.get("apiGroups", [])), rule
+
+
+def test_rollout_restart_components_grant_get_and_patch_on_workloads_only(
+    kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    """deploy/components/rollout-restart: get and patch on the three workload kinds, no
+    more; the namespaced component repeats the rules in a Role beside the single-namespace
+    overlay's, and nothing cluster-wide."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cluster_wide = manifests.documents(
+        render(tmp_path / "a", kubectl, "cluster-wide", (ROLLOUT_RESTART["cluster-wide"],))
+    )
+    single = manifests.documents(
+        render(
+            tmp_path / "b",
+            kubectl,
+            "single-namespace",
+            (ROLLOUT_RESTART["single-namespace"],),
+            watch_namespace="payments",
+        )
+    )
+    name = "tokensync-rollout-restart"
+    rules = manifests.find(cluster_wide, "ClusterRole", name)["rules"]
+    assert rules == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments", "statefulsets", "daemonsets"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    binding = manifests.find(cluster_wide, "ClusterRoleBinding", name)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tokensync", "namespace": OPERATOR_NAMESPACE}
+    ]
+    role, role_binding = (
+        manifests.find(single, "Role", name),
+        manifests.find(single, "RoleBinding", name),
+    )
+    assert role["rules"] == rules
+    assert role["metadata"]["namespace"] == role_binding["metadata"]["namespace"] == "payments"
+    assert role_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": name,
+    }
+    assert role_binding["subjects"] == binding["subjects"]
+    assert not {d["kind"] for d in single} & {"ClusterRole", "ClusterRoleBinding"}
+
+
 # -- single-namespace install, run under its own identity ------------------------------
 
 
@@ -531,7 +621,7 @@ def test_single_namespace_install_runs_the_operator_in_its_namespace_only(
         args = [
             arg
             for arg in manifests.container(manifests.documents(rendered))["args"]
-            if not arg.startswith(("--metrics-port", "--health-port"))
+            if not arg.startswith(("--metrics-port", "--health-port", "--refresh-port"))
         ]
         assert args == [f"--namespace={namespace}"]
         kubeconfig = service_account_kubeconfig(

@@ -20,7 +20,7 @@ from kubernetes import client
 
 from localcluster import LocalCluster
 from support import manifests
-from support.manifests import COMPONENTS, OVERLAYS, WORKLOAD_IDENTITY, Kubectl
+from support.manifests import COMPONENTS, OVERLAYS, ROLLOUT_RESTART, WORKLOAD_IDENTITY, Kubectl
 from support.operatorproc import may_mint_tokens
 from support.polling import wait_for
 
@@ -140,6 +140,8 @@ def test_chart_lints(helm_bin: pathlib.Path) -> None:
         list(COMPONENT_VALUES.values()),
         ["workloadIdentity.enabled=true", "workloadIdentity.namespaces={apps}"],
         ["clusterWide=false", "watchNamespaces={apps}", "workloadIdentity.enabled=true"],
+        ["rolloutRestart.enabled=true", "rolloutRestart.namespaces={apps}"],
+        ["clusterWide=false", "watchNamespaces={apps}", "rolloutRestart.enabled=true"],
     ):
         sets = [arg for value in values for arg in ("--set", value)]
         out = manifests.helm(helm_bin, "lint", "--strict", str(manifests.HELM_CHART), *sets)
@@ -202,6 +204,64 @@ def test_helm_workload_identity_equals_the_kustomize_component(
     assert sorted(helm_view, key=str) == sorted(kustomize_view, key=str)
     for key, value in kustomize_view.items():
         assert helm_view[key] == value, f"{key} differs"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_helm_rollout_restart_equals_the_kustomize_component(
+    helm_bin: pathlib.Path, kubectl: Kubectl, tmp_path: pathlib.Path, overlay: str
+) -> None:
+    """rolloutRestart.enabled=true renders what the overlay's component adds (decision 0042)."""
+    from_kustomize = manifests.documents(
+        kubectl.kustomize(
+            manifests.kustomization(
+                tmp_path, overlay=overlay, components=(ROLLOUT_RESTART[overlay],)
+            )
+        )
+    )
+    values = [*overlay_values(overlay, ()), "rolloutRestart.enabled=true"]
+    from_helm = manifests.documents(template(helm_bin, values))
+    kustomize_view, helm_view = substance(from_kustomize), substance(from_helm)
+    assert sorted(helm_view, key=str) == sorted(kustomize_view, key=str)
+    for key, value in kustomize_view.items():
+        assert helm_view[key] == value, f"{key} differs"
+
+
+def test_chart_grants_rollout_restart_only_when_asked_and_where_asked(
+    helm_bin: pathlib.Path,
+) -> None:
+    """Default: no rule on apps workloads, in either mode. rolloutRestart.namespaces:
+    RoleBindings to the ClusterRole in those namespaces only; a name outside
+    watchNamespaces fails the render."""
+    for values in ([], ["clusterWide=false", "watchNamespaces={apps}"]):
+        docs = manifests.documents(template(helm_bin, values))
+        groups = {
+            group
+            for d in docs
+            if d["kind"] in {"ClusterRole", "Role"}
+            for rule in d["rules"]
+            for group in rule.get("apiGroups", [])
+        }
+        assert groups
+        assert not groups & {"apps", "*"}
+    name = "tokensync-rollout-restart"
+    docs = manifests.documents(
+        template(helm_bin, ["rolloutRestart.enabled=true", "rolloutRestart.namespaces={a,b}"])
+    )
+    assert [o for o in rbac_objects(docs) if o[2] == name] == [
+        ("ClusterRole", None, name),
+        ("RoleBinding", "a", name),
+        ("RoleBinding", "b", name),
+    ]
+    with pytest.raises(AssertionError, match="billing is not in watchNamespaces"):
+        template(
+            helm_bin,
+            [
+                "clusterWide=false",
+                "watchNamespaces={apps}",
+                "rolloutRestart.enabled=true",
+                "rolloutRestart.namespaces={billing}",
+            ],
+        )
 
 
 def rbac_objects(docs: list[dict[str, Any]]) -> list[tuple[str, str | None, str]]:
@@ -300,6 +360,7 @@ def test_chart_values_reach_the_container(helm_bin: pathlib.Path) -> None:
                 "extraArgs={--workers=32}",
                 "image.digest=sha256:" + "a" * 64,
                 "metrics.enabled=false",
+                "refreshEndpoint.enabled=false",
             ],
         )
     )
@@ -307,6 +368,7 @@ def test_chart_values_reach_the_container(helm_bin: pathlib.Path) -> None:
     assert container["args"] == [
         "--metrics-port=0",
         "--health-port=8081",
+        "--refresh-port=0",
         "--allowed-token-host=login.example.com",
         "--allowed-token-host=*.okta.com",
         "--workers=32",
@@ -314,6 +376,32 @@ def test_chart_values_reach_the_container(helm_bin: pathlib.Path) -> None:
     assert container["image"] == "ghcr.io/tokensync/tokensync@sha256:" + "a" * 64
     assert [p["name"] for p in container["ports"]] == ["health"]
     assert not [d for d in docs if d["kind"] == "Service"]
+
+
+def test_chart_refresh_endpoint_values(helm_bin: pathlib.Path) -> None:
+    """The refresh endpoint's port and who may reach it (decision 0043)."""
+    docs = manifests.documents(
+        template(
+            helm_bin,
+            [
+                "refreshEndpoint.port=9092",
+                "networkPolicy.enabled=true",
+                "refreshEndpoint.from[0].namespaceSelector.matchLabels.team=payments",
+            ],
+        )
+    )
+    container = manifests.container(docs)
+    assert "--refresh-port=9092" in container["args"]
+    assert {"name": "refresh", "containerPort": 9092, "protocol": "TCP"} in container["ports"]
+    service = manifests.find(docs, "Service", "tokensync-refresh")
+    assert service["spec"]["ports"] == [
+        {"name": "refresh", "port": 9092, "targetPort": "refresh", "protocol": "TCP"}
+    ]
+    ingress = manifests.find(docs, "NetworkPolicy", "tokensync")["spec"]["ingress"]
+    assert {
+        "from": [{"namespaceSelector": {"matchLabels": {"team": "payments"}}}],
+        "ports": [{"port": "refresh", "protocol": "TCP"}],
+    } in ingress
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

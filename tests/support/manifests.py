@@ -25,6 +25,11 @@ WORKLOAD_IDENTITY = {
     "cluster-wide": "workload-identity",
     "single-namespace": "workload-identity-namespaced",
 }
+#: The opt-in grant of spec.rolloutRestart (decision 0042): the component for each overlay.
+ROLLOUT_RESTART = {
+    "cluster-wide": "rollout-restart",
+    "single-namespace": "rollout-restart-namespaced",
+}
 OPERATOR_NAMESPACE = "tokensync-system"
 
 

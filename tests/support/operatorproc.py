@@ -185,9 +185,13 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self.health_port = 0
+        #: The refresh endpoint's port (decision 0043): a free one per start, since several
+        #: operators run at once on this machine.
+        self.refresh_port = 0
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
         self.metrics_port, self.health_port = free_port(), free_port()
+        self.refresh_port = free_port()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -204,6 +208,7 @@ class OperatorProcess:
                     ),
                     f"--metrics-port={self.metrics_port}",
                     f"--health-port={self.health_port}",
+                    f"--refresh-port={self.refresh_port}",
                     *(["--verbose"] if self.verbose else []),
                     *self.extra_args,
                 ],

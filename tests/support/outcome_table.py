@@ -26,6 +26,12 @@ NAMESPACE, NAME, UID = "team-a", "payments", "uid-payments"
 TOKEN_URL = "https://idp.example.com/oauth2/token"
 SPEC: dict[str, Any] = {"tokenURL": TOKEN_URL, "clientSecretRef": {"name": "client"}}
 TARGET = "payments-token"
+#: What a TargetConflict message offers (decision 0041: a Secret may also be handed over).
+CONFLICT_HINT = (
+    "delete it, choose another spec.target.name, or hand it over (annotation "
+    "tokensync.dev/hand-over-to naming this ClientCredential, and spec.target.creationPolicy "
+    "Adopt or Merge)"
+)
 
 
 def at(seconds: float) -> str:
@@ -412,7 +418,7 @@ ROWS = [
                         "False",
                         "TargetConflict",
                         f"Secret {TARGET!r} exists and is not managed by this ClientCredential; "
-                        f"delete it or choose another spec.target.name; next attempt at {at(300)}",
+                        f"{CONFLICT_HINT}; next attempt at {at(300)}",
                     ),
                     attempts=1,
                     reason="TargetConflict",
@@ -424,7 +430,7 @@ ROWS = [
                     "Warning",
                     "TargetConflict",
                     f"refresh failed: Secret {TARGET!r} exists and is not managed by this "
-                    "ClientCredential; delete it or choose another spec.target.name",
+                    f"ClientCredential; {CONFLICT_HINT}",
                 )
             ],
             due=300,

@@ -145,6 +145,8 @@ def test_fetch_private_key_jwt_by_discovery(
         ("--token-rate", "0"),
         ("--token-rate", "nan"),
         ("--event-rate", "-1"),
+        ("--refresh-port", "-1"),
+        ("--refresh-port", "65536"),
     ],
 )
 def test_run_refuses_values_that_would_stop_the_operator_at_startup(

@@ -56,11 +56,14 @@ EXAMPLE_CREDENTIALS = [
 
 
 def schema_paths(schema: Mapping[str, Any], prefix: str = "spec") -> Iterator[str]:
-    """Every declared property below ``schema`` (maps and lists are leaves)."""
+    """Every declared property below ``schema`` (maps and lists are leaves, but for the
+    properties of a list's objects, below ``<list>[]``)."""
     for name, sub in schema.get("properties", {}).items():
         path = f"{prefix}.{name}"
         yield path
         yield from schema_paths(sub, path)
+        if isinstance(sub.get("items"), Mapping):
+            yield from schema_paths(sub["items"], f"{path}[]")
 
 
 def used_paths(value: object, prefix: str = "spec") -> Iterator[str]:
@@ -70,6 +73,10 @@ def used_paths(value: object, prefix: str = "spec") -> Iterator[str]:
             path = f"{prefix}.{key}"
             yield path
             yield from used_paths(sub, path)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, Mapping):
+                yield from used_paths(item, f"{prefix}[]")
 
 
 class Recording(Mapping[str, Any]):
@@ -94,6 +101,12 @@ class Recording(Mapping[str, Any]):
         sub = self._schema.get("properties", {}).get(key, {})
         if isinstance(value, Mapping) and "properties" in sub:
             return Recording(value, sub, path, self._seen)
+        items = sub.get("items", {})
+        if isinstance(value, list) and "properties" in items:
+            return [
+                Recording(v, items, f"{path}[]", self._seen) if isinstance(v, Mapping) else v
+                for v in value
+            ]
         return value
 
     def __iter__(self) -> Iterator[str]:
@@ -366,6 +379,11 @@ REQUIRED = {
     "spec.serviceAccountRef": {"name": "sa", "audience": "aud"},
     "spec.caBundleRef": {"name": "ca"},
     "spec.clientSecretRef": {"name": "c"},
+    "spec.rolloutRestart": {"targets": [{"kind": "Deployment", "name": "w"}]},
+}
+#: Lists of objects: the item at an index, valid, so that the list's bound is what fails.
+ITEMS = {
+    "spec.rolloutRestart.targets": lambda i: {"kind": "Deployment", "name": f"w{i}"},
 }
 
 
@@ -389,8 +407,9 @@ def spec_over(path: str, size: int) -> tuple[dict[str, Any], str, str]:
     if path.endswith("{}"):
         node[leaf] = {"k": "a" * size}
         return spec, f"{base}[k]", f"must be at most {bound} characters"
-    if f"{path}[]" in bounds.SIZE_BOUNDS:
-        node[leaf] = [f"a{i}" for i in range(size)]
+    if f"{path}[]" in bounds.SIZE_BOUNDS or path in ITEMS:
+        item = ITEMS.get(path, lambda i: f"a{i}")
+        node[leaf] = [item(i) for i in range(size)]
         return spec, path, f"must have at most {bound} items"
     if f"{path}{{}}" in bounds.SIZE_BOUNDS:
         node[leaf] = {f"k{i}": "v" for i in range(size)}
@@ -399,11 +418,24 @@ def spec_over(path: str, size: int) -> tuple[dict[str, Any], str, str]:
     return spec, path, f"must be at most {bound} characters"
 
 
+def item_field_over(path: str, size: int) -> tuple[dict[str, Any], str, str]:
+    """:func:`spec_over` for a field of a list's objects (``<list>[].<field>``): the first
+    item's."""
+    items, leaf = path.split("[].")
+    spec, _, _ = spec_over(items, 1)
+    node = spec
+    for part in items.split(".")[1:]:
+        node = node[part]
+    node[0][leaf] = "a" * size
+    return spec, f"{items}[0].{leaf}", f"must be at most {bounds.SIZE_BOUNDS[path]} characters"
+
+
 @pytest.mark.parametrize("path", sorted(bounds.SIZE_BOUNDS))
 def test_parse_spec_refuses_one_past_each_bound(path: str) -> None:
     """What the CRD refuses, parse_spec refuses too (an object stored before the bound),
     and so does it from the copy the operator keeps (bounds.retained)."""
-    spec, field, message = spec_over(path, bounds.SIZE_BOUNDS[path] + 1)
+    over = item_field_over if "[]." in path else spec_over
+    spec, field, message = over(path, bounds.SIZE_BOUNDS[path] + 1)
     with pytest.raises(model.SpecError) as caught:
         parsing.parse_spec(spec, name="x")
     assert (caught.value.field, str(caught.value)) == (field, f"{field}: {message}")
@@ -531,3 +563,93 @@ def test_printer_columns_are_described() -> None:
     (version,) = load_crd()["spec"]["versions"]
     for column in version["additionalPrinterColumns"]:
         assert column.get("description"), column["name"]
+
+
+# -- the target's shape (decision 0040) -----------------------------------------------------
+
+
+def target_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = spec_schema()["properties"]["target"]
+    return schema
+
+
+def test_shape_enums_and_defaults_match_model() -> None:
+    props = target_schema()["properties"]
+    assert props["type"]["enum"] == [t.value for t in model.SecretType]
+    # No schema default: spec.target stays as written (decision 0041 tells Delete set
+    # from Delete by default the same way); the description states it.
+    assert "default" not in props["type"]
+    assert model.TargetSpec(name="x").type.value == "Opaque"
+    assert "Opaque (the default)" in props["type"]["description"]
+    username = props["dockerConfig"]["properties"]["username"]
+    assert username["default"] == model.DEFAULT_REGISTRY_USERNAME
+
+
+@pytest.mark.parametrize(
+    ("key", "valid"),
+    [
+        ("token", True),
+        (".netrc", True),
+        ("client.properties", True),
+        ("a-b_c.D9", True),
+        ("k" * 253, True),
+        ("k" * 254, False),
+        (".", False),
+        ("..", False),
+        ("..a", False),
+        ("a/b", False),
+        ("a b", False),
+        ("", False),
+    ],
+)
+def test_template_key_rules_agree_with_parse_spec(key: str, valid: bool) -> None:
+    """The CEL rule on template keys (Kubernetes' IsConfigMapKey) and the parser agree."""
+    data = target_schema()["properties"]["template"]["properties"]["data"]
+    (rule,) = [r["rule"] for r in data["x-kubernetes-validations"] if "matches" in r["rule"]]
+    pattern = re.search(r"k\.matches\('(.+?)'\)", rule)
+    assert pattern is not None
+    admitted = (
+        bool(re.fullmatch(pattern.group(1), key))
+        and len(key) <= bounds.KEY_BOUNDS["spec.target.template.data"]
+        and key != "."
+        and not key.startswith("..")
+    )
+    assert f"size(k) <= {bounds.KEY_BOUNDS['spec.target.template.data']}" in rule
+    assert admitted is valid
+    spec = {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}}
+    spec["target"] = {"template": {"data": {key: "{{ access_token }}"}}}
+    if valid:
+        parsing.parse_spec(spec, name="x")
+    else:
+        with pytest.raises(model.SpecError, match=r"spec\.target\.template\.data"):
+            parsing.parse_spec(spec, name="x")
+
+
+def test_template_total_rule_is_the_parser_s() -> None:
+    data = target_schema()["properties"]["template"]["properties"]["data"]
+    (rule,) = [r for r in data["x-kubernetes-validations"] if ".sum()" in r["rule"]]
+    assert rule["rule"].endswith(f"<= {bounds.TEMPLATE_BOUND}")
+    assert " ".join(rule["message"].split()) == bounds.TEMPLATE_MESSAGE
+
+
+def test_registry_pattern_is_the_parser_s() -> None:
+    registry = target_schema()["properties"]["dockerConfig"]["properties"]["registry"]
+    for host, valid in [
+        ("europe-docker.pkg.dev", True),
+        ("registry.example.com:5000", True),
+        ("10.0.0.1:443", True),
+        ("https://r.example", False),
+        ("r.example/v2", False),
+        ("R.example", False),
+    ]:
+        assert bool(re.fullmatch(registry["pattern"], host)) is valid, host
+        spec = {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}}
+        spec["target"] = {
+            "type": "kubernetes.io/dockerconfigjson",
+            "dockerConfig": {"registry": host},
+        }
+        if valid:
+            parsing.parse_spec(spec, name="x")
+        else:
+            with pytest.raises(model.SpecError, match="not a registry host"):
+                parsing.parse_spec(spec, name="x")

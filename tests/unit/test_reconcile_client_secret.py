@@ -14,7 +14,7 @@ import dataclasses
 
 import pytest
 
-from tokensync import metrics, reconcile, scheduler
+from tokensync import metrics, progress, reconcile, scheduler
 
 KEY = ("ns", "cc")
 
@@ -82,4 +82,26 @@ async def test_event_while_idle_triggers_at_once() -> None:
     record.state = dataclasses.replace(record.state, source_version="7")
     queue.cancel(KEY)
     rec.client_secret_changed("ns", "client", "8")
+    assert queue.due_at(KEY) is not None
+
+
+async def test_a_credential_only_a_change_can_mend_is_not_rerun_by_its_own_events() -> None:
+    """A failure that only a change can mend (no due time: InvalidSpec, PrivateNetworkRefused,
+    TemplateFailed) writes status; the watch event of that status patch must not start
+    another attempt (each would fetch again when the failure comes after the token: found
+    in test_target_shape, four token requests in 150 ms). A new generation still does."""
+    rec, queue = reconciler()
+    record = rec._tracker.get(KEY)
+    assert record is not None
+    state = dataclasses.replace(record.state, handled_generation=1)
+    await rec._apply(record, progress.Decision(state=state, status={}, due=None))
+    assert queue.due_at(KEY) is None
+    body = {
+        "metadata": {"namespace": "ns", "name": "cc", "uid": "u1", "generation": 1},
+        "spec": {"clientSecretRef": {"name": "client"}},
+        "status": {"observedGeneration": 1},
+    }
+    rec.observe(body)  # its own status patch, as the watch delivers it
+    assert queue.due_at(KEY) is None
+    rec.observe({**body, "metadata": {**body["metadata"], "generation": 2}})
     assert queue.due_at(KEY) is not None

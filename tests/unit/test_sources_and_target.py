@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tokensync import model, parsing, sources, target
+from tokensync import model, ownership, parsing, sources, target
 
 EXPIRES = datetime.datetime(2026, 11, 22, 23, 15, tzinfo=datetime.UTC)
 UID = "0b5e0a4c-7f1e-4c38-9d7a-2f3c1d2e4f50"
@@ -62,6 +62,7 @@ def test_render_target_is_a_complete_owned_secret() -> None:
             "annotations": {
                 "reloader.stakater.com/match": "true",
                 model.EXPIRES_AT_ANNOTATION: "2026-11-22T23:15:00Z",
+                ownership.LINK_ANNOTATION: f"billing-api/{UID}",
             },
             "ownerReferences": [
                 {

@@ -19,6 +19,7 @@ import pytest
 from tokensync import (
     metrics,
     model,
+    ownership,
     progress,
     reconcile,
     scheduler,
@@ -122,6 +123,10 @@ def test_seen_keeps_no_data_and_names_the_owner() -> None:
     assert found.times == (T0, T0 + 3600 * S, T0 + 2300 * S)
     unowned = secret()
     unowned["metadata"]["ownerReferences"] = [{"kind": "Deployment", "name": "x", "uid": "u"}]
+    # Without an ownerReference, the link annotation names the credential (decision 0041).
+    retained = seen(unowned, "ADDED")
+    assert retained.owner == (NAME, UID)
+    del unowned["metadata"]["annotations"][ownership.LINK_ANNOTATION]
     assert target.seen("ADDED", unowned) is None
 
 

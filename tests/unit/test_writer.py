@@ -21,6 +21,7 @@ from tokensync import (
     failures,
     model,
     outcome,
+    ownership,
     progress,
     provenance,
     target,
@@ -30,6 +31,7 @@ from tokensync import (
 )
 
 NAMESPACE, NAME, UID, TARGET = "team-a", "payments", "uid-payments", "payments-token"
+OWNER_POLICY = model.TargetSpec(name=TARGET)
 BODY: dict[str, Any] = {
     "metadata": {"name": TARGET, "namespace": NAMESPACE, "annotations": {"a": "x" * 300_000}},
     "data": {"access_token": "dG9r"},
@@ -84,7 +86,9 @@ def record(*, target_uid: str | None) -> tracking.Record:
 
 async def write(kube: ScriptedKube, *, target_uid: str | None) -> failures.Failure | None:
     try:
-        await writer.TargetWriter(kube_api=kube).write(record(target_uid=target_uid), BODY)  # type: ignore[arg-type]
+        await writer.TargetWriter(kube_api=kube).write(  # type: ignore[arg-type]
+            record(target_uid=target_uid), BODY, policy=OWNER_POLICY
+        )
     except failures.Failure as failure:
         return failure
     return None
@@ -218,13 +222,32 @@ class SecretStore:
         version = meta.get("resourceVersion")
         if version is not None and version != current["metadata"]["resourceVersion"]:
             raise failures.ApiError(409, "Conflict")
+        if body.get("type", current.get("type")) != current.get("type"):
+            raise failures.ApiError(422, "Invalid")  # a Secret's type is immutable
+        current.setdefault("data", {})
         for key, value in body["data"].items():
             if value is None:
                 current["data"].pop(key, None)
             else:
                 current["data"][key] = value
-        current["metadata"]["annotations"].update(meta.get("annotations") or {})
+        for field in ("labels", "annotations"):
+            current["metadata"].setdefault(field, {}).update(meta.get(field) or {})
+        if "ownerReferences" in meta:  # a strategic merge: by uid, "$patch: delete" removes
+            refs = {r["uid"]: r for r in current["metadata"].get("ownerReferences") or []}
+            for ref in meta["ownerReferences"]:
+                if ref.get("$patch") == "delete":
+                    refs.pop(ref["uid"], None)
+                else:
+                    refs[ref["uid"]] = ref
+            current["metadata"]["ownerReferences"] = list(refs.values())
         return self._bump(current)
+
+    def put(self, secret: dict[str, Any]) -> dict[str, Any]:
+        """A Secret someone else created."""
+        self.version += 1
+        secret["metadata"].update(uid=f"uid-{self.version}", resourceVersion=str(self.version))
+        self.secrets[secret["metadata"]["name"]] = secret
+        return secret
 
     def issued(self) -> datetime.datetime | None:
         found = self.secrets.get(TARGET)
@@ -232,13 +255,18 @@ class SecretStore:
         return times[0] if times else None
 
 
-def rendered(issued: datetime.datetime, token: str) -> dict[str, Any]:
+def rendered(
+    issued: datetime.datetime,
+    token: str,
+    policy: model.TargetSpec = OWNER_POLICY,
+    uid: str = UID,
+) -> dict[str, Any]:
     expires = issued + datetime.timedelta(hours=1)
     return target.render_target(
         namespace=NAMESPACE,
         credential=NAME,
-        credential_uid=UID,
-        target=model.TargetSpec(name=TARGET),
+        credential_uid=uid,
+        target=policy,
         access_token=token,
         token_type="Bearer",
         expires_at=expires,
@@ -264,6 +292,7 @@ async def write_token(
     return await writer.TargetWriter(kube_api=store).write(  # type: ignore[arg-type]
         rec,
         body,
+        policy=OWNER_POLICY,
         wins=lambda times: provenance.supersedes(
             times,
             issued_at=issued,
@@ -382,3 +411,335 @@ async def test_the_issue_time_never_goes_backwards(writes: list[tuple[int, int]]
             assert kept[0] >= issued.replace(microsecond=0)
         assert last is None or now >= last
         last = now
+
+
+# -- creation and deletion policies (issue 16 section 2, decision 0041) -----------------------
+
+ADOPT = model.TargetSpec(name=TARGET, creation_policy=model.CreationPolicy.ADOPT)
+MERGE = model.TargetSpec(name=TARGET, creation_policy=model.CreationPolicy.MERGE)
+RETAIN = model.TargetSpec(name=TARGET, deletion_policy=model.DeletionPolicy.RETAIN)
+DOCKER = "kubernetes.io/dockerconfigjson"
+CONFIGMAP_OWNER = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "name": "settings",
+    "uid": "uid-configmap",
+    "controller": True,
+}
+
+
+def cronjob_secret(*, hand_over: str | None = NAME, **meta: Any) -> dict[str, Any]:
+    """A Secret a CronJob wrote, with data of its own; handed over to ``hand_over``."""
+    annotations = {"example.com/note": "kept"}
+    if hand_over is not None:
+        annotations[ownership.HAND_OVER_ANNOTATION] = hand_over
+    return {
+        "type": meta.pop("type", "Opaque"),
+        "metadata": {
+            "name": TARGET,
+            "labels": {"app": "legacy"},
+            "annotations": annotations,
+            **meta,
+        },
+        "data": {"token": "b2xk", "ca.crt": "Y2E="},
+    }
+
+
+def handled(rec: tracking.Record) -> None:
+    """As outcome leaves a record after a success: this generation of the spec handled."""
+    rec.state = dataclasses.replace(rec.state, handled_generation=rec.generation)
+
+
+async def run_attempt(
+    store: SecretStore,
+    rec: tracking.Record,
+    policy: model.TargetSpec,
+    *,
+    issued: datetime.datetime = T0,
+    secret_type: str | None = None,
+) -> failures.Failure | None:
+    """What attempt.py does around the token request: check, then write."""
+    targets = writer.TargetWriter(kube_api=store)  # type: ignore[arg-type]
+    try:
+        await targets.check(rec, policy)
+        body = rendered(issued, f"tok-{issued.second}", policy, uid=rec.uid)
+        if secret_type is not None:
+            body["type"] = secret_type
+        await targets.write(rec, body, policy=policy)
+    except failures.Failure as failure:
+        return failure
+    return None
+
+
+async def test_adopt_takes_a_handed_over_secret_keeping_its_uid_and_keys() -> None:
+    store, rec = SecretStore(), fresh()
+    uid = store.put(cronjob_secret())["metadata"]["uid"]
+    assert await run_attempt(store, rec, ADOPT) is None
+    assert store.calls == ["read", "patch"]
+    secret = store.secrets[TARGET]
+    meta = secret["metadata"]
+    assert meta["uid"] == uid
+    assert (secret["data"]["token"], secret["data"]["ca.crt"]) == ("b2xk", "Y2E=")
+    assert target.whole_times(secret) is not None
+    assert meta["labels"] == {
+        "app": "legacy",
+        model.MANAGED_BY_LABEL: model.MANAGED_BY_VALUE,
+        target.CREDENTIAL_LABEL: NAME,
+    }
+    assert meta["ownerReferences"] == [ownership.owner_reference(name=NAME, uid=UID)]
+    assert meta["annotations"]["example.com/note"] == "kept"
+    assert meta["annotations"][ownership.LINK_ANNOTATION] == f"{NAME}/{UID}"
+    # Managed like an owned one from now on: the next write needs no read.
+    handled(rec)
+    store.calls.clear()
+    assert await run_attempt(store, rec, ADOPT, issued=T0 + 60 * S) is None
+    assert store.calls == ["patch"]
+
+
+@pytest.mark.parametrize("policy", [ADOPT, MERGE], ids=["Adopt", "Merge"])
+@pytest.mark.parametrize("hand_over", [None, "someone-else", ""], ids=["none", "other", "empty"])
+async def test_a_secret_not_handed_over_is_refused_before_any_token(
+    policy: model.TargetSpec, hand_over: str | None
+) -> None:
+    store, rec = SecretStore(), fresh()
+    before = copy.deepcopy(store.put(cronjob_secret(hand_over=hand_over)))
+    failure = await run_attempt(store, rec, policy)
+    assert failure is not None
+    assert (failure.reason, failure.kind) == (
+        failures.Reason.TARGET_NOT_HANDED_OVER,
+        failures.Kind.PERMANENT,
+    )
+    assert f"{ownership.HAND_OVER_ANNOTATION}={NAME}" in failure.message
+    assert store.calls == ["read"]  # check refused it: no token was asked for
+    assert store.secrets[TARGET] == before
+
+
+async def test_owner_refuses_even_a_handed_over_secret() -> None:
+    store = SecretStore()
+    store.put(cronjob_secret())
+    failure = await run_attempt(store, fresh(), OWNER_POLICY)
+    assert failure is not None
+    assert failure.reason is failures.Reason.TARGET_CONFLICT
+    assert store.calls == ["read"]
+
+
+async def test_adopt_refuses_a_secret_another_controller_owns() -> None:
+    store = SecretStore()
+    store.put(cronjob_secret(ownerReferences=[CONFIGMAP_OWNER]))
+    failure = await run_attempt(store, fresh(), ADOPT)
+    assert failure is not None
+    assert failure.reason is failures.Reason.TARGET_CONFLICT
+    assert "'ConfigMap' 'settings'" in failure.message
+    assert "creationPolicy Merge" in failure.message
+
+
+async def test_merge_writes_only_tokensyncs_keys() -> None:
+    store, rec = SecretStore(), fresh()
+    put = store.put(
+        cronjob_secret(
+            ownerReferences=[CONFIGMAP_OWNER],
+            labels={model.MANAGED_BY_LABEL: "Helm", "app": "legacy"},
+        )
+    )
+    before = copy.deepcopy(put)
+    assert await run_attempt(store, rec, MERGE) is None
+    secret = store.secrets[TARGET]
+    meta = secret["metadata"]
+    assert meta["uid"] == before["metadata"]["uid"]
+    assert secret["type"] == "Opaque"
+    assert meta["ownerReferences"] == [CONFIGMAP_OWNER]  # never one of ours
+    assert meta["labels"] == {
+        model.MANAGED_BY_LABEL: "Helm",  # the owner's: Helm checks it on upgrade
+        "app": "legacy",
+        ownership.MERGE_LABEL: "true",
+        target.CREDENTIAL_LABEL: NAME,
+    }
+    for key, value in before["data"].items():
+        assert secret["data"][key] == value
+    assert set(secret["data"]) - set(before["data"]) == set(target.DATA_KEYS) - {"scope"}
+    for key, value in before["metadata"]["annotations"].items():
+        assert meta["annotations"][key] == value
+    assert ownership.linked_to(secret, uid=UID)
+
+
+async def test_merge_never_creates_the_secret() -> None:
+    store, rec = SecretStore(), fresh()
+    failure = await run_attempt(store, rec, MERGE)
+    assert failure is not None
+    assert (failure.reason, failure.kind) == (
+        failures.Reason.TARGET_NOT_FOUND,
+        failures.Kind.PERMANENT,
+    )
+    assert store.calls == ["read"]
+    # Deleted after it was written: the remembered uid's patch fails, and it is not created.
+    store.put(cronjob_secret())
+    assert await run_attempt(store, rec, MERGE) is None
+    del store.secrets[TARGET]
+    store.calls.clear()
+    rec.state = dataclasses.replace(rec.state, handled_generation=rec.generation)
+    failure = await run_attempt(store, rec, MERGE, issued=T0 + 60 * S)
+    assert failure is not None
+    assert failure.reason is failures.Reason.TARGET_NOT_FOUND
+    assert "create" not in store.calls
+
+
+async def test_a_changed_deletion_policy_applies_at_the_next_write() -> None:
+    store, rec = SecretStore(), fresh()
+    assert await run_attempt(store, rec, OWNER_POLICY) is None
+    ours = [ownership.owner_reference(name=NAME, uid=UID)]
+    assert store.secrets[TARGET]["metadata"]["ownerReferences"] == ours
+    uid = store.secrets[TARGET]["metadata"]["uid"]
+    assert await run_attempt(store, rec, RETAIN, issued=T0 + 60 * S) is None
+    meta = store.secrets[TARGET]["metadata"]
+    assert (meta["ownerReferences"], meta["uid"]) == ([], uid)
+    assert ownership.linked_to(store.secrets[TARGET], uid=UID)  # the annotation links it
+    assert await run_attempt(store, rec, OWNER_POLICY, issued=T0 + 120 * S) is None
+    assert store.secrets[TARGET]["metadata"]["ownerReferences"] == ours
+
+
+async def test_a_retained_secret_is_created_without_an_owner_reference() -> None:
+    store = SecretStore()
+    assert await run_attempt(store, fresh(), RETAIN) is None
+    assert store.secrets[TARGET]["metadata"]["ownerReferences"] == []
+
+
+def docker(policy: model.TargetSpec) -> model.TargetSpec:
+    """``policy`` with spec.target.type changed to dockerconfigjson."""
+    return dataclasses.replace(
+        policy,
+        type=model.SecretType.DOCKER_CONFIG_JSON,
+        docker_config=model.DockerConfig(registry="registry.example.com"),
+    )
+
+
+@pytest.mark.parametrize(
+    "policy", [OWNER_POLICY, ADOPT, RETAIN], ids=["Owner", "Adopt", "Owner-Retain"]
+)
+async def test_a_type_change_is_refused_before_any_token_and_nothing_deleted(
+    policy: model.TargetSpec,
+) -> None:
+    """spec.target.type changed for a Secret tokensync wrote: a type is immutable and the
+    operator deletes nothing (decision 0041), so check refuses it (TargetTypeMismatch)
+    before the token request and leaves it as it is. Once the user deletes it, the next
+    attempt creates it with the new type."""
+    store, rec = SecretStore(), fresh()
+    assert await run_attempt(store, rec, policy) is None
+    handled(rec)
+    before = copy.deepcopy(store.secrets[TARGET])
+    rec.generation += 1  # the spec changed
+    store.calls.clear()
+    failure = await run_attempt(store, rec, docker(policy), issued=T0 + 60 * S)
+    assert failure is not None
+    assert (failure.reason, failure.kind) == (
+        failures.Reason.TARGET_TYPE_MISMATCH,
+        failures.Kind.PERMANENT,
+    )
+    assert "delete the Secret; tokensync creates it anew with the new type" in failure.message
+    assert store.calls == ["read"]  # refused at check: no token asked for, nothing written
+    assert store.secrets[TARGET] == before
+    del store.secrets[TARGET]  # the user deletes it, as the message says
+    assert await run_attempt(store, rec, docker(policy), issued=T0 + 120 * S) is None
+    assert store.secrets[TARGET]["type"] == DOCKER
+    assert rec.target_uid == store.secrets[TARGET]["metadata"]["uid"]
+
+
+async def test_a_type_mismatch_met_at_the_write_is_refused_too() -> None:
+    """A Secret of another type met at the write (the patch's 422, the create's 409, the
+    read): refused there as well, the Secret left as it is."""
+    store, rec = SecretStore(), fresh()
+    assert await run_attempt(store, rec, OWNER_POLICY) is None
+    before = copy.deepcopy(store.secrets[TARGET])
+    failure = await run_attempt(store, rec, OWNER_POLICY, issued=T0 + 60 * S, secret_type=DOCKER)
+    assert failure is not None
+    assert failure.reason is failures.Reason.TARGET_TYPE_MISMATCH
+    assert store.secrets[TARGET] == before
+
+
+async def test_a_foreign_secret_of_another_type_is_never_deleted() -> None:
+    store = SecretStore()
+    before = copy.deepcopy(store.put(cronjob_secret(hand_over=None)))
+    failure = await run_attempt(store, fresh(), docker(OWNER_POLICY))
+    assert failure is not None
+    assert failure.reason is failures.Reason.TARGET_CONFLICT
+    assert store.calls == ["read"]
+    assert store.secrets[TARGET] == before
+
+
+@pytest.mark.parametrize("policy", [ADOPT, MERGE], ids=["Adopt", "Merge"])
+async def test_a_handed_over_secret_of_another_type_is_refused_before_any_token(
+    policy: model.TargetSpec,
+) -> None:
+    store = SecretStore()
+    store.put(cronjob_secret(type=DOCKER))
+    failure = await run_attempt(store, fresh(), policy)
+    assert failure is not None
+    assert (failure.reason, failure.kind) == (
+        failures.Reason.TARGET_TYPE_MISMATCH,
+        failures.Kind.PERMANENT,
+    )
+    assert f"{DOCKER!r}" in failure.message
+    assert "'Opaque'" in failure.message
+    assert store.calls == ["read"]
+
+
+async def test_a_merge_target_of_another_type_is_refused_not_replaced() -> None:
+    store, rec = SecretStore(), fresh()
+    store.put(cronjob_secret())
+    assert await run_attempt(store, rec, MERGE) is None
+    store.calls.clear()
+    before = copy.deepcopy(store.secrets[TARGET])
+    handled(rec)
+    rec.generation += 1  # the spec changed
+    failure = await run_attempt(store, rec, docker(MERGE), issued=T0 + 60 * S)
+    assert failure is not None
+    assert failure.reason is failures.Reason.TARGET_TYPE_MISMATCH
+    assert "recreate it with that type" in failure.message
+    assert store.calls == ["read"]
+    assert store.secrets[TARGET] == before
+
+
+async def test_a_retained_secret_of_a_deleted_credential_needs_a_new_hand_over() -> None:
+    """A credential of the same name (a new uid) does not take the Secret its predecessor
+    retained, hand-over annotation or not, until someone who may write the Secret removes
+    the old link."""
+    store = SecretStore()
+    old = tracking.Record(
+        namespace=NAMESPACE, name=NAME, uid="uid-old", generation=1, spec={}, refresh_request=None
+    )
+    store.put(cronjob_secret())
+    assert (
+        await run_attempt(
+            store, old, dataclasses.replace(ADOPT, deletion_policy=RETAIN.deletion_policy)
+        )
+        is None
+    )
+    failure = await run_attempt(store, fresh(), ADOPT)
+    assert failure is not None
+    assert failure.reason is failures.Reason.TARGET_CONFLICT
+    assert "uid-old" in failure.message
+    assert ownership.LINK_ANNOTATION in failure.message
+    del store.secrets[TARGET]["metadata"]["annotations"][ownership.LINK_ANNOTATION]
+    assert await run_attempt(store, fresh(), ADOPT) is None
+    assert ownership.linked_to(store.secrets[TARGET], uid=UID)
+
+
+async def test_the_spec_s_type_is_checked_before_any_token() -> None:
+    """spec.target.type asks for another type than the Merge target has: refused at check."""
+    store = SecretStore()
+    store.put(cronjob_secret())
+    docker = dataclasses.replace(MERGE, type=model.SecretType.DOCKER_CONFIG_JSON)
+    with pytest.raises(failures.Failure) as refused:
+        await writer.TargetWriter(kube_api=store).check(fresh(), docker)  # type: ignore[arg-type]
+    assert refused.value.reason is failures.Reason.TARGET_TYPE_MISMATCH
+    assert store.calls == ["read"]
+
+
+async def test_a_handed_over_secret_s_keys_are_not_taken_for_tokensyncs() -> None:
+    """A CronJob's Secret that happens to hold access_token: taken with a template, its key
+    stays (tokensync removes only keys it wrote itself)."""
+    store, rec = SecretStore(), fresh()
+    secret = cronjob_secret()
+    secret["data"]["access_token"] = "Y3Jvbg=="
+    store.put(secret)
+    await writer.TargetWriter(kube_api=store).check(rec, MERGE)  # type: ignore[arg-type]
+    assert rec.target_written is None  # the render's ``previous``: nothing to remove
