@@ -732,10 +732,19 @@ def test_kubectl_explain_describes_every_spec_field(kubectl: Kubectl, crds: None
         timeout=TIMEOUT,
         what="the CRD's OpenAPI schema",
     )
-    for name, field in schema["properties"].items():
-        out = kubectl.run("explain", f"clientcredential.spec.{name}").stdout
+    for path, field in _fields(schema, "spec"):
+        out = kubectl.run("explain", f"clientcredential.{path}").stdout
         first_words = " ".join(str(field["description"]).split()[:6])
-        assert first_words in " ".join(out.split()), f"spec.{name}"
+        assert first_words in " ".join(out.split()), path
+
+
+def _fields(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every field below ``schema``, nested ones included (spec.target.template.data,
+    spec.rolloutRestart.targets.kind: kubectl explain walks into list items)."""
+    node = schema.get("items", schema)
+    for name, field in (node.get("properties") or {}).items():
+        yield f"{path}.{name}", field
+        yield from _fields(field, f"{path}.{name}")
 
 
 def test_kubectl_apply_of_the_crds_directory_succeeds(kubectl: Kubectl) -> None:
