@@ -64,7 +64,7 @@ del R
 # The error code ends up in conditions, events and metric labels: only a short plain token.
 _SAFE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NUMERIC = re.compile(r"\d+(?:\.\d+)?")
-_OFFSET = re.compile(r"(?:[zZ]|[+-]\d{2}:?\d{2})$")
+_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,8 +336,8 @@ def _until(value: object, *, what: str, status_code: int, sent_at: datetime) -> 
     """An absolute expiry (seconds since the epoch, or RFC 3339) as a lifetime from sent_at."""
     seconds = _seconds(value)
     if seconds is None and isinstance(value, str):
-        moment = model.parse_time(value)
-        if moment is None or not _has_offset(value):
+        moment = _rfc3339(value)
+        if moment is None:
             raise bad_response(
                 f"{what} is neither seconds since the epoch nor an RFC 3339 time with an offset",
                 status_code=status_code,
@@ -364,9 +364,18 @@ def _until(value: object, *, what: str, status_code: int, sent_at: datetime) -> 
     return timedelta(seconds=lifetime)
 
 
-def _has_offset(value: str) -> bool:
-    """RFC 3339 requires Z or an offset; a local time would be read in the server's zone."""
-    return bool(_OFFSET.search(value.strip()))
+def _rfc3339(value: str) -> datetime | None:
+    """An RFC 3339 time; one without Z or an offset is refused: a local time would be read
+    in the server's zone, which nobody here knows."""
+    text = value.strip().upper()
+    if not _OFFSET.search(text):
+        return None
+    try:
+        return datetime.fromisoformat(
+            text.removesuffix("Z") + ("+00:00" if text.endswith("Z") else "")
+        )
+    except ValueError:
+        return None
 
 
 def parse_token_response(
