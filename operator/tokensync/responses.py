@@ -240,8 +240,8 @@ def _standard_fields(
     token_type = document.get("token_type")
     if not isinstance(token_type, str) or not token_type:
         raise bad_response("token_type is missing or empty", status_code=status_code)
-    _check_sizes(token_type, document.get("scope"), status_code=status_code)
     scope = document.get("scope")
+    _check_sizes(token_type, scope, status_code=status_code)
     return access_token, token_type, scope if isinstance(scope, str) else None
 
 
