@@ -57,6 +57,12 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.rolloutRestart.targets": 16,
     "spec.rolloutRestart.targets[].name": 253,
     "spec.rolloutRestart.minInterval": 64,
+    # mapping.MAX_EXPRESSION_LENGTH: a path of at most about a hundred lookups.
+    "spec.responseMapping.accessToken": 256,
+    "spec.responseMapping.expiresIn": 256,
+    "spec.responseMapping.expiresAt": 256,
+    "spec.responseMapping.tokenType": 256,
+    "spec.responseMapping.scope": 256,
 }
 
 #: The longest key of each map: a Kubernetes label or annotation key is a DNS-subdomain
@@ -103,6 +109,7 @@ FIELDS: Mapping[str, frozenset[str]] = {
             "refresh",
             "target",
             "rolloutRestart",
+            "responseMapping",
         }
     ),
     "spec.clientSecretRef": frozenset({"name", "clientIDKey", "clientSecretKey"}),
@@ -129,6 +136,9 @@ FIELDS: Mapping[str, frozenset[str]] = {
     "spec.target.dockerConfig": frozenset({"registry", "username"}),
     "spec.target.template": frozenset({"data"}),
     "spec.rolloutRestart": frozenset({"targets", "minInterval"}),
+    "spec.responseMapping": frozenset(
+        {"accessToken", "expiresIn", "expiresAt", "tokenType", "scope"}
+    ),
     # A list of objects: ``[]`` is each item (bounded in number by SIZE_BOUNDS).
     "spec.rolloutRestart.targets[]": frozenset({"kind", "name"}),
 }

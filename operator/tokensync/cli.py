@@ -110,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--audience")
     fetch.add_argument("--resource", action="append", default=[])
     fetch.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    fetch.add_argument(
+        "--response-mapping",
+        action="append",
+        default=[],
+        metavar="FIELD=PATH",
+        help="where a non-standard JSON response keeps a field (spec.responseMapping), e.g. "
+        "accessToken=data.accessToken; repeatable, replaces the file's mapping",
+    )
     fetch.add_argument("--allow-insecure-http", action="store_true")
     _private_network_flag(fetch)
     fetch.add_argument("--private-key", type=pathlib.Path, help="PEM or JWK file: private_key_jwt")
@@ -258,9 +266,29 @@ def _request_from(
         resources=tuple(args.resource) or request.resources,
         extra_params=tuple(sorted(extra.items())),
         assertion=request.assertion,
+        response_mapping=_response_mapping(args.response_mapping) or request.response_mapping,
     )
     issuer = args.issuer_url or (None if args.token_url else issuer)
     return request, args.client_id or client_id, refresh, issuer
+
+
+def _response_mapping(items: list[str]) -> model.ResponseMapping | None:
+    """--response-mapping FIELD=PATH, repeatable: spec.responseMapping's fields, same rules."""
+    raw: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in model.RESPONSE_MAPPING_FIELDS:
+            fields = ", ".join(model.RESPONSE_MAPPING_FIELDS)
+            raise SystemExit(
+                f"--response-mapping {item!r}: use FIELD=PATH with FIELD one of {fields}"
+            )
+        raw[key] = value
+    if not raw:
+        return None
+    try:
+        return parsing.parse_response_mapping(raw)
+    except model.SpecError as exc:
+        raise SystemExit(f"--response-mapping: {exc}") from None
 
 
 def _read(path: pathlib.Path | None) -> str | None:

@@ -166,6 +166,36 @@ class AssertionOptions:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ResponseMapping:
+    """spec.responseMapping: where a non-standard JSON response keeps the token's fields.
+
+    Each is a path of the JMESPath subset that :mod:`tokensync.mapping` accepts (decision
+    0046). A path that is set must find a value; one that is not set falls back to the
+    RFC 6749 member: ``access_token`` (required), ``expires_in``, ``token_type`` (Bearer
+    when absent) and ``scope``. At most one of ``expires_in`` and ``expires_at``.
+    """
+
+    access_token: str | None = None
+    #: The lifetime in seconds (a number, or a string of digits).
+    expires_in: str | None = None
+    #: The expiry: seconds since the epoch (a number or a string of digits) or RFC 3339.
+    expires_at: str | None = None
+    token_type: str | None = None
+    #: A string of space-separated scopes, or a list of strings.
+    scope: str | None = None
+
+
+#: spec.responseMapping's fields, by the name the spec uses, in the order they are read.
+RESPONSE_MAPPING_FIELDS: Mapping[str, str] = {
+    "accessToken": "access_token",
+    "expiresIn": "expires_in",
+    "expiresAt": "expires_at",
+    "tokenType": "token_type",
+    "scope": "scope",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class TokenRequest:
     """Everything the token client needs besides the credentials themselves.
 
@@ -179,6 +209,8 @@ class TokenRequest:
     resources: tuple[str, ...] = ()
     extra_params: tuple[tuple[str, str], ...] = ()
     assertion: AssertionOptions = AssertionOptions()
+    #: None: the response is read as RFC 6749 says.
+    response_mapping: ResponseMapping | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

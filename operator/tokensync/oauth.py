@@ -127,6 +127,7 @@ async def _attempt(
         body=data,
         sent_at=sent_at,
         default_lifetime=default_lifetime,
+        mapping=request.response_mapping,
     )
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import bounds, durations, model, ownership
+from tokensync import bounds, durations, mapping, model, ownership
 
 #: Label and annotation prefix that tokensync owns on the target Secret.
 _OWNED_KEY_PREFIX = f"{model.GROUP}/"
@@ -107,6 +107,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
         resources=_str_list(spec.get("resources"), field="spec.resources"),
         extra_params=_extra_params(spec.get("extraParams")),
         assertion=_parse_assertion(spec.get("clientAssertion")),
+        response_mapping=parse_response_mapping(spec.get("responseMapping")),
     )
     return model.ClientCredentialSpec(
         request=request,
@@ -302,6 +303,28 @@ def _parse_assertion(raw: object) -> model.AssertionOptions:
         key_id=_optional_str(raw, "keyID", parent=parent),
         lifetime=lifetime,
     )
+
+
+def parse_response_mapping(raw: object) -> model.ResponseMapping | None:
+    """spec.responseMapping: each path compiled once here, before any request (decision 0046)."""
+    if raw is None:
+        return None
+    parent = "spec.responseMapping"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    paths: dict[str, str] = {}
+    for key, attribute in model.RESPONSE_MAPPING_FIELDS.items():
+        expression = _optional_str(raw, key, parent=parent)
+        if expression is not None:
+            mapping.compile_path(expression, field=f"{parent}.{key}")
+            paths[attribute] = expression
+    if not paths:
+        raise model.SpecError(
+            parent, f"set at least one of {', '.join(model.RESPONSE_MAPPING_FIELDS)}"
+        )
+    if "expires_in" in paths and "expires_at" in paths:
+        raise model.SpecError(f"{parent}.expiresAt", "set expiresIn or expiresAt, not both")
+    return model.ResponseMapping(**paths)
 
 
 def _parse_refresh(raw: object) -> model.RefreshPolicy:

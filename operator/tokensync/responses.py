@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from tokensync import failures, model, timing
+from tokensync import failures, mapping, model, timing
 
 #: Token responses are a few hundred bytes; anything near this is broken or hostile.
 MAX_BODY_BYTES = 1024 * 1024
@@ -35,7 +35,7 @@ MAX_SCOPE_LENGTH = 32 * 1024
 #: A lifetime beyond this is a unit bug (milliseconds sent as seconds) rather than a real token.
 MAX_LIFETIME = timedelta(days=3650)
 
-LifetimeSource = Literal["expires_in", "jwt_exp", "default"]
+LifetimeSource = Literal["expires_in", "expires_at", "jwt_exp", "default"]
 
 R = failures.Reason
 # RFC 6749 section 5.2 codes that retrying cannot fix, with the condition reason each maps to.
@@ -64,6 +64,7 @@ del R
 # The error code ends up in conditions, events and metric labels: only a short plain token.
 _SAFE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NUMERIC = re.compile(r"\d+(?:\.\d+)?")
+_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,23 +149,32 @@ def _error_from_response(
     )
 
 
-def _expires_in(value: object, *, status_code: int) -> timedelta | None:
+def _expires_in(value: object, *, status_code: int, name: str = "expires_in") -> timedelta | None:
     if value is None:
         return None
-    seconds: float
-    if isinstance(value, bool):
-        raise bad_response("expires_in is not a number", status_code=status_code)
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
-        seconds = float(value.strip())
-    else:
-        raise bad_response("expires_in is not a number", status_code=status_code)
+    seconds = _seconds(value)
+    if seconds is None:
+        raise bad_response(f"{name} is not a number", status_code=status_code)
     # RFC 6749 counts whole seconds; less than one is a token already expired when it lands
     # (and a lifetime that rounds to zero microseconds would refresh in a loop).
     if not (math.isfinite(seconds) and 1 <= seconds <= MAX_LIFETIME.total_seconds()):
-        raise bad_response("expires_in is out of range", status_code=status_code)
+        raise bad_response(f"{name} is out of range", status_code=status_code)
     return timedelta(seconds=seconds)
+
+
+def _seconds(value: object) -> float | None:
+    """A JSON number or a string of digits as seconds; inf for one too large for a float."""
+    if isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
+            return float(value.strip())
+    # An integer of hundreds of digits is valid JSON.
+    except OverflowError:
+        return math.inf
+    return None
 
 
 def _jwt_exp(access_token: str) -> datetime | None:
@@ -187,20 +197,24 @@ def _jwt_exp(access_token: str) -> datetime | None:
 
 
 def _lifetime(
-    document: Mapping[str, Any],
+    given: tuple[timedelta, LifetimeSource] | None,
     access_token: str,
     *,
     status_code: int,
     sent_at: datetime,
     default_lifetime: timedelta,
 ) -> tuple[timedelta, LifetimeSource]:
-    """The earlier of ``expires_in`` and the JWT's ``exp``, else ``default_lifetime``.
+    """The earlier of the lifetime the response gave and the JWT's ``exp``, else
+    ``default_lifetime``.
 
     A resource server checks ``exp``, whatever ``expires_in`` said: a token is never kept
     past its own ``exp``, and one whose ``exp`` has passed is no token (decision 0031). An
     ``exp`` beyond :data:`MAX_LIFETIME` is a unit bug (milliseconds) and is ignored.
     """
-    lifetime = _expires_in(document.get("expires_in"), status_code=status_code)
+    lifetime: timedelta | None = None
+    source: LifetimeSource = "default"
+    if given is not None:
+        lifetime, source = given
     exp = _jwt_exp(access_token)
     if exp is not None and exp - sent_at > MAX_LIFETIME:
         exp = None
@@ -212,8 +226,156 @@ def _lifetime(
     if exp is not None and (lifetime is None or exp - sent_at < lifetime):
         return exp - sent_at, "jwt_exp"
     if lifetime is not None:
-        return lifetime, "expires_in"
+        return lifetime, source
     return default_lifetime, "default"
+
+
+def _standard_fields(
+    document: Mapping[str, Any], *, status_code: int
+) -> tuple[str, str, str | None]:
+    """RFC 6749 section 5.1: access_token and token_type required, scope optional."""
+    access_token = document.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise bad_response("access_token is missing or empty", status_code=status_code)
+    token_type = document.get("token_type")
+    if not isinstance(token_type, str) or not token_type:
+        raise bad_response("token_type is missing or empty", status_code=status_code)
+    scope = document.get("scope")
+    _check_sizes(token_type, scope, status_code=status_code)
+    return access_token, token_type, scope if isinstance(scope, str) else None
+
+
+def _check_sizes(
+    token_type: str,
+    scope: object,
+    *,
+    status_code: int,
+    names: tuple[str, str] = ("token_type", "scope"),
+) -> None:
+    """token_type and scope go into status: bounded, whoever chose them (``names``: how
+    the messages name them)."""
+    if len(token_type) > MAX_TOKEN_TYPE_LENGTH:
+        raise bad_response(
+            f"{names[0]} is longer than {MAX_TOKEN_TYPE_LENGTH} characters",
+            status_code=status_code,
+        )
+    if isinstance(scope, str) and len(scope) > MAX_SCOPE_LENGTH:
+        raise bad_response(
+            f"{names[1]} is longer than {MAX_SCOPE_LENGTH} characters",
+            status_code=status_code,
+        )
+
+
+# spec.responseMapping (decision 0046). Messages name the field and its path, which the
+# parser checked to be short printable ASCII, and never a value found: that is the body.
+_SPEC_NAMES = {attribute: key for key, attribute in model.RESPONSE_MAPPING_FIELDS.items()}
+
+
+def _mapped_fields(
+    document: Mapping[str, Any],
+    paths: model.ResponseMapping,
+    *,
+    status_code: int,
+    sent_at: datetime,
+) -> tuple[str, str, str | None, tuple[timedelta, LifetimeSource] | None]:
+    """The access token, token type, scope and lifetime, each where ``paths`` says.
+
+    A path that is set must find a value of its type; one that is not set falls back to
+    the RFC 6749 member, required for access_token only (token_type defaults to Bearer:
+    the servers that need a mapping seldom send one).
+    """
+
+    def found(attribute: str) -> tuple[object, str]:
+        """The value (None: absent) and how messages name it: the field and its path."""
+        path = getattr(paths, attribute)
+        if path is None:
+            return document.get(attribute), attribute
+        what = f"responseMapping.{_SPEC_NAMES[attribute]} ({path})"
+        try:
+            value = mapping.find(path, document)
+        except mapping.BadExpression:
+            raise bad_response(f"{what} is not a valid path", status_code=status_code) from None
+        if value is None:
+            raise bad_response(f"{what} found nothing", status_code=status_code)
+        return value, what
+
+    def wrong(what: str, expected: str) -> failures.TokenError:
+        return bad_response(f"{what} is not {expected}", status_code=status_code)
+
+    access_token, what = found("access_token")
+    if access_token is None:
+        raise bad_response(f"{what} is missing", status_code=status_code)
+    if not isinstance(access_token, str) or not access_token:
+        raise wrong(what, "a non-empty string")
+    token_type, type_what = found("token_type")
+    if token_type is None:
+        token_type = "Bearer"
+    if not isinstance(token_type, str) or not token_type:
+        raise wrong(type_what, "a non-empty string")
+    scope, scope_what = found("scope")
+    if isinstance(scope, list) and all(isinstance(item, str) for item in scope):
+        # Some servers list the granted scopes; status keeps RFC 6749's one string.
+        scope = " ".join(scope)
+    if scope is not None and not isinstance(scope, str):
+        if paths.scope is not None:
+            raise wrong(scope_what, "a string or a list of strings")
+        scope = None
+    _check_sizes(token_type, scope, status_code=status_code, names=(type_what, scope_what))
+    given: tuple[timedelta, LifetimeSource] | None = None
+    if paths.expires_at is not None:
+        value, what = found("expires_at")
+        given = _until(value, what=what, status_code=status_code, sent_at=sent_at), "expires_at"
+    else:
+        value, what = found("expires_in")
+        lifetime = _expires_in(value, status_code=status_code, name=what)
+        given = None if lifetime is None else (lifetime, "expires_in")
+    return access_token, token_type, scope, given
+
+
+def _until(value: object, *, what: str, status_code: int, sent_at: datetime) -> timedelta:
+    """An absolute expiry (seconds since the epoch, or RFC 3339) as a lifetime from sent_at."""
+    seconds = _seconds(value)
+    if seconds is None and isinstance(value, str):
+        moment = _rfc3339(value)
+        if moment is None:
+            raise bad_response(
+                f"{what} is neither seconds since the epoch nor an RFC 3339 time with an offset",
+                status_code=status_code,
+            )
+        seconds = moment.timestamp()
+    if seconds is None:
+        raise bad_response(
+            f"{what} is neither seconds since the epoch nor an RFC 3339 time",
+            status_code=status_code,
+        )
+    if not math.isfinite(seconds):
+        raise bad_response(f"{what} is out of range", status_code=status_code)
+    lifetime = seconds - sent_at.timestamp()
+    if lifetime < 1:
+        raise bad_response(
+            f"{what} is not after the request time (clock skew?)", status_code=status_code
+        )
+    if lifetime > MAX_LIFETIME.total_seconds():
+        # Milliseconds since the epoch land here, some ten thousand years ahead.
+        raise bad_response(
+            f"{what} is out of range (more than {MAX_LIFETIME.days} days ahead; milliseconds?)",
+            status_code=status_code,
+        )
+    return timedelta(seconds=lifetime)
+
+
+def _rfc3339(value: str) -> datetime | None:
+    """An RFC 3339 time; one without Z or an offset is refused: a local time would be read
+    in the server's zone, which nobody here knows."""
+    text = value.strip().upper()
+    if not _OFFSET.search(text):
+        return None
+    try:
+        return datetime.fromisoformat(
+            text.removesuffix("Z") + ("+00:00" if text.endswith("Z") else "")
+        )
+    except ValueError:
+        return None
 
 
 def parse_token_response(
@@ -223,13 +385,15 @@ def parse_token_response(
     body: bytes,
     sent_at: datetime,
     default_lifetime: timedelta,
+    mapping: model.ResponseMapping | None = None,
 ) -> Token:
     """Turn a token endpoint response into a :class:`Token` or raise :class:`failures.TokenError`.
 
     The Content-Type is not trusted (JSON served as text/plain is common), caching headers
     are ignored, and the lifetime is the earlier of ``expires_in`` and the JWT ``exp`` of the
     access token, else ``default_lifetime``, always counted from ``sent_at``. Header names
-    are matched case-insensitively, so a plain dict will do.
+    are matched case-insensitively, so a plain dict will do. With a ``mapping``
+    (spec.responseMapping), a 2xx body's fields are found where it says (``mapped``).
     """
     if sent_at.tzinfo is None:
         raise ValueError("sent_at must be timezone-aware")
@@ -249,24 +413,16 @@ def parse_token_response(
         raise bad_response("body exceeds 1 MiB", status_code=status_code)
     if not isinstance(payload, dict):
         raise bad_response("body is not a JSON object", status_code=status_code)
-    access_token = document.get("access_token")
-    if not isinstance(access_token, str) or not access_token:
-        raise bad_response("access_token is missing or empty", status_code=status_code)
-    token_type = document.get("token_type")
-    if not isinstance(token_type, str) or not token_type:
-        raise bad_response("token_type is missing or empty", status_code=status_code)
-    if len(token_type) > MAX_TOKEN_TYPE_LENGTH:
-        raise bad_response(
-            f"token_type is longer than {MAX_TOKEN_TYPE_LENGTH} characters",
-            status_code=status_code,
+    if mapping is not None:
+        access_token, token_type, scope, given = _mapped_fields(
+            document, mapping, status_code=status_code, sent_at=sent_at
         )
-    scope = document.get("scope")
-    if isinstance(scope, str) and len(scope) > MAX_SCOPE_LENGTH:
-        raise bad_response(
-            f"scope is longer than {MAX_SCOPE_LENGTH} characters", status_code=status_code
-        )
+    else:
+        access_token, token_type, scope = _standard_fields(document, status_code=status_code)
+        expires_in = _expires_in(document.get("expires_in"), status_code=status_code)
+        given = None if expires_in is None else (expires_in, "expires_in")
     lifetime, source = _lifetime(
-        document,
+        given,
         access_token,
         status_code=status_code,
         sent_at=sent_at,
@@ -277,6 +433,6 @@ def parse_token_response(
         token_type=token_type,
         issued_at=sent_at,
         expires_at=sent_at + lifetime,
-        scope=scope if isinstance(scope, str) else None,
+        scope=scope,
         lifetime_source=source,
     )

@@ -848,6 +848,43 @@ INVALID_SPECS = [
         "spec.rolloutRestart.minInterval",
         "must be between 30s and 87600h",
     ),
+    # responseMapping (decision 0046)
+    case(
+        "responseMapping-empty",
+        with_changes(responseMapping={}),
+        "spec.responseMapping",
+        "should have at least 1 properties",
+    ),
+    case(
+        "responseMapping-expiresIn-and-expiresAt",
+        with_changes(responseMapping={"expiresIn": "data.ttl", "expiresAt": "data.exp"}),
+        "spec.responseMapping.expiresAt",
+        "set expiresIn or expiresAt, not both",
+    ),
+    case(
+        "responseMapping-projection",
+        with_changes(responseMapping={"accessToken": "data[*].token"}),
+        "spec.responseMapping.accessToken",
+        'must be a path of names, "quoted names" and [indexes] joined by dots',
+    ),
+    case(
+        "responseMapping-function",
+        with_changes(responseMapping={"scope": "join(' ', data.scopes)"}),
+        "spec.responseMapping.scope",
+        "must be a path of names",
+    ),
+    case(
+        "responseMapping-jsonpath",
+        with_changes(responseMapping={"tokenType": "$.data.type"}),
+        "spec.responseMapping.tokenType",
+        "must be a path of names",
+    ),
+    case(
+        "responseMapping-too-long",
+        with_changes(responseMapping={"expiresIn": ".".join(["a"] * 129)}),
+        "spec.responseMapping.expiresIn",
+        "Too long",
+    ),
 ]
 
 

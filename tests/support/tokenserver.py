@@ -473,6 +473,9 @@ class TokenServer:
         self.token_path = f"{issuer_path}{TOKEN_PATH}"
         # Discovery metadata, settable by tests.
         self.wrong_issuer = False
+        #: Settable by tests: rewrites each successful answer's JSON, as a provider that
+        #: does not answer in RFC 6749's shape would send it (see ``nested_answer``).
+        self.reshape: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.auth_methods_supported: list[str] = [
             "client_secret_basic",
             "client_secret_post",
@@ -758,7 +761,11 @@ class TokenServer:
         def token() -> Any:
             with self._lock:
                 self._requests += 1
-            return server.create_token_response()
+            response = server.create_token_response()
+            reshape = self.reshape
+            if reshape is not None and response.status_code == 200:
+                response.set_data(json.dumps(reshape(json.loads(response.get_data()))))
+            return response
 
         @app.get("/.well-known/openid-configuration", defaults={"prefix": ""})
         @app.get("/<path:prefix>/.well-known/openid-configuration")
@@ -936,6 +943,24 @@ class TokenServer:
         )
         with self._lock:
             self._issued[record.access_token] = record
+
+
+def nested_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """A standard answer as a non-standard provider shapes it: nested, camelCase, an
+    absolute RFC 3339 expiry, the scopes as a list, no token_type.
+
+    Read with responseMapping {accessToken: data.accessToken, expiresAt: data.expiresAt,
+    scope: data.grants[0].scopes}.
+    """
+    expires_at = datetime.now(UTC) + timedelta(seconds=answer["expires_in"])
+    return {
+        "status": "ok",
+        "data": {
+            "accessToken": answer["access_token"],
+            "expiresAt": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "grants": [{"scopes": (answer.get("scope") or "").split()}],
+        },
+    }
 
 
 def _family(alg: str) -> tuple[str, str | None]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tokensync import bounds, durations, model, parsing
+from tokensync import bounds, durations, mapping, model, parsing
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / f"{model.PLURAL}.{model.GROUP}.yaml"
@@ -653,3 +653,28 @@ def test_registry_pattern_is_the_parser_s() -> None:
         else:
             with pytest.raises(model.SpecError, match="not a registry host"):
                 parsing.parse_spec(spec, name="x")
+
+
+@pytest.mark.parametrize("field", sorted(model.RESPONSE_MAPPING_FIELDS))
+def test_response_mapping_rules_are_the_parser_s(field: str) -> None:
+    """Each path's CEL rule is mapping.PATH_PATTERN with its message, and its bound the
+    parser's (decision 0046)."""
+    node = spec_schema()["properties"]["responseMapping"]["properties"][field]
+    (rule,) = node["x-kubernetes-validations"]
+    assert rule["rule"] == f"self.matches(r'{mapping.PATH_PATTERN}')"
+    assert " ".join(rule["message"].split()) == mapping.PATH_MESSAGE
+    assert node["maxLength"] == mapping.MAX_EXPRESSION_LENGTH
+
+
+def test_response_mapping_object_rules_are_the_parser_s() -> None:
+    node = spec_schema()["properties"]["responseMapping"]
+    assert node["minProperties"] == 1
+    (rule,) = node["x-kubernetes-validations"]
+    assert rule["fieldPath"] == ".expiresAt"
+    spec = {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}}
+    for raw, message in [
+        ({}, "set at least one of"),
+        ({"expiresIn": "a", "expiresAt": "b"}, rule["message"]),
+    ]:
+        with pytest.raises(model.SpecError, match=message):
+            parsing.parse_spec({**spec, "responseMapping": raw}, name="x")
