@@ -23,6 +23,9 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.clientSecretRef.name": 253,
     "spec.clientSecretRef.clientIDKey": 253,
     "spec.clientSecretRef.clientSecretKey": 253,
+    # clientSecretKey and at most two fallbacks: model.MAX_CLIENT_SECRET_KEYS in all.
+    "spec.clientSecretRef.fallbackClientSecretKeys": 2,
+    "spec.clientSecretRef.fallbackClientSecretKeys[]": 253,
     "spec.privateKeyRef.name": 253,
     "spec.privateKeyRef.key": 253,
     "spec.privateKeyRef.certificateKey": 253,
@@ -57,6 +60,11 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.rolloutRestart.targets": 16,
     "spec.rolloutRestart.targets[].name": 253,
     "spec.rolloutRestart.minInterval": 64,
+    "spec.requestHeaders": 16,
+    "spec.requestHeaders[].name": 256,
+    "spec.requestHeaders[].value": 4096,
+    "spec.requestHeaders[].valueFrom.secretKeyRef.name": 253,
+    "spec.requestHeaders[].valueFrom.secretKeyRef.key": 253,
 }
 
 #: The longest key of each map: a Kubernetes label or annotation key is a DNS-subdomain
@@ -103,9 +111,12 @@ FIELDS: Mapping[str, frozenset[str]] = {
             "refresh",
             "target",
             "rolloutRestart",
+            "requestHeaders",
         }
     ),
-    "spec.clientSecretRef": frozenset({"name", "clientIDKey", "clientSecretKey"}),
+    "spec.clientSecretRef": frozenset(
+        {"name", "clientIDKey", "clientSecretKey", "fallbackClientSecretKeys"}
+    ),
     "spec.privateKeyRef": frozenset({"name", "key", "certificateKey"}),
     "spec.clientCertificateRef": frozenset({"name"}),
     "spec.serviceAccountRef": frozenset({"name", "audience"}),
@@ -131,6 +142,9 @@ FIELDS: Mapping[str, frozenset[str]] = {
     "spec.rolloutRestart": frozenset({"targets", "minInterval"}),
     # A list of objects: ``[]`` is each item (bounded in number by SIZE_BOUNDS).
     "spec.rolloutRestart.targets[]": frozenset({"kind", "name"}),
+    "spec.requestHeaders[]": frozenset({"name", "value", "valueFrom"}),
+    "spec.requestHeaders[].valueFrom": frozenset({"secretKeyRef"}),
+    "spec.requestHeaders[].valueFrom.secretKeyRef": frozenset({"name", "key"}),
 }
 
 #: How much of a string without a size bound (an enum: authMethod, algorithm) is kept.
