@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from support.tokenserver import TokenServer
-from tokensync import cli, discovery, headers, model, oauth, parsing, sources
+from tokensync import cli, discovery, headers, model, oauth, parsing, sources, tracking
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "clientcredentials.tokensync.dev.yaml"
@@ -264,3 +264,21 @@ def test_fetch_refuses_a_reserved_header_and_sends_nothing(
     with pytest.raises(SystemExit, match="must not set Authorization"):
         cli.main([*args, "--header", "Authorization=Bearer x", "--allow-insecure-http", LOOPBACK])
     assert server.requests == 0
+
+
+def test_a_record_lists_the_header_secrets_as_parse_spec_does() -> None:
+    """The watch's index (tracking) and an attempt (parse_spec) agree on the Secrets and
+    their order: a rotation of a header's Secret triggers a refresh (decision 0044)."""
+    raw = {
+        **spec_with(
+            {"name": "X-A", "valueFrom": {"secretKeyRef": {"name": "gw", "key": "k"}}},
+            {"name": "X-B", "valueFrom": {"secretKeyRef": {"name": "client", "key": "k"}}},
+            {"name": "X-C", "value": "v"},
+        ),
+        "privateKeyRef": {"name": "key"},
+    }
+    record = tracking.Record.from_body(
+        {"metadata": {"name": "x", "namespace": "ns", "uid": "u", "generation": 1}, "spec": raw}
+    )
+    assert record.secret_names == parsing.parse_spec(raw, name="x").secret_names
+    assert record.secret_names == ("client", "key", "gw")
