@@ -85,6 +85,12 @@ class Attempts:
         destination = spec.issuer_url or spec.request.token_url
         self._endpoints.check_url(destination, kind=failures.Kind.SPEC)
         material, proofs = await self._material(record.namespace, spec, attempt)
+        # Header values from Secrets are read with the proofs: the same opt-in, the same
+        # allowed destinations (below), a rotation triggers a refresh (decision 0044).
+        request = dataclasses.replace(
+            spec.request, headers=sources.header_values(proofs, spec=spec)
+        )
+        spec = dataclasses.replace(spec, request=request)
         rotated = (attempt.source_version or None) != (record.state.source_version or None)
         requested = record.needs_refresh_now() or rotated or record.replace_asked()
         existing = await self._targets.check(record, spec.target)
@@ -175,6 +181,8 @@ class Attempts:
             auth_method=result.auth_method.value,
             target=spec.target.name,
             policy=spec.refresh,
+            client_secret_key=result.client_secret_key,
+            refused_keys=result.refused_keys,
         )
 
     @staticmethod

@@ -23,6 +23,9 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.clientSecretRef.name": 253,
     "spec.clientSecretRef.clientIDKey": 253,
     "spec.clientSecretRef.clientSecretKey": 253,
+    # clientSecretKey and at most two fallbacks: model.MAX_CLIENT_SECRET_KEYS in all.
+    "spec.clientSecretRef.fallbackClientSecretKeys": 2,
+    "spec.clientSecretRef.fallbackClientSecretKeys[]": 253,
     "spec.privateKeyRef.name": 253,
     "spec.privateKeyRef.key": 253,
     "spec.privateKeyRef.certificateKey": 253,
@@ -63,6 +66,11 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.responseMapping.expiresAt": 256,
     "spec.responseMapping.tokenType": 256,
     "spec.responseMapping.scope": 256,
+    "spec.requestHeaders": 16,
+    "spec.requestHeaders[].name": 256,
+    "spec.requestHeaders[].value": 4096,
+    "spec.requestHeaders[].valueFrom.secretKeyRef.name": 253,
+    "spec.requestHeaders[].valueFrom.secretKeyRef.key": 253,
 }
 
 #: The longest key of each map: a Kubernetes label or annotation key is a DNS-subdomain
@@ -110,9 +118,12 @@ FIELDS: Mapping[str, frozenset[str]] = {
             "target",
             "rolloutRestart",
             "responseMapping",
+            "requestHeaders",
         }
     ),
-    "spec.clientSecretRef": frozenset({"name", "clientIDKey", "clientSecretKey"}),
+    "spec.clientSecretRef": frozenset(
+        {"name", "clientIDKey", "clientSecretKey", "fallbackClientSecretKeys"}
+    ),
     "spec.privateKeyRef": frozenset({"name", "key", "certificateKey"}),
     "spec.clientCertificateRef": frozenset({"name"}),
     "spec.serviceAccountRef": frozenset({"name", "audience"}),
@@ -141,6 +152,9 @@ FIELDS: Mapping[str, frozenset[str]] = {
     ),
     # A list of objects: ``[]`` is each item (bounded in number by SIZE_BOUNDS).
     "spec.rolloutRestart.targets[]": frozenset({"kind", "name"}),
+    "spec.requestHeaders[]": frozenset({"name", "value", "valueFrom"}),
+    "spec.requestHeaders[].valueFrom": frozenset({"secretKeyRef"}),
+    "spec.requestHeaders[].valueFrom.secretKeyRef": frozenset({"name", "key"}),
 }
 
 #: How much of a string without a size bound (an enum: authMethod, algorithm) is kept.

@@ -28,6 +28,7 @@ from tokensync import (
     config,
     discovery,
     failures,
+    headers,
     model,
     oauth,
     parsing,
@@ -117,6 +118,30 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FIELD=PATH",
         help="where a non-standard JSON response keeps a field (spec.responseMapping), e.g. "
         "accessToken=data.accessToken; repeatable, replaces the file's mapping",
+    )
+    fetch.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra request header, as spec.requestHeaders (repeatable)",
+    )
+    fetch.add_argument(
+        "--header-env",
+        action="append",
+        default=[],
+        metavar="NAME=VARIABLE",
+        help="an extra request header whose value is in an environment variable: for a "
+        "--file header with valueFrom, or an API key (repeatable)",
+    )
+    fetch.add_argument(
+        "--fallback-secret-env",
+        action="append",
+        default=[],
+        metavar="VARIABLE",
+        help=f"an environment variable holding an older client secret, tried after "
+        f"${SECRET_ENV} when the server refuses it, as "
+        "spec.clientSecretRef.fallbackClientSecretKeys (at most 2)",
     )
     fetch.add_argument("--allow-insecure-http", action="store_true")
     _private_network_flag(fetch)
@@ -243,6 +268,7 @@ def _request_from(
         spec = parsing.parse_spec(found.get("spec") or {}, name=found["metadata"]["name"])
         request, client_id, refresh = spec.request, spec.client_id, spec.refresh
         issuer = spec.issuer_url
+        declared = spec.request_headers
     elif args.token_url or args.issuer_url:
         request, client_id, refresh = (
             model.TokenRequest(token_url=args.token_url or ""),
@@ -250,6 +276,7 @@ def _request_from(
             model.RefreshPolicy(),
         )
         issuer = None
+        declared = ()
     else:
         raise SystemExit("give --token-url, --issuer-url or --file")
     extra = dict(request.extra_params)
@@ -267,6 +294,7 @@ def _request_from(
         extra_params=tuple(sorted(extra.items())),
         assertion=request.assertion,
         response_mapping=_response_mapping(args.response_mapping) or request.response_mapping,
+        headers=_headers(args, declared),
     )
     issuer = args.issuer_url or (None if args.token_url else issuer)
     return request, args.client_id or client_id, refresh, issuer
@@ -289,6 +317,67 @@ def _response_mapping(items: list[str]) -> model.ResponseMapping | None:
         return parsing.parse_response_mapping(raw)
     except model.SpecError as exc:
         raise SystemExit(f"--response-mapping: {exc}") from None
+
+
+def _pairs(items: Sequence[str], flag: str) -> dict[str, tuple[str, str]]:
+    """NAME=VALUE items as (NAME, VALUE) by lower-case name (header names compare
+    case-insensitively)."""
+    found = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"{flag}: use NAME=VALUE")
+        found[name.lower()] = (name, value)
+    return found
+
+
+def _headers(
+    args: argparse.Namespace, declared: Sequence[model.RequestHeader]
+) -> tuple[tuple[str, str], ...]:
+    """spec.requestHeaders of --file, then --header and --header-env (decision 0044). A
+    header whose value the spec takes from a Secret needs --header-env: fetch reads no
+    Secret. Messages name headers and variables, never values."""
+    inline = _pairs(args.header, "--header")
+    from_env = _pairs(args.header_env, "--header-env")
+    chosen: dict[str, tuple[str, str]] = {}
+    for header in declared:
+        if header.value is not None:
+            chosen[header.name.lower()] = (header.name, header.value)
+        elif header.name.lower() not in from_env and header.name.lower() not in inline:
+            assert header.secret is not None
+            raise SystemExit(
+                f"spec.requestHeaders: {header.name} takes its value from Secret "
+                f"{header.secret.name!r} key {header.secret.key!r}: give it with "
+                f"--header-env {header.name}=VARIABLE"
+            )
+    chosen.update(inline)
+    for key, (name, variable) in from_env.items():
+        value = os.environ.get(variable, "").strip()
+        if not value:
+            raise SystemExit(f"--header-env {name}: ${variable} is not set")
+        chosen[key] = (name, value)
+    for name, value in chosen.values():
+        problem = headers.name_problem(name)
+        if problem is not None:
+            raise SystemExit(f"header {problem}")
+        if not headers.valid_value(value):
+            raise SystemExit(f"header {name}: the value is not one line of visible ASCII")
+    return tuple(chosen.values())
+
+
+def _fallback_secrets(variables: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """--fallback-secret-env: (variable, secret) pairs, as fallbackClientSecretKeys."""
+    if len(variables) > model.MAX_CLIENT_SECRET_KEYS - 1:
+        raise SystemExit(
+            f"--fallback-secret-env: at most {model.MAX_CLIENT_SECRET_KEYS - 1} variables"
+        )
+    found = []
+    for variable in variables:
+        value = os.environ.get(variable)
+        if not value:
+            raise SystemExit(f"--fallback-secret-env: ${variable} is not set")
+        found.append((variable, value))
+    return tuple(found)
 
 
 def _read(path: pathlib.Path | None) -> str | None:
@@ -337,9 +426,12 @@ async def _fetch(args: argparse.Namespace) -> int:
     except failures.Failure as exc:
         print(f"error: {exc.reason}: {exc}", file=sys.stderr)
         return 1
+    client_secret = os.environ.get(SECRET_ENV) or None
     credentials = model.ClientAuthMaterial(
         client_id=client_id or "",
-        client_secret=os.environ.get(SECRET_ENV) or None,
+        client_secret=client_secret,
+        client_secret_key=SECRET_ENV if client_secret else None,
+        fallback_secrets=_fallback_secrets(args.fallback_secret_env) if client_secret else (),
         private_key=_read(args.private_key),
         certificate=_read(args.certificate),
         tls_certificate=_read(args.client_cert),
@@ -369,7 +461,7 @@ async def _fetch(args: argparse.Namespace) -> int:
                     issuer, allow_insecure_http=args.allow_insecure_http, allowance=allowance
                 )
                 metadata = await discovery.fetch_metadata(
-                    plain, issuer, timeout=DEFAULTS.request_timeout
+                    plain, issuer, timeout=DEFAULTS.request_timeout, headers=request.headers
                 )
                 token_url = discovery.token_endpoint(
                     metadata, client_certificate=bool(credentials.tls_certificate)
@@ -405,6 +497,10 @@ async def _fetch(args: argparse.Namespace) -> int:
         "lifetime_source": token.lifetime_source,
         "scope": token.scope,
     }
+    if result.client_secret_key is not None:
+        # The variable whose secret worked, and those refused before it: never the secrets.
+        out["client_secret_from"] = result.client_secret_key
+        out["refused_client_secrets_from"] = list(result.refused_keys)
     if args.show_token:
         out["access_token"] = token.access_token
     if wanted is not None:

@@ -31,7 +31,7 @@ import json
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -143,13 +143,20 @@ def _characters(key: tuple[str, str], metadata: Metadata) -> int:
     return sum(map(len, strings)) + len(metadata.mtls_token_endpoint or "")
 
 
-async def _get(client: httpx.AsyncClient, url: str, *, timeout: float) -> tuple[int, object]:  # noqa: ASYNC109
+async def _get(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    timeout: float,  # noqa: ASYNC109
+    headers: Sequence[tuple[str, str]] = (),
+) -> tuple[int, object]:
+    sent = oauth.own_headers(headers)
     try:
         async with asyncio.timeout(timeout):
             async with client.stream(
                 "GET",
                 url,
-                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+                headers=sent,
                 timeout=timeout,
                 follow_redirects=False,
             ) as response:
@@ -184,11 +191,14 @@ async def fetch_metadata(
     issuer: str,
     *,
     timeout: float,  # noqa: ASYNC109 -- also httpx's own timeouts, as in oauth.fetch_token
+    headers: Sequence[tuple[str, str]] = (),
 ) -> Metadata:
-    """Read the issuer's metadata (both well-known forms), or raise ``TokenError``."""
+    """Read the issuer's metadata (both well-known forms), or raise ``TokenError``.
+
+    ``headers``: spec.requestHeaders, sent on discovery too (decision 0044)."""
     statuses = []
     for url in well_known_urls(issuer):
-        status, document = await _get(client, url, timeout=timeout)
+        status, document = await _get(client, url, timeout=timeout, headers=headers)
         if 200 <= status < 300:
             return parse_metadata(document, issuer=issuer)
         statuses.append(status)
@@ -229,14 +239,17 @@ class MetadataCache:
         *,
         trust: str,
         timeout: float,  # noqa: ASYNC109
+        headers: Sequence[tuple[str, str]] = (),
     ) -> Metadata:
+        """``trust`` keys the entry with the issuer: it must differ for anything that can
+        change the answer, the trust store and the request headers (decision 0044)."""
         key = (issuer, trust)
         entry = self._entries.get(key)
         if entry is not None and self._monotonic() - entry[0] < self._ttl:
             self._entries.move_to_end(key)
             return entry[1]
         self.fetches += 1
-        metadata = await fetch_metadata(client, issuer, timeout=timeout)
+        metadata = await fetch_metadata(client, issuer, timeout=timeout, headers=headers)
         self.invalidate(issuer, trust=trust)
         self._entries[key] = (self._monotonic(), metadata)
         self._characters += _characters(key, metadata)

@@ -34,9 +34,19 @@ class Endpoint:
     #: token_endpoint_auth_methods_supported, when discovery said.
     supported: tuple[str, ...] | None = None
     issuer: str | None = None
-    #: The trust store's key in the discovery cache.
+    #: The trust store's and headers' key in the discovery cache.
     trust: str = ""
     ca_pem: str | None = None
+
+
+def _cache_key(ca_pem: str | None, headers: tuple[tuple[str, str], ...]) -> str:
+    """The discovery cache's key besides the issuer: what can change the document. Headers
+    count: a tenant's header (X-Tenant, say) could select another document, which must not
+    be served to the credentials of other tenants (decision 0044). A digest: no value kept."""
+    digest = hashlib.sha256((ca_pem or "").encode())
+    for name, value in headers:
+        digest.update(f"\0{name.lower()}\0{value}".encode())
+    return digest.hexdigest()
 
 
 class Endpoints:
@@ -75,9 +85,13 @@ class Endpoints:
             return Endpoint(request=spec.request, http=http, ca_pem=ca_pem)
         # The document is public: fetched without the client certificate.
         plain = self._client(spec.ca_bundle, ca_pem)
-        trust = hashlib.sha256((ca_pem or "").encode()).hexdigest()
+        headers = spec.request.headers
         metadata = await self._metadata.get(
-            plain, spec.issuer_url, trust=trust, timeout=self._settings.request_timeout
+            plain,
+            spec.issuer_url,
+            trust=_cache_key(ca_pem, headers),
+            timeout=self._settings.request_timeout,
+            headers=headers,
         )
         token_url = discovery.token_endpoint(
             metadata, client_certificate=bool(material.tls_certificate)
@@ -85,14 +99,14 @@ class Endpoints:
         try:
             self.check_url(token_url, kind=failures.Kind.PERMANENT)
         except failures.Failure:
-            self._metadata.invalidate(spec.issuer_url, trust=trust)
+            self._metadata.invalidate(spec.issuer_url, trust=_cache_key(ca_pem, headers))
             raise
         return Endpoint(
             request=dataclasses.replace(spec.request, token_url=token_url),
             http=http,
             supported=metadata.auth_methods,
             issuer=spec.issuer_url,
-            trust=trust,
+            trust=_cache_key(ca_pem, headers),
             ca_pem=ca_pem,
         )
 

@@ -87,6 +87,8 @@ class Reason(enum.StrEnum):
     SERVICE_ACCOUNT_NOT_OPTED_IN = "ServiceAccountNotOptedIn"
     SERVICE_ACCOUNT_TOKEN_FORBIDDEN = "ServiceAccountTokenForbidden"
     DESTINATION_NOT_ALLOWED = "DestinationNotAllowed"
+    REQUEST_HEADER_SECRET_NOT_FOUND = "RequestHeaderSecretNotFound"
+    REQUEST_HEADER_VALUE_INVALID = "RequestHeaderValueInvalid"
     # the cluster
     TARGET_CONFLICT = "TargetConflict"
     TARGET_NOT_HANDED_OVER = "TargetNotHandedOver"
@@ -115,7 +117,8 @@ EXPLAINED: tuple[tuple[tuple[Reason, ...], str], ...] = (
     ),
     (
         (R.INVALID_CLIENT,),
-        "the server refused the client id/secret (401 / `invalid_client`); fix the client Secret",
+        "the server refused the client id/secret (401 / `invalid_client`), and every key of "
+        "`fallbackClientSecretKeys` too; fix the client Secret",
     ),
     (
         (R.UNAUTHORIZED_CLIENT, R.UNSUPPORTED_GRANT_TYPE),
@@ -176,8 +179,8 @@ EXPLAINED: tuple[tuple[tuple[Reason, ...], str], ...] = (
     ),
     (
         (R.CLIENT_SECRET_NOT_OPTED_IN,),
-        "a Secret holding credentials (client secret, private key, client certificate) lacks "
-        'the label `tokensync.dev/client-secret: "true"`',
+        "a Secret holding credentials (client secret, private key, client certificate) or a "
+        'request header\'s value lacks the label `tokensync.dev/client-secret: "true"`',
     ),
     (
         (R.CREDENTIALS_MISSING,),
@@ -198,6 +201,11 @@ EXPLAINED: tuple[tuple[tuple[Reason, ...], str], ...] = (
     (
         (R.CLIENT_SECRET_TOO_SHORT,),
         "`client_secret_jwt`: the secret is shorter than the HMAC hash (32 bytes for HS256)",
+    ),
+    (
+        (R.REQUEST_HEADER_SECRET_NOT_FOUND, R.REQUEST_HEADER_VALUE_INVALID),
+        "a `requestHeaders` Secret is missing, or its key is missing, empty, longer than 8192 "
+        "characters or not one line of visible ASCII",
     ),
     (
         (

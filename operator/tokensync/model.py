@@ -150,6 +150,11 @@ class ClientAuthMaterial:
     tls_certificate: str | None = dataclasses.field(default=None, repr=False)
     tls_key: str | None = dataclasses.field(default=None, repr=False)
     external_assertion: str | None = dataclasses.field(default=None, repr=False)
+    #: The key of the client Secret that ``client_secret`` came from (status names it).
+    client_secret_key: str | None = None
+    #: (key, secret) of spec.clientSecretRef.fallbackClientSecretKeys present in the
+    #: Secret, in order: tried when the server refuses ``client_secret`` (decision 0045).
+    fallback_secrets: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -211,6 +216,14 @@ class TokenRequest:
     assertion: AssertionOptions = AssertionOptions()
     #: None: the response is read as RFC 6749 says.
     response_mapping: ResponseMapping | None = None
+    #: spec.requestHeaders with their values, Secret-sourced ones read: sent on the token
+    #: request and on discovery (decision 0044). Values may be API keys: never printed.
+    headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
+
+
+#: At most this many client secret keys are tried in one attempt (clientSecretKey and its
+#: fallbacks): one for the new secret, one for the old, one for the one before (decision 0045).
+MAX_CLIENT_SECRET_KEYS = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -218,6 +231,25 @@ class SecretRef:
     name: str
     client_id_key: str = "client_id"
     client_secret_key: str = "client_secret"
+    #: Keys tried in order after client_secret_key when the server answers invalid_client.
+    fallback_client_secret_keys: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecretKeyRef:
+    """One key of an opted-in Secret in the credential's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestHeader:
+    """spec.requestHeaders[]: a header with its value inline, or from a Secret's key."""
+
+    name: str
+    value: str | None = dataclasses.field(default=None, repr=False)
+    secret: SecretKeyRef | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -355,14 +387,17 @@ class ClientCredentialSpec:
     client_certificate_ref: str | None = None
     service_account_ref: ServiceAccountRef | None = None
     rollout_restart: RolloutRestart | None = None
+    request_headers: tuple[RequestHeader, ...] = ()
 
     @property
     def secret_names(self) -> tuple[str, ...]:
-        """The Secrets holding client credentials, each once, in a fixed order."""
+        """The Secrets a request is built from (client credentials, then header values),
+        each once, in a fixed order."""
         names = [
             self.secret_ref.name if self.secret_ref else None,
             self.private_key_ref.name if self.private_key_ref else None,
             self.client_certificate_ref,
+            *(h.secret.name if h.secret else None for h in self.request_headers),
         ]
         return tuple(dict.fromkeys(n for n in names if n))
 

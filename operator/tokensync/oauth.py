@@ -12,13 +12,14 @@ a :class:`failures.TokenError` that says whether retrying can help.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 
 import httpx
 
-from tokensync import clientauth, config, failures, model, responses
+from tokensync import clientauth, config, failures, headers, model, responses
 
 # Parameters the client sets itself; letting extraParams set them would hide the typed fields
 # or, for the credentials, smuggle a second client identity into the request.
@@ -57,11 +58,27 @@ def _build(
         material=credentials,
         now=now,
         params=_params(request),
-        # identity: a compressed body could expand far past the cap inside a single chunk.
-        headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+        headers=own_headers(request.headers),
     )
     auth.apply(outgoing)
     return outgoing.encode()
+
+
+def own_headers(extra: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """spec.requestHeaders (decision 0044), then the headers tokensync owns, which win."""
+    for name, _ in extra:
+        if headers.name_problem(name) is not None:  # parse_spec refuses it: a second line
+            raise failures.TokenError(
+                f"requestHeaders may not set {name!r}",
+                reason=failures.Reason.INVALID_PARAMETERS,
+                permanent=True,
+            )
+    return {
+        **dict(extra),
+        "Accept": "application/json",
+        # identity: a compressed body could expand far past the cap inside a single chunk.
+        "Accept-Encoding": "identity",
+    }
 
 
 async def read_capped(response: httpx.Response, *, cap: int = responses.MAX_BODY_BYTES) -> bytes:
@@ -233,9 +250,11 @@ async def fetch_token(
     Tries ``methods`` in order (by default :func:`clientauth.candidates` for
     ``request.auth_method``), moving on only when the server rejects the client
     authentication (HTTP 401 or ``invalid_client``). Callers that remember which method
-    worked put it first. ``now`` must return timezone-aware datetimes. The token URL is not
-    checked here: call :func:`urlpolicy.check_token_url` first. For mTLS methods ``client`` must be
-    the one holding the client certificate.
+    worked put it first. When every method is refused so, the methods that send a client
+    secret are tried again with each of ``credentials.fallback_secrets`` (decision 0045);
+    the result names the key that worked. ``now`` must return timezone-aware datetimes.
+    The token URL is not checked here: call :func:`urlpolicy.check_token_url` first. For
+    mTLS methods ``client`` must be the one holding the client certificate.
     """
     if methods is None:
         methods = clientauth.candidates(request.auth_method, credentials)
@@ -245,20 +264,48 @@ async def fetch_token(
             reason=failures.Reason.NO_SUPPORTED_AUTH_METHOD,
             permanent=True,
         )
-    for position, method in enumerate(methods, start=1):
+    tries = _tries(credentials, methods)
+    refused: list[str] = []
+    for position, (material, method) in enumerate(tries, start=1):
+        sends_secret = clientauth.for_method(method).proof is clientauth.Proof.CLIENT_SECRET
+        key = material.client_secret_key if sends_secret else None
         try:
             token = await _attempt(
                 client,
                 method=method,
                 request=request,
-                credentials=credentials,
+                credentials=material,
                 default_lifetime=default_lifetime,
                 now=now,
                 seconds=timeout,
             )
         except failures.TokenError as error:
-            if position < len(methods) and _client_auth_failed(error):
+            if position < len(tries) and _client_auth_failed(error):
+                if key is not None and key not in refused:
+                    refused.append(key)
                 continue
             raise
-        return responses.FetchResult(token=token, auth_method=method)
-    raise AssertionError("unreachable: the last method either returns or raises")
+        return responses.FetchResult(
+            token=token,
+            auth_method=method,
+            client_secret_key=key,
+            refused_keys=tuple(k for k in refused if k != key),
+        )
+    raise AssertionError("unreachable: the last try either returns or raises")
+
+
+def _tries(
+    credentials: model.ClientAuthMaterial, methods: Sequence[model.AuthMethod]
+) -> list[tuple[model.ClientAuthMaterial, model.AuthMethod]]:
+    """Each method with the client secret, then the methods that send a client secret again
+    with each fallback secret (decision 0045): at most MAX_CLIENT_SECRET_KEYS rounds."""
+    tries = [(credentials, method) for method in methods]
+    secret_methods = [
+        m for m in methods if clientauth.for_method(m).proof is clientauth.Proof.CLIENT_SECRET
+    ]
+    for key, secret in credentials.fallback_secrets[: model.MAX_CLIENT_SECRET_KEYS - 1]:
+        fallback = dataclasses.replace(
+            credentials, client_secret=secret, client_secret_key=key, fallback_secrets=()
+        )
+        tries.extend((fallback, method) for method in secret_methods)
+    return tries

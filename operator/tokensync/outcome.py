@@ -163,6 +163,7 @@ def _issued(
         events = (progress.Event("Normal", "Recovered", f"refresh succeeded; {message}"),)
     if below and BELOW_MIN_INTERVAL_MARK not in str(previous.get("message", "")):
         events += (progress.Event("Warning", BELOW_MIN_INTERVAL, below),)  # new, not per refresh
+    events += secret_key_events(state.client_secret_key, token)
     held = _holding(
         state,
         attempt,
@@ -171,6 +172,7 @@ def _issued(
         refresh_at=token.refresh_at,
         target=token.target,
         auth_method=token.auth_method,
+        client_secret_key=token.client_secret_key,
         message=message,
         now=now,
     )
@@ -179,12 +181,49 @@ def _issued(
         status={
             **held.status,
             "authMethod": token.auth_method,
+            "clientSecretKey": token.client_secret_key,
             "tokenType": token.token_type,
             "scope": token.scope,
         },
         events=events,
         log=f"issued a token for {progress.CREDENTIAL}, {valid}, "
         f"next refresh at {model.format_time(token.refresh_at)}",
+    )
+
+
+#: Event reasons of client secret rollover (decision 0045).
+SECRET_FALLBACK = "ClientSecretFallback"
+SECRET_KEY_CHANGED = "ClientSecretKeyChanged"
+
+
+def secret_key_events(previous: str | None, token: progress.Issued) -> tuple[progress.Event, ...]:
+    """An Event when the client secret key that works changes, none per refresh: a Warning
+    when a fallback key had to be used (the new secret is refused, the old one still
+    works), a Normal one when the first key works again (the old secret can go). Keys are
+    named, never their values."""
+    key = token.client_secret_key
+    if key is None or key == previous:
+        return ()
+    if token.refused_keys:
+        refused = ", ".join(repr(k) for k in token.refused_keys)
+        return (
+            progress.Event(
+                "Warning",
+                SECRET_FALLBACK,
+                f"the token endpoint refused the client secret in key {refused} "
+                f"(invalid_client); the one in fallback key {key!r} still works: keep it "
+                "until the new secret is accepted",
+            ),
+        )
+    if previous is None:
+        return ()
+    return (
+        progress.Event(
+            "Normal",
+            SECRET_KEY_CHANGED,
+            f"the client secret in key {key!r} is accepted; the one in {previous!r} is no "
+            "longer used and can be removed",
+        ),
     )
 
 
@@ -220,6 +259,7 @@ def _adopted(
         refresh_at=found.refresh_at,
         target=found.target,
         auth_method=state.auth_method,
+        client_secret_key=state.client_secret_key,
         message=f"token valid until {model.format_time(found.expires_at)}",
         now=now,
     )
@@ -249,6 +289,7 @@ def _holding(
     refresh_at: datetime.datetime,
     target: str,
     auth_method: str | None,
+    client_secret_key: str | None,
     message: str,
     now: datetime.datetime,
 ) -> progress.Decision:
@@ -270,6 +311,7 @@ def _holding(
             next_refresh_at=refresh_at,
             source_version=attempt.source_version,
             auth_method=auth_method,
+            client_secret_key=client_secret_key,
             conditions=conditions,
         ),
         status={

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import bounds, durations, mapping, model, ownership
+from tokensync import bounds, durations, headers, mapping, model, ownership
 
 #: Label and annotation prefix that tokensync owns on the target Secret.
 _OWNED_KEY_PREFIX = f"{model.GROUP}/"
@@ -68,10 +68,16 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
         _optional_str(target_raw, "name", parent="spec.target") or f"{name}-token",
         field="spec.target.name",
     )
+    request_headers = _parse_request_headers(spec.get("requestHeaders"))
     credential_secrets = {
         "spec.clientSecretRef.name": secret_ref.name if secret_ref else None,
         "spec.privateKeyRef.name": private_key_ref.name if private_key_ref else None,
         "spec.clientCertificateRef.name": certificate_ref,
+        **{
+            f"spec.requestHeaders[{i}].valueFrom.secretKeyRef.name": h.secret.name
+            for i, h in enumerate(request_headers)
+            if h.secret is not None
+        },
     }
     for field, secret_name in credential_secrets.items():
         if target_name == secret_name:
@@ -121,6 +127,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
         client_certificate_ref=certificate_ref,
         service_account_ref=service_account_ref,
         rollout_restart=_parse_rollout_restart(spec.get("rolloutRestart")),
+        request_headers=request_headers,
     )
 
 
@@ -211,11 +218,82 @@ def _parse_secret_ref(raw: object) -> model.SecretRef | None:
     parent = "spec.clientSecretRef"
     if not isinstance(raw, Mapping):
         raise model.SpecError(parent, "must be an object")
+    secret_key = _optional_str(raw, "clientSecretKey", parent=parent) or "client_secret"
+    field = f"{parent}.fallbackClientSecretKeys"
+    fallbacks = _str_list(raw.get("fallbackClientSecretKeys"), field=field)
+    for index, key in enumerate(fallbacks):
+        _check_secret_key(key, field=f"{field}[{index}]")
+    if len({secret_key, *fallbacks}) != 1 + len(fallbacks):
+        raise model.SpecError(field, "must list each key once, and not clientSecretKey")
     return model.SecretRef(
         name=_secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name"),
         client_id_key=_optional_str(raw, "clientIDKey", parent=parent) or "client_id",
-        client_secret_key=_optional_str(raw, "clientSecretKey", parent=parent) or "client_secret",
+        client_secret_key=secret_key,
+        fallback_client_secret_keys=fallbacks,
     )
+
+
+def _parse_request_headers(raw: object) -> tuple[model.RequestHeader, ...]:
+    """spec.requestHeaders: each an allowed name with a value inline or from a Secret
+    (decision 0044). A value is never part of a message."""
+    if raw is None:
+        return ()
+    field = "spec.requestHeaders"
+    if not isinstance(raw, list):
+        raise model.SpecError(field, "must be a list of {name, value} or {name, valueFrom}")
+    _check_count(raw, field=field, unit="items")
+    found: list[model.RequestHeader] = []
+    for index, item in enumerate(raw):
+        at = f"{field}[{index}]"
+        if not isinstance(item, Mapping):
+            raise model.SpecError(at, "must be an object with name and value or valueFrom")
+        name = _required_str(item, "name", parent=at)
+        _check_length(name, field=f"{at}.name", bound=f"{field}[].name")
+        problem = headers.name_problem(name)
+        if problem is not None:
+            raise model.SpecError(f"{at}.name", problem)
+        if any(h.name.lower() == name.lower() for h in found):
+            raise model.SpecError(f"{at}.name", f"{name} is listed twice")
+        value, source = item.get("value"), item.get("valueFrom")
+        if (value is None) == (source is None):
+            raise model.SpecError(at, "set exactly one of value and valueFrom")
+        if value is not None:
+            if not isinstance(value, str):
+                raise model.SpecError(f"{at}.value", "must be a string")
+            _check_length(value, field=f"{at}.value", bound=f"{field}[].value")
+            if not headers.valid_value(value):
+                raise model.SpecError(
+                    f"{at}.value",
+                    "must be one line of visible ASCII characters (spaces and tabs inside)",
+                )
+            found.append(model.RequestHeader(name=name, value=value))
+            continue
+        found.append(model.RequestHeader(name=name, secret=_parse_secret_key_ref(source, at=at)))
+    return tuple(found)
+
+
+def _parse_secret_key_ref(raw: object, *, at: str) -> model.SecretKeyRef:
+    parent = f"{at}.valueFrom"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object with secretKeyRef")
+    ref = raw.get("secretKeyRef")
+    parent = f"{parent}.secretKeyRef"
+    if not isinstance(ref, Mapping):
+        raise model.SpecError(parent, "must be an object with name and key")
+    bound = "spec.requestHeaders[].valueFrom.secretKeyRef"
+    name = _required_str(ref, "name", parent=parent)
+    _check_length(name, field=f"{parent}.name", bound=f"{bound}.name")
+    key = _required_str(ref, "key", parent=parent)
+    _check_length(key, field=f"{parent}.key", bound=f"{bound}.key")
+    _check_secret_key(key, field=f"{parent}.key")
+    return model.SecretKeyRef(name=_secret_name(name, field=f"{parent}.name"), key=key)
+
+
+def _check_secret_key(key: str, *, field: str) -> None:
+    if not _SECRET_KEY.fullmatch(key):
+        raise model.SpecError(
+            field, f"{key!r} is not a valid Secret key: use letters, digits, '-', '_' and '.'"
+        )
 
 
 def _parse_private_key_ref(raw: object) -> model.PrivateKeyRef | None:

@@ -35,6 +35,8 @@ class State:
     #: resourceVersions of the client Secrets the last attempt read, joined by commas.
     source_version: str | None = None
     auth_method: str | None = None
+    #: The client Secret's key whose secret worked last (status.clientSecretKey).
+    client_secret_key: str | None = None
     failed_attempts: int = 0
     failure_reason: str | None = None
     conditions: tuple[Mapping[str, Any], ...] = ()
@@ -49,6 +51,7 @@ class State:
             next_refresh_at=model.parse_time(st.get("nextRefreshAt")),
             source_version=st.get("clientSecretVersion"),
             auth_method=st.get("authMethod"),
+            client_secret_key=st.get("clientSecretKey"),
             failed_attempts=int(st.get("failedAttempts") or 0),
             failure_reason=st.get("lastFailureReason"),
             conditions=tuple(dict(c) for c in st.get("conditions") or []),
@@ -78,6 +81,10 @@ class Issued:
     auth_method: str
     target: str
     policy: model.RefreshPolicy
+    #: The client Secret's key that worked (None: no client secret was sent), and those
+    #: the server refused before it in this attempt (decision 0045).
+    client_secret_key: str | None = None
+    refused_keys: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -88,6 +88,10 @@ class FetchResult:
     token: Token
     #: The method that produced the token; with ``auto`` this is what the server accepted.
     auth_method: model.AuthMethod
+    #: The client Secret's key whose secret the server accepted (None: the method sent no
+    #: client secret), and the keys it refused before, in order (decision 0045).
+    client_secret_key: str | None = None
+    refused_keys: tuple[str, ...] = ()
 
 
 def bad_response(message: str, *, status_code: int) -> failures.TokenError:

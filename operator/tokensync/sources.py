@@ -1,9 +1,10 @@
 """Where the client's proof comes from: opted-in Secrets and ServiceAccounts.
 
 Pure functions over plain dicts (the JSON the API server speaks). Every Secret a credential
-reads its proof from (client secret, private key, client certificate) must carry the
-opt-in label, and a ServiceAccount must list the audience before tokensync mints its
-tokens: a tenant cannot make the operator use what its owner did not offer.
+reads its proof or a request header's value from (client secret, private key, client
+certificate, an API key) must carry the opt-in label, and a ServiceAccount must list the
+audience before tokensync mints its tokens: a tenant cannot make the operator use what its
+owner did not offer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import failures, model
+from tokensync import failures, headers, model
 
 
 class SourceProblem(failures.Failure):
@@ -73,12 +74,16 @@ def auth_material(
     or client certificate can be abused as much as a client secret.
     """
     client_secret = client_id = private_key = certificate = tls_cert = tls_key = None
+    client_secret_key: str | None = None
+    fallback_secrets: tuple[tuple[str, str], ...] = ()
     if spec.secret_ref is not None:
         ref = spec.secret_ref
         data = _opted_in(sources.get(ref.name), name=ref.name, not_found="ClientSecretNotFound")
         client_secret = _key(
             data, ref.client_secret_key, name=ref.name, reason="ClientSecretKeyMissing"
         )
+        client_secret_key = ref.client_secret_key
+        fallback_secrets = _fallbacks(data, ref, primary=client_secret)
         client_id = spec.client_id or _decode(data, ref.client_id_key)
         if not client_id:
             raise SourceProblem(
@@ -112,7 +117,54 @@ def auth_material(
         tls_certificate=tls_cert,
         tls_key=tls_key,
         external_assertion=external_assertion,
+        client_secret_key=client_secret_key,
+        fallback_secrets=fallback_secrets,
     )
+
+
+def _fallbacks(
+    data: Mapping[str, Any], ref: model.SecretRef, *, primary: str
+) -> tuple[tuple[str, str], ...]:
+    """The fallback keys present in the Secret, each value once (decision 0045).
+
+    An absent key is skipped rather than refused: the old secret's key is removed from the
+    Secret when the rollover is over, and the spec may still list it for a while.
+    """
+    found: list[tuple[str, str]] = []
+    values = {primary}
+    for key in ref.fallback_client_secret_keys[: model.MAX_CLIENT_SECRET_KEYS - 1]:
+        value = _decode(data, key)
+        if value and value not in values:
+            values.add(value)
+            found.append((key, value))
+    return tuple(found)
+
+
+def header_values(
+    sources: Mapping[str, Mapping[str, Any] | None], *, spec: model.ClientCredentialSpec
+) -> tuple[tuple[str, str], ...]:
+    """spec.requestHeaders with their values, those from Secrets read from ``sources``
+    (decision 0044). A Secret must have opted in, as for the client's proof; a message
+    names the Secret and key, never the value."""
+    found: list[tuple[str, str]] = []
+    for header in spec.request_headers:
+        if header.secret is None:
+            assert header.value is not None  # parse_spec: exactly one of value and valueFrom
+            found.append((header.name, header.value))
+            continue
+        ref = header.secret
+        data = _opted_in(
+            sources.get(ref.name), name=ref.name, not_found="RequestHeaderSecretNotFound"
+        )
+        value = _key(data, ref.key, name=ref.name, reason="RequestHeaderValueInvalid")
+        if len(value) > headers.MAX_SECRET_VALUE or not headers.valid_value(value):
+            raise SourceProblem(
+                "RequestHeaderValueInvalid",
+                f"Secret {ref.name!r} key {ref.key!r} (header {header.name}) is not one line "
+                f"of visible ASCII of at most {headers.MAX_SECRET_VALUE} characters",
+            )
+        found.append((header.name, value))
+    return tuple(found)
 
 
 def service_account_allows(account: Mapping[str, Any], audience: str) -> bool:

@@ -85,9 +85,14 @@ class Record:
         Read from the raw spec (it may not parse): the same order as
         ``model.ClientCredentialSpec.secret_names``.
         """
+        fields = ("clientSecretRef", "privateKeyRef", "clientCertificateRef")
+        refs = [self.spec.get(field) for field in fields]
+        headers = self.spec.get("requestHeaders")
+        for header in headers if isinstance(headers, list) else ():
+            source = header.get("valueFrom") if isinstance(header, Mapping) else None
+            refs.append(source.get("secretKeyRef") if isinstance(source, Mapping) else None)
         names = []
-        for field in ("clientSecretRef", "privateKeyRef", "clientCertificateRef"):
-            ref = self.spec.get(field)
+        for ref in refs:
             name = ref.get("name") if isinstance(ref, Mapping) else None
             if isinstance(name, str) and name:
                 names.append(name)

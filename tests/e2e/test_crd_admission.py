@@ -128,6 +128,7 @@ def test_example_is_admitted(
 
 LONG_NAME = "a" * 248  # 248 + len("-token") > 253
 PATTERN = "should match"
+OWNED_HEADER = "must not set a header tokensync owns"
 CEL_URL = "must be an absolute https:// URL"
 METADATA = "must not point at a cloud metadata service or a link-local address"
 DECIMAL = "as four decimal numbers"
@@ -885,6 +886,98 @@ INVALID_SPECS = [
         "spec.responseMapping.expiresIn",
         "Too long",
     ),
+    # requestHeaders (decision 0044): tokensync's own headers, whatever their case
+    *(
+        case(
+            f"requestHeaders-{name.lower()}",
+            with_changes(requestHeaders=[{"name": name, "value": "x"}]),
+            "spec.requestHeaders[0].name",
+            OWNED_HEADER,
+        )
+        for name in ("Authorization", "content-type", "Content-Length", "HOST", "Connection")
+    ),
+    case(
+        "requestHeaders-transfer-encoding-second",
+        with_changes(
+            requestHeaders=[
+                {"name": "X-A", "value": "1"},
+                {"name": "Transfer-Encoding", "value": "x"},
+            ]
+        ),
+        "spec.requestHeaders[1].name",
+        OWNED_HEADER,
+    ),
+    case(
+        "requestHeaders-name-not-a-token",
+        with_changes(requestHeaders=[{"name": "X Api Key", "value": "x"}]),
+        "spec.requestHeaders[0].name",
+        PATTERN,
+    ),
+    case(
+        "requestHeaders-value-two-lines",
+        with_changes(requestHeaders=[{"name": "X-A", "value": "a\r\nX-Injected: 1"}]),
+        "spec.requestHeaders[0].value",
+        PATTERN,
+    ),
+    case(
+        "requestHeaders-value-and-valueFrom",
+        with_changes(
+            requestHeaders=[
+                {
+                    "name": "X-A",
+                    "value": "a",
+                    "valueFrom": {"secretKeyRef": {"name": "k", "key": "v"}},
+                }
+            ]
+        ),
+        "spec.requestHeaders[0]",
+        "set exactly one of value and valueFrom",
+    ),
+    case(
+        "requestHeaders-no-value",
+        with_changes(requestHeaders=[{"name": "X-A"}]),
+        "spec.requestHeaders[0]",
+        "set exactly one of value and valueFrom",
+    ),
+    case(
+        "requestHeaders-name-twice",
+        with_changes(requestHeaders=[{"name": "X-A", "value": "1"}, {"name": "x-a", "value": "2"}]),
+        "spec.requestHeaders",
+        "must list each header name once",
+    ),
+    case(
+        "requestHeaders-17",
+        with_changes(requestHeaders=[{"name": f"X-{i}", "value": "v"} for i in range(17)]),
+        "spec.requestHeaders",
+        "must have at most 16 items",
+    ),
+    case(
+        "requestHeaders-secret-is-the-target",
+        with_changes(
+            requestHeaders=[
+                {"name": "X-A", "valueFrom": {"secretKeyRef": {"name": "ok-token", "key": "k"}}}
+            ]
+        ),
+        "spec.target.name",
+        "spec.requestHeaders[].valueFrom.secretKeyRef.name",
+    ),
+    # fallbackClientSecretKeys (decision 0045)
+    case(
+        "fallbackClientSecretKeys-three",
+        with_changes(
+            clientSecretRef={"name": "oauth-client", "fallbackClientSecretKeys": ["a", "b", "c"]}
+        ),
+        "spec.clientSecretRef.fallbackClientSecretKeys",
+        "must have at most 2 items",
+    ),
+    case(
+        "fallbackClientSecretKeys-twice",
+        with_changes(
+            clientSecretRef={"name": "oauth-client", "fallbackClientSecretKeys": ["a", "a"]}
+        ),
+        "spec.clientSecretRef.fallbackClientSecretKeys",
+        "must list each key once",
+    ),
 ]
 
 
@@ -954,6 +1047,23 @@ def test_sizes_at_their_bounds_are_admitted(
     created = create(custom, namespace, credential("sizes", spec))
     assert is_subset(spec, created["spec"])  # nothing pruned or cut
     parsing.parse_spec(created["spec"], name="sizes")  # what is admitted can be acted on
+
+
+def test_request_headers_at_their_bounds_are_admitted(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """16 headers, names of 256 characters, values of 4096: within the CEL cost budget."""
+    headers = [{"name": f"X-{i:02d}-" + "n" * 251, "value": "v" * 4096} for i in range(15)]
+    secret_ref = {"name": "k" * 253, "key": "v" * 253}
+    headers.append({"name": "X-Api-Key", "valueFrom": {"secretKeyRef": secret_ref}})
+    spec = with_changes(
+        requestHeaders=headers,
+        clientSecretRef={"name": "oauth-client", "fallbackClientSecretKeys": ["old", "older"]},
+    )
+    created = create(custom, namespace, credential("headers", spec))
+    assert is_subset(spec, created["spec"])
+    parsed = parsing.parse_spec(created["spec"], name="headers")
+    assert len(parsed.request_headers) == 16
 
 
 def test_rollout_restart_at_its_bounds_is_admitted_and_defaulted(

@@ -105,6 +105,7 @@ def issued_patch(*, since: float = 0) -> dict[str, Any]:
         "lastRefreshAt": at(0),
         "nextRefreshAt": at(ISSUED_DUE),
         "authMethod": "client_secret_basic",
+        "clientSecretKey": "client_secret",
         "failedAttempts": 0,
         "lastFailureReason": None,
         "target": TARGET,

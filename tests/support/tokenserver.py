@@ -491,6 +491,9 @@ class TokenServer:
         self._self_signed: set[bytes] = set()
         self._requests = 0
         self._discovery_requests = 0
+        # The headers of every request, token endpoint and discovery, as received.
+        self._token_headers: list[dict[str, str]] = []
+        self._discovery_headers: list[dict[str, str]] = []
         self._key = secrets.token_bytes(32)
         self._server: BaseWSGIServer | None = None
         self._mtls_server: BaseWSGIServer | None = None
@@ -550,6 +553,18 @@ class TokenServer:
         """Requests received at the token endpoint, successful or not."""
         with self._lock:
             return self._requests
+
+    @property
+    def token_request_headers(self) -> list[dict[str, str]]:
+        """The headers of each request at the token endpoint, names in lower case."""
+        with self._lock:
+            return [dict(h) for h in self._token_headers]
+
+    @property
+    def discovery_request_headers(self) -> list[dict[str, str]]:
+        """The headers of each request for the discovery document, names in lower case."""
+        with self._lock:
+            return [dict(h) for h in self._discovery_headers]
 
     @property
     def issued(self) -> list[Issued]:
@@ -761,6 +776,7 @@ class TokenServer:
         def token() -> Any:
             with self._lock:
                 self._requests += 1
+                self._token_headers.append(_lower(flask_request.headers))
             response = server.create_token_response()
             reshape = self.reshape
             if reshape is not None and response.status_code == 200:
@@ -786,6 +802,7 @@ class TokenServer:
     def _metadata(self) -> Any:
         with self._lock:
             self._discovery_requests += 1
+            self._discovery_headers.append(_lower(flask_request.headers))
         # The same document on both ports: token_endpoint names the plain port and
         # mtls_endpoint_aliases the mTLS one (RFC 8705 section 5).
         document: dict[str, Any] = {
@@ -961,6 +978,10 @@ def nested_answer(answer: dict[str, Any]) -> dict[str, Any]:
             "grants": [{"scopes": (answer.get("scope") or "").split()}],
         },
     }
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {str(name).lower(): str(value) for name, value in headers.items()}
 
 
 def _family(alg: str) -> tuple[str, str | None]:

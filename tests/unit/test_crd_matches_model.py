@@ -384,6 +384,11 @@ REQUIRED = {
 #: Lists of objects: the item at an index, valid, so that the list's bound is what fails.
 ITEMS = {
     "spec.rolloutRestart.targets": lambda i: {"kind": "Deployment", "name": f"w{i}"},
+    "spec.requestHeaders": lambda i: {"name": f"X-H{i}", "value": "v"},
+}
+#: Fields of a list's objects under an object of their own: the item, valid without them.
+ITEM_PARENTS = {
+    "valueFrom.secretKeyRef": {"valueFrom": {"secretKeyRef": {"name": "h", "key": "k"}}},
 }
 
 
@@ -426,7 +431,14 @@ def item_field_over(path: str, size: int) -> tuple[dict[str, Any], str, str]:
     node = spec
     for part in items.split(".")[1:]:
         node = node[part]
-    node[0][leaf] = "a" * size
+    item = node[0]
+    parent, _, name = leaf.rpartition(".")
+    if parent:
+        item.pop("value", None)  # exactly one of value and valueFrom
+        item.update(ITEM_PARENTS[parent])
+        for part in parent.split("."):
+            item = item[part]
+    item[name] = "a" * size
     return spec, f"{items}[0].{leaf}", f"must be at most {bounds.SIZE_BOUNDS[path]} characters"
 
 

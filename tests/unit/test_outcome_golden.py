@@ -242,6 +242,7 @@ def result_of(row: Row, state: progress.State) -> progress.Result:
         auth_method="client_secret_basic",
         target=TARGET,
         policy=spec.refresh,
+        client_secret_key="client_secret",
     )
 
 

@@ -236,7 +236,9 @@ GOOD = {"client_id": b64("billing-service"), "client_secret": b64(CLIENT_SECRET)
 
 def test_client_credentials() -> None:
     creds = auth_material(client_secret(GOOD), spec=SPEC)
-    assert creds == model.ClientAuthMaterial("billing-service", CLIENT_SECRET)
+    assert creds == model.ClientAuthMaterial(
+        "billing-service", CLIENT_SECRET, client_secret_key="client_secret"
+    )
     assert CLIENT_SECRET not in repr(creds)
 
 
@@ -448,6 +450,7 @@ def test_several_secrets_at_once() -> None:
     assert creds == model.ClientAuthMaterial(
         client_id="payments-service",  # spec.clientID wins over the Secret's
         client_secret=CLIENT_SECRET,
+        client_secret_key="client_secret",
         private_key=KEY_PEM,
         certificate=CERT_PEM,
         tls_certificate=CERT_PEM,
