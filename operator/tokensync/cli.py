@@ -32,6 +32,7 @@ from tokensync import (
     model,
     oauth,
     parsing,
+    proxies,
     shape,
     transport,
     urlpolicy,
@@ -243,6 +244,8 @@ def _run(args: argparse.Namespace) -> int:
         "private networks allowed as token endpoints: %s",
         urlpolicy.Allowance.parse(settings.private_networks),
     )
+    # The proxy is named by host and port only: its URL may hold a password.
+    logging.getLogger(__name__).info("egress proxy: %s", _egress())
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(
         kopf.operator(
@@ -393,13 +396,25 @@ def _context(ca_pem: str | None, cert: str | None, key: str | None) -> ssl.SSLCo
         raise SystemExit(str(exc)) from None
 
 
-def _client(verify: ssl.SSLContext | bool, allowance: urlpolicy.Allowance) -> httpx.AsyncClient:
-    """The operator's kind of client: the same destination rules, checked on connect."""
+def _egress() -> proxies.Proxies:
+    """The proxies of this process's environment, as the operator reads them (0049)."""
+    try:
+        return proxies.from_environment(os.environ)
+    except proxies.BadProxy as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def _client(
+    verify: ssl.SSLContext | bool, allowance: urlpolicy.Allowance, egress: proxies.Proxies
+) -> httpx.AsyncClient:
+    """The operator's kind of client: the same destination rules, checked on connect, and
+    the same proxy."""
     return transport.guarded_client(
         verify=verify,
         allowance=allowance,
         timeout=DEFAULTS.request_timeout,
         limits=httpx.Limits(max_connections=2),
+        egress=egress,
     )
 
 
@@ -449,11 +464,14 @@ async def _fetch(args: argparse.Namespace) -> int:
     ca_pem = _read(args.ca_bundle)
     supported: tuple[str, ...] | None = None
     allowance = urlpolicy.Allowance.parse(args.private_networks)
+    egress = _egress()
     try:
         async with (
-            _client(_context(ca_pem, None, None), allowance) as plain,
+            _client(_context(ca_pem, None, None), allowance, egress) as plain,
             _client(
-                _context(ca_pem, credentials.tls_certificate, credentials.tls_key), allowance
+                _context(ca_pem, credentials.tls_certificate, credentials.tls_key),
+                allowance,
+                egress,
             ) as http,
         ):
             if issuer:

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from tokensync import failures, oauth, urlpolicy
+from tokensync import failures, oauth, proxies, urlpolicy
 
 OPENID_PATH = "/.well-known/openid-configuration"
 OAUTH_PATH = "/.well-known/oauth-authorization-server"
@@ -162,8 +162,8 @@ async def _get(
             ) as response:
                 body = await oauth.read_capped(response, cap=MAX_DOCUMENT_BYTES)
                 status = response.status_code
-    except urlpolicy.Refused:
-        raise  # the issuer resolved to a refused address: nothing was sent
+    except (urlpolicy.Refused, proxies.ProxyFailed):
+        raise  # a refused address, or the proxy's failure: nothing reached the issuer
     except failures.TokenError:
         raise _error(
             f"the discovery document exceeds {MAX_DOCUMENT_BYTES // 1024} KiB", permanent=False

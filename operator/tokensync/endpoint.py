@@ -130,6 +130,7 @@ class Endpoints:
             client_key_pem=material.tls_key,
             seconds=self._settings.request_timeout,
             allowance=self._allowance,
+            egress=self._http.egress,
         )
         if not oauth.is_certificate_alert(alert):
             return None

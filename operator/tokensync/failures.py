@@ -61,6 +61,7 @@ class Reason(enum.StrEnum):
     # where the request goes
     TOKEN_URL_REFUSED = "TokenURLRefused"
     PRIVATE_NETWORK_REFUSED = "PrivateNetworkRefused"
+    PROXY_REFUSED = "ProxyRefused"
     TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
     CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
     CA_BUNDLE_INVALID = "CABundleInvalid"
@@ -157,6 +158,13 @@ EXPLAINED: tuple[tuple[tuple[Reason, ...], str], ...] = (
         "cluster-internal address (`127.0.0.1`, `10.x`, `localhost`, `*.svc`, the API "
         "server); nothing was sent. Only the operator's admin can allow such destinations "
         "(`--allow-private-network`, Helm `allowedPrivateNetworks`)",
+    ),
+    (
+        (R.PROXY_REFUSED,),
+        "the egress proxy (`HTTPS_PROXY` in the operator's environment) refused the tunnel to "
+        "the token endpoint or issuer: 407 wants proxy credentials, 403 is the proxy's own "
+        "rules; nothing reached the endpoint. Retried with backoff. A proxy that cannot be "
+        "reached at all is `ConnectionFailed`, naming the proxy",
     ),
     ((R.REDIRECT_REFUSED,), "the token endpoint answered with a redirect; use the final URL"),
     (

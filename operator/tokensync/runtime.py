@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from tokensync import (
     kube,
     metrics,
     ownership,
+    proxies,
     reconcile,
     refreshapi,
     scheduler,
@@ -111,6 +113,9 @@ class Runtime:
             timeout=settings.request_timeout,
             max_connections=settings.workers,
             allowance=urlpolicy.Allowance.parse(settings.private_networks),
+            # The admin's proxy, from the environment as curl reads it (decision 0049);
+            # `tokensync run` refused a bad value before the operator started.
+            egress=proxies.from_environment(os.environ),
         )
         self.reconciler = reconcile.Reconciler(
             kube_api=self.kube,

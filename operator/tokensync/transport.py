@@ -17,8 +17,16 @@ every address it resolved to against the destination rules (``urlpolicy``, with 
 admin's :class:`urlpolicy.Allowance`) and connects to one of exactly those addresses, so a
 name cannot pass the check with one answer and be connected to with another (decision
 0037). Only such clients are handed out: token requests, discovery and the handshake
-diagnosis all go through it. Proxies from the environment are not used (a proxy would
-connect where the check never looked).
+diagnosis all go through it.
+
+With an egress proxy in the operator's environment (``HTTPS_PROXY``; ``proxies``), a
+request whose destination the proxy serves goes through :class:`_RoutingTransport`: the
+destination is judged by the rules that need no resolution (``urlpolicy.check_proxied``),
+then the proxy is asked for a CONNECT tunnel to the destination's name, and TLS runs inside
+the tunnel against that name, with the credential's CA bundle and client certificate as on
+a direct connection. The proxy itself is the admin's and may be on a private address: it is
+connected to without the destination rules (decision 0049). httpx's own reading of the
+environment stays off: it would apply no rule to the destination.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from tokensync import urlpolicy
+from tokensync import proxies, urlpolicy
 
 MAX_TLS_CLIENTS = 64
 #: Longer than any request may take (request timeout plus margin).
@@ -185,6 +193,48 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+class _ProxyBackend(httpcore.AsyncNetworkBackend):
+    """Connects to the proxy, and only there (httpcore's proxy pool connects to nothing
+    else): the admin's choice, so no destination rule applies to it. A proxy that does not
+    answer is told apart from a destination that does not."""
+
+    def __init__(
+        self, proxy: proxies.Proxy, *, inner: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self._proxy = proxy
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 -- httpcore's signature
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            return await self._inner.connect_tcp(
+                host,
+                port,
+                timeout=timeout,
+                local_address=local_address,
+                socket_options=socket_options,
+            )
+        except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
+            raise proxies.unreachable(self._proxy, exc) from None
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 -- httpcore's signature
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not proxies")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
 class _GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with its connection pool on a :class:`GuardedBackend`."""
 
@@ -208,21 +258,89 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+class _ProxiedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with its pool on httpcore's proxy pool: https through a CONNECT
+    tunnel (TLS end to end, verified against the destination's name), http forwarded."""
+
+    def __init__(
+        self, *, proxy: proxies.Proxy, verify: ssl.SSLContext | bool, limits: httpx.Limits
+    ) -> None:
+        context = httpx.create_ssl_context(verify=verify)
+        super().__init__(verify=context, limits=limits)
+        self._pool = httpcore.AsyncHTTPProxy(
+            proxy_url=proxy.url,
+            proxy_auth=proxy.auth,
+            ssl_context=context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_ProxyBackend(proxy),
+        )
+
+
+class _RoutingTransport(httpx.AsyncBaseTransport):
+    """Each request direct (:class:`GuardedBackend`) or through the proxy that
+    ``egress`` names for its URL, the destination judged first either way."""
+
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext | bool,
+        limits: httpx.Limits,
+        allowance: urlpolicy.Allowance,
+        egress: proxies.Proxies,
+    ) -> None:
+        context = httpx.create_ssl_context(verify=verify)
+        self._allowance = allowance
+        self._egress = egress
+        self._direct = _GuardedTransport(
+            verify=context, limits=limits, backend=GuardedBackend(allowance)
+        )
+        self._proxied = {
+            proxy: _ProxiedTransport(proxy=proxy, verify=context, limits=limits)
+            for proxy in (egress.https, egress.http)
+            if proxy is not None
+        }
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        host = url.raw_host.decode("ascii")
+        proxy = self._egress.for_url(url.scheme, host, url.port)
+        if proxy is None:
+            return await self._direct.handle_async_request(request)
+        # Before anything reaches the proxy: a refused destination is not even asked for.
+        urlpolicy.check_proxied(host, self._allowance)
+        try:
+            return await self._proxied[proxy].handle_async_request(request)
+        except httpx.ProxyError as exc:
+            raise proxies.refused(proxy, str(exc), host) from None
+
+    async def aclose(self) -> None:
+        await self._direct.aclose()
+        for transport in self._proxied.values():
+            await transport.aclose()
+
+
 def guarded_client(
     *,
     verify: ssl.SSLContext | bool,
     allowance: urlpolicy.Allowance,
     timeout: float,
     limits: httpx.Limits,
+    egress: proxies.Proxies = proxies.NONE,
 ) -> httpx.AsyncClient:
     """An HTTP client that connects only where the destination rules allow (and follows no
-    redirects): the only kind tokensync sends anything with."""
+    redirects), through ``egress``'s proxy where it names one: the only kind tokensync
+    sends anything with."""
+    transport: httpx.AsyncBaseTransport = _GuardedTransport(
+        verify=verify, limits=limits, backend=GuardedBackend(allowance)
+    )
+    if egress:
+        transport = _RoutingTransport(
+            verify=verify, limits=limits, allowance=allowance, egress=egress
+        )
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout),
-        follow_redirects=False,
-        transport=_GuardedTransport(
-            verify=verify, limits=limits, backend=GuardedBackend(allowance)
-        ),
+        timeout=httpx.Timeout(timeout), follow_redirects=False, transport=transport
     )
 
 
@@ -234,6 +352,7 @@ async def handshake_alert(
     client_key_pem: str,
     seconds: float,
     allowance: urlpolicy.Allowance = urlpolicy.NO_ALLOWANCE,
+    egress: proxies.Proxies = proxies.NONE,
 ) -> str | None:
     """The TLS error the server answers a handshake with (``SSLError.reason``), or None.
 
@@ -242,10 +361,13 @@ async def handshake_alert(
     that then resets the connection leaves the client a bare read error. One handshake
     limited to TLS 1.2, where the certificate is checked inside the handshake, brings the
     alert back (the caller tells certificate alerts from others: oauth.is_certificate_alert).
-    The probe goes where the destination rules allow, like every request.
+    The probe goes where the destination rules allow, like every request; not through a
+    proxy, which the diagnosis does not speak to (no diagnosis then).
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
+        return None
+    if egress.for_url(parts.scheme, parts.hostname, parts.port) is not None:
         return None
     context = tls_context(
         ca_pem=ca_pem, client_cert_pem=client_cert_pem, client_key_pem=client_key_pem
@@ -284,8 +406,11 @@ class HttpClients:
         timeout: float,
         max_connections: int,
         allowance: urlpolicy.Allowance = urlpolicy.NO_ALLOWANCE,
+        egress: proxies.Proxies = proxies.NONE,
     ) -> None:
         self._timeout = timeout
+        #: The admin's egress proxies, for every client made here.
+        self.egress = egress
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
@@ -302,7 +427,11 @@ class HttpClients:
         self, *, verify: ssl.SSLContext | bool, allowance: urlpolicy.Allowance
     ) -> httpx.AsyncClient:
         return guarded_client(
-            verify=verify, allowance=allowance, timeout=self._timeout, limits=self._limits
+            verify=verify,
+            allowance=allowance,
+            timeout=self._timeout,
+            limits=self._limits,
+            egress=self.egress,
         )
 
     def for_tls(

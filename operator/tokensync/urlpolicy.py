@@ -371,3 +371,23 @@ def check_connection(host: str, addresses: Sequence[str], allowance: Allowance) 
             raise Refused(where, reason=failures.Reason.TOKEN_URL_REFUSED, permanent=True)
         if not (named or allowance.allows_address(address)):
             raise _refuse_private(where)
+
+
+def check_proxied(host: str, allowance: Allowance) -> None:
+    """Refuse a destination a proxy is asked to tunnel to (decision 0049).
+
+    The proxy resolves the name, so the addresses :func:`check_connection` judges are never
+    seen here: what is left is the name, and a literal address, judged as
+    :func:`check_connection` does. ``localhost`` (and names under ``.localhost``) would be
+    the proxy's own host: loopback, refused unless the admin allowed that name. Where a
+    resolved name may lead is the proxy's rules' to decide. Raises :class:`Refused`.
+    """
+    name = host.lower().strip("[]").rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        check_connection(name, [], allowance)
+        if (name == "localhost" or name.endswith(".localhost")) and not allowance.allows_host(name):
+            raise _refuse_private(f"refused to connect: {name} is a loopback name") from None
+        return
+    check_connection(name, [name], allowance)
