@@ -220,6 +220,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from tokensync import handlers  # noqa: F401, PLC0415 -- registers the kopf handlers
 
+    egress = _egress()  # a bad proxy variable stops the operator before it starts
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -245,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
         urlpolicy.Allowance.parse(settings.private_networks),
     )
     # The proxy is named by host and port only: its URL may hold a password.
-    logging.getLogger(__name__).info("egress proxy: %s", _egress())
+    logging.getLogger(__name__).info("egress proxy: %s", egress)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(
         kopf.operator(

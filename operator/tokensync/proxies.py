@@ -178,14 +178,14 @@ def refused(proxy: Proxy, status: str, destination: str) -> ProxyFailed:
     """The proxy answered the CONNECT with something other than 2xx (``status``: httpcore's
     text, of which only the code is kept: the reason phrase is the proxy's free text)."""
     code = _STATUS.match(status.strip())
-    what = f"answered {code.group()}" if code else "refused"
+    what = f"answered {code.group()} to" if code else "refused"
     hint = ""
     if code and code.group() == "407":
         hint = ": it wants credentials (user:password in the proxy URL)"
     elif code and code.group() == "403":
         hint = ": its rules do not allow this destination"
     return ProxyFailed(
-        f"the proxy {proxy} {what} to the tunnel to {destination}{hint}",
+        f"the proxy {proxy} {what} the tunnel to {destination}{hint}",
         reason=failures.Reason.PROXY_REFUSED,
         permanent=False,
     )
