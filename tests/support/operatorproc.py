@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -175,8 +175,11 @@ class OperatorProcess:
         extra_args: Iterable[str] = (),
         verbose: bool = True,
         private_networks: Iterable[str] = LOOPBACK,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        #: More environment variables for the process (HTTPS_PROXY, say).
+        self.env = dict(env or {})
         self.log_path = log_path
         self.extra_args = list(extra_args)
         self.verbose = verbose  # debug logging; the benchmarks turn it off
@@ -192,7 +195,7 @@ class OperatorProcess:
     def start(self, timeout: float = 60.0) -> OperatorProcess:
         self.metrics_port, self.health_port = free_port(), free_port()
         self.refresh_port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
