@@ -3,6 +3,7 @@
 ``fetch`` needs no cluster: it sends the same token request the operator would, from
 flags or a ClientCredential YAML file, and prints the token's metadata. It is the quickest
 way to debug an identity provider's settings. The token itself is printed only on request.
+Both read the egress proxy from ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` (0049).
 """
 
 from __future__ import annotations
@@ -102,7 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", action="store_true", help="debug logging")
 
-    fetch = sub.add_parser("fetch", help="request one token, no cluster needed")
+    fetch = sub.add_parser(
+        "fetch",
+        help="request one token, no cluster needed",
+        description="Honours HTTPS_PROXY / HTTP_PROXY / NO_PROXY as the operator does.",
+    )
     fetch.add_argument("--file", type=pathlib.Path, help="a ClientCredential YAML file")
     fetch.add_argument("--token-url")
     fetch.add_argument("--issuer-url", help="find the token endpoint by discovery")

@@ -69,8 +69,11 @@ class Proxies:
         return self.https is not None or self.http is not None
 
     def for_url(self, scheme: str, host: str, port: int | None = None) -> Proxy | None:
-        """The proxy a request to this URL goes through, or None to connect directly."""
-        proxy = self.https if scheme.lower() == "https" else self.http
+        """The proxy a request to this URL goes through, or None to connect directly.
+        ``port`` None: the scheme's (so that a ``host:443`` entry matches a URL without one)."""
+        https = scheme.lower() == "https"
+        proxy = self.https if https else self.http
+        port = port or (443 if https else 80)
         if proxy is None or bypassed(host, port, self.no_proxy):
             return None
         return proxy
@@ -179,11 +182,13 @@ def refused(proxy: Proxy, status: str, destination: str) -> ProxyFailed:
     text, of which only the code is kept: the reason phrase is the proxy's free text)."""
     code = _STATUS.match(status.strip())
     what = f"answered {code.group()} to" if code else "refused"
-    hint = ""
-    if code and code.group() == "407":
-        hint = ": it wants credentials (user:password in the proxy URL)"
-    elif code and code.group() == "403":
-        hint = ": its rules do not allow this destination"
+    hints = {
+        "407": ": it wants credentials (user:password in the proxy URL)",
+        "403": ": its rules do not allow this destination",
+        "502": ": it could not connect to the destination",
+        "504": ": it could not connect to the destination in time",
+    }
+    hint = hints.get(code.group(), "") if code else ""
     return ProxyFailed(
         f"the proxy {proxy} {what} the tunnel to {destination}{hint}",
         reason=failures.Reason.PROXY_REFUSED,

@@ -105,6 +105,9 @@ def test_each_scheme_has_its_own_proxy_and_no_proxy_bypasses_both() -> None:
     assert egress.for_url("HTTPS", "login.example.com", None) == PROXY
     assert egress.for_url("http", "login.example.com", 80) == other
     assert egress.for_url("https", "idp.internal.example", 443) is None
+    by_port = proxies.Proxies(https=PROXY, no_proxy=("idp.example:443",))
+    assert by_port.for_url("https", "idp.example", None) is None  # the scheme's port
+    assert by_port.for_url("https", "idp.example", 8443) == PROXY
     assert proxies.Proxies(http=other).for_url("https", "login.example.com", 443) is None
     assert proxies.NONE.for_url("https", "login.example.com", 443) is None
     assert not proxies.NONE
@@ -125,6 +128,7 @@ def test_the_settings_as_logged() -> None:
         ),
         ("403 Forbidden", "answered 403 to the tunnel to idp.example: its rules do not allow"),
         ("418 I'm a tea pot", "answered 418 to the tunnel to idp.example"),
+        ("502 Bad Gateway", "answered 502 to the tunnel to idp.example: it could not connect"),
         ("garbage", "refused the tunnel to idp.example"),
     ],
 )
