@@ -45,7 +45,10 @@ FREEZE_GROWTH = 1.25
 
 
 def _api_client(workers: int) -> k8s_client.ApiClient:
-    configuration = k8s_client.Configuration()
+    # The API server is reached directly, as kopf's own client does: HTTPS_PROXY is the
+    # egress proxy for token requests (decision 0049), which the kubernetes client would
+    # otherwise take for its own. A kubeconfig's proxy-url still applies.
+    configuration = k8s_client.Configuration(proxy="", no_proxy="")
     try:
         k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration

@@ -123,6 +123,7 @@ def by_name(url: str) -> str:
 
 
 def test_token_and_discovery_through_the_proxy(
+    cluster: LocalCluster,
     api_client: client.ApiClient,
     namespace: str,
     private_ca: CertificateAuthority,
@@ -144,6 +145,9 @@ def test_token_and_discovery_through_the_proxy(
     # proxy's count, not the token, shows the way the requests went. Keep-alive lets one
     # tunnel carry several requests, so at least one CONNECT.
     assert proxy.connects_to(target) > before
+    # The proxy is for token requests: the operator's API server traffic goes direct.
+    api_server = cluster.server.removeprefix("https://").rstrip("/")
+    assert proxy.connects_to(api_server) == 0, proxy.connects()
     assert env.leaked("by-url", operator) == []
 
 
