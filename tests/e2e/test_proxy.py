@@ -1,8 +1,8 @@
 """Egress through the admin's proxy (issue 17 section 4, decision 0049).
 
-The operator process runs with ``HTTPS_PROXY`` pointing at a real forward proxy on
-loopback (proxy.py, with Basic authentication and an upstream filter), and ``NO_PROXY``
-naming ``localhost``. The token server speaks TLS with a private CA, so a token can only
+Each test runs the operator process, watching its namespace only, with ``HTTPS_PROXY``
+pointing at a real forward proxy on loopback (proxy.py, with Basic authentication and an
+upstream filter), and ``NO_PROXY`` naming ``localhost``. The token server speaks TLS with a private CA, so a token can only
 come through a CONNECT tunnel with TLS inside it, verified with the credential's
 caBundleRef. The proxy counts the tunnels it was asked for.
 """
@@ -63,18 +63,36 @@ def proxy() -> Iterator[ForwardProxy]:
 
 
 @pytest.fixture(scope="module")
-def operator(
+def kubeconfig(
     cluster: LocalCluster,
     api_client: client.ApiClient,
     crds: None,
-    proxy: ForwardProxy,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
+) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp("operator-proxy")
-    kubeconfig = install_operator_identity(cluster, api_client, workdir / "sa.kubeconfig")
-    env = {"HTTPS_PROXY": proxy.url_with_credentials, "NO_PROXY": "localhost"}
-    with OperatorProcess(kubeconfig=kubeconfig, log_path=workdir / "operator.log", env=env) as op:
-        yield op
+    return install_operator_identity(cluster, api_client, workdir / "sa.kubeconfig")
+
+
+def operator_for(
+    namespace: str, kubeconfig: pathlib.Path, log: pathlib.Path, proxy_url: str
+) -> OperatorProcess:
+    """The operator watching only ``namespace`` (so that no other one acts there), with
+    ``proxy_url`` as HTTPS_PROXY and localhost in NO_PROXY."""
+    return OperatorProcess(
+        kubeconfig=kubeconfig,
+        log_path=log,
+        extra_args=["--namespace", namespace],
+        env={"HTTPS_PROXY": proxy_url, "NO_PROXY": "localhost"},
+    )
+
+
+@pytest.fixture
+def operator(
+    namespace: str, kubeconfig: pathlib.Path, proxy: ForwardProxy, tmp_path: pathlib.Path
+) -> Iterator[OperatorProcess]:
+    log = tmp_path / "operator.log"
+    with operator_for(namespace, kubeconfig, log, proxy.url_with_credentials) as running:
+        yield running
 
 
 class Env(testenv.Env):
@@ -113,7 +131,7 @@ class Env(testenv.Env):
         return [
             where
             for where, text in texts.items()
-            for secret in (PROXY_PASSWORD, CLIENT_SECRET)
+            for secret in (PROXY_PASSWORD, CLIENT_SECRET, f"wrong-{PROXY_PASSWORD}")
             if secret in text
         ]
 
@@ -185,6 +203,33 @@ def test_a_tunnel_the_proxy_refuses(
     assert proxy.connects_to(f"{DENIED}:443") >= 1
     assert env.events("refused")[-1].reason == "ProxyRefused"
     assert env.leaked("refused", operator) == []
+
+
+def test_a_proxy_that_wants_other_credentials(
+    api_client: client.ApiClient,
+    namespace: str,
+    kubeconfig: pathlib.Path,
+    private_ca: CertificateAuthority,
+    server: TokenServer,
+    proxy: ForwardProxy,
+    tmp_path: pathlib.Path,
+) -> None:
+    """A wrong password in HTTPS_PROXY: 407, ProxyRefused, and the password in no log,
+    status or Event."""
+    wrong = f"wrong-{PROXY_PASSWORD}"
+    env = Env(api_client, namespace, private_ca, [server.url])
+    proxy_url = f"http://tokensync:{wrong}@127.0.0.1:{proxy.port}"
+    with operator_for(namespace, kubeconfig, tmp_path / "operator.log", proxy_url) as operator:
+        env.credential("unauthenticated", tokenURL=server.url)
+        ready = env.wait_ready("unauthenticated", reason="ProxyRefused")
+        assert "answered 407" in ready["message"]
+        assert "wants credentials" in ready["message"]
+        assert f"egress proxy: https via 127.0.0.1:{proxy.port}" in operator.log()
+        leaks = env.leaked("unauthenticated", operator)
+        log = operator.log()
+    assert leaks == []
+    assert wrong not in log
+    assert env.token("unauthenticated-token") is None
 
 
 def test_the_destination_rules_apply_before_the_proxy(
