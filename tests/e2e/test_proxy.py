@@ -2,9 +2,9 @@
 
 Each test runs the operator process, watching its namespace only, with ``HTTPS_PROXY``
 pointing at a real forward proxy on loopback (proxy.py, with Basic authentication and an
-upstream filter), and ``NO_PROXY`` naming ``localhost``. The token server speaks TLS with a private CA, so a token can only
-come through a CONNECT tunnel with TLS inside it, verified with the credential's
-caBundleRef. The proxy counts the tunnels it was asked for.
+upstream filter), and ``NO_PROXY`` naming ``localhost``. The token server speaks TLS with a
+private CA, so a token can only come through a CONNECT tunnel with TLS inside it, verified
+with the credential's caBundleRef. The proxy counts the tunnels it was asked for.
 """
 
 from __future__ import annotations
