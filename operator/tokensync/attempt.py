@@ -21,6 +21,7 @@ from tokensync import (
     destinations,
     endpoint,
     failures,
+    grants,
     kube,
     metrics,
     model,
@@ -122,6 +123,14 @@ class Attempts:
                 record.namespace, spec.service_account_ref, destination
             )
             material = dataclasses.replace(material, external_assertion=minted)
+        exchange = spec.request.grant.token_exchange
+        if exchange is not None:
+            # The subject token is minted as for workload identity: the same opt-in
+            # annotations, the same RBAC, the same destination check (decision 0047).
+            subject = await self._service_account_token(
+                record.namespace, exchange.subject_service_account, destination
+            )
+            material = dataclasses.replace(material, subject_token=subject)
         result = await self._fetch(where, material, methods=methods, policy=spec.refresh)
         token = result.token
         refresh_at = timing.refresh_at(
@@ -243,10 +252,11 @@ class Attempts:
         request = where.request
         methods = clientauth.candidates(
             request.auth_method,
-            material,
+            grants.client_material(request.grant, material),
             where.supported,
             algorithm=request.assertion.algorithm,
             service_account=spec.service_account_ref is not None,
+            grant_proves_client=request.grant.proves_client,
         )
         if request.auth_method is not model.AuthMethod.AUTO or not remembered:
             return methods

@@ -71,6 +71,11 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.requestHeaders[].value": 4096,
     "spec.requestHeaders[].valueFrom.secretKeyRef.name": 253,
     "spec.requestHeaders[].valueFrom.secretKeyRef.key": 253,
+    "spec.grant.grantTypeURI": 2048,
+    "spec.grant.tokenExchange.subjectServiceAccountRef.name": 253,
+    "spec.grant.tokenExchange.subjectServiceAccountRef.audience": 1024,
+    "spec.grant.tokenExchange.subjectTokenType": 2048,
+    "spec.grant.tokenExchange.requestedTokenType": 2048,
 }
 
 #: The longest key of each map: a Kubernetes label or annotation key is a DNS-subdomain
@@ -119,8 +124,14 @@ FIELDS: Mapping[str, frozenset[str]] = {
             "rolloutRestart",
             "responseMapping",
             "requestHeaders",
+            "grant",
         }
     ),
+    "spec.grant": frozenset({"type", "grantTypeURI", "tokenExchange"}),
+    "spec.grant.tokenExchange": frozenset(
+        {"subjectServiceAccountRef", "subjectTokenType", "requestedTokenType"}
+    ),
+    "spec.grant.tokenExchange.subjectServiceAccountRef": frozenset({"name", "audience"}),
     "spec.clientSecretRef": frozenset(
         {"name", "clientIDKey", "clientSecretKey", "fallbackClientSecretKeys"}
     ),

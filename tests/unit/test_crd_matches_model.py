@@ -380,6 +380,7 @@ REQUIRED = {
     "spec.caBundleRef": {"name": "ca"},
     "spec.clientSecretRef": {"name": "c"},
     "spec.rolloutRestart": {"targets": [{"kind": "Deployment", "name": "w"}]},
+    "spec.grant.tokenExchange": {"subjectServiceAccountRef": {"name": "sa", "audience": "aud"}},
 }
 #: Lists of objects: the item at an index, valid, so that the list's bound is what fails.
 ITEMS = {
