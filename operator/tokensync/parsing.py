@@ -362,12 +362,12 @@ def _parse_grant(raw: object) -> model.Grant:
             f"{parent}.grantTypeURI", "is required with type custom, and only then"
         )
     if uri is not None:
-        _check_uri(uri, field=f"{parent}.grantTypeURI")
         if uri in model.STANDARD_GRANT_TYPES:
             raise model.SpecError(
                 f"{parent}.grantTypeURI",
                 f"{uri!r} is a standard grant type: use its type, or it is not supported",
             )
+        _check_uri(uri, field=f"{parent}.grantTypeURI")
     if (exchange_raw is not None) != (grant_type is model.GrantType.TOKEN_EXCHANGE):
         raise model.SpecError(
             f"{parent}.tokenExchange", "is required with type token_exchange, and only then"
