@@ -124,7 +124,7 @@ class Attempts:
             )
             material = dataclasses.replace(material, external_assertion=minted)
         exchange = spec.request.grant.token_exchange
-        if exchange is not None:
+        if exchange is not None and exchange.subject_service_account is not None:
             # The subject token is minted as for workload identity: the same opt-in
             # annotations, the same RBAC, the same destination check (decision 0047).
             subject = await self._service_account_token(

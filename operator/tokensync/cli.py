@@ -28,6 +28,7 @@ from tokensync import (
     config,
     discovery,
     failures,
+    grants,
     headers,
     model,
     oauth,
@@ -143,6 +144,21 @@ def _parser() -> argparse.ArgumentParser:
         f"${SECRET_ENV} when the server refuses it, as "
         "spec.clientSecretRef.fallbackClientSecretKeys (at most 2)",
     )
+    fetch.add_argument(
+        "--grant-type",
+        choices=[g.value for g in model.GrantType],
+        help="spec.grant.type (default: the file's, else client_credentials); jwt_bearer signs "
+        "its assertion with --private-key",
+    )
+    fetch.add_argument("--grant-type-uri", help="spec.grant.grantTypeURI, for --grant-type custom")
+    fetch.add_argument(
+        "--subject-token-env",
+        metavar="VARIABLE",
+        help="token_exchange: an environment variable holding the subject token (fetch mints "
+        "no ServiceAccount token: `kubectl create token` can)",
+    )
+    fetch.add_argument("--subject-token-type", help="token_exchange: subject_token_type")
+    fetch.add_argument("--requested-token-type", help="token_exchange: requested_token_type")
     fetch.add_argument("--allow-insecure-http", action="store_true")
     _private_network_flag(fetch)
     fetch.add_argument("--private-key", type=pathlib.Path, help="PEM or JWK file: private_key_jwt")
@@ -295,9 +311,58 @@ def _request_from(
         assertion=request.assertion,
         response_mapping=_response_mapping(args.response_mapping) or request.response_mapping,
         headers=_headers(args, declared),
+        grant=_grant(args, request.grant),
     )
     issuer = args.issuer_url or (None if args.token_url else issuer)
     return request, args.client_id or client_id, refresh, issuer
+
+
+def _grant(args: argparse.Namespace, declared: model.Grant) -> model.Grant:
+    """spec.grant of --file, or the one --grant-type and its flags give, checked by the
+    parser's rules (decision 0047). The subject token is not here: see _subject_token."""
+    if args.grant_type is None and declared.type is not model.GrantType.TOKEN_EXCHANGE:
+        if args.grant_type_uri or args.subject_token_type or args.requested_token_type:
+            raise SystemExit("--grant-type-uri and the token type flags need --grant-type")
+        return declared
+    grant_type = model.GrantType(args.grant_type or declared.type)
+    raw: dict[str, Any] = {"type": grant_type.value}
+    if args.grant_type_uri or declared.uri:
+        raw["grantTypeURI"] = args.grant_type_uri or declared.uri
+    if grant_type is model.GrantType.TOKEN_EXCHANGE:
+        # A placeholder ServiceAccount for the parser's check: fetch has no cluster, the
+        # subject token comes from --subject-token-env.
+        exchange = declared.token_exchange or model.TokenExchange()
+        raw["tokenExchange"] = {
+            "subjectServiceAccountRef": {"name": "fetch", "audience": "fetch"},
+            "subjectTokenType": args.subject_token_type or exchange.subject_token_type,
+        }
+        requested = args.requested_token_type or exchange.requested_token_type
+        if requested:
+            raw["tokenExchange"]["requestedTokenType"] = requested
+    try:
+        grant = parsing.parse_grant(raw)
+    except model.SpecError as exc:
+        raise SystemExit(f"--grant-type: {exc}") from None
+    if grant.token_exchange is not None:
+        grant = dataclasses.replace(
+            grant,
+            token_exchange=dataclasses.replace(grant.token_exchange, subject_service_account=None),
+        )
+    return grant
+
+
+def _subject_token(args: argparse.Namespace, grant: model.Grant) -> str | None:
+    """The token exchange's subject token, from --subject-token-env (never printed)."""
+    if grant.type is not model.GrantType.TOKEN_EXCHANGE:
+        if args.subject_token_env:
+            raise SystemExit("--subject-token-env is for --grant-type token_exchange")
+        return None
+    if not args.subject_token_env:
+        raise SystemExit("token_exchange needs --subject-token-env VARIABLE")
+    value = os.environ.get(args.subject_token_env, "").strip()
+    if not value:
+        raise SystemExit(f"--subject-token-env: ${args.subject_token_env} is not set")
+    return value
 
 
 def _response_mapping(items: list[str]) -> model.ResponseMapping | None:
@@ -436,9 +501,18 @@ async def _fetch(args: argparse.Namespace) -> int:
         certificate=_read(args.certificate),
         tls_certificate=_read(args.client_cert),
         tls_key=_read(args.client_key),
+        subject_token=_subject_token(args, request.grant),
     )
+    if request.grant.type is model.GrantType.JWT_BEARER and not credentials.private_key:
+        print(
+            "--grant-type jwt_bearer needs --private-key (it signs the assertion)", file=sys.stderr
+        )
+        return 2
     if not client_id or not (
-        credentials.client_secret or credentials.private_key or credentials.tls_certificate
+        credentials.client_secret
+        or credentials.private_key
+        or credentials.tls_certificate
+        or request.grant.proves_client
     ):
         print(
             f"need a client id (--client-id or spec.clientID) and ${SECRET_ENV}, "
@@ -479,9 +553,10 @@ async def _fetch(args: argparse.Namespace) -> int:
                 now=lambda: datetime.datetime.now(datetime.UTC),
                 methods=clientauth.candidates(
                     request.auth_method,
-                    credentials,
+                    grants.client_material(request.grant, credentials),
                     supported,
                     algorithm=request.assertion.algorithm,
+                    grant_proves_client=request.grant.proves_client,
                 ),
             )
     except failures.TokenError as exc:

@@ -187,8 +187,9 @@ class TokenExchange:
     """
 
     #: The ServiceAccount whose token is the subject token, minted as for workload
-    #: identity (the same opt-in annotation and RBAC).
-    subject_service_account: ServiceAccountRef
+    #: identity (the same opt-in annotation and RBAC). The parser requires it; None only
+    #: where the caller brings the subject token itself (``tokensync fetch``).
+    subject_service_account: ServiceAccountRef | None = None
     subject_token_type: str = TOKEN_TYPE_JWT
     requested_token_type: str | None = None
 

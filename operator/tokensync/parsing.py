@@ -50,7 +50,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
     private_key_ref = _parse_private_key_ref(spec.get("privateKeyRef"))
     certificate_ref = _parse_certificate_ref(spec.get("clientCertificateRef"))
     service_account_ref = _parse_service_account_ref(spec.get("serviceAccountRef"))
-    grant = _parse_grant(spec.get("grant"))
+    grant = parse_grant(spec.get("grant"))
     _check_grant(grant, auth_method=auth_method, private_key_ref=private_key_ref)
     _check_method(
         auth_method,
@@ -341,7 +341,7 @@ def _parse_service_account_ref(
 _URI = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*:[!-~]+")
 
 
-def _parse_grant(raw: object) -> model.Grant:
+def parse_grant(raw: object) -> model.Grant:
     """spec.grant (decision 0047); absent, the client credentials grant."""
     if raw is None:
         return model.Grant()

@@ -91,11 +91,17 @@ from typing import Any, ClassVar, Literal
 
 import jwt
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import InvalidClientError, grants
+from authlib.oauth2.rfc6749 import (
+    BaseGrant,
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+    TokenEndpointMixin,
+    UnauthorizedClientError,
+    grants,
+)
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_post
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
-from authlib.oauth2.rfc6749 import BaseGrant, InvalidGrantError, InvalidRequestError
-from authlib.oauth2.rfc6749 import TokenEndpointMixin, UnauthorizedClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion, JWTBearerGrant
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature

@@ -3,7 +3,6 @@ against the real Authlib server (tests/support/tokenserver.py) over loopback."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from support import tokenserver
+from support.grantkeys import KEY, KEY_PEM, SUBJECT_ISSUER, SUBJECT_KEY, public_jwks, subject_token
 from support.tokenserver import TokenServer
 from tokensync import clientauth, failures, grants, model, oauth, parsing, urlpolicy
 
@@ -199,18 +199,6 @@ def test_bad_grants_refused(fields: dict[str, Any], field: str, message: str) ->
 
 # -- each grant's parameters -----------------------------------------------------------------
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-KEY_PEM = KEY.private_bytes(
-    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-).decode()
-
-
-def public_jwks(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
-    jwk: dict[str, Any] = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    jwk.pop("key_ops", None)
-    return {"keys": [{**jwk, "kid": kid, "alg": "RS256", "use": "sig"}]}
-
-
 EXCHANGE_GRANT = model.Grant(
     type=G.TOKEN_EXCHANGE,
     token_exchange=model.TokenExchange(
@@ -308,20 +296,6 @@ def test_auto_methods_per_grant(
 # -- against the real server -----------------------------------------------------------------
 
 LOOPBACK = urlpolicy.Allowance.parse(["127.0.0.0/8"])
-SUBJECT_ISSUER = "https://kubernetes.default.svc.cluster.local"
-SUBJECT_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def subject_token(issuer: str = SUBJECT_ISSUER) -> str:
-    now = int(time.time())
-    claims = {
-        "iss": issuer,
-        "sub": "system:serviceaccount:apps:billing",
-        "aud": "sts",
-        "iat": now,
-        "exp": now + 600,
-    }
-    return jwt.encode(claims, SUBJECT_KEY, algorithm="RS256", headers={"kid": "sa"})
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +303,7 @@ def server() -> Iterator[TokenServer]:
     with TokenServer(lifetime=600) as running:
         running.add_client(
             "bearer",
-            jwks=public_jwks(KEY, "k1"),
+            jwks=public_jwks(),
             auth_methods=["private_key_jwt"],
             grant_types=[tokenserver.JWT_BEARER_GRANT],
         )
@@ -385,7 +359,8 @@ async def test_jwt_bearer_grant_against_authlib(
     assert result.auth_method is M.NONE
     issued = issued_to(server, result.token.access_token)
     assert issued.grant_type == tokenserver.JWT_BEARER_GRANT
-    assert issued.grant_claims is not None and issued.grant_claims["iss"] == "bearer"
+    assert issued.grant_claims is not None
+    assert issued.grant_claims["iss"] == "bearer"
     assert issued.scope == "reports.read"
 
 
