@@ -72,6 +72,7 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.requestHeaders[].valueFrom.secretKeyRef.name": 253,
     "spec.requestHeaders[].valueFrom.secretKeyRef.key": 253,
     "spec.grant.grantTypeURI": 2048,
+    "spec.grant.refreshURL": 2048,
     "spec.grant.tokenExchange.subjectServiceAccountRef.name": 253,
     "spec.grant.tokenExchange.subjectServiceAccountRef.audience": 1024,
     "spec.grant.tokenExchange.subjectTokenType": 2048,
@@ -127,7 +128,7 @@ FIELDS: Mapping[str, frozenset[str]] = {
             "grant",
         }
     ),
-    "spec.grant": frozenset({"type", "grantTypeURI", "tokenExchange"}),
+    "spec.grant": frozenset({"type", "grantTypeURI", "tokenExchange", "refreshURL"}),
     "spec.grant.tokenExchange": frozenset(
         {"subjectServiceAccountRef", "subjectTokenType", "requestedTokenType"}
     ),

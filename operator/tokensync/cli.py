@@ -157,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
         help="token_exchange: an environment variable holding the subject token (fetch mints "
         "no ServiceAccount token: `kubectl create token` can)",
     )
+    fetch.add_argument(
+        "--refresh-token-env",
+        metavar="VARIABLE",
+        help="use the refresh_token grant with the refresh token in this environment variable "
+        "(one printed by --show-token), at --refresh-url or the file's refreshURL or the token URL",
+    )
+    fetch.add_argument("--refresh-url", help="spec.grant.refreshURL: where refresh tokens go")
     fetch.add_argument("--subject-token-type", help="token_exchange: subject_token_type")
     fetch.add_argument("--requested-token-type", help="token_exchange: requested_token_type")
     fetch.add_argument("--allow-insecure-http", action="store_true")
@@ -365,6 +372,16 @@ def _subject_token(args: argparse.Namespace, grant: model.Grant) -> str | None:
     return value
 
 
+def _env(variable: str | None, flag: str) -> str | None:
+    """The value of an environment variable a flag names (never printed)."""
+    if not variable:
+        return None
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise SystemExit(f"{flag}: ${variable} is not set")
+    return value
+
+
 def _response_mapping(items: list[str]) -> model.ResponseMapping | None:
     """--response-mapping FIELD=PATH, repeatable: spec.responseMapping's fields, same rules."""
     raw: dict[str, str] = {}
@@ -502,8 +519,17 @@ async def _fetch(args: argparse.Namespace) -> int:
         tls_certificate=_read(args.client_cert),
         tls_key=_read(args.client_key),
         subject_token=_subject_token(args, request.grant),
+        refresh_token=_env(args.refresh_token_env, "--refresh-token-env"),
     )
-    if request.grant.type is model.GrantType.JWT_BEARER and not credentials.private_key:
+    # The refresh_token grant replaces spec.grant's for this request (decision 0048).
+    refresh_url = (
+        (args.refresh_url or request.grant.refresh_url) if credentials.refresh_token else None
+    )
+    if (
+        request.grant.type is model.GrantType.JWT_BEARER
+        and not credentials.private_key
+        and not credentials.refresh_token
+    ):
         print(
             "--grant-type jwt_bearer needs --private-key (it signs the assertion)", file=sys.stderr
         )
@@ -513,6 +539,7 @@ async def _fetch(args: argparse.Namespace) -> int:
         or credentials.private_key
         or credentials.tls_certificate
         or request.grant.proves_client
+        or credentials.refresh_token
     ):
         print(
             f"need a client id (--client-id or spec.clientID) and ${SECRET_ENV}, "
@@ -542,6 +569,8 @@ async def _fetch(args: argparse.Namespace) -> int:
                 )
                 request = dataclasses.replace(request, token_url=token_url)
                 supported = metadata.auth_methods
+            if refresh_url:
+                request = dataclasses.replace(request, token_url=refresh_url)
             urlpolicy.check_token_url(
                 request.token_url, allow_insecure_http=args.allow_insecure_http, allowance=allowance
             )
@@ -576,8 +605,12 @@ async def _fetch(args: argparse.Namespace) -> int:
         # The variable whose secret worked, and those refused before it: never the secrets.
         out["client_secret_from"] = result.client_secret_key
         out["refused_client_secrets_from"] = list(result.refused_keys)
+    # Whether one came, not the token: it is a credential that outlives the access token.
+    out["refresh_token_issued"] = token.refresh_token is not None
     if args.show_token:
         out["access_token"] = token.access_token
+        if token.refresh_token is not None:
+            out["refresh_token"] = token.refresh_token
     if wanted is not None:
         shaped = shape.Token(
             access_token=token.access_token,

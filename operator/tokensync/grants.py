@@ -21,6 +21,9 @@ def parameters(
     request: model.TokenRequest, material: model.ClientAuthMaterial, *, now: datetime
 ) -> list[tuple[str, str]]:
     """grant_type and the grant's own parameters, in the order they are sent."""
+    if material.refresh_token:
+        # RFC 6749 section 6; the scope, audience and resources follow, as with the grant.
+        return [("grant_type", "refresh_token"), ("refresh_token", material.refresh_token)]
     grant = request.grant
     params = [("grant_type", grant.grant_type)]
     match grant.type:

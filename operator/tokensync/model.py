@@ -202,6 +202,8 @@ class Grant:
     #: The grant_type sent with ``custom``.
     uri: str | None = None
     token_exchange: TokenExchange | None = None
+    #: Where refresh_token grants go (decision 0048); None: the token URL.
+    refresh_url: str | None = None
 
     @property
     def grant_type(self) -> str:
@@ -240,6 +242,8 @@ class ClientAuthMaterial:
     external_assertion: str | None = dataclasses.field(default=None, repr=False)
     #: The RFC 8693 subject token (spec.grant.tokenExchange), minted for this attempt.
     subject_token: str | None = dataclasses.field(default=None, repr=False)
+    #: Set: this request is the refresh_token grant with it, not spec.grant (decision 0048).
+    refresh_token: str | None = dataclasses.field(default=None, repr=False)
     #: The key of the client Secret that ``client_secret`` came from (status names it).
     client_secret_key: str | None = None
     #: (key, secret) of spec.clientSecretRef.fallbackClientSecretKeys present in the

@@ -372,7 +372,12 @@ def parse_grant(raw: object) -> model.Grant:
         raise model.SpecError(
             f"{parent}.tokenExchange", "is required with type token_exchange, and only then"
         )
-    return model.Grant(type=grant_type, uri=uri, token_exchange=exchange)
+    return model.Grant(
+        type=grant_type,
+        uri=uri,
+        token_exchange=exchange,
+        refresh_url=_optional_str(raw, "refreshURL", parent=parent),
+    )
 
 
 def _parse_token_exchange(raw: object) -> model.TokenExchange | None:

@@ -65,6 +65,7 @@ def render_target(
     refresh_at: datetime.datetime | None = None,
     token_id: bytes | None = None,
     previous: shape.Written | None = None,
+    refresh_token: str | None = None,
 ) -> dict[str, Any]:
     """The complete target Secret. Written in one request, so never torn.
 
@@ -101,6 +102,7 @@ def render_target(
         expires_at=expires_at,
         scope=scope,
         issued_at=issued_at,
+        refresh_token=refresh_token,
     )
     # None deletes the key in a merge patch: a scope from an earlier token must not linger.
     data = {k: None if v is None else _b64(v) for k, v in shape.render(target, token).items()}

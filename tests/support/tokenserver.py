@@ -59,6 +59,10 @@ Grants besides client credentials (decision 0047), each allowed per client with
   must be a JWT that the registered ``subject_issuer``'s JWKS verifies (a ServiceAccount
   token in the e2e tests), with ``subject_token_type`` jwt; ``requested_token_type``, when
   sent, must be access_token. The audience, resources and subject are recorded.
+* refresh tokens (decision 0048): with ``issue_refresh_tokens`` set, the client
+  credentials grant's answers carry a refresh_token, and Authlib's ``RefreshTokenGrant``
+  takes it back, rotating it (each use retires it and issues another).
+  ``revoke_refresh_tokens`` makes every one of them invalid_grant.
 * a custom grant type URI (``CUSTOM_GRANT_TYPE``): client credentials under another name,
   which also wants the ``account`` form parameter and records it.
 
@@ -207,7 +211,8 @@ class _Client:
         return method in self.auth_methods
 
     def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type in self.grant_types
+        # A refresh token is only ever issued by a server that issues them.
+        return grant_type in self.grant_types or grant_type == "refresh_token"
 
     def get_allowed_scope(self, scope: str | None) -> str | None:
         requested = (scope or "").split()
@@ -254,6 +259,53 @@ def _authenticate_json(query_client: Any, request: Any) -> Any:
     if not flask_request.environ.get(_JSON_MARKER):
         return None
     return authenticate_client_secret_post(query_client, request)
+
+
+@dataclass(frozen=True)
+class _RefreshToken:
+    """What Authlib's RefreshTokenGrant asks of a stored refresh token."""
+
+    client_id: str
+    scope: str
+
+    def check_client(self, client: _Client) -> bool:
+        return client.client_id == self.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+def _issuing_grant(server: TokenServer) -> type[Any]:
+    class _IssuingGrant(_ClientCredentialsGrant):
+        """Client credentials, with a refresh token when the server issues them (RFC 6749
+        section 4.4.3 says it SHOULD NOT; some providers do)."""
+
+        def create_token_response(self) -> Any:
+            token = self.generate_token(
+                scope=self.request.payload.scope,
+                include_refresh_token=server.issue_refresh_tokens,
+            )
+            self.save_token(token)
+            return 200, token, self.TOKEN_RESPONSE_HEADER
+
+    return _IssuingGrant
+
+
+def _refresh_grant(server: TokenServer) -> type[Any]:
+    class _RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
+        TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*ALL_METHODS, "none"]
+        INCLUDE_NEW_REFRESH_TOKEN = True
+
+        def authenticate_refresh_token(self, refresh_token: str) -> _RefreshToken | None:
+            return server._refresh_token(refresh_token)
+
+        def authenticate_user(self, refresh_token: _RefreshToken) -> str:
+            return refresh_token.client_id  # no users here: the client itself
+
+        def revoke_old_credential(self, refresh_token: _RefreshToken) -> None:
+            server._retire(refresh_token)
+
+    return _RefreshTokenGrant
 
 
 def _bearer_grant(server: TokenServer) -> type[Any]:
@@ -654,6 +706,9 @@ class TokenServer:
         self._token_headers: list[dict[str, str]] = []
         self._discovery_headers: list[dict[str, str]] = []
         self._key = secrets.token_bytes(32)
+        #: Settable by tests: answers of the client credentials grant carry a refresh token.
+        self.issue_refresh_tokens = False
+        self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._server: BaseWSGIServer | None = None
         self._mtls_server: BaseWSGIServer | None = None
         self._threads: list[threading.Thread] = []
@@ -842,6 +897,25 @@ class TokenServer:
             current = self._clients[client_id]
             self._clients[client_id] = dataclasses.replace(current, jwks=checked)
 
+    def revoke_refresh_tokens(self) -> None:
+        """Every refresh token issued so far is refused from now on (invalid_grant)."""
+        with self._lock:
+            self._refresh_tokens.clear()
+
+    @property
+    def live_refresh_tokens(self) -> list[str]:
+        with self._lock:
+            return list(self._refresh_tokens)
+
+    def _refresh_token(self, value: str) -> _RefreshToken | None:
+        with self._lock:
+            return self._refresh_tokens.get(value)
+
+    def _retire(self, stored: _RefreshToken) -> None:
+        with self._lock:
+            for key in [k for k, v in self._refresh_tokens.items() if v is stored]:
+                del self._refresh_tokens[key]
+
     def verify(self, access_token: str) -> bool:
         """Introspection: was this token issued here, and is it still valid?"""
         with self._lock:
@@ -924,12 +998,14 @@ class TokenServer:
             "default",
             BearerTokenGenerator(
                 access_token_generator=self._new_access_token,
+                refresh_token_generator=lambda **_: secrets.token_urlsafe(32),
                 expires_generator=lambda client, grant_type: (
                     self.lifetime if self.send_expires_in else 0
                 ),
             ),
         )
-        server.register_grant(_ClientCredentialsGrant)
+        server.register_grant(_issuing_grant(self))
+        server.register_grant(_refresh_grant(self))
         server.register_grant(_CustomGrant)
         server.register_grant(_bearer_grant(self))
         server.register_grant(_exchange_grant(self))
@@ -1134,6 +1210,10 @@ class TokenServer:
         )
         with self._lock:
             self._issued[record.access_token] = record
+            if token.get("refresh_token"):
+                self._refresh_tokens[token["refresh_token"]] = _RefreshToken(
+                    request.client.client_id, token.get("scope") or ""
+                )
 
 
 def nested_answer(answer: dict[str, Any]) -> dict[str, Any]:
