@@ -1054,6 +1054,18 @@ INVALID_SPECS = [
         "signs the assertion",
     ),
     case(
+        "grant-refreshURL-userinfo",
+        with_changes(grant={"refreshURL": "https://user:pass@login.example.com/refresh"}),
+        "spec.grant.refreshURL",
+        "must not contain credentials",
+    ),
+    case(
+        "grant-refreshURL-metadata",
+        with_changes(grant={"refreshURL": "http://169.254.169.254/latest"}),
+        "spec.grant.refreshURL",
+        "cloud metadata",
+    ),
+    case(
         "authMethod-none-with-client-credentials",
         with_changes(authMethod="none"),
         "spec.authMethod",

@@ -446,3 +446,13 @@ async def test_a_grant_the_client_may_not_use_is_refused(
             extra_params=(("account", "reporting"),),
         )
     assert caught.value.error_code == "unauthorized_client"
+
+
+def test_refresh_url_has_the_token_urls_admission_rules() -> None:
+    """spec.grant.refreshURL is a destination like spec.tokenURL (decision 0048)."""
+    from test_crd_matches_model import spec_schema  # noqa: PLC0415 -- a sibling test module
+
+    schema = spec_schema()["properties"]
+    refresh = schema["grant"]["properties"]["refreshURL"]
+    assert refresh["x-kubernetes-validations"] == schema["tokenURL"]["x-kubernetes-validations"]
+    assert refresh["maxLength"] == schema["tokenURL"]["maxLength"]
