@@ -335,6 +335,8 @@ def _grant(args: argparse.Namespace, declared: model.Grant) -> model.Grant:
     raw: dict[str, Any] = {"type": grant_type.value}
     if args.grant_type_uri or declared.uri:
         raw["grantTypeURI"] = args.grant_type_uri or declared.uri
+    if declared.refresh_url:
+        raw["refreshURL"] = declared.refresh_url
     if grant_type is model.GrantType.TOKEN_EXCHANGE:
         # A placeholder ServiceAccount for the parser's check: fetch has no cluster, the
         # subject token comes from --subject-token-env.
@@ -366,10 +368,7 @@ def _subject_token(args: argparse.Namespace, grant: model.Grant) -> str | None:
         return None
     if not args.subject_token_env:
         raise SystemExit("token_exchange needs --subject-token-env VARIABLE")
-    value = os.environ.get(args.subject_token_env, "").strip()
-    if not value:
-        raise SystemExit(f"--subject-token-env: ${args.subject_token_env} is not set")
-    return value
+    return _env(args.subject_token_env, "--subject-token-env")
 
 
 def _env(variable: str | None, flag: str) -> str | None:
