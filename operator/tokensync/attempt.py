@@ -135,6 +135,11 @@ class Attempts:
                     record.namespace, exchange.subject_service_account, destination
                 )
                 material = dataclasses.replace(material, subject_token=subject)
+            if exchange is not None and exchange.subject_secret is not None:
+                subject = await self._chained_token(
+                    record.namespace, exchange.subject_secret, destination
+                )
+                material = dataclasses.replace(material, subject_token=subject)
             result = await self._fetch(where, material, methods=methods, policy=spec.refresh)
         token = result.token
         # Kept before the target is written: a server that rotates refresh tokens has
@@ -325,6 +330,40 @@ class Attempts:
             token = dataclasses.replace(result.token, refresh_token=kept)
             result = dataclasses.replace(result, token=token)
         return result
+
+    async def _chained_token(
+        self, namespace: str, ref: model.SecretKeyRef, destination: str
+    ) -> str:
+        """The token in another credential's target Secret (chaining, decision 0047).
+
+        Only a Secret tokensync manages, and only to a destination its annotation lists:
+        the source credential's spec.target.allowedDestinations, so that its owner, not
+        the tenant naming it here, chooses where its token may go (decisions 0017, 0032).
+        """
+        source = self._seen.get(namespace, ref.name)
+        try:
+            if source is None:
+                source = await self._kube.read_secret(namespace, ref.name)
+        except failures.ApiError as exc:
+            raise failures.from_api_error(exc) from None
+        if source is None:
+            raise sources.SourceProblem(
+                failures.Reason.CREDENTIALS_MISSING, f"Secret {ref.name!r} not found"
+            )
+        labels = (source.get("metadata") or {}).get("labels") or {}
+        if labels.get(model.MANAGED_BY_LABEL) != model.MANAGED_BY_VALUE:
+            raise sources.SourceProblem(
+                failures.Reason.CREDENTIALS_MISSING,
+                f"Secret {ref.name!r} is not the target of a ClientCredential",
+            )
+        self._check_destination(source, "Secret", ref.name, destination)
+        token = sources.decoded(source, ref.key)
+        if not token:
+            raise sources.SourceProblem(
+                failures.Reason.CREDENTIALS_MISSING,
+                f"Secret {ref.name!r} has no non-empty key {ref.key!r}",
+            )
+        return token
 
     async def _check_account_destination(self, namespace: str, name: str, url: str) -> None:
         try:

@@ -73,6 +73,10 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.requestHeaders[].valueFrom.secretKeyRef.key": 253,
     "spec.grant.grantTypeURI": 2048,
     "spec.grant.refreshURL": 2048,
+    "spec.grant.tokenExchange.subjectTokenSecretRef.name": 253,
+    "spec.grant.tokenExchange.subjectTokenSecretRef.key": 253,
+    "spec.target.allowedDestinations": 16,
+    "spec.target.allowedDestinations[]": 2048,
     "spec.grant.tokenExchange.subjectServiceAccountRef.name": 253,
     "spec.grant.tokenExchange.subjectServiceAccountRef.audience": 1024,
     "spec.grant.tokenExchange.subjectTokenType": 2048,
@@ -130,8 +134,14 @@ FIELDS: Mapping[str, frozenset[str]] = {
     ),
     "spec.grant": frozenset({"type", "grantTypeURI", "tokenExchange", "refreshURL"}),
     "spec.grant.tokenExchange": frozenset(
-        {"subjectServiceAccountRef", "subjectTokenType", "requestedTokenType"}
+        {
+            "subjectServiceAccountRef",
+            "subjectTokenSecretRef",
+            "subjectTokenType",
+            "requestedTokenType",
+        }
     ),
+    "spec.grant.tokenExchange.subjectTokenSecretRef": frozenset({"name", "key"}),
     "spec.grant.tokenExchange.subjectServiceAccountRef": frozenset({"name", "audience"}),
     "spec.clientSecretRef": frozenset(
         {"name", "clientIDKey", "clientSecretKey", "fallbackClientSecretKeys"}
@@ -154,6 +164,7 @@ FIELDS: Mapping[str, frozenset[str]] = {
             "type",
             "dockerConfig",
             "template",
+            "allowedDestinations",
         }
     ),
     "spec.target.dockerConfig": frozenset({"registry", "username"}),

@@ -190,6 +190,9 @@ class TokenExchange:
     #: identity (the same opt-in annotation and RBAC). The parser requires it; None only
     #: where the caller brings the subject token itself (``tokensync fetch``).
     subject_service_account: ServiceAccountRef | None = None
+    #: Or the token in another ClientCredential's target Secret (chaining): a Secret that
+    #: tokensync manages, whose annotation allows the destination (decision 0047).
+    subject_secret: SecretKeyRef | None = None
     subject_token_type: str = TOKEN_TYPE_JWT
     requested_token_type: str | None = None
 
@@ -435,6 +438,9 @@ class TargetSpec:
     type: SecretType = SecretType.OPAQUE
     docker_config: DockerConfig | None = None
     template: TargetTemplate | None = None
+    #: Where the token may be sent as another credential's subject token (chaining,
+    #: decision 0047): written as the target's allowed-destinations annotation.
+    allowed_destinations: tuple[str, ...] = ()
 
     @property
     def owned(self) -> bool:

@@ -98,6 +98,9 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
         type=secret_type,
         docker_config=docker_config,
         template=template,
+        allowed_destinations=_str_list(
+            target_raw.get("allowedDestinations"), field="spec.target.allowedDestinations"
+        ),
         labels=_target_metadata(
             target_raw.get("labels"), field="spec.target.labels", reserved=(model.MANAGED_BY_LABEL,)
         ),
@@ -392,16 +395,35 @@ def _parse_token_exchange(raw: object) -> model.TokenExchange | None:
         if value is not None:
             _check_uri(value, field=f"{parent}.{key}")
         types[key] = value
+    chained = _parse_subject_secret(raw.get("subjectTokenSecretRef"))
     subject = _parse_service_account_ref(
         raw.get("subjectServiceAccountRef"), parent=f"{parent}.subjectServiceAccountRef"
     )
-    if subject is None:
-        raise model.SpecError(f"{parent}.subjectServiceAccountRef", "is required")
+    if (subject is None) == (chained is None):
+        raise model.SpecError(
+            f"{parent}.subjectServiceAccountRef",
+            "set exactly one of subjectServiceAccountRef and subjectTokenSecretRef",
+        )
     return model.TokenExchange(
         subject_service_account=subject,
+        subject_secret=chained,
         subject_token_type=types["subjectTokenType"] or model.TOKEN_TYPE_JWT,
         requested_token_type=types["requestedTokenType"],
     )
+
+
+def _parse_subject_secret(raw: object) -> model.SecretKeyRef | None:
+    """tokenExchange.subjectTokenSecretRef: another credential's target, key access_token
+    by default (a templated target names its key)."""
+    if raw is None:
+        return None
+    parent = "spec.grant.tokenExchange.subjectTokenSecretRef"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    name = _secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name")
+    key = _optional_str(raw, "key", parent=parent) or "access_token"
+    _check_secret_key(key, field=f"{parent}.key")
+    return model.SecretKeyRef(name=name, key=key)
 
 
 def _check_uri(value: str, *, field: str) -> None:

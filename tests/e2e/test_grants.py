@@ -8,6 +8,7 @@ the workload identity opt-in and verified with the API server's own keys.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -181,3 +182,55 @@ def test_a_grant_the_server_refuses_is_reported(env: Env) -> None:
         },
     )
     env.wait_ready(reason="UnauthorizedClient")
+
+
+# -- chaining: another credential's token as the subject token ------------------------------
+
+
+def chain(env: Env, *, allowed: list[str] | None) -> str:
+    """A source credential (client credentials) whose target lists ``allowed``, and a
+    consumer exchanging its token; returns the consumer's client id."""
+    env.client_secret()
+    target: dict[str, Any] = {"name": "source-token"}
+    if allowed is not None:
+        target["allowedDestinations"] = allowed
+    env.credential("source", target=target)
+    env.wait_ready("source")
+    consumer = f"{env.client_id}-chained"
+    env.server.add_client(
+        consumer, auth_methods=["none"], grant_types=[tokenserver.TOKEN_EXCHANGE_GRANT]
+    )
+    env.create_credential(
+        "consumer",
+        {
+            "tokenURL": env.server.url,
+            "clientID": consumer,
+            "grant": {
+                "type": "token_exchange",
+                "tokenExchange": {
+                    "subjectTokenSecretRef": {"name": "source-token"},
+                    "subjectTokenType": tokenserver.TOKEN_TYPE_ACCESS_TOKEN,
+                },
+            },
+        },
+    )
+    return consumer
+
+
+def test_chaining_from_another_credentials_secret(env: Env) -> None:
+    consumer = chain(env, allowed=[env.server.url])
+    env.wait_ready("consumer")
+    (issued,) = issued_with(env, consumer)
+    assert issued.grant_type == tokenserver.TOKEN_EXCHANGE_GRANT
+    # The subject was the source credential's token: its client.
+    assert issued.grant_claims == {"sub": env.client_id}
+    token = env.token("consumer-token")
+    assert token is not None
+    assert env.server.verify(token)
+
+
+def test_chaining_refused_when_the_source_does_not_allow_the_destination(env: Env) -> None:
+    consumer = chain(env, allowed=None)
+    ready = env.wait_ready("consumer", reason="DestinationNotAllowed")
+    assert "source-token" in ready["message"]
+    assert issued_with(env, consumer) == []

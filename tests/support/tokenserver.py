@@ -57,8 +57,10 @@ Grants besides client credentials (decision 0047), each allowed per client with
   a small grant class on Authlib's ``BaseGrant``: the client authenticates as the client
   credentials grant's client does, or with ``none`` when registered so; the subject token
   must be a JWT that the registered ``subject_issuer``'s JWKS verifies (a ServiceAccount
-  token in the e2e tests), with ``subject_token_type`` jwt; ``requested_token_type``, when
-  sent, must be access_token. The audience, resources and subject are recorded.
+  token in the e2e tests), with ``subject_token_type`` jwt, or one of this server's own
+  valid access tokens with ``subject_token_type`` access_token (chaining);
+  ``requested_token_type``, when sent, must be access_token. The audience, resources and
+  subject are recorded.
 * refresh tokens (decision 0048): with ``issue_refresh_tokens`` set, the client
   credentials grant's answers carry a refresh_token, and Authlib's ``RefreshTokenGrant``
   takes it back, rotating it (each use retires it and issues another).
@@ -358,15 +360,24 @@ def _exchange_grant(server: TokenServer) -> type[Any]:
             subject_token = form.get("subject_token")
             if not subject_token:
                 raise InvalidRequestError("Missing 'subject_token' in request")
-            if form.get("subject_token_type") != TOKEN_TYPE_JWT:
-                raise InvalidRequestError("unsupported subject_token_type")
             requested = form.get("requested_token_type")
             if requested is not None and requested != TOKEN_TYPE_ACCESS_TOKEN:
                 raise InvalidRequestError("unsupported requested_token_type")
-            if client.subject_issuer is None:
-                raise InvalidGrantError(description="no subject issuer registered")
-            issuer, fetch_jwks = client.subject_issuer
-            claims = _verified_jwt(subject_token, issuer=issuer, jwks=fetch_jwks())
+            subject_type = form.get("subject_token_type")
+            if subject_type == TOKEN_TYPE_ACCESS_TOKEN:
+                # Chaining: one of this server's own access tokens, still valid.
+                with server._lock:
+                    issued = server._issued.get(subject_token)
+                if issued is None or not server.verify(subject_token):
+                    raise InvalidGrantError(description="unknown or expired subject token")
+                claims: dict[str, Any] = {"sub": issued.client_id}
+            elif subject_type == TOKEN_TYPE_JWT:
+                if client.subject_issuer is None:
+                    raise InvalidGrantError(description="no subject issuer registered")
+                issuer, fetch_jwks = client.subject_issuer
+                claims = _verified_jwt(subject_token, issuer=issuer, jwks=fetch_jwks())
+            else:
+                raise InvalidRequestError("unsupported subject_token_type")
             self.request.client = client
             self.validate_requested_scope()
             _grant_record(self.request, claims)

@@ -138,7 +138,7 @@ def test_grants_parsed(fields: dict[str, Any], expected: model.Grant) -> None:
         (
             {"grant": {"type": "token_exchange", "tokenExchange": {}}},
             "spec.grant.tokenExchange.subjectServiceAccountRef",
-            "is required",
+            "set exactly one of subjectServiceAccountRef and subjectTokenSecretRef",
         ),
         (
             {
@@ -456,3 +456,55 @@ def test_refresh_url_has_the_token_urls_admission_rules() -> None:
     refresh = schema["grant"]["properties"]["refreshURL"]
     assert refresh["x-kubernetes-validations"] == schema["tokenURL"]["x-kubernetes-validations"]
     assert refresh["maxLength"] == schema["tokenURL"]["maxLength"]
+
+
+@pytest.mark.parametrize(
+    ("exchange", "expected"),
+    [
+        (
+            {"subjectTokenSecretRef": {"name": "source-token"}},
+            model.SecretKeyRef("source-token", "access_token"),
+        ),
+        (
+            {"subjectTokenSecretRef": {"name": "source-token", "key": "token"}},
+            model.SecretKeyRef("source-token", "token"),
+        ),
+    ],
+)
+def test_chained_subject_parsed(exchange: dict[str, Any], expected: model.SecretKeyRef) -> None:
+    grant = {"type": "token_exchange", "tokenExchange": exchange}
+    parsed = parsing.parse_spec(spec(grant=grant), name="x").request.grant.token_exchange
+    assert parsed is not None
+    assert (parsed.subject_secret, parsed.subject_service_account) == (expected, None)
+
+
+def test_subject_is_one_of_a_service_account_and_a_secret() -> None:
+    both = {"subjectServiceAccountRef": SA, "subjectTokenSecretRef": {"name": "s"}}
+    with pytest.raises(model.SpecError, match="exactly one"):
+        parsing.parse_spec(spec(grant={"type": "token_exchange", "tokenExchange": both}), name="x")
+
+
+def test_allowed_destinations_written_on_the_target() -> None:
+    from tokensync import target  # noqa: PLC0415 -- only this test renders a target
+
+    parsed = parsing.parse_spec(
+        spec(
+            clientSecretRef={"name": "c"},
+            target={"allowedDestinations": ["https://sts.example.com", "sts.example.org"]},
+        ),
+        name="source",
+    )
+    rendered = target.render_target(
+        namespace="ns",
+        credential="source",
+        credential_uid="uid",
+        target=parsed.target,
+        access_token="at",
+        token_type="Bearer",
+        expires_at=NOW,
+        scope=None,
+    )
+    annotations = rendered["metadata"]["annotations"]
+    assert annotations[model.ALLOWED_DESTINATIONS_ANNOTATION] == (
+        "https://sts.example.com sts.example.org"
+    )
