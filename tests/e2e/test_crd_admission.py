@@ -1048,6 +1048,20 @@ INVALID_SPECS = [
         "grant type token_exchange sets them",
     ),
     case(
+        "grant-token-exchange-two-subjects",
+        with_changes(
+            grant={
+                "type": "token_exchange",
+                "tokenExchange": {
+                    "subjectServiceAccountRef": {"name": "sa", "audience": "sts"},
+                    "subjectTokenSecretRef": {"name": "source-token"},
+                },
+            }
+        ),
+        "spec.grant.tokenExchange.subjectServiceAccountRef",
+        "set exactly one of subjectServiceAccountRef and subjectTokenSecretRef",
+    ),
+    case(
         "grant-jwt-bearer-without-key",
         with_changes(grant={"type": "jwt_bearer"}),
         "spec.privateKeyRef",
