@@ -1019,7 +1019,7 @@ INVALID_SPECS = [
         "grant-token-exchange-without-subject",
         with_changes(grant={"type": "token_exchange", "tokenExchange": {}}),
         "spec.grant.tokenExchange.subjectServiceAccountRef",
-        "Required value",
+        "set exactly one of subjectServiceAccountRef and subjectTokenSecretRef",
     ),
     case(
         "grant-token-exchange-bad-token-type",
