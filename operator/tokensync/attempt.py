@@ -21,6 +21,7 @@ from tokensync import (
     destinations,
     endpoint,
     failures,
+    grants,
     kube,
     metrics,
     model,
@@ -122,8 +123,28 @@ class Attempts:
                 record.namespace, spec.service_account_ref, destination
             )
             material = dataclasses.replace(material, external_assertion=minted)
-        result = await self._fetch(where, material, methods=methods, policy=spec.refresh)
+        result = await self._refreshed(
+            record, spec, where, material, methods=methods, proofs=proofs
+        )
+        if result is None:
+            exchange = spec.request.grant.token_exchange
+            if exchange is not None and exchange.subject_service_account is not None:
+                # The subject token is minted as for workload identity: the same opt-in
+                # annotations, the same RBAC, the same destination check (decision 0047).
+                subject = await self._service_account_token(
+                    record.namespace, exchange.subject_service_account, destination
+                )
+                material = dataclasses.replace(material, subject_token=subject)
+            if exchange is not None and exchange.subject_secret is not None:
+                subject = await self._chained_token(
+                    record.namespace, exchange.subject_secret, destination
+                )
+                material = dataclasses.replace(material, subject_token=subject)
+            result = await self._fetch(where, material, methods=methods, policy=spec.refresh)
         token = result.token
+        # Kept before the target is written: a server that rotates refresh tokens has
+        # already retired the one just used (decision 0048).
+        record.refresh_token, record.refresh_generation = token.refresh_token, record.generation
         refresh_at = timing.refresh_at(
             issued_at=token.issued_at,
             expires_at=token.expires_at,
@@ -144,6 +165,7 @@ class Attempts:
             issued_at=token.issued_at,
             refresh_at=refresh_at,
             token_id=token_id,
+            refresh_token=token.refresh_token,
             # The keys an earlier shape wrote there, removed unless this one writes them.
             previous=record.target_written if record.target_name == spec.target.name else None,
         )
@@ -243,10 +265,11 @@ class Attempts:
         request = where.request
         methods = clientauth.candidates(
             request.auth_method,
-            material,
+            grants.client_material(request.grant, material),
             where.supported,
             algorithm=request.assertion.algorithm,
             service_account=spec.service_account_ref is not None,
+            grant_proves_client=request.grant.proves_client,
         )
         if request.auth_method is not model.AuthMethod.AUTO or not remembered:
             return methods
@@ -258,6 +281,102 @@ class Attempts:
             return methods
         # If the server now refuses it, the others are tried, each once.
         return [last, *(m for m in methods if m is not last)]
+
+    async def _refreshed(
+        self,
+        record: tracking.Record,
+        spec: model.ClientCredentialSpec,
+        where: endpoint.Endpoint,
+        material: model.ClientAuthMaterial,
+        *,
+        methods: list[model.AuthMethod],
+        proofs: dict[str, dict[str, Any]],
+    ) -> responses.FetchResult | None:
+        """The refresh_token grant with the refresh token of the last response (decision
+        0048), at spec.grant.refreshURL or the token URL. None when there is none for this
+        generation of the spec, or when the server refuses it (invalid_grant): then the
+        caller uses spec.grant. Any other failure is the attempt's, the refresh token kept.
+        """
+        kept = record.refresh_token if record.refresh_generation == record.generation else None
+        if kept is None:
+            return None
+        url = spec.request.grant.refresh_url
+        if url is not None:
+            # Another destination: the same URL policy and the same owners' consent.
+            self._endpoints.check_url(url, kind=failures.Kind.SPEC)
+            for name, proof in proofs.items():
+                self._check_destination(proof, "Secret", name, url)
+            if model.AuthMethod.WORKLOAD_IDENTITY in methods:
+                assert spec.service_account_ref is not None  # a candidate only with one
+                await self._check_account_destination(
+                    record.namespace, spec.service_account_ref.name, url
+                )
+            request = dataclasses.replace(where.request, token_url=url)
+            where = dataclasses.replace(where, request=request)
+        try:
+            result = await self._fetch(
+                where,
+                dataclasses.replace(material, refresh_token=kept),
+                methods=methods,
+                policy=spec.refresh,
+            )
+        except failures.TokenError as exc:
+            if exc.error_code != "invalid_grant":
+                raise
+            record.refresh_token = None
+            return None
+        if result.token.refresh_token is None:
+            # RFC 6749 section 6: without a new refresh token, the old one stays good.
+            token = dataclasses.replace(result.token, refresh_token=kept)
+            result = dataclasses.replace(result, token=token)
+        return result
+
+    async def _chained_token(
+        self, namespace: str, ref: model.SecretKeyRef, destination: str
+    ) -> str:
+        """The token in another credential's target Secret (chaining, decision 0047).
+
+        Only a Secret tokensync manages, and only to a destination its annotation lists:
+        the source credential's spec.target.allowedDestinations, so that its owner, not
+        the tenant naming it here, chooses where its token may go (decisions 0017, 0032).
+        """
+        source = self._seen.get(namespace, ref.name)
+        try:
+            if source is None:
+                source = await self._kube.read_secret(namespace, ref.name)
+        except failures.ApiError as exc:
+            raise failures.from_api_error(exc) from None
+        if source is None:
+            raise sources.SourceProblem(
+                failures.Reason.CREDENTIALS_MISSING, f"Secret {ref.name!r} not found"
+            )
+        labels = (source.get("metadata") or {}).get("labels") or {}
+        if labels.get(model.MANAGED_BY_LABEL) != model.MANAGED_BY_VALUE:
+            raise sources.SourceProblem(
+                failures.Reason.CREDENTIALS_MISSING,
+                f"Secret {ref.name!r} is not the target of a ClientCredential",
+            )
+        self._check_destination(source, "Secret", ref.name, destination)
+        token = sources.decoded(source, ref.key)
+        if not token:
+            raise sources.SourceProblem(
+                failures.Reason.CREDENTIALS_MISSING,
+                f"Secret {ref.name!r} has no non-empty key {ref.key!r}",
+            )
+        return token
+
+    async def _check_account_destination(self, namespace: str, name: str, url: str) -> None:
+        try:
+            account = await self._kube.read_service_account(namespace, name)
+        except failures.ApiError as exc:
+            raise failures.from_api_error(exc) from None
+        if account is None:
+            raise failures.Failure(
+                failures.Reason.SERVICE_ACCOUNT_NOT_FOUND,
+                f"ServiceAccount {name!r} not found",
+                kind=failures.Kind.PERMANENT,
+            )
+        self._check_destination(account, "ServiceAccount", name, url)
 
     async def _service_account_token(
         self, namespace: str, ref: model.ServiceAccountRef, destination: str

@@ -71,6 +71,16 @@ SIZE_BOUNDS: Mapping[str, int] = {
     "spec.requestHeaders[].value": 4096,
     "spec.requestHeaders[].valueFrom.secretKeyRef.name": 253,
     "spec.requestHeaders[].valueFrom.secretKeyRef.key": 253,
+    "spec.grant.grantTypeURI": 2048,
+    "spec.grant.refreshURL": 2048,
+    "spec.grant.tokenExchange.subjectTokenSecretRef.name": 253,
+    "spec.grant.tokenExchange.subjectTokenSecretRef.key": 253,
+    "spec.target.allowedDestinations": 16,
+    "spec.target.allowedDestinations[]": 2048,
+    "spec.grant.tokenExchange.subjectServiceAccountRef.name": 253,
+    "spec.grant.tokenExchange.subjectServiceAccountRef.audience": 1024,
+    "spec.grant.tokenExchange.subjectTokenType": 2048,
+    "spec.grant.tokenExchange.requestedTokenType": 2048,
 }
 
 #: The longest key of each map: a Kubernetes label or annotation key is a DNS-subdomain
@@ -119,8 +129,20 @@ FIELDS: Mapping[str, frozenset[str]] = {
             "rolloutRestart",
             "responseMapping",
             "requestHeaders",
+            "grant",
         }
     ),
+    "spec.grant": frozenset({"type", "grantTypeURI", "tokenExchange", "refreshURL"}),
+    "spec.grant.tokenExchange": frozenset(
+        {
+            "subjectServiceAccountRef",
+            "subjectTokenSecretRef",
+            "subjectTokenType",
+            "requestedTokenType",
+        }
+    ),
+    "spec.grant.tokenExchange.subjectTokenSecretRef": frozenset({"name", "key"}),
+    "spec.grant.tokenExchange.subjectServiceAccountRef": frozenset({"name", "audience"}),
     "spec.clientSecretRef": frozenset(
         {"name", "clientIDKey", "clientSecretKey", "fallbackClientSecretKeys"}
     ),
@@ -142,6 +164,7 @@ FIELDS: Mapping[str, frozenset[str]] = {
             "type",
             "dockerConfig",
             "template",
+            "allowedDestinations",
         }
     ),
     "spec.target.dockerConfig": frozenset({"registry", "username"}),

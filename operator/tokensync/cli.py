@@ -29,6 +29,7 @@ from tokensync import (
     config,
     discovery,
     failures,
+    grants,
     headers,
     model,
     oauth,
@@ -149,6 +150,28 @@ def _parser() -> argparse.ArgumentParser:
         f"${SECRET_ENV} when the server refuses it, as "
         "spec.clientSecretRef.fallbackClientSecretKeys (at most 2)",
     )
+    fetch.add_argument(
+        "--grant-type",
+        choices=[g.value for g in model.GrantType],
+        help="spec.grant.type (default: the file's, else client_credentials); jwt_bearer signs "
+        "its assertion with --private-key",
+    )
+    fetch.add_argument("--grant-type-uri", help="spec.grant.grantTypeURI, for --grant-type custom")
+    fetch.add_argument(
+        "--subject-token-env",
+        metavar="VARIABLE",
+        help="token_exchange: an environment variable holding the subject token (fetch mints "
+        "no ServiceAccount token: `kubectl create token` can)",
+    )
+    fetch.add_argument(
+        "--refresh-token-env",
+        metavar="VARIABLE",
+        help="use the refresh_token grant with the refresh token in this environment variable "
+        "(one printed by --show-token), at --refresh-url or the file's refreshURL or the token URL",
+    )
+    fetch.add_argument("--refresh-url", help="spec.grant.refreshURL: where refresh tokens go")
+    fetch.add_argument("--subject-token-type", help="token_exchange: subject_token_type")
+    fetch.add_argument("--requested-token-type", help="token_exchange: requested_token_type")
     fetch.add_argument("--allow-insecure-http", action="store_true")
     _private_network_flag(fetch)
     fetch.add_argument("--private-key", type=pathlib.Path, help="PEM or JWK file: private_key_jwt")
@@ -304,9 +327,67 @@ def _request_from(
         assertion=request.assertion,
         response_mapping=_response_mapping(args.response_mapping) or request.response_mapping,
         headers=_headers(args, declared),
+        grant=_grant(args, request.grant),
     )
     issuer = args.issuer_url or (None if args.token_url else issuer)
     return request, args.client_id or client_id, refresh, issuer
+
+
+def _grant(args: argparse.Namespace, declared: model.Grant) -> model.Grant:
+    """spec.grant of --file, or the one --grant-type and its flags give, checked by the
+    parser's rules (decision 0047). The subject token is not here: see _subject_token."""
+    if args.grant_type is None and declared.type is not model.GrantType.TOKEN_EXCHANGE:
+        if args.grant_type_uri or args.subject_token_type or args.requested_token_type:
+            raise SystemExit("--grant-type-uri and the token type flags need --grant-type")
+        return declared
+    grant_type = model.GrantType(args.grant_type or declared.type)
+    raw: dict[str, Any] = {"type": grant_type.value}
+    if args.grant_type_uri or declared.uri:
+        raw["grantTypeURI"] = args.grant_type_uri or declared.uri
+    if declared.refresh_url:
+        raw["refreshURL"] = declared.refresh_url
+    if grant_type is model.GrantType.TOKEN_EXCHANGE:
+        # A placeholder ServiceAccount for the parser's check: fetch has no cluster, the
+        # subject token comes from --subject-token-env.
+        exchange = declared.token_exchange or model.TokenExchange()
+        raw["tokenExchange"] = {
+            "subjectServiceAccountRef": {"name": "fetch", "audience": "fetch"},
+            "subjectTokenType": args.subject_token_type or exchange.subject_token_type,
+        }
+        requested = args.requested_token_type or exchange.requested_token_type
+        if requested:
+            raw["tokenExchange"]["requestedTokenType"] = requested
+    try:
+        grant = parsing.parse_grant(raw)
+    except model.SpecError as exc:
+        raise SystemExit(f"--grant-type: {exc}") from None
+    if grant.token_exchange is not None:
+        grant = dataclasses.replace(
+            grant,
+            token_exchange=dataclasses.replace(grant.token_exchange, subject_service_account=None),
+        )
+    return grant
+
+
+def _subject_token(args: argparse.Namespace, grant: model.Grant) -> str | None:
+    """The token exchange's subject token, from --subject-token-env (never printed)."""
+    if grant.type is not model.GrantType.TOKEN_EXCHANGE:
+        if args.subject_token_env:
+            raise SystemExit("--subject-token-env is for --grant-type token_exchange")
+        return None
+    if not args.subject_token_env:
+        raise SystemExit("token_exchange needs --subject-token-env VARIABLE")
+    return _env(args.subject_token_env, "--subject-token-env")
+
+
+def _env(variable: str | None, flag: str) -> str | None:
+    """The value of an environment variable a flag names (never printed)."""
+    if not variable:
+        return None
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise SystemExit(f"{flag}: ${variable} is not set")
+    return value
 
 
 def _response_mapping(items: list[str]) -> model.ResponseMapping | None:
@@ -457,9 +538,28 @@ async def _fetch(args: argparse.Namespace) -> int:
         certificate=_read(args.certificate),
         tls_certificate=_read(args.client_cert),
         tls_key=_read(args.client_key),
+        subject_token=_subject_token(args, request.grant),
+        refresh_token=_env(args.refresh_token_env, "--refresh-token-env"),
     )
+    # The refresh_token grant replaces spec.grant's for this request (decision 0048).
+    refresh_url = (
+        (args.refresh_url or request.grant.refresh_url) if credentials.refresh_token else None
+    )
+    if (
+        request.grant.type is model.GrantType.JWT_BEARER
+        and not credentials.private_key
+        and not credentials.refresh_token
+    ):
+        print(
+            "--grant-type jwt_bearer needs --private-key (it signs the assertion)", file=sys.stderr
+        )
+        return 2
     if not client_id or not (
-        credentials.client_secret or credentials.private_key or credentials.tls_certificate
+        credentials.client_secret
+        or credentials.private_key
+        or credentials.tls_certificate
+        or request.grant.proves_client
+        or credentials.refresh_token
     ):
         print(
             f"need a client id (--client-id or spec.clientID) and ${SECRET_ENV}, "
@@ -492,6 +592,8 @@ async def _fetch(args: argparse.Namespace) -> int:
                 )
                 request = dataclasses.replace(request, token_url=token_url)
                 supported = metadata.auth_methods
+            if refresh_url:
+                request = dataclasses.replace(request, token_url=refresh_url)
             urlpolicy.check_token_url(
                 request.token_url, allow_insecure_http=args.allow_insecure_http, allowance=allowance
             )
@@ -503,9 +605,10 @@ async def _fetch(args: argparse.Namespace) -> int:
                 now=lambda: datetime.datetime.now(datetime.UTC),
                 methods=clientauth.candidates(
                     request.auth_method,
-                    credentials,
+                    grants.client_material(request.grant, credentials),
                     supported,
                     algorithm=request.assertion.algorithm,
+                    grant_proves_client=request.grant.proves_client,
                 ),
             )
     except failures.TokenError as exc:
@@ -525,8 +628,12 @@ async def _fetch(args: argparse.Namespace) -> int:
         # The variable whose secret worked, and those refused before it: never the secrets.
         out["client_secret_from"] = result.client_secret_key
         out["refused_client_secrets_from"] = list(result.refused_keys)
+    # Whether one came, not the token: it is a credential that outlives the access token.
+    out["refresh_token_issued"] = token.refresh_token is not None
     if args.show_token:
         out["access_token"] = token.access_token
+        if token.refresh_token is not None:
+            out["refresh_token"] = token.refresh_token
     if wanted is not None:
         shaped = shape.Token(
             access_token=token.access_token,

@@ -39,9 +39,13 @@ class Proof(enum.Enum):
     PRIVATE_KEY = "private key"
     CLIENT_CERTIFICATE = "client certificate"
     SERVICE_ACCOUNT_TOKEN = "ServiceAccount token"
+    #: The grant proves the client (JWT bearer, token exchange): the client id is enough.
+    GRANT = "grant"
 
     def of(self, material: model.ClientAuthMaterial) -> str | None:
         match self:
+            case Proof.GRANT:
+                return material.client_id
             case Proof.CLIENT_SECRET:
                 return material.client_secret
             case Proof.PRIVATE_KEY:
@@ -328,7 +332,22 @@ class SelfSignedTlsClientAuth(TlsClientAuth):
     same_on_wire_as = model.AuthMethod.TLS_CLIENT_AUTH
 
 
-#: Every method, in the order ``auto`` tries them (client_secret_json: never).
+class NoClientAuth(ClientAuth):
+    """RFC 6749 section 3.2.1: an unauthenticated client names itself with client_id.
+
+    Only with a grant that proves the client itself (decision 0047); ``auto`` falls back to
+    it when the spec names no other proof of the client (see :func:`candidates`).
+    """
+
+    method = model.AuthMethod.NONE
+    proof = Proof.GRANT
+    auto_when = Auto.NEVER
+
+    def apply(self, outgoing: Outgoing) -> None:
+        outgoing.params += [("client_id", outgoing.material.client_id)]
+
+
+#: Every method, in the order ``auto`` tries them (client_secret_json and none: never).
 STRONGEST_FIRST: tuple[ClientAuth, ...] = (
     WorkloadIdentity(),
     PrivateKeyJwt(),
@@ -338,6 +357,7 @@ STRONGEST_FIRST: tuple[ClientAuth, ...] = (
     ClientSecretBasic(),
     ClientSecretPost(),
     ClientSecretJson(),
+    NoClientAuth(),
 )
 _BY_METHOD = {auth.method: auth for auth in STRONGEST_FIRST}
 
@@ -357,6 +377,7 @@ def candidates(
     *,
     algorithm: str | None = None,
     service_account: bool = False,
+    grant_proves_client: bool = False,
 ) -> list[model.AuthMethod]:
     """The methods to try, in order: the configured one, or what ``auto`` may use.
 
@@ -366,6 +387,8 @@ def candidates(
     asks for client_secret_jwt instead of private_key_jwt. ``service_account`` says that the
     spec names a ServiceAccount, so that workload_identity is a candidate before its token
     is minted: mint it only when the result holds ``WORKLOAD_IDENTITY``.
+    ``grant_proves_client`` (JWT bearer, token exchange): with nothing else to prove the
+    client, ``auto`` sends no client authentication (``none``) rather than nothing at all.
     """
     if configured is not model.AuthMethod.AUTO:
         # What the operator asked for: not filtered, not reordered.
@@ -379,4 +402,6 @@ def candidates(
             tried = when is not Auto.NEVER and auth.listed_as in supported
         if tried and auth.same_on_wire_as not in chosen:
             chosen.append(auth.method)
+    if not chosen and grant_proves_client:
+        chosen.append(model.AuthMethod.NONE)
     return chosen

@@ -60,7 +60,8 @@ MAX_DURATION = datetime.timedelta(days=3650)
 
 #: Form parameters tokensync sets itself, which extraParams must not set, and why.
 RESERVED_EXTRA_PARAMS: Mapping[str, str] = {
-    "grant_type": "tokensync always sends grant_type=client_credentials",
+    "grant_type": "set spec.grant.type (custom, with spec.grant.grantTypeURI, for a grant of "
+    "the provider's own)",
     "client_id": "set spec.clientID or spec.clientSecretRef.clientIDKey instead",
     "client_secret": "the client secret comes from the client Secret (spec.clientSecretRef)",
     "client_assertion": "set spec.authMethod to private_key_jwt, client_secret_jwt or "
@@ -106,6 +107,8 @@ class AuthMethod(enum.StrEnum):
     """How the client authenticates to the token endpoint."""
 
     AUTO = "auto"
+    #: No client authentication: only with a grant that carries its own proof (decision 0047).
+    NONE = "none"
     CLIENT_SECRET_BASIC = "client_secret_basic"
     CLIENT_SECRET_POST = "client_secret_post"
     CLIENT_SECRET_JSON = "client_secret_json"
@@ -133,6 +136,96 @@ ASSERTION_METHODS = frozenset(
 )
 
 
+class GrantType(enum.StrEnum):
+    """spec.grant.type: what the token request trades for a token (decision 0047)."""
+
+    CLIENT_CREDENTIALS = "client_credentials"
+    #: RFC 7523 section 2.1: an assertion signed with spec.privateKeyRef is the grant.
+    JWT_BEARER = "jwt_bearer"
+    #: RFC 8693: a subject token (a ServiceAccount token) is traded for another token.
+    TOKEN_EXCHANGE = "token_exchange"
+    #: The provider's own grant type URI (spec.grant.grantTypeURI), with spec.extraParams.
+    CUSTOM = "custom"
+
+
+JWT_BEARER_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: RFC 8693 section 3: a ServiceAccount token is a JWT.
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+#: The grant types RFC 6749 and its extensions name, which a custom grant must not reuse:
+#: each has its typed form, or (authorization_code, password, refresh_token) needs a user
+#: or a state that tokensync does not hold.
+STANDARD_GRANT_TYPES = frozenset(
+    {
+        "client_credentials",
+        "authorization_code",
+        "password",
+        "refresh_token",
+        "implicit",
+        JWT_BEARER_GRANT_TYPE,
+        TOKEN_EXCHANGE_GRANT_TYPE,
+        "urn:ietf:params:oauth:grant-type:device_code",
+        "urn:ietf:params:oauth:grant-type:saml2-bearer",
+    }
+)
+#: The form parameters each grant sets itself, which spec.extraParams must not set.
+GRANT_PARAMS: Mapping[GrantType, frozenset[str]] = {
+    GrantType.CLIENT_CREDENTIALS: frozenset(),
+    GrantType.JWT_BEARER: frozenset({"assertion"}),
+    GrantType.TOKEN_EXCHANGE: frozenset(
+        {"subject_token", "subject_token_type", "requested_token_type"}
+    ),
+    GrantType.CUSTOM: frozenset(),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenExchange:
+    """spec.grant.tokenExchange: the RFC 8693 subject token and the token types.
+
+    ``audience`` and ``resource`` are spec.audience and spec.resources, as for every grant.
+    """
+
+    #: The ServiceAccount whose token is the subject token, minted as for workload
+    #: identity (the same opt-in annotation and RBAC). The parser requires it; None only
+    #: where the caller brings the subject token itself (``tokensync fetch``).
+    subject_service_account: ServiceAccountRef | None = None
+    #: Or the token in another ClientCredential's target Secret (chaining): a Secret that
+    #: tokensync manages, whose annotation allows the destination (decision 0047).
+    subject_secret: SecretKeyRef | None = None
+    subject_token_type: str = TOKEN_TYPE_JWT
+    requested_token_type: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Grant:
+    """spec.grant: absent, the client credentials grant, as before (decision 0047)."""
+
+    type: GrantType = GrantType.CLIENT_CREDENTIALS
+    #: The grant_type sent with ``custom``.
+    uri: str | None = None
+    token_exchange: TokenExchange | None = None
+    #: Where refresh_token grants go (decision 0048); None: the token URL.
+    refresh_url: str | None = None
+
+    @property
+    def grant_type(self) -> str:
+        """The grant_type parameter on the wire."""
+        match self.type:
+            case GrantType.JWT_BEARER:
+                return JWT_BEARER_GRANT_TYPE
+            case GrantType.TOKEN_EXCHANGE:
+                return TOKEN_EXCHANGE_GRANT_TYPE
+            case GrantType.CUSTOM:
+                return self.uri or ""
+        return "client_credentials"
+
+    @property
+    def proves_client(self) -> bool:
+        """Can the grant's own proof stand for the client (client authentication optional)?"""
+        return self.type in (GrantType.JWT_BEARER, GrantType.TOKEN_EXCHANGE)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClientAuthMaterial:
     """The client's identity and whatever proves it, read from Secrets. Never printed.
@@ -150,6 +243,10 @@ class ClientAuthMaterial:
     tls_certificate: str | None = dataclasses.field(default=None, repr=False)
     tls_key: str | None = dataclasses.field(default=None, repr=False)
     external_assertion: str | None = dataclasses.field(default=None, repr=False)
+    #: The RFC 8693 subject token (spec.grant.tokenExchange), minted for this attempt.
+    subject_token: str | None = dataclasses.field(default=None, repr=False)
+    #: Set: this request is the refresh_token grant with it, not spec.grant (decision 0048).
+    refresh_token: str | None = dataclasses.field(default=None, repr=False)
     #: The key of the client Secret that ``client_secret`` came from (status names it).
     client_secret_key: str | None = None
     #: (key, secret) of spec.clientSecretRef.fallbackClientSecretKeys present in the
@@ -219,6 +316,7 @@ class TokenRequest:
     #: spec.requestHeaders with their values, Secret-sourced ones read: sent on the token
     #: request and on discovery (decision 0044). Values may be API keys: never printed.
     headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
+    grant: Grant = Grant()
 
 
 #: At most this many client secret keys are tried in one attempt (clientSecretKey and its
@@ -340,6 +438,9 @@ class TargetSpec:
     type: SecretType = SecretType.OPAQUE
     docker_config: DockerConfig | None = None
     template: TargetTemplate | None = None
+    #: Where the token may be sent as another credential's subject token (chaining,
+    #: decision 0047): written as the target's allowed-destinations annotation.
+    allowed_destinations: tuple[str, ...] = ()
 
     @property
     def owned(self) -> bool:

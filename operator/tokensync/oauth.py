@@ -1,4 +1,5 @@
-"""The OAuth 2.0 client credentials grant over HTTP (RFC 6749 section 4.4).
+"""The OAuth 2.0 token request over HTTP: client credentials (RFC 6749 section 4.4) and
+the other grants of spec.grant (``grants``, decision 0047).
 
 This is the one place that sends a token request, so that the network-safety rules (no
 redirects, capped bodies, deadlines that a dripping server cannot stretch) and the secrecy
@@ -19,22 +20,25 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from tokensync import clientauth, config, failures, headers, model, responses
+from tokensync import clientauth, config, failures, grants, headers, model, responses
 
 # Parameters the client sets itself; letting extraParams set them would hide the typed fields
 # or, for the credentials, smuggle a second client identity into the request.
 _RESERVED_PARAMS = frozenset(model.RESERVED_EXTRA_PARAMS)
 
 
-def _params(request: model.TokenRequest) -> list[tuple[str, str]]:
-    params = [("grant_type", "client_credentials")]
+def _params(
+    request: model.TokenRequest, material: model.ClientAuthMaterial, *, now: datetime
+) -> list[tuple[str, str]]:
+    params = grants.parameters(request, material, now=now)
+    taken = _RESERVED_PARAMS | model.GRANT_PARAMS[request.grant.type]
     if request.scopes:
         params.append(("scope", " ".join(request.scopes)))
     if request.audience:
         params.append(("audience", request.audience))
     params.extend(("resource", r) for r in request.resources)
     for key, value in request.extra_params:
-        if key in _RESERVED_PARAMS:
+        if key in taken:
             raise failures.TokenError(
                 f"extraParams may not set {key!r}: use the dedicated spec field",
                 reason=failures.Reason.INVALID_PARAMETERS,
@@ -57,7 +61,7 @@ def _build(
         request=request,
         material=credentials,
         now=now,
-        params=_params(request),
+        params=_params(request, credentials, now=now),
         headers=own_headers(request.headers),
     )
     auth.apply(outgoing)
@@ -245,7 +249,7 @@ async def fetch_token(
     timeout: float = config.DEFAULTS.request_timeout,  # noqa: ASYNC109
     methods: Sequence[model.AuthMethod] | None = None,
 ) -> responses.FetchResult:
-    """Request a token with the client credentials grant (RFC 6749 section 4.4).
+    """Request a token with spec.grant's grant (client credentials by default).
 
     Tries ``methods`` in order (by default :func:`clientauth.candidates` for
     ``request.auth_method``), moving on only when the server rejects the client
@@ -257,7 +261,11 @@ async def fetch_token(
     mTLS methods ``client`` must be the one holding the client certificate.
     """
     if methods is None:
-        methods = clientauth.candidates(request.auth_method, credentials)
+        methods = clientauth.candidates(
+            request.auth_method,
+            grants.client_material(request.grant, credentials),
+            grant_proves_client=request.grant.proves_client,
+        )
     if not methods:
         raise failures.TokenError(
             "no client authentication method both configured and supported by the server",

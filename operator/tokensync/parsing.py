@@ -50,12 +50,15 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
     private_key_ref = _parse_private_key_ref(spec.get("privateKeyRef"))
     certificate_ref = _parse_certificate_ref(spec.get("clientCertificateRef"))
     service_account_ref = _parse_service_account_ref(spec.get("serviceAccountRef"))
+    grant = parse_grant(spec.get("grant"))
+    _check_grant(grant, auth_method=auth_method, private_key_ref=private_key_ref)
     _check_method(
         auth_method,
         secret_ref=secret_ref,
         private_key_ref=private_key_ref,
         certificate_ref=certificate_ref,
         service_account_ref=service_account_ref,
+        grant=grant,
     )
     client_id = _optional_str(spec, "clientID", parent="spec")
     if client_id is None and secret_ref is None:
@@ -95,6 +98,9 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
         type=secret_type,
         docker_config=docker_config,
         template=template,
+        allowed_destinations=_str_list(
+            target_raw.get("allowedDestinations"), field="spec.target.allowedDestinations"
+        ),
         labels=_target_metadata(
             target_raw.get("labels"), field="spec.target.labels", reserved=(model.MANAGED_BY_LABEL,)
         ),
@@ -111,9 +117,10 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> model.ClientCredentialS
         scopes=_scopes(spec.get("scopes")),
         audience=_optional_str(spec, "audience", parent="spec"),
         resources=_str_list(spec.get("resources"), field="spec.resources"),
-        extra_params=_extra_params(spec.get("extraParams")),
+        extra_params=_extra_params(spec.get("extraParams"), grant=grant),
         assertion=_parse_assertion(spec.get("clientAssertion")),
         response_mapping=parse_response_mapping(spec.get("responseMapping")),
+        grant=grant,
     )
     return model.ClientCredentialSpec(
         request=request,
@@ -318,10 +325,11 @@ def _parse_certificate_ref(raw: object) -> str | None:
     return _secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name")
 
 
-def _parse_service_account_ref(raw: object) -> model.ServiceAccountRef | None:
+def _parse_service_account_ref(
+    raw: object, *, parent: str = "spec.serviceAccountRef"
+) -> model.ServiceAccountRef | None:
     if raw is None:
         return None
-    parent = "spec.serviceAccountRef"
     if not isinstance(raw, Mapping):
         raise model.SpecError(parent, "must be an object")
     name = _required_str(raw, "name", parent=parent)
@@ -332,6 +340,113 @@ def _parse_service_account_ref(raw: object) -> model.ServiceAccountRef | None:
     )
 
 
+# An absolute URI (RFC 3986 section 3): a scheme, a colon, then printable ASCII.
+_URI = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*:[!-~]+")
+
+
+def parse_grant(raw: object) -> model.Grant:
+    """spec.grant (decision 0047); absent, the client credentials grant."""
+    if raw is None:
+        return model.Grant()
+    parent = "spec.grant"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    type_raw = raw.get("type", model.GrantType.CLIENT_CREDENTIALS.value)
+    try:
+        grant_type = model.GrantType(type_raw)
+    except ValueError:
+        allowed = ", ".join(t.value for t in model.GrantType)
+        raise model.SpecError(f"{parent}.type", f"must be one of {allowed}") from None
+    uri = _optional_str(raw, "grantTypeURI", parent=parent)
+    exchange_raw = raw.get("tokenExchange")
+    exchange = _parse_token_exchange(exchange_raw)
+    if (uri is not None) != (grant_type is model.GrantType.CUSTOM):
+        raise model.SpecError(
+            f"{parent}.grantTypeURI", "is required with type custom, and only then"
+        )
+    if uri is not None:
+        if uri in model.STANDARD_GRANT_TYPES:
+            raise model.SpecError(
+                f"{parent}.grantTypeURI",
+                f"{uri!r} is a standard grant type: use its type, or it is not supported",
+            )
+        _check_uri(uri, field=f"{parent}.grantTypeURI")
+    if (exchange_raw is not None) != (grant_type is model.GrantType.TOKEN_EXCHANGE):
+        raise model.SpecError(
+            f"{parent}.tokenExchange", "is required with type token_exchange, and only then"
+        )
+    return model.Grant(
+        type=grant_type,
+        uri=uri,
+        token_exchange=exchange,
+        refresh_url=_optional_str(raw, "refreshURL", parent=parent),
+    )
+
+
+def _parse_token_exchange(raw: object) -> model.TokenExchange | None:
+    if raw is None:
+        return None
+    parent = "spec.grant.tokenExchange"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    types = {}
+    for key in ("subjectTokenType", "requestedTokenType"):
+        value = _optional_str(raw, key, parent=parent)
+        if value is not None:
+            _check_uri(value, field=f"{parent}.{key}")
+        types[key] = value
+    chained = _parse_subject_secret(raw.get("subjectTokenSecretRef"))
+    subject = _parse_service_account_ref(
+        raw.get("subjectServiceAccountRef"), parent=f"{parent}.subjectServiceAccountRef"
+    )
+    if (subject is None) == (chained is None):
+        raise model.SpecError(
+            f"{parent}.subjectServiceAccountRef",
+            "set exactly one of subjectServiceAccountRef and subjectTokenSecretRef",
+        )
+    return model.TokenExchange(
+        subject_service_account=subject,
+        subject_secret=chained,
+        subject_token_type=types["subjectTokenType"] or model.TOKEN_TYPE_JWT,
+        requested_token_type=types["requestedTokenType"],
+    )
+
+
+def _parse_subject_secret(raw: object) -> model.SecretKeyRef | None:
+    """tokenExchange.subjectTokenSecretRef: another credential's target, key access_token
+    by default (a templated target names its key)."""
+    if raw is None:
+        return None
+    parent = "spec.grant.tokenExchange.subjectTokenSecretRef"
+    if not isinstance(raw, Mapping):
+        raise model.SpecError(parent, "must be an object")
+    name = _secret_name(_required_str(raw, "name", parent=parent), field=f"{parent}.name")
+    key = _optional_str(raw, "key", parent=parent) or "access_token"
+    _check_secret_key(key, field=f"{parent}.key")
+    return model.SecretKeyRef(name=name, key=key)
+
+
+def _check_uri(value: str, *, field: str) -> None:
+    if not _URI.fullmatch(value):
+        raise model.SpecError(field, "must be an absolute URI, such as urn:example:grant")
+
+
+def _check_grant(
+    grant: model.Grant,
+    *,
+    auth_method: model.AuthMethod,
+    private_key_ref: model.PrivateKeyRef | None,
+) -> None:
+    if grant.type is model.GrantType.JWT_BEARER and private_key_ref is None:
+        raise model.SpecError(
+            "spec.privateKeyRef", "is required with grant type jwt_bearer (it signs the assertion)"
+        )
+    if auth_method is model.AuthMethod.NONE and grant.type is model.GrantType.CLIENT_CREDENTIALS:
+        raise model.SpecError(
+            "spec.authMethod", "none is only for a grant other than client_credentials"
+        )
+
+
 def _check_method(
     method: model.AuthMethod,
     *,
@@ -339,8 +454,10 @@ def _check_method(
     private_key_ref: model.PrivateKeyRef | None,
     certificate_ref: str | None,
     service_account_ref: model.ServiceAccountRef | None,
+    grant: model.Grant,
 ) -> None:
-    """Each method needs its material; ``auto`` needs at least one kind."""
+    """Each method needs its material; ``auto`` needs at least one kind, unless the grant
+    proves the client itself."""
     needs = {
         "spec.clientSecretRef": (method in model.SECRET_METHODS, secret_ref),
         "spec.privateKeyRef": (method is model.AuthMethod.PRIVATE_KEY_JWT, private_key_ref),
@@ -353,7 +470,11 @@ def _check_method(
     for field, (needed, value) in needs.items():
         if needed and value is None:
             raise model.SpecError(field, f"is required with authMethod {method.value}")
-    if method is model.AuthMethod.AUTO and all(value is None for _, value in needs.values()):
+    if (
+        method is model.AuthMethod.AUTO
+        and not grant.proves_client
+        and all(value is None for _, value in needs.values())
+    ):
         raise model.SpecError(
             "spec.clientSecretRef",
             "is required (or spec.privateKeyRef, spec.clientCertificateRef or "
@@ -496,8 +617,13 @@ def _scopes(value: object) -> tuple[str, ...]:
     return scopes
 
 
-def _extra_params(value: object) -> tuple[tuple[str, str], ...]:
+def _extra_params(value: object, *, grant: model.Grant) -> tuple[tuple[str, str], ...]:
     params = _str_map(value, field="spec.extraParams")
+    for key, _ in params:
+        if key in model.GRANT_PARAMS[grant.type]:
+            raise model.SpecError(
+                "spec.extraParams", f"must not set {key}: grant type {grant.type.value} sets it"
+            )
     for key, _ in params:
         if key in model.RESERVED_EXTRA_PARAMS:
             raise model.SpecError(

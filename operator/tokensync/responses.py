@@ -77,6 +77,8 @@ class Token:
     expires_at: datetime
     scope: str | None = None
     lifetime_source: LifetimeSource = "expires_in"
+    #: RFC 6749 section 5.1's refresh_token, when the server sent one (decision 0048).
+    refresh_token: str | None = field(default=None, repr=False)
 
     @property
     def lifetime(self) -> timedelta:
@@ -439,4 +441,13 @@ def parse_token_response(
         expires_at=sent_at + lifetime,
         scope=scope,
         lifetime_source=source,
+        refresh_token=_refresh_token(document),
     )
+
+
+def _refresh_token(document: Mapping[str, Any]) -> str | None:
+    """The top-level refresh_token member, also under a responseMapping (decision 0048);
+    anything but a non-empty string is no refresh token rather than a bad response: the
+    access token is good either way."""
+    value = document.get("refresh_token")
+    return value if isinstance(value, str) and value else None

@@ -44,6 +44,8 @@ VARIABLES: Mapping[str, str] = {
     "expires_in": "the token's lifetime in seconds (an integer)",
     "issued_at": "when the token was issued, RFC 3339",
     "scope": "the granted scope, space-separated; empty when the server said none",
+    "refresh_token": "the refresh token, when the server sent one (else empty): written "
+    "only where a template uses it (decision 0048)",
 }
 #: Values a template is first rendered with, before any token is fetched, so that a
 #: template that cannot render costs no token. The token is shaped like a JWT (three
@@ -62,6 +64,7 @@ class Token:
     expires_at: datetime.datetime
     scope: str | None
     issued_at: datetime.datetime | None = None
+    refresh_token: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,6 +99,7 @@ def variables(token: Token) -> dict[str, object]:
         "expires_at": model.format_time(token.expires_at),
         "expires_at_epoch": int(token.expires_at.timestamp()),
         "scope": token.scope or "",
+        "refresh_token": token.refresh_token or "",
     }
     if token.issued_at is not None:
         found["issued_at"] = model.format_time(token.issued_at)

@@ -65,6 +65,7 @@ def render_target(
     refresh_at: datetime.datetime | None = None,
     token_id: bytes | None = None,
     previous: shape.Written | None = None,
+    refresh_token: str | None = None,
 ) -> dict[str, Any]:
     """The complete target Secret. Written in one request, so never torn.
 
@@ -84,6 +85,11 @@ def render_target(
         labels[CREDENTIAL_LABEL] = credential
     annotations: dict[str, str | None] = dict(target.annotations)
     annotations[model.EXPIRES_AT_ANNOTATION] = expiry
+    # Chaining (decision 0047): where another credential may send this token. None removes
+    # a list the spec no longer has, but not from a Secret that something else owns (Merge).
+    allowed = " ".join(target.allowed_destinations)
+    if allowed or target.creation_policy is not model.CreationPolicy.MERGE:
+        annotations[model.ALLOWED_DESTINATIONS_ANNOTATION] = allowed or None
     # On every target, so that Retain and Merge targets, which have no ownerReference, and
     # a target whose deletionPolicy changes, stay linked (decision 0041).
     annotations[ownership.LINK_ANNOTATION] = ownership.link_value(
@@ -101,6 +107,7 @@ def render_target(
         expires_at=expires_at,
         scope=scope,
         issued_at=issued_at,
+        refresh_token=refresh_token,
     )
     # None deletes the key in a merge patch: a scope from an earlier token must not linger.
     data = {k: None if v is None else _b64(v) for k, v in shape.render(target, token).items()}

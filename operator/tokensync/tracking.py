@@ -69,6 +69,11 @@ class Record:
     #: The keys tokensync last wrote into the target, or found there (decision 0040): those
     #: a new shape does not write are removed. None: unknown, nothing to remove.
     target_written: target.Written | None = None
+    #: The last refresh token the server sent, and the generation it was got for (decision
+    #: 0048): used at the next refresh while the spec is that generation. In memory only:
+    #: never in status, and a restarted operator starts with a fresh grant.
+    refresh_token: str | None = dataclasses.field(default=None, repr=False)
+    refresh_generation: int | None = None
 
     @property
     def key(self) -> Key:

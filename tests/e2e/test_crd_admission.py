@@ -978,6 +978,113 @@ INVALID_SPECS = [
         "spec.clientSecretRef.fallbackClientSecretKeys",
         "must list each key once",
     ),
+    # spec.grant (decision 0047)
+    case(
+        "grant-type-unknown",
+        with_changes(grant={"type": "password"}),
+        "spec.grant.type",
+        "Unsupported value",
+    ),
+    case(
+        "grant-custom-without-uri",
+        with_changes(grant={"type": "custom"}),
+        "spec.grant.grantTypeURI",
+        "is required with type custom",
+    ),
+    case(
+        "grant-uri-without-custom",
+        with_changes(grant={"grantTypeURI": "urn:example:grant"}),
+        "spec.grant.grantTypeURI",
+        "is required with type custom, and only then",
+    ),
+    case(
+        "grant-uri-standard",
+        with_changes(grant={"type": "custom", "grantTypeURI": "refresh_token"}),
+        "spec.grant.grantTypeURI",
+        "is a standard grant type",
+    ),
+    case(
+        "grant-uri-not-a-uri",
+        with_changes(grant={"type": "custom", "grantTypeURI": "no scheme here"}),
+        "spec.grant.grantTypeURI",
+        "must be an absolute URI",
+    ),
+    case(
+        "grant-token-exchange-without-block",
+        with_changes(grant={"type": "token_exchange"}),
+        "spec.grant.tokenExchange",
+        "is required with type token_exchange",
+    ),
+    case(
+        "grant-token-exchange-without-subject",
+        with_changes(grant={"type": "token_exchange", "tokenExchange": {}}),
+        "spec.grant.tokenExchange.subjectServiceAccountRef",
+        "set exactly one of subjectServiceAccountRef and subjectTokenSecretRef",
+    ),
+    case(
+        "grant-token-exchange-bad-token-type",
+        with_changes(
+            grant={
+                "type": "token_exchange",
+                "tokenExchange": {
+                    "subjectServiceAccountRef": {"name": "sa", "audience": "sts"},
+                    "requestedTokenType": "access_token",
+                },
+            }
+        ),
+        "spec.grant.tokenExchange.requestedTokenType",
+        "must be an absolute URI",
+    ),
+    case(
+        "grant-token-exchange-sets-subject-token",
+        with_changes(
+            grant={
+                "type": "token_exchange",
+                "tokenExchange": {"subjectServiceAccountRef": {"name": "sa", "audience": "sts"}},
+            },
+            extraParams={"subject_token": "x"},
+        ),
+        "spec.extraParams",
+        "grant type token_exchange sets them",
+    ),
+    case(
+        "grant-token-exchange-two-subjects",
+        with_changes(
+            grant={
+                "type": "token_exchange",
+                "tokenExchange": {
+                    "subjectServiceAccountRef": {"name": "sa", "audience": "sts"},
+                    "subjectTokenSecretRef": {"name": "source-token"},
+                },
+            }
+        ),
+        "spec.grant.tokenExchange.subjectServiceAccountRef",
+        "set exactly one of subjectServiceAccountRef and subjectTokenSecretRef",
+    ),
+    case(
+        "grant-jwt-bearer-without-key",
+        with_changes(grant={"type": "jwt_bearer"}),
+        "spec.privateKeyRef",
+        "signs the assertion",
+    ),
+    case(
+        "grant-refreshURL-userinfo",
+        with_changes(grant={"refreshURL": "https://user:pass@login.example.com/refresh"}),
+        "spec.grant.refreshURL",
+        "must not contain credentials",
+    ),
+    case(
+        "grant-refreshURL-metadata",
+        with_changes(grant={"refreshURL": "http://169.254.169.254/latest"}),
+        "spec.grant.refreshURL",
+        "cloud metadata",
+    ),
+    case(
+        "authMethod-none-with-client-credentials",
+        with_changes(authMethod="none"),
+        "spec.authMethod",
+        "none is only for a grant other than client_credentials",
+    ),
 ]
 
 

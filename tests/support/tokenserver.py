@@ -47,6 +47,27 @@ Client authentication methods (each allowed or refused per client):
   exp must match the registration. Replays are allowed: such tokens are bearer credentials
   reused until they expire.
 
+Grants besides client credentials (decision 0047), each allowed per client with
+``add_client(grant_types=...)``:
+
+* the RFC 7523 JWT bearer grant: Authlib's ``JWTBearerGrant``; the assertion's ``iss``
+  names the client, its signature is checked against the client's registered JWKS, its
+  ``aud`` must be a token endpoint URL. It authenticates no client (RFC 7523 section 3.1).
+* RFC 8693 token exchange: Authlib has no server for it, so ``_TokenExchangeGrant`` here is
+  a small grant class on Authlib's ``BaseGrant``: the client authenticates as the client
+  credentials grant's client does, or with ``none`` when registered so; the subject token
+  must be a JWT that the registered ``subject_issuer``'s JWKS verifies (a ServiceAccount
+  token in the e2e tests), with ``subject_token_type`` jwt, or one of this server's own
+  valid access tokens with ``subject_token_type`` access_token (chaining);
+  ``requested_token_type``, when sent, must be access_token. The audience, resources and
+  subject are recorded.
+* refresh tokens (decision 0048): with ``issue_refresh_tokens`` set, the client
+  credentials grant's answers carry a refresh_token, and Authlib's ``RefreshTokenGrant``
+  takes it back, rotating it (each use retires it and issues another).
+  ``revoke_refresh_tokens`` makes every one of them invalid_grant.
+* a custom grant type URI (``CUSTOM_GRANT_TYPE``): client credentials under another name,
+  which also wants the ``account`` form parameter and records it.
+
 Discovery (RFC 8414, OpenID Connect Discovery 1.0): with ``issuer_path`` and ``discovery``
 the server publishes its metadata at ``<issuer>/.well-known/openid-configuration`` or at
 ``<origin>/.well-known/oauth-authorization-server<issuer path>``, and serves the token
@@ -76,10 +97,18 @@ from typing import Any, ClassVar, Literal
 
 import jwt
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import InvalidClientError, grants
+from authlib.oauth2.rfc6749 import (
+    BaseGrant,
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+    TokenEndpointMixin,
+    UnauthorizedClientError,
+    grants,
+)
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_post
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
-from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion, JWTBearerGrant
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -87,6 +116,7 @@ from flask import Flask, jsonify
 from flask import request as flask_request
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 SECRET_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_json")
@@ -95,6 +125,12 @@ MTLS_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")
 FEDERATED_METHOD = "workload_identity"
 ALL_METHODS = (*SECRET_METHODS, *JWT_METHODS, *MTLS_METHODS, FEDERATED_METHOD)
 TOKEN_PATH = "/oauth2/token"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+CUSTOM_GRANT_TYPE = "urn:example:params:oauth:grant-type:service-key"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+ALL_GRANTS = ("client_credentials", JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT, CUSTOM_GRANT_TYPE)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Algorithm -> (JWK kty, crv) of the keys that may verify it.
 ASYMMETRIC_ALGS: dict[str, tuple[str, str | None]] = {
@@ -131,6 +167,12 @@ class Issued:
     assertion_claims: dict[str, Any] | None = None
     # SHA-256 thumbprint (hex) of the TLS client certificate (tls_client_auth, self-signed).
     client_cert_sha256: str | None = None
+    grant_type: str = "client_credentials"
+    # The grant's own form parameters, as received (assertion and subject_token left out:
+    # their claims are in grant_claims): audience, resource, the token types, account.
+    grant_params: dict[str, list[str]] = field(default_factory=dict)
+    # The claims of the JWT bearer assertion or of the token exchange's subject token.
+    grant_claims: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +197,9 @@ class _Client:
     tls_san_dns: str | None = None
     tls_cert_sha256: str | None = None
     federation: _Federation | None = None
+    grant_types: frozenset[str] = frozenset({"client_credentials"})
+    # Token exchange: who issues the subject tokens (iss, and the JWKS to verify them).
+    subject_issuer: tuple[str, Callable[[], dict[str, Any]]] | None = None
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -168,7 +213,8 @@ class _Client:
         return method in self.auth_methods
 
     def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type == "client_credentials"
+        # A refresh token is only ever issued by a server that issues them.
+        return grant_type in self.grant_types or grant_type == "refresh_token"
 
     def get_allowed_scope(self, scope: str | None) -> str | None:
         requested = (scope or "").split()
@@ -179,6 +225,29 @@ class _Client:
 
 class _ClientCredentialsGrant(grants.ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = list(ALL_METHODS)
+
+
+class _CustomGrant(_ClientCredentialsGrant):
+    """A provider's own grant: client credentials under another grant_type URI, which also
+    wants an ``account`` parameter."""
+
+    GRANT_TYPE = CUSTOM_GRANT_TYPE
+
+    def validate_token_request(self) -> None:
+        if not self.request.form.get("account"):
+            raise InvalidRequestError("Missing 'account' in request")
+        super().validate_token_request()
+        _grant_record(self.request, None)
+
+
+def _grant_record(request: Any, claims: dict[str, Any] | None) -> None:
+    form = request.form
+    request.grant_params = {
+        key: form.getlist(key)
+        for key in ("audience", "resource", "subject_token_type", "requested_token_type", "account")
+        if key in form
+    }
+    request.grant_claims = claims
 
 
 def _authenticate_post(query_client: Any, request: Any) -> Any:
@@ -192,6 +261,159 @@ def _authenticate_json(query_client: Any, request: Any) -> Any:
     if not flask_request.environ.get(_JSON_MARKER):
         return None
     return authenticate_client_secret_post(query_client, request)
+
+
+@dataclass(frozen=True)
+class _RefreshToken:
+    """What Authlib's RefreshTokenGrant asks of a stored refresh token."""
+
+    client_id: str
+    scope: str
+
+    def check_client(self, client: _Client) -> bool:
+        return client.client_id == self.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+def _issuing_grant(server: TokenServer) -> type[Any]:
+    class _IssuingGrant(_ClientCredentialsGrant):
+        """Client credentials, with a refresh token when the server issues them (RFC 6749
+        section 4.4.3 says it SHOULD NOT; some providers do)."""
+
+        def create_token_response(self) -> Any:
+            token = self.generate_token(
+                scope=self.request.payload.scope,
+                include_refresh_token=server.issue_refresh_tokens,
+            )
+            self.save_token(token)
+            return 200, token, self.TOKEN_RESPONSE_HEADER
+
+    return _IssuingGrant
+
+
+def _refresh_grant(server: TokenServer) -> type[Any]:
+    class _RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
+        TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*ALL_METHODS, "none"]
+        INCLUDE_NEW_REFRESH_TOKEN = True
+
+        def authenticate_refresh_token(self, refresh_token: str) -> _RefreshToken | None:
+            return server._refresh_token(refresh_token)
+
+        def authenticate_user(self, refresh_token: _RefreshToken) -> str:
+            return refresh_token.client_id  # no users here: the client itself
+
+        def revoke_old_credential(self, refresh_token: _RefreshToken) -> None:
+            server._retire(refresh_token)
+
+    return _RefreshTokenGrant
+
+
+def _bearer_grant(server: TokenServer) -> type[Any]:
+    class _JwtBearerGrant(JWTBearerGrant):  # type: ignore[misc]
+        """RFC 7523 section 2.1: the assertion is the grant; its iss is the client."""
+
+        def resolve_issuer_client(self, issuer: str) -> Any:
+            return server._query_client(issuer)
+
+        def resolve_client_public_key(self, client: _Client) -> Any:
+            if client.jwks is None:
+                raise InvalidGrantError(description="the client has no registered keys")
+            return KeySet.import_key_set(client.jwks)
+
+        def get_audiences(self) -> list[str]:
+            return server.token_endpoints
+
+        def authenticate_user(self, subject: str) -> Any:
+            return subject  # sub is the client itself, or anyone: no users here
+
+        def has_granted_permission(self, client: _Client, user: Any) -> bool:
+            return True
+
+        def validate_token_request(self) -> None:
+            super().validate_token_request()
+            self.request.auth_method = "none"
+            _grant_record(
+                self.request,
+                dict(
+                    jwt.decode(self.request.form["assertion"], options={"verify_signature": False})
+                ),
+            )
+
+    return _JwtBearerGrant
+
+
+def _exchange_grant(server: TokenServer) -> type[Any]:
+    class _TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
+        """RFC 8693 section 2.1, the part tokensync uses: a JWT subject token for an
+        access token."""
+
+        GRANT_TYPE = TOKEN_EXCHANGE_GRANT
+        TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*ALL_METHODS, "none"]
+
+        def validate_token_request(self) -> None:
+            client = self.authenticate_token_endpoint_client()
+            if not client.check_grant_type(self.GRANT_TYPE):
+                raise UnauthorizedClientError("token exchange is not allowed for this client")
+            form = self.request.form
+            subject_token = form.get("subject_token")
+            if not subject_token:
+                raise InvalidRequestError("Missing 'subject_token' in request")
+            requested = form.get("requested_token_type")
+            if requested is not None and requested != TOKEN_TYPE_ACCESS_TOKEN:
+                raise InvalidRequestError("unsupported requested_token_type")
+            subject_type = form.get("subject_token_type")
+            if subject_type == TOKEN_TYPE_ACCESS_TOKEN:
+                # Chaining: one of this server's own access tokens, still valid.
+                with server._lock:
+                    issued = server._issued.get(subject_token)
+                if issued is None or not server.verify(subject_token):
+                    raise InvalidGrantError(description="unknown or expired subject token")
+                claims: dict[str, Any] = {"sub": issued.client_id}
+            elif subject_type == TOKEN_TYPE_JWT:
+                if client.subject_issuer is None:
+                    raise InvalidGrantError(description="no subject issuer registered")
+                issuer, fetch_jwks = client.subject_issuer
+                claims = _verified_jwt(subject_token, issuer=issuer, jwks=fetch_jwks())
+            else:
+                raise InvalidRequestError("unsupported subject_token_type")
+            self.request.client = client
+            self.validate_requested_scope()
+            _grant_record(self.request, claims)
+
+        def create_token_response(self) -> Any:
+            token = self.generate_token(
+                scope=self.request.payload.scope, include_refresh_token=False
+            )
+            token["issued_token_type"] = TOKEN_TYPE_ACCESS_TOKEN
+            self.save_token(token)
+            return 200, token, self.TOKEN_RESPONSE_HEADER
+
+    return _TokenExchangeGrant
+
+
+def _verified_jwt(token: str, *, issuer: str, jwks: dict[str, Any]) -> dict[str, Any]:
+    """A subject token's claims, once its signature, iss and exp check out."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise InvalidGrantError(description="the subject token is not a JWT") from exc
+    allowed = {alg: ASYMMETRIC_ALGS.get(alg, _family(alg)) for alg in FEDERATION_ALGS}
+    try:
+        keys = _select_keys(jwks, header, allowed)
+        _verify_signature(token, keys, header["alg"])
+    except InvalidClientError as exc:
+        raise InvalidGrantError(description="the subject token's signature") from exc
+    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    registry = jose_jwt.JWTClaimsRegistry(
+        leeway=60, iss={"essential": True, "value": issuer}, exp={"essential": True}
+    )
+    try:
+        registry.validate(claims)
+    except JoseError as exc:
+        raise InvalidGrantError(description=f"subject token refused: {exc.description}") from exc
+    return claims
 
 
 def _refuse(description: str) -> InvalidClientError:
@@ -495,6 +717,9 @@ class TokenServer:
         self._token_headers: list[dict[str, str]] = []
         self._discovery_headers: list[dict[str, str]] = []
         self._key = secrets.token_bytes(32)
+        #: Settable by tests: answers of the client credentials grant carry a refresh token.
+        self.issue_refresh_tokens = False
+        self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._server: BaseWSGIServer | None = None
         self._mtls_server: BaseWSGIServer | None = None
         self._threads: list[threading.Thread] = []
@@ -584,8 +809,14 @@ class TokenServer:
         tls_san_dns: str | None = None,
         tls_cert_sha256: str | None = None,
         tls_cert_pem: bytes | None = None,
+        grant_types: Iterable[str] = ("client_credentials",),
+        subject_issuer: tuple[str, Callable[[], dict[str, Any]]] | None = None,
     ) -> None:
         """Register a client; ``scopes=None`` allows any scope.
+
+        ``grant_types`` among :data:`ALL_GRANTS`; ``subject_issuer`` (iss, a JWKS fetcher)
+        verifies token exchange subject tokens. ``none`` in ``auth_methods`` lets the client
+        exchange tokens without authenticating.
 
         ``jwks`` (public keys) for private_key_jwt; ``audiences`` are accepted in an
         assertion's ``aud`` besides the token endpoint URLs; ``tls_subject_dn`` or
@@ -596,7 +827,7 @@ class TokenServer:
         or base64url) for self_signed_tls_client_auth.
         """
         methods = frozenset(auth_methods)
-        unknown = methods - set(ALL_METHODS)
+        unknown = methods - {*ALL_METHODS, "none"}
         if unknown:
             raise ValueError(f"unknown auth methods: {sorted(unknown)}")
         if FEDERATED_METHOD in methods:
@@ -615,6 +846,7 @@ class TokenServer:
             "private_key_jwt": jwks,
             "tls_client_auth": tls_subject_dn or tls_san_dns,
             "self_signed_tls_client_auth": thumbprint,
+            "none": client_id,
         }
         missing = sorted(method for method in methods if needs[method] is None)
         if missing:
@@ -633,6 +865,8 @@ class TokenServer:
             ),
             tls_san_dns=tls_san_dns,
             tls_cert_sha256=thumbprint,
+            grant_types=frozenset(grant_types),
+            subject_issuer=subject_issuer,
         )
         if tls_cert_pem is not None:
             self._trust_self_signed(tls_cert_pem)
@@ -673,6 +907,25 @@ class TokenServer:
         with self._lock:
             current = self._clients[client_id]
             self._clients[client_id] = dataclasses.replace(current, jwks=checked)
+
+    def revoke_refresh_tokens(self) -> None:
+        """Every refresh token issued so far is refused from now on (invalid_grant)."""
+        with self._lock:
+            self._refresh_tokens.clear()
+
+    @property
+    def live_refresh_tokens(self) -> list[str]:
+        with self._lock:
+            return list(self._refresh_tokens)
+
+    def _refresh_token(self, value: str) -> _RefreshToken | None:
+        with self._lock:
+            return self._refresh_tokens.get(value)
+
+    def _retire(self, stored: _RefreshToken) -> None:
+        with self._lock:
+            for key in [k for k, v in self._refresh_tokens.items() if v is stored]:
+                del self._refresh_tokens[key]
 
     def verify(self, access_token: str) -> bool:
         """Introspection: was this token issued here, and is it still valid?"""
@@ -756,12 +1009,17 @@ class TokenServer:
             "default",
             BearerTokenGenerator(
                 access_token_generator=self._new_access_token,
+                refresh_token_generator=lambda **_: secrets.token_urlsafe(32),
                 expires_generator=lambda client, grant_type: (
                     self.lifetime if self.send_expires_in else 0
                 ),
             ),
         )
-        server.register_grant(_ClientCredentialsGrant)
+        server.register_grant(_issuing_grant(self))
+        server.register_grant(_refresh_grant(self))
+        server.register_grant(_CustomGrant)
+        server.register_grant(_bearer_grant(self))
+        server.register_grant(_exchange_grant(self))
         server.register_client_auth_method("client_secret_post", _authenticate_post)
         server.register_client_auth_method("client_secret_json", _authenticate_json)
         for method in JWT_METHODS:
@@ -949,7 +1207,7 @@ class TokenServer:
         now = datetime.now(UTC)
         record = Issued(
             client_id=request.client.client_id,
-            auth_method=request.auth_method,
+            auth_method=getattr(request, "auth_method", "none"),
             scope=token.get("scope"),
             issued_at=now,
             expires_at=now + timedelta(seconds=self.lifetime),
@@ -957,9 +1215,16 @@ class TokenServer:
             assertion_header=getattr(request, "assertion_header", None),
             assertion_claims=getattr(request, "assertion_claims", None),
             client_cert_sha256=getattr(request, "client_cert_sha256", None),
+            grant_type=str(request.form.get("grant_type") or ""),
+            grant_params=getattr(request, "grant_params", {}),
+            grant_claims=getattr(request, "grant_claims", None),
         )
         with self._lock:
             self._issued[record.access_token] = record
+            if token.get("refresh_token"):
+                self._refresh_tokens[token["refresh_token"]] = _RefreshToken(
+                    request.client.client_id, token.get("scope") or ""
+                )
 
 
 def nested_answer(answer: dict[str, Any]) -> dict[str, Any]:

@@ -227,6 +227,7 @@ def test_each_method_needs_what_the_spec_validation_asks_for() -> None:
         clientauth.Proof.CLIENT_CERTIFICATE: model.TLS_METHODS,
         clientauth.Proof.PRIVATE_KEY: {M.PRIVATE_KEY_JWT},
         clientauth.Proof.SERVICE_ACCOUNT_TOKEN: {M.WORKLOAD_IDENTITY},
+        clientauth.Proof.GRANT: {M.NONE},
     }
     for auth in clientauth.STRONGEST_FIRST:
         assert auth.method in proof[auth.proof]

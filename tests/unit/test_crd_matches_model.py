@@ -380,6 +380,8 @@ REQUIRED = {
     "spec.caBundleRef": {"name": "ca"},
     "spec.clientSecretRef": {"name": "c"},
     "spec.rolloutRestart": {"targets": [{"kind": "Deployment", "name": "w"}]},
+    "spec.grant.tokenExchange": {"subjectServiceAccountRef": {"name": "sa", "audience": "aud"}},
+    "spec.grant.tokenExchange.subjectTokenSecretRef": {"name": "s"},
 }
 #: Lists of objects: the item at an index, valid, so that the list's bound is what fails.
 ITEMS = {

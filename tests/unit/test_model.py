@@ -397,7 +397,7 @@ def test_refused_naming_the_field(
 @pytest.mark.parametrize(
     ("key", "use"),
     [
-        ("grant_type", "grant_type=client_credentials"),
+        ("grant_type", "set spec.grant.type"),
         ("client_id", "spec.clientID"),
         ("client_secret", "spec.clientSecretRef"),
         ("client_assertion", "spec.authMethod"),

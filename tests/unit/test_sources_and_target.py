@@ -62,6 +62,8 @@ def test_render_target_is_a_complete_owned_secret() -> None:
             "annotations": {
                 "reloader.stakater.com/match": "true",
                 model.EXPIRES_AT_ANNOTATION: "2026-11-22T23:15:00Z",
+                # No chaining allowed: a list from an earlier spec is removed (decision 0047).
+                model.ALLOWED_DESTINATIONS_ANNOTATION: None,
                 ownership.LINK_ANNOTATION: f"billing-api/{UID}",
             },
             "ownerReferences": [
@@ -83,7 +85,12 @@ def test_render_target_is_a_complete_owned_secret() -> None:
             "scope": b64("payments.read payments.write"),
         },
     }
-    assert target.for_create(rendered) == rendered  # nothing to drop
+    # Only the null marker of the allowed destinations to drop.
+    created = target.for_create(rendered)
+    assert model.ALLOWED_DESTINATIONS_ANNOTATION not in created["metadata"]["annotations"]
+    annotations = dict(rendered["metadata"]["annotations"])
+    del annotations[model.ALLOWED_DESTINATIONS_ANNOTATION]
+    assert created == {**rendered, "metadata": {**rendered["metadata"], "annotations": annotations}}
 
 
 @pytest.mark.parametrize(
@@ -122,7 +129,9 @@ def test_a_missing_scope_removes_the_key(scope: str | None) -> None:
     assert None not in created["data"].values()
     assert set(created["data"]) == {"access_token", "token_type", "expires_at", "authorization"}
     assert rendered["data"]["scope"] is None  # for_create leaves the patch body alone
-    assert created["metadata"] == rendered["metadata"]
+    annotations = dict(rendered["metadata"]["annotations"])
+    assert annotations.pop(model.ALLOWED_DESTINATIONS_ANNOTATION) is None
+    assert created["metadata"] == {**rendered["metadata"], "annotations": annotations}
 
 
 def test_tokensync_labels_and_annotations_win() -> None:
