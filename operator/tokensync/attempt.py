@@ -35,7 +35,6 @@ from tokensync import (
     seen,
     shape,
     sources,
-    status,
     target,
     timing,
     tracking,
@@ -82,7 +81,6 @@ class Attempts:
         # A template that cannot render, even with placeholder values, costs no token and
         # leaves the Secret as it is (decision 0040).
         shape.check(spec.target)
-        self._check_template_failed(record)
         destination = spec.issuer_url or spec.request.token_url
         self._endpoints.check_url(destination, kind=failures.Kind.SPEC)
         material, proofs = await self._material(record.namespace, spec, attempt)
@@ -205,21 +203,6 @@ class Attempts:
             policy=spec.refresh,
             client_secret_key=result.client_secret_key,
             refused_keys=result.refused_keys,
-        )
-
-    @staticmethod
-    def _check_template_failed(record: tracking.Record) -> None:
-        """A template that failed with a real token fails again, without a new token,
-        until the spec changes or a refresh is requested: an event of the credential (its
-        own status patch) must not fetch a token per event (decision 0040)."""
-        state = record.state
-        if state.failure_reason != failures.Reason.TEMPLATE_FAILED or record.needs_refresh_now():
-            return
-        ready = status.ready_condition(state.conditions) or {}
-        raise failures.Failure(
-            failures.Reason.TEMPLATE_FAILED,
-            str(ready.get("message") or "spec.target.template: failed with the last token"),
-            kind=failures.Kind.SPEC,
         )
 
     async def _material(
