@@ -16,6 +16,9 @@ import json
 import logging
 import os
 import pathlib
+import re
+import secrets
+import socket
 import ssl
 import sys
 from collections.abc import Sequence
@@ -102,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULTS.resync_interval,
         help="seconds between full listings that forget credentials deleted while a watch was down",
     )
+    _lease_flags(run)
     run.add_argument("--verbose", action="store_true", help="debug logging")
 
     fetch = sub.add_parser(
@@ -191,6 +195,71 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lease_flags(run: argparse.ArgumentParser) -> None:
+    group = run.add_argument_group("leader election and sharding (decision 0050)")
+    group.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="serve only the shards whose Lease this replica holds; the others stand by warm",
+    )
+    group.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or _in_cluster_namespace(),
+        help="namespace of the Leases (default: $POD_NAMESPACE, else the pod's namespace)",
+    )
+    group.add_argument(
+        "--lease-name",
+        default=DEFAULTS.lease_name,
+        type=_lease_name,
+        help="prefix of the Lease names: NAME-shard-<i>, NAME-member-<identity>",
+    )
+    for flag, default, what in (
+        ("--lease-duration", DEFAULTS.lease_duration, "how long a Lease holds unrenewed"),
+        ("--renew-deadline", DEFAULTS.renew_deadline, "a holder stops serving unrenewed after"),
+        ("--retry-period", DEFAULTS.retry_period, "how often Leases are renewed and looked at"),
+    ):
+        group.add_argument(flag, type=_positive_float, default=default, help=f"seconds: {what}")
+    group.add_argument(
+        "--shards",
+        type=_positive_int,
+        default=DEFAULTS.shards,
+        help="shards the credentials are split into; every replica must run with the same",
+    )
+    group.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME") or socket.gethostname(),
+        type=_lease_name,
+        help="this replica's name in the Leases (default: $POD_NAME, else the host name); "
+        "a random suffix is added",
+    )
+
+
+def _in_cluster_namespace() -> str | None:
+    path = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _lease_name(text: str) -> str:
+    name = text.lower()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?", name):
+        raise argparse.ArgumentTypeError(f"not a DNS name: {text!r}")
+    return name
+
+
+def _lease_timings(args: argparse.Namespace) -> str | None:
+    """What is wrong with the lease timings, as client-go checks them."""
+    if args.renew_deadline >= args.lease_duration:
+        return "--renew-deadline must be shorter than --lease-duration"
+    if args.retry_period * 1.2 >= args.renew_deadline:
+        return "--retry-period must be well under --renew-deadline (1.2 x retry < deadline)"
+    if args.leader_elect and not args.lease_namespace:
+        return "--leader-elect needs --lease-namespace (or POD_NAMESPACE)"
+    return None
+
+
 def _private_network_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-private-network",
@@ -256,6 +325,9 @@ def _run(args: argparse.Namespace) -> int:
     # Request-level logs of the clients carry URLs and headers; keep them quiet.
     for noisy in ("httpx", "httpcore", "urllib3", "kubernetes", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    wrong = _lease_timings(args)
+    if wrong:
+        _parser().error(wrong)
     settings = config.Config(
         allow_insecure_http=args.allow_insecure_http,
         allowed_hosts=frozenset(args.allowed_token_host) or None,
@@ -268,6 +340,15 @@ def _run(args: argparse.Namespace) -> int:
         event_rate=args.event_rate,
         namespaces=tuple(args.namespace),
         resync_interval=args.resync_interval,
+        leader_elect=args.leader_elect,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+        shards=args.shards,
+        # Unique per process: a restarted pod waits for its old Leases like any replica.
+        identity=f"{args.identity[:40].rstrip('-.')}-{secrets.token_hex(3)}",
     )
     logging.getLogger(__name__).info(
         "private networks allowed as token endpoints: %s",

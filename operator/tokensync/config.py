@@ -49,6 +49,22 @@ class Config:
     #: Seconds between full listings of ClientCredentials that forget the ones deleted
     #: while a watch was down (issue 14 section 7).
     resync_interval: float = 300.0
+    #: Leader election and sharding on Leases (decision 0050). Off: this process serves
+    #: every credential it watches.
+    leader_elect: bool = False
+    #: Where the Leases live, and the prefix of their names.
+    lease_namespace: str | None = None
+    lease_name: str = "tokensync"
+    #: Seconds: how long a Lease holds without renewal, how long its holder keeps serving
+    #: without one (shorter), and how often each replica renews and looks (client-go's and
+    #: kube-controller-manager's defaults).
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    #: Shards the credentials are split into; each is served by one replica at a time.
+    shards: int = 1
+    #: This process's name in the Leases (a pod name and a random suffix).
+    identity: str = ""
 
 
 DEFAULTS = Config()

@@ -38,10 +38,20 @@ _WORKLOAD_RESOURCES = {
 _METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"}
 
 
+class Fenced(Exception):
+    """A write refused in this process: its Leases are not fresh (decision 0050)."""
+
+
 class Kube:
     def __init__(
-        self, api: client.ApiClient, *, workers: int = config.DEFAULTS.kube_workers
+        self,
+        api: client.ApiClient,
+        *,
+        workers: int = config.DEFAULTS.kube_workers,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
+        #: Asked in the pool's thread just before each write: may this process still write?
+        self._fence = fence
         self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
         self._apps = client.AppsV1Api(api)
@@ -52,12 +62,17 @@ class Kube:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _call(
+        self, fn: Callable[..., Any], *args: Any, write: bool = False, **kwargs: Any
+    ) -> Any:
         loop = asyncio.get_running_loop()
         kwargs.setdefault("_request_timeout", 30)
-        call = functools.partial(_read, fn, *args, _preload_content=False, **kwargs)
+        fence = self._fence if write else None
+        call = functools.partial(_read, fn, *args, fence=fence, _preload_content=False, **kwargs)
         try:
             return await loop.run_in_executor(self._pool, call)
+        except Fenced:
+            raise failures.ApiError(0, "Fenced") from None
         except client.ApiException as exc:
             # The body of an error response may echo what we sent (a Secret): keep only
             # the machine-readable reason.
@@ -155,7 +170,7 @@ class Kube:
 
     async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         created: dict[str, Any] = await self._call(
-            self._core.create_namespaced_secret, namespace, body
+            self._core.create_namespaced_secret, namespace, body, write=True
         )
         return created
 
@@ -167,6 +182,7 @@ class Kube:
             name,
             namespace,
             body,
+            write=True,
             _content_type=_STRATEGIC_PATCH,
         )
         return patched
@@ -192,6 +208,7 @@ class Kube:
             model.PLURAL,
             name,
             body,
+            write=True,
             _content_type=_MERGE_PATCH,
         )
         return patched
@@ -237,7 +254,7 @@ class Kube:
         """A merge patch of a workload; 409 if it names a resourceVersion no longer current."""
         _, patch = self._workload_calls(kind)
         patched: dict[str, Any] = await self._call(
-            patch, name, namespace, body, _content_type=_MERGE_PATCH
+            patch, name, namespace, body, write=True, _content_type=_MERGE_PATCH
         )
         return patched
 
@@ -274,17 +291,24 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        await self._call(self._core.create_namespaced_event, involved["namespace"], body)
+        await self._call(
+            self._core.create_namespaced_event, involved["namespace"], body, write=True
+        )
 
 
-def _read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Make the call and read its body, in the pool's thread.
+def _read(
+    fn: Callable[..., Any], *args: Any, fence: Callable[[], bool] | None, **kwargs: Any
+) -> Any:
+    """Make the call and read its body, in the pool's thread; a write only if ``fence``
+    allows it at this very moment (the closest to the send a check can be).
 
     Reading there hands the connection back to the client's pool before the thread takes
     its next call. Read on the event loop instead, a busy loop kept connections checked
     out while the threads went on and opened new ones, which the full pool then closed
     (urllib3's "Connection pool is full" warning): a TLS handshake per surplus call.
     """
+    if fence is not None and not fence():
+        raise Fenced
     data = fn(*args, **kwargs).data
     return json.loads(data) if data else {}
 

@@ -189,8 +189,37 @@ class Metrics:
         self.refresh_asks = prom.Counter(
             "tokensync_refresh_endpoint_requests",
             "Requests at the refresh endpoint by outcome (requested, already_requested, "
-            "stale, refused, rate_limited, busy).",
+            "stale, refused, rate_limited, busy, elsewhere).",
             ["outcome"],
+            registry=self.registry,
+        )
+        # Leader election and sharding (decision 0050): per replica, so a dashboard sums
+        # shards_held over the replicas and compares it with shards.
+        self.leader = prom.Gauge(
+            "tokensync_leader",
+            "1 when this replica holds at least one shard and serves its credentials.",
+            registry=self.registry,
+        )
+        self.shards = prom.Gauge(
+            "tokensync_shards",
+            "The shard count this replica runs with (--shards).",
+            registry=self.registry,
+        )
+        self.shards_held = prom.Gauge(
+            "tokensync_shards_held",
+            "Shards whose Lease this replica holds.",
+            registry=self.registry,
+        )
+        self.leadership_transitions = prom.Counter(
+            "tokensync_leadership_transitions",
+            "Shards this replica took (acquired), handed over (released) or lost.",
+            ["change"],
+            registry=self.registry,
+        )
+        self.credentials = prom.Gauge(
+            "tokensync_credentials",
+            "ClientCredentials this replica knows: served here, or standing by.",
+            ["role"],
             registry=self.registry,
         )
 

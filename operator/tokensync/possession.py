@@ -89,6 +89,9 @@ class Answer(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     #: Beyond the endpoint's global bounds, before any proof is looked at (429).
     BUSY = "busy"
+    #: A valid proof of the current token, but another replica serves the credential:
+    #: ask again, the Service may send the request there (503, decision 0050).
+    ELSEWHERE = "elsewhere"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

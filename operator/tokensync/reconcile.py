@@ -67,15 +67,19 @@ class Reconciler:
         metadata: discovery.MetadataCache | None = None,
         seen_secrets: seen.SeenSecrets | None = None,
         events: scheduler.Budget | None = None,
+        serving: Callable[[int], bool] | None = None,
     ) -> None:
         self._queue = queue
+        #: Does this process serve a shard now (decision 0050)? Without leader election,
+        #: every credential is served here.
+        self._serving = serving or _everything
         self._kube = kube_api
         self._metrics = metrics_
         self._settings = settings
         self._clock = clock
         self._draw = draw
         self._seen = seen_secrets if seen_secrets is not None else seen.SeenSecrets()
-        self._tracker = tracking.Tracker()
+        self._tracker = tracking.Tracker(shards=settings.shards if serving else 1)
         self._expiries = alarms.Alarms[Key](clock=lambda: self._clock().timestamp())
         #: Per credential with effects being applied: a lock and how many use it.
         self._applying: dict[Key, tuple[asyncio.Lock, list[int]]] = {}
@@ -114,6 +118,9 @@ class Reconciler:
     def __len__(self) -> int:
         return len(self._tracker)
 
+    def knows(self, key: Key) -> bool:
+        return self._tracker.get(key) is not None
+
     def lane(self, key: Key) -> str | None:
         """The host a credential's refresh waits on (its issuer's or token URL's), for the
         refresh queue's per-host share (decision 0034)."""
@@ -133,18 +140,69 @@ class Reconciler:
         record = self._tracker.put(body)
         for name in record.secret_names:
             self._seen.claim(record.namespace, name)
+        if not self._serves(record):
+            self._stand_by(record, body)
+            return
         self._arm(record)
         if record.needs_refresh_now():
             self._queue.trigger(record.key)
-        elif not self._queue.is_known(record.key) and not record.parked:
-            due = record.state.next_refresh_at or self._clock()
-            self._queue.schedule(record.key, at=due.timestamp())
-            self._resume_metrics(record)
-            # A restart that a crash prevented is made now; no other (decision 0042).
-            self.rollouts.token_changed(record, resumed=True)
+        else:
+            self._resume(record)
         parked = self._tracker.claim_target(record.key)
         if parked is not None:
             self.target_seen(parked)  # its target was listed first (decision 0035)
+
+    def _resume(self, record: tracking.Record) -> None:
+        """Schedule a credential this process has not scheduled yet (after a start, or a
+        shard taken over) at the refresh time its status gives."""
+        if self._queue.is_known(record.key) or record.parked:
+            return
+        due = record.state.next_refresh_at or self._clock()
+        self._queue.schedule(record.key, at=due.timestamp())
+        self._resume_metrics(record)
+        # A restart that a crash prevented is made now; no other (decision 0042).
+        self.rollouts.token_changed(record, resumed=True)
+
+    def _serves(self, record: tracking.Record) -> bool:
+        return self._serving(record.shard)
+
+    def _stand_by(self, record: tracking.Record, body: Mapping[str, Any]) -> None:
+        """Another replica serves it: keep what a takeover needs, as a start would read it
+        from status (decision 0050). Its target is read before its first write here."""
+        record.state = progress.State.from_status(body.get("status") or {})
+        record.parked = False
+        record.target_uid = None
+        self._tracker.claim_target(record.key)
+
+    # -- shards (decision 0050) --------------------------------------------------------
+
+    def take_over(self, shard: int) -> None:
+        """This replica now serves ``shard``: refresh what is due, no listing needed."""
+        for record in self._tracker.in_shard(shard):
+            self._arm(record)
+            if record.needs_refresh_now():
+                self._queue.trigger(record.key)
+            else:
+                self._resume(record)
+
+    def hand_over(self, shard: int) -> None:
+        """This replica stops serving ``shard``: nothing new starts for its credentials (a
+        refresh running ends; ``busy`` says when), and its metrics go, since a standby's
+        would go stale and alert."""
+        for record in self._tracker.in_shard(shard):
+            self._queue.cancel(record.key)
+            self._expiries.cancel(record.key)
+            self._metrics.forget(record.namespace, record.name)
+            record.target_uid = None
+
+    def busy(self, shard: int) -> bool:
+        """A refresh of one of the shard's credentials is running."""
+        return any(self._queue.is_running(record.key) for record in self._tracker.in_shard(shard))
+
+    def counts(self) -> tuple[int, int]:
+        """Credentials served here, and those standing by."""
+        served = sum(1 for record in self._tracker.records() if self._serves(record))
+        return served, len(self._tracker) - served
 
     def _resume_metrics(self, record: tracking.Record) -> None:
         """A credential resumed from its status (after a start): export what status says
@@ -195,6 +253,8 @@ class Reconciler:
     def client_secret_changed(self, namespace: str, name: str, version: str) -> None:
         """A client Secret was listed, added or modified: refetch with a rotated secret."""
         for record in self._tracker.readers(namespace, name, version):
+            if not self._serves(record):
+                continue
             if self._queue.is_running(record.key):
                 # The refresh in flight may have read this very version (on a cold start the
                 # Secrets' list arrives while the first refreshes run): decide when it ends.
@@ -220,6 +280,12 @@ class Reconciler:
             return
         if record.target_name != found.name:
             return  # not its target (now): a renamed spec.target leaves the old Secret be
+        if not self._serves(record):
+            # Another replica wrote it: read again before this one writes (decision 0050).
+            record.target_uid = None
+            if not found.deleted:
+                record.holds(found.token_id)
+            return
         if self._queue.is_running(record.key):
             # Judged when the attempt in flight ends (Tracker.stale_after_run): its write
             # may supersede this change, or this change may have come after its write.
@@ -261,7 +327,7 @@ class Reconciler:
 
     async def _refresh(self, key: Key, due: float) -> None:
         record = self._tracker.get(key)
-        if record is None:
+        if record is None or not self._serves(record):
             return
         now = self._clock()
         self._metrics.lateness.observe(max(0.0, now.timestamp() - due))
@@ -345,6 +411,9 @@ class Reconciler:
         answer = possession.judge(proof, known)
         if record is None or answer is possession.Answer.REFUSED:
             return possession.Reply(possession.Answer.REFUSED)
+        if answer is not possession.Answer.STALE and not self._serves(record):
+            # A valid proof, but another replica refreshes it (decision 0050).
+            return possession.Reply(possession.Answer.ELSEWHERE, retry_after=1.0)
         now = self._clock()
         wait = self._asks.take(record.key, now=now.timestamp())
         if wait:
@@ -409,7 +478,7 @@ class Reconciler:
 
     async def _expire(self, key: Key) -> None:
         record = self._tracker.get(key)
-        if record is None:
+        if record is None or not self._serves(record):
             return
         state = record.state
         message = "its refresh has not completed yet"
@@ -423,3 +492,7 @@ class Reconciler:
         )
         if decision is not None:
             await self._apply(record, decision)
+
+
+def _everything(shard: int) -> bool:
+    return True

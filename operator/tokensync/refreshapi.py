@@ -58,6 +58,7 @@ _STATUS = {
     possession.Answer.REFUSED: 403,
     possession.Answer.RATE_LIMITED: 429,
     possession.Answer.BUSY: 429,
+    possession.Answer.ELSEWHERE: 503,
 }
 _MESSAGE = {
     possession.Answer.REQUESTED: "a new token was asked for; read the Secret again after refreshAt",
@@ -68,6 +69,7 @@ _MESSAGE = {
     possession.Answer.REFUSED: "no ClientCredential here holds a token with this SHA-256",
     possession.Answer.RATE_LIMITED: "too many requests for this ClientCredential",
     possession.Answer.BUSY: "too many requests",
+    possession.Answer.ELSEWHERE: "another replica refreshes this ClientCredential: ask again",
 }
 
 
@@ -154,7 +156,11 @@ class RefreshApi:
         self._metrics.refresh_asks.labels(reply.answer.value).inc()
         body: dict[str, Any] = {"outcome": reply.answer.value, "message": _MESSAGE[reply.answer]}
         headers = {}
-        if reply.answer in (possession.Answer.RATE_LIMITED, possession.Answer.BUSY):
+        if reply.answer in (
+            possession.Answer.RATE_LIMITED,
+            possession.Answer.BUSY,
+            possession.Answer.ELSEWHERE,
+        ):
             headers["Retry-After"] = str(max(1, round(reply.retry_after)))
         return _json(_STATUS[reply.answer], {**body, **reply.summary}, headers=headers)
 

@@ -19,10 +19,12 @@ import prometheus_client
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+import tokensync
 from tokensync import (
     config,
     failures,
     kube,
+    membership,
     metrics,
     ownership,
     proxies,
@@ -39,12 +41,15 @@ logger = logging.getLogger(__name__)
 
 #: The refresh loop counts as stuck when its dispatcher has not run for this long.
 STUCK_AFTER = 30.0
+#: A start waits this long at most for the watch to deliver a listed credential that does
+#: not come (deleted meanwhile) before this replica takes shards.
+WARM_STALL = 10.0
 #: How often the heap is considered for gc.freeze(), and the growth that calls for another.
 FREEZE_INTERVAL = 30.0
 FREEZE_GROWTH = 1.25
 
 
-def _api_client(workers: int) -> k8s_client.ApiClient:
+def _api_client(workers: int, identity: str = "") -> k8s_client.ApiClient:
     # The API server is reached directly, as kopf's own client does: HTTPS_PROXY is the
     # egress proxy for token requests (decision 0049), which the kubernetes client would
     # otherwise take for its own. A kubeconfig's proxy-url still applies.
@@ -58,7 +63,11 @@ def _api_client(workers: int) -> k8s_client.ApiClient:
             client_configuration=configuration
         )
     configuration.connection_pool_maxsize = workers
-    return k8s_client.ApiClient(configuration)
+    api = k8s_client.ApiClient(configuration)
+    # Names this replica in the API server's audit log (decision 0050).
+    suffix = f" ({identity})" if identity else ""
+    api.user_agent = f"tokensync/{tokensync.__version__}{suffix}"
+    return api
 
 
 class HeapFreezer:
@@ -111,7 +120,29 @@ class Runtime:
             group=lambda key: key[0],
             lane=lambda key: self.reconciler.lane(key),  # noqa: PLW0108 -- built below
         )
-        self.kube = kube.Kube(_api_client(settings.kube_workers), workers=settings.kube_workers)
+        self.pacer = scheduler.HostPacer(
+            rate=settings.token_rate_per_host,
+            burst=settings.token_burst_per_host,
+            concurrency=settings.token_concurrency_per_host,
+        )
+        # Leader election and sharding (decision 0050): which shards this replica serves,
+        # and the fence every write passes.
+        self.membership = (
+            membership.for_settings(
+                settings,
+                identity=settings.identity,
+                api=_api_client(1, settings.identity),
+                metrics_=self.metrics,
+                share_rate=self.pacer.share,
+            )
+            if settings.leader_elect
+            else None
+        )
+        self.kube = kube.Kube(
+            _api_client(settings.kube_workers, settings.identity),
+            workers=settings.kube_workers,
+            fence=self.membership.may_write if self.membership else None,
+        )
         self.http = transport.HttpClients(
             timeout=settings.request_timeout,
             max_connections=settings.workers,
@@ -125,12 +156,9 @@ class Runtime:
             http=self.http,
             metrics_=self.metrics,
             queue=self.queue,
-            pacer=scheduler.HostPacer(
-                rate=settings.token_rate_per_host,
-                burst=settings.token_burst_per_host,
-                concurrency=settings.token_concurrency_per_host,
-            ),
+            pacer=self.pacer,
             settings=settings,
+            serving=self.membership.serves if self.membership else None,
         )
         # The target Secrets, watched outside kopf, which watches Secrets once, with the
         # client Secrets' label (decision 0035); each watch with a client of its own. Merge
@@ -167,6 +195,7 @@ class Runtime:
         self._resync_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._rollout_task: asyncio.Task[None] | None = None
+        self._membership_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.config.metrics_port is not None:
@@ -183,6 +212,35 @@ class Runtime:
         self._rollout_task = asyncio.create_task(self.reconciler.rollouts.run())
         for watch in self.target_watches:
             watch.start(asyncio.get_running_loop())
+        if self.membership is not None:
+            self._membership_task = asyncio.create_task(
+                self.membership.run(self.reconciler, warm=self._warm)
+            )
+
+    async def _warm(self) -> None:
+        """Wait until the watch has delivered every credential a listing has, so that this
+        replica takes shards with the state to serve them (decision 0050)."""
+        listed: set[reconcile.Key] = set()
+        for namespace in self.config.namespaces or (None,):
+            while True:
+                try:
+                    listed |= await self.kube.list_credentials(namespace)
+                    break
+                except failures.ApiError as exc:
+                    logger.warning("listing ClientCredentials failed, retried: %s", exc)
+                    await asyncio.sleep(self.config.retry_period)
+        missing, progress_at = listed, time.monotonic()
+        while missing:
+            still = {key for key in missing if not self.reconciler.knows(key)}
+            if len(still) < len(missing):
+                progress_at = time.monotonic()
+            missing = still
+            if missing and time.monotonic() - progress_at > WARM_STALL:
+                logger.info("%d listed credentials not seen yet; joining anyway", len(missing))
+                return
+            if missing:
+                await asyncio.sleep(0.2)
+        logger.info("watching %d credentials: ready to take shards", len(listed))
 
     async def serve(self) -> None:
         """Open the refresh endpoint; raises when its port cannot be bound."""
@@ -209,6 +267,12 @@ class Runtime:
                 logger.warning("listing ClientCredentials failed, retried later: %s", exc)
 
     async def stop(self) -> None:
+        if self._membership_task is not None:
+            self._membership_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._membership_task
+        if self.membership is not None:
+            await self.membership.stop()  # hands every shard over while the queue runs
         if self.refresh_api is not None:
             await self.refresh_api.stop()
         for watch in self.target_watches:

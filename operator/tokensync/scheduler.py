@@ -206,6 +206,7 @@ class HostPacer:
     ) -> None:
         if rate <= 0 or burst < 1 or concurrency < 1:
             raise ValueError("rate must be positive, burst and concurrency at least 1")
+        self._rate, self._burst = rate, burst
         self._interval = 1.0 / rate
         self._tolerance = (burst - 1) * self._interval
         self._tat: dict[str, float] = {}
@@ -214,6 +215,14 @@ class HostPacer:
         self._in_flight: dict[str, _Gate] = {}
         self._clock = clock
         self._sleep = sleep
+
+    def share(self, fraction: float) -> None:
+        """Pace at ``fraction`` of the configured rate: a replica serving some of the shards
+        sends its share of the cluster's promise to each host (decision 0050). A fraction of
+        0 (nothing served) keeps the whole rate for when shards come."""
+        rate = self._rate * fraction if fraction > 0 else self._rate
+        self._interval = 1.0 / rate
+        self._tolerance = (self._burst - 1) * self._interval
 
     @contextlib.asynccontextmanager
     async def slot(self, host: str) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from tokensync import bounds, model, progress, target
+from tokensync import bounds, leases, model, progress, target
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -74,6 +74,8 @@ class Record:
     #: never in status, and a restarted operator starts with a fresh grant.
     refresh_token: str | None = dataclasses.field(default=None, repr=False)
     refresh_generation: int | None = None
+    #: The shard it belongs to (``leases.shard_of``; decision 0050).
+    shard: int = 0
 
     @property
     def key(self) -> Key:
@@ -230,7 +232,8 @@ def _refresh_request(annotations: Mapping[str, Any]) -> str | None:
 class Tracker:
     """Every credential's :class:`Record`, and the Secret-to-credential index."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shards: int = 1) -> None:
+        self._shards = shards
         self._records: dict[Key, Record] = {}
         self._by_secret: dict[Key, set[Key]] = {}
         # Secret versions seen while their credential was being refreshed: checked when
@@ -259,6 +262,8 @@ class Tracker:
         record = self._records.get(fresh.key)
         if record is None or record.uid != fresh.uid:
             record = fresh
+            if self._shards > 1:
+                record.shard = leases.shard_of(record.namespace, record.name, self._shards)
             self._records[record.key] = record
         else:
             self._unindex(record)
@@ -271,6 +276,12 @@ class Tracker:
         self._events += 1
         record.observed = self._events
         return record
+
+    def records(self) -> list[Record]:
+        return list(self._records.values())
+
+    def in_shard(self, shard: int) -> list[Record]:
+        return [record for record in self._records.values() if record.shard == shard]
 
     def mark(self) -> int:
         """A point in the event stream, taken before a full listing starts."""

@@ -158,6 +158,34 @@ def test_run_refuses_values_that_would_stop_the_operator_at_startup(
     assert flag in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--lease-duration=10", "--renew-deadline=10"], "--renew-deadline"),
+        (["--renew-deadline=2", "--retry-period=2"], "--retry-period"),
+        (["--shards=0"], "--shards"),
+        (["--lease-name=Not_A_Name"], "--lease-name"),
+    ],
+)
+def test_run_refuses_lease_timings_client_go_would_refuse(
+    flags: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", *flags])
+    assert exc.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_run_parses_the_lease_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "tokensync-7d9f-abcde")
+    args = cli._parser().parse_args(
+        ["run", "--leader-elect", "--lease-namespace=ops", "--shards=4"]
+    )
+    assert (args.leader_elect, args.lease_namespace, args.shards) == (True, "ops", 4)
+    assert args.identity == "tokensync-7d9f-abcde"
+    assert (args.lease_duration, args.renew_deadline, args.retry_period) == (15.0, 10.0, 2.0)
+
+
 def test_run_parses_the_tuning_flags() -> None:
     args = cli._parser().parse_args(
         ["run", "--token-concurrency=2", "--event-rate=2.5", "--token-rate=7"]

@@ -323,6 +323,17 @@ def test_pacer_table() -> None:
         assert pacer.reserve(host) == pytest.approx(wait), (at, host)
 
 
+def test_a_replica_paces_at_its_share_of_the_rate() -> None:
+    """Two of six shards: a third of the cluster's rate per host (decision 0050)."""
+    pacer = scheduler.HostPacer(rate=6.0, burst=1, clock=Clock(0.0))
+    pacer.share(2 / 6)
+    assert [pacer.reserve("a") for _ in range(3)] == pytest.approx([0.0, 0.5, 1.0])
+    pacer.share(0.0)  # nothing served: the whole rate is kept for when shards come
+    pacer.share(1.0)
+    assert pacer.reserve("b") == 0.0
+    assert pacer.reserve("b") == pytest.approx(1 / 6)
+
+
 async def test_acquire_sleeps_only_for_a_later_slot() -> None:
     slept: list[float] = []
 

@@ -1,0 +1,152 @@
+"""The reconcile loop with shards (decision 0050): a credential of a shard this replica does
+not serve is kept warm from its watch events and never scheduled; taking the shard over
+schedules it from its status, with no listing; handing it over stops it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+from test_target_watch import TARGET, secret, seen
+
+from tokensync import config, leases, metrics, model, possession, reconcile, scheduler
+
+T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
+S = datetime.timedelta(seconds=1)
+NS = "team-a"
+SHARDS = 4
+
+
+def body(
+    name: str, *, issued: datetime.datetime = T0, refresh_asked: str | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"namespace": NS, "name": name, "uid": f"uid-{name}", "generation": 1}
+    if refresh_asked:
+        meta["annotations"] = {model.REFRESH_REQUESTED_ANNOTATION: refresh_asked}
+    return {
+        "metadata": meta,
+        "spec": {"tokenURL": "https://idp.example/t", "clientSecretRef": {"name": "c"}},
+        "status": {
+            "observedGeneration": 1,
+            "target": TARGET,
+            "lastRefreshAt": model.format_time(issued),
+            "expiresAt": model.format_time(issued + 3600 * S),
+            "nextRefreshAt": model.format_time(issued + 2300 * S),
+        },
+    }
+
+
+def names_in(shard: int, count: int = 2) -> list[str]:
+    found = [f"c{i}" for i in range(200) if leases.shard_of(NS, f"c{i}", SHARDS) == shard]
+    return found[:count]
+
+
+@dataclasses.dataclass
+class Setup:
+    rec: reconcile.Reconciler
+    queue: scheduler.RefreshQueue[reconcile.Key]
+    served: set[int]
+    metrics: metrics.Metrics
+
+
+def setup(served: set[int]) -> Setup:
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    registry = metrics.Metrics()
+    rec = reconcile.Reconciler(
+        kube_api=None,  # type: ignore[arg-type] -- no I/O is reached
+        http=None,  # type: ignore[arg-type]
+        metrics_=registry,
+        queue=queue,
+        pacer=scheduler.HostPacer(rate=1, burst=1),
+        settings=config.Config(shards=SHARDS),
+        clock=lambda: T0,
+        serving=lambda shard: shard in served,
+    )
+    return Setup(rec, queue, served, registry)
+
+
+def expiration(registry: metrics.Metrics, name: str) -> float | None:
+    return registry.registry.get_sample_value(
+        "tokensync_token_expiration_timestamp_seconds", {"namespace": NS, "name": name}
+    )
+
+
+async def test_a_credential_of_a_shard_served_elsewhere_is_known_but_not_scheduled() -> None:
+    s = setup(served={0})
+    mine, theirs = names_in(0, 1)[0], names_in(1, 1)[0]
+    s.rec.observe(body(mine))
+    s.rec.observe(body(theirs))
+    assert s.rec.knows((NS, theirs))
+    assert s.queue.due_at((NS, mine)) == (T0 + 2300 * S).timestamp()
+    assert not s.queue.is_known((NS, theirs))
+    assert expiration(s.metrics, theirs) is None  # a standby's value would go stale and alert
+    assert s.rec.counts() == (1, 1)
+
+
+async def test_a_forced_refresh_of_a_credential_served_elsewhere_is_left_to_its_replica() -> None:
+    s = setup(served=set())
+    name = names_in(2, 1)[0]
+    s.rec.observe(body(name, refresh_asked="now"))
+    assert not s.queue.is_known((NS, name))
+
+
+async def test_taking_a_shard_over_schedules_from_the_latest_status_seen() -> None:
+    s = setup(served=set())
+    first, second = names_in(3)
+    s.rec.observe(body(first))
+    s.rec.observe(body(first, issued=T0 + 600 * S))  # the other replica refreshed it
+    s.rec.observe(body(second, refresh_asked="please"))
+    s.served.add(3)
+    s.rec.take_over(3)
+    assert s.queue.due_at((NS, first)) == (T0 + 2900 * S).timestamp()
+    assert s.queue.due_at((NS, second)) is not None  # the unhandled request: now
+    assert expiration(s.metrics, first) == (T0 + 4200 * S).timestamp()
+    assert s.rec.counts() == (2, 0)
+
+
+async def test_a_takeover_reads_the_target_before_writing_it() -> None:
+    s = setup(served=set())
+    name = names_in(1, 1)[0]
+    s.rec.observe(body(name))
+    found = dataclasses.replace(seen(secret(version="7")), owner=(name, f"uid-{name}"))
+    s.rec.target_seen(found)
+    record = s.rec._tracker.get((NS, name))
+    assert record is not None
+    assert record.target_uid is None  # written by the other replica: read again first
+    assert record.token_id == found.token_id  # a proof of its token is recognised here
+
+
+async def test_handing_a_shard_over_stops_its_credentials_and_drops_their_metrics() -> None:
+    s = setup(served={2})
+    name = names_in(2, 1)[0]
+    s.rec.observe(body(name))
+    assert s.queue.is_known((NS, name))
+    s.served.discard(2)
+    s.rec.hand_over(2)
+    assert not s.queue.is_known((NS, name))
+    assert expiration(s.metrics, name) is None
+    assert not s.rec.busy(2)
+    assert s.rec.counts() == (0, 1)
+
+
+async def test_a_valid_proof_for_a_credential_served_elsewhere_is_sent_there() -> None:
+    s = setup(served=set())
+    name = names_in(0, 1)[0]
+    s.rec.observe(body(name))
+    token_id = possession.token_id("the-token")
+    found = dataclasses.replace(
+        seen(secret("the-token")), owner=(name, f"uid-{name}"), token_id=token_id
+    )
+    s.rec.target_seen(found)
+    reply = await s.rec.refresh_asked(NS, name, token_id)
+    assert reply.answer is possession.Answer.ELSEWHERE
+    wrong = await s.rec.refresh_asked(NS, name, b"0" * 16)
+    assert wrong.answer is possession.Answer.REFUSED  # no oracle: the same 403
+
+
+async def test_a_refresh_due_for_a_shard_no_longer_served_does_nothing() -> None:
+    s = setup(served=set())
+    name = names_in(0, 1)[0]
+    s.rec.observe(body(name))
+    await s.rec.refresh((NS, name), due=T0.timestamp())  # no I/O reached: kube is None
