@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import promql_parser
 import pytest
 from kubernetes import client, config
 
@@ -44,6 +45,10 @@ pytestmark = pytest.mark.e2e
 
 MONITORING_CRDS = pathlib.Path(__file__).parent / "data" / "monitoring-crds.yaml"
 RESTRICTED = "pod-security.kubernetes.io/enforce"
+#: The Role (and RoleBinding) for leader election's Leases, in the operator's namespace.
+LEASE_ROLE = "tokensync-leader-election"
+#: The verbs leader election needs on Leases (deploy/base/rbac.yaml says why): no watch, no patch.
+LEASE_VERBS = ("get", "list", "create", "update", "delete")
 #: How long this module waits for the API server or the operator (longer than the default).
 TIMEOUT = 30.0
 
@@ -126,14 +131,25 @@ def test_overlay_applies_with_server_side_apply(
     assert diff.returncode == 0, diff.stdout + diff.stderr
 
     kinds = {d["kind"] for d in docs}
-    assert {"CustomResourceDefinition", "Namespace", "ServiceAccount", "Deployment", "Service"} <= (
-        kinds
-    )
+    assert {
+        "CustomResourceDefinition",
+        "Namespace",
+        "ServiceAccount",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+    } <= kinds
     assert ({"ServiceMonitor", "PrometheusRule", "NetworkPolicy"} <= kinds) == bool(components)
+    # The Leases' Role stays in the operator's namespace, whichever namespaces are watched.
+    for kind in ("Role", "RoleBinding"):
+        lease_grant = manifests.find(docs, kind, LEASE_ROLE)
+        assert lease_grant["metadata"]["namespace"] == OPERATOR_NAMESPACE
     if overlay == "single-namespace":
         assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
-        assert manifests.find(docs, "Role")["metadata"]["namespace"] == namespace
-        assert manifests.find(docs, "RoleBinding")["metadata"]["namespace"] == namespace
+        assert manifests.find(docs, "Role", "tokensync")["metadata"]["namespace"] == namespace
+        assert (
+            manifests.find(docs, "RoleBinding", "tokensync")["metadata"]["namespace"] == namespace
+        )
         assert f"--namespace={namespace}" in manifests.container(docs)["args"]
     else:
         assert {"ClusterRole", "ClusterRoleBinding"} <= kinds
@@ -160,10 +176,10 @@ def test_single_namespace_role_has_the_cluster_role_rules(
     cluster_wide = manifests.documents(render(tmp_path / "a", kubectl, "cluster-wide"))
     single = manifests.documents(render(tmp_path / "b", kubectl, "single-namespace"))
     assert (
-        manifests.find(single, "Role")["rules"]
+        manifests.find(single, "Role", "tokensync")["rules"]
         == manifests.find(cluster_wide, "ClusterRole")["rules"]
     )
-    binding = manifests.find(single, "RoleBinding")
+    binding = manifests.find(single, "RoleBinding", "tokensync")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -201,16 +217,49 @@ def test_deployment_arguments_are_flags_of_tokensync_run(
     assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
-def test_deployment_is_a_single_replica_replaced_with_recreate(
-    kubectl: Kubectl, tmp_path: pathlib.Path
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployment_is_two_replicas_with_leader_election_and_a_disruption_budget(
+    kubectl: Kubectl, tmp_path: pathlib.Path, overlay: str
 ) -> None:
-    docs = manifests.documents(render(tmp_path, kubectl, "cluster-wide"))
+    """The HA shape (issue 18): two replicas, one leader and one warm standby; a rollout
+    starts a new pod before it stops an old one; a drain evicts one pod at a time."""
+    docs = manifests.documents(render(tmp_path, kubectl, overlay))
     deployment = manifests.find(docs, "Deployment", "tokensync")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deployment["spec"]["template"]["spec"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pod["serviceAccountName"] == "tokensync"
+    # Room for the graceful hand-over: the Lease is released on SIGTERM, well within it.
+    assert pod["terminationGracePeriodSeconds"] >= 30
+
+    budget = manifests.find(docs, "PodDisruptionBudget", "tokensync")
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in budget["spec"]
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+    # Preferred, not required: a one-node cluster still runs both replicas.
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["maxSkew"] == 1
+    assert spread["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+
     spec = manifests.container(docs)
+    assert "--leader-elect" in spec["args"]
+    # The operator's defaults: Leases in its own namespace, named tokensync-*, one shard.
+    assert not [a for a in spec["args"] if a.startswith(("--lease-", "--shards", "--identity"))]
+    downward = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in spec["env"] if "valueFrom" in e
+    }
+    assert downward == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+
     assert spec["image"] == "ghcr.io/tokensync/tokensync:0.1.0"
     assert set(spec["resources"]) == {"requests", "limits"}
     assert {"cpu", "memory"} <= set(spec["resources"]["requests"])
@@ -221,6 +270,40 @@ def test_deployment_is_a_single_replica_replaced_with_recreate(
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_leader_election_alerts(kubectl: Kubectl, tmp_path: pathlib.Path) -> None:
+    """The alerts on leader election, as the prometheusrule component ships them (the Helm
+    chart renders the same rules: test_helm.py). tests/unit/test_observability.py checks
+    every alert's metrics against the operator's registry; this pins what these two mean:
+    PromQL compared after parsing, so that layout does not matter."""
+    docs = manifests.documents(render(tmp_path, kubectl, "cluster-wide", ("prometheusrule",)))
+    rules = {
+        rule["alert"]: rule
+        for group in manifests.find(docs, "PrometheusRule", "tokensync")["spec"]["groups"]
+        for rule in group["rules"]
+    }
+
+    def same(expr: str, expected: str) -> bool:
+        return str(promql_parser.parse(expr)) == str(promql_parser.parse(expected))
+
+    unserved = rules["TokensyncShardsUnserved"]
+    # Some credentials have no replica refreshing them: fewer shards held than configured.
+    assert same(
+        unserved["expr"],
+        "sum by (namespace) (tokensync_shards_held) < max by (namespace) (tokensync_shards)",
+    )
+    assert unserved["for"] == "2m"
+    assert unserved["labels"]["severity"] == "critical"
+    flapping = rules["TokensyncLeadershipFlapping"]
+    assert same(
+        flapping["expr"],
+        'increase(tokensync_leadership_transitions_total{change="lost"}[15m]) > 3',
+    )
+    assert flapping["labels"]["severity"] == "warning"
+    for rule in (unserved, flapping):
+        assert rule["annotations"]["summary"]
+        assert "docs/operations.md" in rule["annotations"]["description"]
 
 
 def test_network_policy_allows_only_what_the_operator_needs(
@@ -339,6 +422,7 @@ def test_service_account_is_denied_what_it_does_not_need(
     )
     core, custom = client.CoreV1Api(sa_client), client.CustomObjectsApi(sa_client)
     apps = client.AppsV1Api(sa_client)
+    leases = client.CoordinationV1Api(sa_client)
     crd_args = (model.GROUP, model.VERSION, namespace, model.PLURAL)
 
     # What it needs works: the identity is real, and the denials below are RBAC's.
@@ -421,6 +505,20 @@ def test_service_account_is_denied_what_it_does_not_need(
             "app", namespace, {"spec": {"template": {"metadata": {"annotations": {"a": "b"}}}}}
         ),
         "read CRDs": lambda: client.ApiextensionsV1Api(sa_client).list_custom_resource_definition(),
+        # Leases only in its own namespace (leader election), and never watched or patched.
+        "create a Lease in a watched namespace": lambda: leases.create_namespaced_lease(
+            namespace, lease_body("tokensync-shard-0")
+        ),
+        "list Leases in every namespace": leases.list_lease_for_all_namespaces,
+        "take over a kube-system Lease": lambda: leases.replace_namespaced_lease(
+            "kube-controller-manager", "kube-system", lease_body("kube-controller-manager")
+        ),
+        "watch Leases in its own namespace": lambda: leases.list_namespaced_lease(
+            OPERATOR_NAMESPACE, watch=True, timeout_seconds=1
+        ),
+        "patch a Lease in its own namespace": lambda: leases.patch_namespaced_lease(
+            "tokensync-shard-0", OPERATOR_NAMESPACE, {"spec": {"holderIdentity": "x"}}
+        ),
     }
     codes = {what: status_code(call) for what, call in denied.items()}
     assert codes == dict.fromkeys(denied, 403)
@@ -429,6 +527,62 @@ def test_service_account_is_denied_what_it_does_not_need(
     assert admin_core.read_namespaced_config_map("some-config", namespace).data == {"k": "v"}
     spec = admin_custom.get_namespaced_custom_object(*crd_args, "api")["spec"]
     assert spec["tokenURL"] == "https://login.example.com/t"
+
+
+def lease_body(name: str, holder: str = "test") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"holderIdentity": holder}}
+
+
+def operator_can(kubectl: Kubectl, verb: str, resource: str, namespace: str) -> bool:
+    """What the authorizer answers for the operator's ServiceAccount, as ``kubectl auth
+    can-i --as`` asks it (``namespace`` "": in every namespace). Unlike
+    support.operatorproc.operator_may, it names the resource with its API group, which
+    Leases need (``leases.coordination.k8s.io``)."""
+    where = [f"--namespace={namespace}"] if namespace else ["--all-namespaces"]
+    account = f"system:serviceaccount:{OPERATOR_NAMESPACE}:tokensync"
+    result = kubectl.run("auth", "can-i", verb, resource, f"--as={account}", *where, check=False)
+    return result.stdout.strip() == "yes"
+
+
+def test_service_account_may_use_leases_in_its_own_namespace_only(
+    kubectl: Kubectl, sa_client: client.ApiClient, namespace: str
+) -> None:
+    """Leader election's rights (deploy/base/rbac.yaml, Role tokensync-leader-election):
+    get, list, create, update and delete Leases in tokensync-system, as the authorizer
+    answers and as the calls go; no other verb there, and nothing on Leases anywhere else."""
+    leases_resource = "leases.coordination.k8s.io"
+    for verb in LEASE_VERBS:
+        assert operator_can(kubectl, verb, leases_resource, OPERATOR_NAMESPACE), verb
+    for verb in ("watch", "patch", "deletecollection"):
+        assert not operator_can(kubectl, verb, leases_resource, OPERATOR_NAMESPACE), verb
+    for elsewhere in (namespace, "kube-system", "kube-node-lease", ""):
+        for verb in (*LEASE_VERBS, "watch"):
+            assert not operator_can(kubectl, verb, leases_resource, elsewhere), (verb, elsewhere)
+    # The control: the same question about a right it has elsewhere answers yes.
+    assert operator_can(kubectl, "list", "secrets", namespace)
+
+    # The calls themselves, as the operator makes them.
+    leases = client.CoordinationV1Api(sa_client)
+    name = f"tokensync-test-{uuid.uuid4().hex[:8]}"
+    created = leases.create_namespaced_lease(OPERATOR_NAMESPACE, lease_body(name, "a"))
+    try:
+        assert leases.read_namespaced_lease(name, OPERATOR_NAMESPACE).spec.holder_identity == "a"
+        listed = leases.list_namespaced_lease(OPERATOR_NAMESPACE).items
+        assert name in {lease.metadata.name for lease in listed}
+        created.spec.holder_identity = "b"
+        replaced = leases.replace_namespaced_lease(name, OPERATOR_NAMESPACE, created)
+        assert replaced.spec.holder_identity == "b"
+        # An update against an old resourceVersion is refused: two replicas cannot both
+        # take a Lease they read at the same version.
+        created.spec.holder_identity = "c"
+        assert (
+            status_code(lambda: leases.replace_namespaced_lease(name, OPERATOR_NAMESPACE, created))
+            == 409
+        )
+    finally:
+        leases.delete_namespaced_lease(name, OPERATOR_NAMESPACE)
+    assert status_code(lambda: leases.read_namespaced_lease(name, OPERATOR_NAMESPACE)) == 404
+    assert status_code(lambda: leases.create_namespaced_lease(namespace, lease_body(name))) == 403
 
 
 def test_workload_identity_component_adds_exactly_service_account_tokens(
@@ -605,11 +759,14 @@ def test_single_namespace_install_runs_the_operator_in_its_namespace_only(
     namespace: str,
     tmp_path: pathlib.Path,
 ) -> None:
-    """The Role is enough for a full credential cycle, and gives nothing outside it.
+    """The Role is enough for a full credential cycle, and gives nothing outside it; the
+    leader election Role in the operator's namespace is enough for the Leases.
 
     Other tests install the cluster-wide ClusterRoleBinding for tokensync-system/tokensync,
     so this install's operator namespace is renamed: its ServiceAccount then holds only
-    what the single-namespace overlay grants.
+    what the single-namespace overlay grants. The operator runs with the Deployment's
+    arguments (``--leader-elect`` included) and the environment its downward API gives a
+    pod (POD_NAME, POD_NAMESPACE).
     """
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     operator_ns = f"tsn-{uuid.uuid4().hex[:8]}"
@@ -623,7 +780,9 @@ def test_single_namespace_install_runs_the_operator_in_its_namespace_only(
             for arg in manifests.container(manifests.documents(rendered))["args"]
             if not arg.startswith(("--metrics-port", "--health-port", "--refresh-port"))
         ]
-        assert args == [f"--namespace={namespace}"]
+        assert args == ["--leader-elect", f"--namespace={namespace}"]
+        pod_name = "tokensync-5d8f7c9b4-x2x7q"
+        pod_env = {"POD_NAME": pod_name, "POD_NAMESPACE": operator_ns}
         kubeconfig = service_account_kubeconfig(
             cluster, api_client, tmp_path / "sa.kubeconfig", namespace=operator_ns
         )
@@ -660,7 +819,10 @@ def test_single_namespace_install_runs_the_operator_in_its_namespace_only(
                     },
                 )
             with OperatorProcess(
-                kubeconfig=kubeconfig, log_path=tmp_path / "operator.log", extra_args=args
+                kubeconfig=kubeconfig,
+                log_path=tmp_path / "operator.log",
+                extra_args=args,
+                env=pod_env,
             ) as operator:
 
                 def ready(ns: str) -> bool:
@@ -682,6 +844,12 @@ def test_single_namespace_install_runs_the_operator_in_its_namespace_only(
                 )
                 assert "status" not in other_cred
                 assert status_code(lambda: core.read_namespaced_secret("api-token", other)) == 404
+                # It served the credential as the holder of the one shard's Lease, which
+                # lives in the operator's namespace, not in the watched one.
+                coordination = client.CoordinationV1Api(api_client)
+                shard = coordination.read_namespaced_lease("tokensync-shard-0", operator_ns)
+                assert shard.spec.holder_identity.startswith(pod_name)
+                assert not coordination.list_namespaced_lease(namespace).items
                 assert "Forbidden" not in operator.log()
             with config.new_client_from_config(config_file=str(kubeconfig)) as sa:
                 sa_core = client.CoreV1Api(sa)

@@ -2,9 +2,11 @@
 
 helm is built from its Go module by hack/build-helm.sh (cached after the first build).
 "Equal in substance" means: the same objects (kind, namespace, name), the same RBAC rules
-and bindings, the same pod spec (image, arguments, probes, resources, security context),
-Service ports, ServiceMonitor endpoints, alert rules, NetworkPolicy rules and CRD; labels
-may differ (the chart adds Helm's), but every selector must still select its pods.
+and bindings, the same pod spec (image, arguments, probes, resources, security context,
+replicas and strategy), Service ports, ServiceMonitor endpoints, alert rules, NetworkPolicy
+rules, PodDisruptionBudget and CRD; labels may differ (the chart adds Helm's), but every
+selector (a Service's, the PodDisruptionBudget's, the pods' spread constraint) must still
+select its pods.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from support import manifests
 from support.manifests import COMPONENTS, OVERLAYS, ROLLOUT_RESTART, WORKLOAD_IDENTITY, Kubectl
 from support.operatorproc import may_mint_tokens
 from support.polling import wait_for
+from tokensync import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -100,6 +103,11 @@ def check_selectors(docs: list[dict[str, Any]]) -> None:
     for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
         selector = policy["spec"]["podSelector"]
         assert selector == {} or selects(selector["matchLabels"], pod_labels)
+    for budget in (d for d in docs if d["kind"] == "PodDisruptionBudget"):
+        assert selects(budget["spec"]["selector"]["matchLabels"], pod_labels)
+    pod = deployment["spec"]["template"]["spec"]
+    for spread in pod.get("topologySpreadConstraints", []):
+        assert selects(spread["labelSelector"]["matchLabels"], pod_labels)
 
 
 def substance(docs: list[dict[str, Any]]) -> dict[tuple[str, str | None, str], Any]:
@@ -119,8 +127,10 @@ def substance(docs: list[dict[str, Any]]) -> dict[tuple[str, str | None, str], A
         elif kind == "Deployment":
             del spec["selector"]
             del spec["template"]["metadata"]
+            for spread in spec["template"]["spec"].get("topologySpreadConstraints", []):
+                del spread["labelSelector"]
             out[key] = spec
-        elif kind in {"Service", "ServiceMonitor"}:
+        elif kind in {"Service", "ServiceMonitor", "PodDisruptionBudget"}:
             del spec["selector"]
             out[key] = spec
         elif kind == "NetworkPolicy":
@@ -142,6 +152,8 @@ def test_chart_lints(helm_bin: pathlib.Path) -> None:
         ["clusterWide=false", "watchNamespaces={apps}", "workloadIdentity.enabled=true"],
         ["rolloutRestart.enabled=true", "rolloutRestart.namespaces={apps}"],
         ["clusterWide=false", "watchNamespaces={apps}", "rolloutRestart.enabled=true"],
+        ["replicaCount=3", "shards=3", "leaderElection.namespace=coordination"],
+        ["leaderElection.enabled=false", "replicaCount=1", "podDisruptionBudget.enabled=false"],
     ):
         sets = [arg for value in values for arg in ("--set", value)]
         out = manifests.helm(helm_bin, "lint", "--strict", str(manifests.HELM_CHART), *sets)
@@ -163,6 +175,162 @@ def test_chart_refuses_values_it_cannot_render(helm_bin: pathlib.Path) -> None:
                 "workloadIdentity.namespaces={billing}",
             ],
         )
+    # Lease timings the operator could not keep: a holder must give its Lease up before
+    # another replica may take it, and get more than one try before it does.
+    with pytest.raises(AssertionError, match=r"renewDeadline \(15\) must be less than"):
+        template(helm_bin, ["leaderElection.renewDeadline=15"])
+    with pytest.raises(AssertionError, match=r"retryPeriod \(9\) must be well under"):
+        template(helm_bin, ["leaderElection.retryPeriod=9"])
+    with pytest.raises(AssertionError, match="additional properties 'foo' not allowed"):
+        template(helm_bin, ["leaderElection.foo=1"])  # a misspelt key, not silently ignored
+    with pytest.raises(AssertionError, match="podDisruptionBudget/maxUnavailable"):
+        template(helm_bin, ["podDisruptionBudget.maxUnavailable=0"])  # would block drains
+
+
+def test_chart_without_leader_election_is_one_replica_replaced_with_recreate(
+    helm_bin: pathlib.Path,
+) -> None:
+    """leaderElection.enabled=false: no Leases, no Lease rights, Recreate; replicaCount
+    above 1 is refused, since every replica would do all the work (decision 0036)."""
+    with pytest.raises(
+        AssertionError, match=r"replicaCount is 2 but leaderElection\.enabled is false"
+    ):
+        template(helm_bin, ["leaderElection.enabled=false"])
+    with pytest.raises(AssertionError, match=r"shards is 2 but leaderElection\.enabled is false"):
+        template(helm_bin, ["leaderElection.enabled=false", "replicaCount=1", "shards=2"])
+    docs = manifests.documents(
+        template(helm_bin, ["leaderElection.enabled=false", "replicaCount=1"])
+    )
+    deployment = manifests.find(docs, "Deployment", "tokensync")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = manifests.container(docs)
+    assert container["args"] == ["--metrics-port=8080", "--health-port=8081", "--refresh-port=8082"]
+    assert {e["name"] for e in container["env"]} == {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
+    assert not [
+        rule
+        for d in docs
+        if d["kind"] in {"ClusterRole", "Role"}
+        for rule in d["rules"]
+        if "leases" in rule["resources"]
+    ]
+
+
+def test_chart_leader_election_values_reach_the_container(helm_bin: pathlib.Path) -> None:
+    """Each value becomes its flag when it differs from the operator's default; the Lease
+    Role follows leaderElection.namespace; replicas follow replicaCount."""
+    docs = manifests.documents(
+        template(
+            helm_bin,
+            [
+                "replicaCount=4",
+                "shards=4",
+                "leaderElection.leaseDuration=30",
+                "leaderElection.renewDeadline=20",
+                "leaderElection.retryPeriod=5",
+                "leaderElection.leaseName=payments-tokensync",
+                "leaderElection.namespace=coordination",
+            ],
+        )
+    )
+    assert manifests.find(docs, "Deployment", "tokensync")["spec"]["replicas"] == 4
+    container = manifests.container(docs)
+    assert container["args"][3:] == [
+        "--leader-elect",
+        "--lease-namespace=coordination",
+        "--lease-name=payments-tokensync",
+        "--lease-duration=30",
+        "--renew-deadline=20",
+        "--retry-period=5",
+        "--shards=4",
+    ]
+    downward = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container["env"]
+        if "valueFrom" in e
+    }
+    assert downward == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    name = "tokensync-leader-election"
+    assert [o for o in rbac_objects(docs) if o[2] == name] == [
+        ("Role", "coordination", name),
+        ("RoleBinding", "coordination", name),
+    ]
+    binding = manifests.find(docs, "RoleBinding", name)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tokensync", "namespace": manifests.OPERATOR_NAMESPACE}
+    ]
+    # Fractional seconds from a values file (--set makes them strings; --set-json does not).
+    docs = manifests.documents(
+        manifests.helm(
+            helm_bin,
+            "template",
+            "tokensync",
+            str(manifests.HELM_CHART),
+            f"--namespace={manifests.OPERATOR_NAMESPACE}",
+            "--set-json=leaderElection.retryPeriod=1.5",
+        )
+    )
+    assert "--retry-period=1.5" in manifests.container(docs)["args"]
+
+
+def test_chart_leader_election_arguments_are_flags_of_tokensync_run(
+    helm_bin: pathlib.Path,
+) -> None:
+    """Every argument the chart can pass is one `tokensync run` takes, with its value."""
+    docs = manifests.documents(
+        template(
+            helm_bin,
+            [
+                "replicaCount=3",
+                "shards=3",
+                "leaderElection.leaseDuration=30",
+                "leaderElection.renewDeadline=20",
+                "leaderElection.retryPeriod=5",
+                "leaderElection.leaseName=payments-tokensync",
+                "leaderElection.namespace=coordination",
+            ],
+        )
+    )
+    parsed = cli._parser().parse_args(["run", *manifests.container(docs)["args"]])
+    assert parsed.leader_elect is True
+    assert parsed.lease_namespace == "coordination"
+    assert parsed.lease_name == "payments-tokensync"
+    assert (parsed.lease_duration, parsed.renew_deadline, parsed.retry_period) == (30, 20, 5)
+    assert parsed.shards == 3
+    # and the defaults the chart leaves to the operator are the chart's defaults
+    defaults = cli._parser().parse_args(["run"])
+    assert (defaults.lease_duration, defaults.renew_deadline, defaults.retry_period) == (15, 10, 2)
+    assert (defaults.lease_name, defaults.shards) == ("tokensync", 1)
+
+
+def test_chart_disruption_budget_and_spread_can_be_changed_or_disabled(
+    helm_bin: pathlib.Path,
+) -> None:
+    default = manifests.documents(template(helm_bin, []))
+    budget = manifests.find(default, "PodDisruptionBudget", "tokensync")
+    assert budget["spec"]["maxUnavailable"] == 1
+    docs = manifests.documents(
+        template(
+            helm_bin,
+            [
+                "replicaCount=4",
+                "podDisruptionBudget.maxUnavailable=2",
+                "topologySpread.topologyKey=topology.kubernetes.io/zone",
+            ],
+        )
+    )
+    assert manifests.find(docs, "PodDisruptionBudget", "tokensync")["spec"]["maxUnavailable"] == 2
+    pod = manifests.find(docs, "Deployment", "tokensync")["spec"]["template"]["spec"]
+    assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == [
+        "topology.kubernetes.io/zone"
+    ]
+    docs = manifests.documents(
+        template(helm_bin, ["podDisruptionBudget.enabled=false", "topologySpread.enabled=false"])
+    )
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    pod = manifests.find(docs, "Deployment", "tokensync")["spec"]["template"]["spec"]
+    assert "topologySpreadConstraints" not in pod
+    check_selectors(docs)
 
 
 @pytest.mark.parametrize("components", [(), COMPONENTS], ids=["plain", "with-components"])
@@ -298,7 +466,9 @@ def test_chart_grants_workload_identity_only_when_asked_and_where_asked(
         ("RoleBinding", "a", name),
         ("RoleBinding", "b", name),
     ]
-    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+    for binding in (
+        d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == name
+    ):
         assert binding["roleRef"]["kind"] == "ClusterRole"
     docs = manifests.documents(
         template(
@@ -369,6 +539,7 @@ def test_chart_values_reach_the_container(helm_bin: pathlib.Path) -> None:
         "--metrics-port=0",
         "--health-port=8081",
         "--refresh-port=0",
+        "--leader-elect",
         "--allowed-token-host=login.example.com",
         "--allowed-token-host=*.okta.com",
         "--workers=32",
@@ -458,6 +629,7 @@ def test_chart_applies_with_server_side_apply(
 def test_helm_install_and_uninstall(
     helm_bin: pathlib.Path,
     cluster: LocalCluster,
+    kubectl: Kubectl,
     api_client: client.ApiClient,
     crds: None,
 ) -> None:
@@ -478,12 +650,33 @@ def test_helm_install_and_uninstall(
         assert "STATUS: deployed" in out
         assert "watching every namespace" in out
         assert "Workload identity federation (spec.serviceAccountRef) is off" in out
+        assert f"2 replicas with leader election on the Leases tokensync-* in {release}" in out
         listed = manifests.helm(helm_bin, "list", "--output=json", *kube)
         assert release in listed
         apps = client.AppsV1Api(api_client)
-        assert apps.read_namespaced_deployment(release, release).spec.replicas == 1
+        deployment = apps.read_namespaced_deployment(release, release)
+        assert deployment.spec.replicas == 2
+        assert deployment.spec.strategy.type == "RollingUpdate"
+        policy = client.PolicyV1Api(api_client)
+        assert policy.read_namespaced_pod_disruption_budget(release, release).spec.max_unavailable
         rbac = client.RbacAuthorizationV1Api(api_client)
         assert rbac.read_cluster_role(release).rules
+
+        # The Leases' rights, in the release namespace only, as the authorizer answers.
+        def may_update_leases(namespace: str) -> bool:
+            answer = kubectl.run(
+                "auth",
+                "can-i",
+                "update",
+                "leases.coordination.k8s.io",
+                f"--as=system:serviceaccount:{release}:{release}",
+                f"--namespace={namespace}",
+                check=False,
+            )
+            return answer.stdout.strip() == "yes"
+
+        wait_for(lambda: may_update_leases(release), what="the Lease grant")
+        assert not may_update_leases("kube-system")
         manifests.helm(helm_bin, "uninstall", release, *kube)
         with pytest.raises(client.ApiException) as gone:
             rbac.read_cluster_role(release)

@@ -11,16 +11,21 @@ reach the API server (no kube-proxy: ``KUBERNETES_SERVICE_HOST``/``_PORT``), the
 allowance ``--allow-private-network=<host address>`` for the test's token endpoint, and the
 cluster's CA as the ``kube-root-ca.crt`` ConfigMap. Then:
 
-- the pod runs in tokensync-system, which enforces Pod Security "restricted", as the
-  ServiceAccount tokensync; the kubelet's liveness and readiness probes pass;
-- its metrics are served at the pod's IP;
+- the Deployment's two pods run in tokensync-system, which enforces Pod Security
+  "restricted", as the ServiceAccount tokensync; the kubelet's liveness and readiness
+  probes pass;
+- their metrics are served at the pods' IPs; exactly one pod holds the shard's Lease
+  (``tokensync_leader`` 1), the other stands by (issue 18);
 - a ClientCredential becomes Ready against a token server on this machine's loopback,
-  which the pod reaches through the node's relay;
-- once the pod is deleted, the Deployment's next pod takes over the credential without a
-  single token request (its token is still valid).
+  which the pods reach through the node's relay; only the leader sends a token request;
+- once the leader's pod is deleted (a graceful stop, as a drain or a rollout does it), the
+  standby takes the Lease over and the credential without a single token request (its
+  token is still valid), and the Deployment's replacement pod stands by.
 
-The times from pod creation to Ready are printed (``FIGURES``) and appended as JSON lines
-to ``TOKENSYNC_POD_FIGURES`` when set (docs/performance.md).
+There is no scheduler here: both pods are bound to the one node, so the Deployment's
+preferred spread over nodes has nothing to choose. The times from pod creation to Ready,
+and from the leader's deletion to the standby's leadership, are printed (``FIGURES``) and
+appended as JSON lines to ``TOKENSYNC_POD_FIGURES`` when set (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ RESTRICTED = "pod-security.kubernetes.io/enforce"
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: Waits for pods: a cold start of the image takes a few seconds on two busy cores.
 POD_TIMEOUT = 120.0
+#: The Deployment's replicas (deploy/base/deployment.yaml): a leader and a warm standby.
+REPLICAS = 2
+#: The operator's default lease duration and retry period (seconds): a standby takes a
+#: Lease over at the latest this long after its holder stopped renewing it.
+LEASE_DURATION, RETRY_PERIOD = 15.0, 2.0
 
 
 def figures(**values: Any) -> None:
@@ -286,6 +296,8 @@ class Install:
     directory: pathlib.Path
     first: Started
     applied: float
+    #: Every replica, in the order they became Ready (``first`` is the first of them).
+    started: list[Started]
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +327,10 @@ def installed(
             pod_seen_to_healthz_s=round(first.healthy - first.seen, 2),
             pod_seen_to_ready_s=round(first.ready - first.seen, 2),
         )
-        yield Install(directory, first, applied)
+        started = [first]
+        while len(started) < REPLICAS:
+            started.append(wait_for_new_pod(core, previous | {s.pod.metadata.uid for s in started}))
+        yield Install(directory, first, applied, started)
     finally:
         # The Deployment goes (its ReplicaSet and pod with it), so that no operator pod
         # keeps reconciling other modules' credentials; the rest of the install stays, as
@@ -334,6 +349,36 @@ def installed(
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
+
+
+def pod_metrics(pod: client.V1Pod) -> str:
+    """The pod's metrics, or "" while it has no address or does not answer."""
+    ip = pod.status.pod_ip if pod.status else None
+    if not ip:
+        return ""
+    try:
+        return scrape(f"http://{ip}:8080/metrics")
+    except OSError:
+        return ""
+
+
+def leads(pod: client.V1Pod) -> bool | None:
+    """Whether the pod holds a shard (``tokensync_leader``); None while it does not say."""
+    value = samples(pod_metrics(pod), "tokensync_leader").get("")
+    return None if value is None else value == 1
+
+
+def leader_and_standbys(core: client.CoreV1Api) -> tuple[client.V1Pod, list[client.V1Pod]] | None:
+    """The one Ready pod that leads and the Ready ones that stand by, once every Ready pod
+    says which it is and exactly one leads; None until then."""
+    pods = [p for p in operator_pods(core) if is_ready(p)]
+    answers = [(pod, leads(pod)) for pod in pods]
+    if any(answer is None for _, answer in answers):
+        return None
+    leaders = [pod for pod, answer in answers if answer]
+    if len(leaders) != 1:
+        return None
+    return leaders[0], [pod for pod, answer in answers if not answer]
 
 
 def samples(text: str, name: str) -> dict[str, float]:
@@ -422,6 +467,30 @@ def test_pod_runs_restricted_as_its_service_account_with_passing_probes(
     assert samples(text, "tokensync_refresh_queue_size")
 
 
+def test_one_pod_leads_and_the_other_stands_by(
+    installed: Install, api_client: client.ApiClient
+) -> None:
+    """Both replicas run and are Ready; one holds the shard's Lease, named after its pod
+    (POD_NAME from the downward API), in the operator's namespace (POD_NAMESPACE)."""
+    core = client.CoreV1Api(api_client)
+    assert len(installed.started) == REPLICAS
+    for started in installed.started:
+        pod = core.read_namespaced_pod(started.pod.metadata.name, OPERATOR_NAMESPACE)
+        assert is_ready(pod)
+        assert pod.status.container_statuses[0].restart_count == 0
+    leader, standbys = wait_for(
+        lambda: leader_and_standbys(core), timeout=30, interval=0.5, what="one leader"
+    )
+    assert len(standbys) == REPLICAS - 1
+    for standby in standbys:
+        assert samples(pod_metrics(standby), "tokensync_shards_held") == {"": 0}
+    assert samples(pod_metrics(leader), "tokensync_shards_held") == {"": 1}
+    lease = client.CoordinationV1Api(api_client).read_namespaced_lease(
+        "tokensync-shard-0", OPERATOR_NAMESPACE
+    )
+    assert lease.spec.holder_identity.startswith(leader.metadata.name)
+
+
 @pytest.fixture
 def token_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenServer]:
     # Authlib serves plain HTTP only to requests addressed to loopback; the pod's arrive
@@ -432,7 +501,7 @@ def token_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenServer]:
         yield server
 
 
-def test_credential_ready_and_next_pod_resumes_without_token_requests(
+def test_credential_ready_and_standby_takes_over_without_token_requests(
     installed: Install,
     node: Node,
     api_client: client.ApiClient,
@@ -441,7 +510,7 @@ def test_credential_ready_and_next_pod_resumes_without_token_requests(
 ) -> None:
     core = client.CoreV1Api(api_client)
     env = Env(api_client, namespace, timeout=60, interval=0.2)
-    # The token server listens on 127.0.0.1; the pod reaches it at the node's host address.
+    # The token server listens on 127.0.0.1; the pods reach it at the node's host address.
     url = node.reach(token_server.url)
     env.secret(
         "oauth-client",
@@ -457,42 +526,72 @@ def test_credential_ready_and_next_pod_resumes_without_token_requests(
     issued = token_server.requests
     assert issued == 1
 
-    first = installed.first.pod
-    first_ip = core.read_namespaced_pod(first.metadata.name, OPERATOR_NAMESPACE).status.pod_ip
-    text = scrape(f"http://{first_ip}:8080/metrics")
-    assert successes(text) == 1
+    # The leader sent it; the standby sent nothing.
+    leader, (standby,) = wait_for(
+        lambda: leader_and_standbys(core), timeout=30, interval=0.5, what="one leader"
+    )
+    assert successes(pod_metrics(leader)) == 1
+    assert successes(pod_metrics(standby)) == 0
 
-    # The Deployment's next pod, once this one is deleted as a user would delete it.
+    # The leader's pod deleted as a drain or a rollout deletes it: SIGTERM, and the operator
+    # hands its Lease over as it stops. The standby takes over within a retry period of the
+    # release; at the latest, had the release been lost, a lease duration after the last
+    # renewal plus a retry period.
     deleted = time.monotonic()
-    core.delete_namespaced_pod(first.metadata.name, OPERATOR_NAMESPACE)
-    second = wait_for_new_pod(core, {first.metadata.uid})
+    core.delete_namespaced_pod(leader.metadata.name, OPERATOR_NAMESPACE)
+    wait_for(
+        lambda: leads(standby),
+        timeout=LEASE_DURATION + RETRY_PERIOD + 5,
+        interval=0.1,
+        what="the standby taking the Lease over",
+    )
+    took_over = time.monotonic()
+    replacement = wait_for_new_pod(
+        core,
+        {
+            leader.metadata.uid,
+            standby.metadata.uid,
+            *(s.pod.metadata.uid for s in installed.started),
+        },
+    )
     figures(
-        what="operator pod, after the first was deleted",
-        delete_to_ready_s=round(second.ready - deleted, 2),
-        pod_seen_to_healthz_s=round(second.healthy - second.seen, 2),
-        pod_seen_to_ready_s=round(second.ready - second.seen, 2),
+        what="operator pods, after the leader's pod was deleted",
+        delete_to_standby_leading_s=round(took_over - deleted, 2),
+        delete_to_replacement_ready_s=round(replacement.ready - deleted, 2),
+        pod_seen_to_healthz_s=round(replacement.healthy - replacement.seen, 2),
+        pod_seen_to_ready_s=round(replacement.ready - replacement.seen, 2),
     )
 
-    # It lists the credential at start, reads its token's expiry from status and queues it
-    # for its refresh, due long after this test; nothing is sent meanwhile. (Its
+    # The new leader lists the credential, reads its token's expiry from status and queues
+    # it for its refresh, due long after this test; nothing is sent meanwhile. (Its
     # per-credential gauges stay unset until then: only an attempt's outcome sets them.)
     def queued() -> bool:
-        text = scrape(f"http://{second.pod.status.pod_ip}:8080/metrics")
+        text = pod_metrics(standby)
         return sum(samples(text, "tokensync_refresh_queue_size").values()) >= 1
 
-    wait_for(queued, timeout=30, interval=0.5, what="the new pod queueing the credential")
+    wait_for(queued, timeout=30, interval=0.5, what="the new leader queueing the credential")
     time.sleep(3)
-    text = scrape(f"http://{second.pod.status.pod_ip}:8080/metrics")
     assert token_server.requests == issued
-    assert successes(text) == 0
+    assert successes(pod_metrics(standby)) == 0
     assert env.token() == token
     assert env.status()["expiresAt"] == expires_at
     assert env.ready()["status"] == "True"
+    # The replacement stands by: one leader still.
+    assert wait_for(
+        lambda: (
+            leads(core.read_namespaced_pod(replacement.pod.metadata.name, OPERATOR_NAMESPACE))
+            is False
+        ),
+        timeout=30,
+        interval=0.5,
+        what="the replacement pod standing by",
+    )
 
-    # The control: the new pod is the one serving the credential. Asked to refresh, it
-    # sends exactly one request, and its metrics count it.
+    # The control: the new leader is the one serving the credential. Asked to refresh, it
+    # sends exactly one request, and its metrics count it; the replacement sends none.
     env.force_refresh()
     env.wait_for(lambda: env.token() not in (None, token), what="a refreshed token")
-    text = scrape(f"http://{second.pod.status.pod_ip}:8080/metrics")
     assert token_server.requests == issued + 1
-    assert successes(text) == 1
+    assert successes(pod_metrics(standby)) == 1
+    replacement_pod = core.read_namespaced_pod(replacement.pod.metadata.name, OPERATOR_NAMESPACE)
+    assert successes(pod_metrics(replacement_pod)) == 0

@@ -116,6 +116,8 @@ def test_the_alerts_the_issue_asks_for() -> None:
         "TokensyncCredentialNotReady",
         "TokensyncTokenEndpointErrors",
         "TokensyncOperatorAbsent",
+        "TokensyncShardsUnserved",
+        "TokensyncLeadershipFlapping",
     }
     assert by_name["TokensyncCredentialNotReady"]["for"] == "10m"
     for rule in by_name.values():
