@@ -118,6 +118,40 @@ class Kube:
             if not token:
                 return found
 
+    async def list_secret_versions(
+        self, namespace: str | None, label_selector: str
+    ) -> dict[tuple[str, str], str]:
+        """The resourceVersion of every Secret with the label (in ``namespace``, or the
+        cluster's): a consistent read, in pages of metadata only."""
+        found: dict[tuple[str, str], str] = {}
+        token = None
+        while True:
+            page: dict[str, Any]
+            if namespace is None:
+                page = await self._call(
+                    self._core.list_secret_for_all_namespaces,
+                    label_selector=label_selector,
+                    limit=_LIST_PAGE,
+                    _continue=token,
+                    _headers=_METADATA_ONLY,
+                )
+            else:
+                page = await self._call(
+                    self._core.list_namespaced_secret,
+                    namespace,
+                    label_selector=label_selector,
+                    limit=_LIST_PAGE,
+                    _continue=token,
+                    _headers=_METADATA_ONLY,
+                )
+            for item in page.get("items") or []:
+                meta = item.get("metadata") or {}
+                key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+                found[key] = str(meta.get("resourceVersion") or "")
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return found
+
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             secret: dict[str, Any] = await self._call(

@@ -246,6 +246,15 @@ class Reconciler:
             meta["namespace"], meta["name"], str(meta.get("resourceVersion") or "")
         )
 
+    def secrets_mark(self) -> float:
+        """Call before a listing of the opted-in Secrets; pass the result to
+        confirm_secrets()."""
+        return self._seen.now()
+
+    def confirm_secrets(self, listed: Mapping[Key, str], *, since: float) -> int:
+        """What a listing of the opted-in Secrets says about the ones kept (decision 0025)."""
+        return self._seen.confirm(listed, since=since)
+
     def secret_gone(self, namespace: str, name: str) -> None:
         """An opted-in Secret was deleted or lost its label: read it from the API again."""
         self._seen.drop(namespace, name)

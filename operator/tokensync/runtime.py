@@ -26,12 +26,14 @@ from tokensync import (
     kube,
     membership,
     metrics,
+    model,
     ownership,
     proxies,
     reconcile,
     refreshapi,
     scheduler,
     secretwatch,
+    seen,
     target,
     transport,
     urlpolicy,
@@ -193,6 +195,7 @@ class Runtime:
         self._freezer = HeapFreezer(lambda: len(self.reconciler))
         self._freeze_task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
+        self._confirm_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._rollout_task: asyncio.Task[None] | None = None
         self._membership_task: asyncio.Task[None] | None = None
@@ -208,6 +211,7 @@ class Runtime:
         self._task = asyncio.create_task(self.queue.run(self.reconciler.refresh))
         self._freeze_task = asyncio.create_task(self._freezer.run())
         self._resync_task = asyncio.create_task(self._resync_forever())
+        self._confirm_task = asyncio.create_task(self._confirm_forever())
         self._expiry_task = asyncio.create_task(self.reconciler.watch_expiry())
         self._rollout_task = asyncio.create_task(self.reconciler.rollouts.run())
         for watch in self.target_watches:
@@ -258,6 +262,29 @@ class Runtime:
             logger.info("forgot %s/%s: deleted while a watch was down", namespace, name)
         return gone
 
+    async def confirm_secrets(self) -> int:
+        """List the opted-in Secrets' versions: the client Secrets kept from watch events
+        stay trusted, and stand in for a read at every refresh (decision 0025 addendum)."""
+        since = self.reconciler.secrets_mark()
+        listed: dict[tuple[str, str], str] = {}
+        selector = f"{model.CLIENT_SECRET_LABEL}=true"
+        for namespace in self.config.namespaces or (None,):
+            listed |= await self.kube.list_secret_versions(namespace, selector)
+        return self.reconciler.confirm_secrets(listed, since=since)
+
+    async def _confirm_forever(self) -> None:
+        while True:
+            await asyncio.sleep(seen.CONFIRM_SECONDS)
+            try:
+                dropped = await self.confirm_secrets()
+            except failures.ApiError as exc:
+                logger.warning("listing client Secrets failed, retried later: %s", exc)
+            else:
+                if dropped:
+                    logger.info(
+                        "%d kept client Secrets were not listed as kept: read again", dropped
+                    )
+
     async def _resync_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.resync_interval)
@@ -281,6 +308,7 @@ class Runtime:
             self._task,
             self._freeze_task,
             self._resync_task,
+            self._confirm_task,
             self._expiry_task,
             self._rollout_task,
         ):

@@ -5,12 +5,14 @@ Secret's data. A credential's attempt that follows such an event closely (every 
 attempt of a cold start, a credential created next to its Secret, a refresh triggered by
 a rotation) uses it instead of reading the Secret again (decision 0025).
 
-An entry is trusted for :data:`TRUST_SECONDS` after the event that brought it. Changes
-and deletions arrive as events and replace or drop entries at once; the time bound is for
-what a watch does not say: kopf lists again after the watch falls behind (410 Gone) and
-reports no deletion for a Secret that vanished in between. After the bound the attempt
-reads the Secret from the API, as every attempt did before. Entries are dropped as they
-age, so an operator whose Secrets do not change holds none.
+An entry is trusted for :data:`TRUST_SECONDS` after the event that brought it, or after
+the latest listing that found it at the same version (:meth:`SeenSecrets.confirm`, every
+:data:`CONFIRM_SECONDS`). Changes and deletions arrive as events and replace or drop
+entries at once; the time bound is for what a watch does not say: kopf lists again after
+the watch falls behind (410 Gone) and reports no deletion for a Secret that vanished in
+between, and the next listing drops it. Without a confirmation the attempt reads the
+Secret from the API, as every attempt did before; a referenced Secret that is confirmed
+stays, so a routine refresh reads nothing (issue 19).
 
 Any tenant can label Secrets, so what is kept is bounded (issue 14 section 3): a Secret no
 tracked credential references is held only briefly (:data:`PENDING_SECONDS`, at most
@@ -28,8 +30,11 @@ from typing import Any
 
 from tokensync import model
 
-#: How long a watched Secret stands in for a read of it.
+#: How long a watched Secret stands in for a read of it, after its event or a confirmation.
 TRUST_SECONDS = 300.0
+#: How often the operator lists the opted-in Secrets to confirm what it keeps: twice per
+#: trust time, so that a confirmed entry never lapses between two listings.
+CONFIRM_SECONDS = TRUST_SECONDS / 2
 #: How long a Secret that no credential references yet is kept, and how much of them.
 PENDING_SECONDS = 60.0
 PENDING_BYTES = 16 * 1024 * 1024
@@ -98,6 +103,28 @@ class SeenSecrets:
         while self._pending_bytes > PENDING_BYTES:
             _, (_, _, dropped) = self._pending.popitem(last=False)
             self._pending_bytes -= dropped
+
+    def now(self) -> float:
+        """This cache's clock: take it before a listing, pass it to :meth:`confirm`."""
+        return self._clock()
+
+    def confirm(self, listed: Mapping[Key, str], *, since: float) -> int:
+        """A consistent listing of the opted-in Secrets (key: resourceVersion), begun at
+        ``since``. Each kept Secret older than that which the listing has at the same
+        version is trusted from ``since`` on; one it lacks (deleted, or its label removed,
+        while no watch event said so), or has at another version, is dropped. Entries of
+        events after ``since`` are newer than the listing and stay as they are. Returns how
+        many were dropped."""
+        kept: list[tuple[float, Key, _Entry]] = []
+        for key, (at, body, size) in self._entries.items():
+            if at >= since:
+                kept.append((at, key, (at, body, size)))
+            elif listed.get(key) == body["metadata"]["resourceVersion"]:
+                kept.append((since, key, (since, body, size)))
+        dropped = len(self._entries) - len(kept)
+        kept.sort(key=lambda item: item[0])  # age order, which _expire relies on
+        self._entries = collections.OrderedDict((key, entry) for _, key, entry in kept)
+        return dropped
 
     def claim(self, namespace: str, name: str) -> None:
         """A credential that reads this Secret appeared: keep it for the full trust time."""

@@ -23,6 +23,7 @@ from support import testenv
 from support.operatorproc import OperatorProcess, install_operator_identity
 from support.polling import wait_for
 from support.tokenserver import TokenServer
+from tokensync import kube, model
 
 RESYNC_SECONDS = 2
 #: Tokens renewed every few seconds, so that a forgotten credential would be noticed.
@@ -104,3 +105,34 @@ def test_a_credential_deleted_while_the_watch_was_down_is_forgotten(
     assert not late, f"{len(late)} token requests for a deleted credential after it was forgotten"
     # Its target Secret is not recreated (the garbage collector removed it with its owner).
     assert wait_for(lambda: env.secret_data("gone-token") is None, timeout=30, what="no gone-token")
+
+
+async def test_the_client_secret_listing_has_every_labelled_secret_at_its_version(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    """The listing that keeps watched client Secrets trusted (decision 0025 addendum), against
+    the API server: metadata only, the label's Secrets only, their current versions."""
+    core = client.CoreV1Api(api_client)
+    label = {model.CLIENT_SECRET_LABEL: "true"}
+    versions = {}
+    for name, labels in (("one", label), ("two", label), ("other", {"app": "x"})):
+        made = core.create_namespaced_secret(
+            namespace,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name=name, labels=labels),
+                string_data={"client_secret": "s3cr3t"},
+            ),
+        )
+        versions[(namespace, name)] = made.metadata.resource_version
+    changed = core.patch_namespaced_secret("two", namespace, {"stringData": {"k": "v"}})
+    versions[(namespace, "two")] = changed.metadata.resource_version
+    api = kube.Kube(api_client, workers=1)
+    selector = f"{model.CLIENT_SECRET_LABEL}=true"
+    try:
+        here = await api.list_secret_versions(namespace, selector)
+        everywhere = await api.list_secret_versions(None, selector)
+    finally:
+        api.close()
+    expected = {key: versions[key] for key in ((namespace, "one"), (namespace, "two"))}
+    assert here == expected
+    assert {key: v for key, v in everywhere.items() if key[0] == namespace} == expected

@@ -110,3 +110,62 @@ def test_a_refreshed_entry_ages_from_its_latest_event(clock: Clock) -> None:
     clock.now += 100
     assert cache.get("ns", "b") is None
     assert cache.get("ns", "a") is not None
+
+
+# -- confirmed by a listing (issue 19: a routine refresh reads no client Secret) -------------
+
+
+def test_a_listing_at_the_same_version_keeps_an_entry_trusted(clock: Clock) -> None:
+    cache = seen.SeenSecrets(trust=300.0, clock=clock)
+    cache.put(secret("a", "7"))
+    cache.put(secret("b", "7"))
+    for _ in range(10):  # an hour and more, confirmed every 150 s
+        clock.now += 150
+        since = cache.now()
+        assert cache.confirm({("ns", "a"): "7", ("ns", "b"): "7"}, since=since) == 0
+    clock.now += 299
+    assert cache.get("ns", "a") is not None
+    clock.now += 1  # no confirmation for 300 s: read again
+    assert cache.get("ns", "a") is None
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [{}, {("ns", "a"): "8"}],
+    ids=["deleted-or-unlabelled-unseen", "changed-unseen"],
+)
+def test_a_listing_drops_what_it_lacks_or_has_at_another_version(
+    clock: Clock, listed: dict[tuple[str, str], str]
+) -> None:
+    cache = seen.SeenSecrets(trust=300.0, clock=clock)
+    cache.put(secret("a", "7"))
+    clock.now += 10
+    assert cache.confirm(listed, since=cache.now()) == 1
+    assert cache.get("ns", "a") is None
+
+
+def test_an_event_after_the_listing_began_is_newer_than_the_listing(clock: Clock) -> None:
+    cache = seen.SeenSecrets(trust=300.0, clock=clock)
+    cache.put(secret("a", "7"))
+    clock.now += 10
+    since = cache.now()
+    clock.now += 1
+    cache.put(secret("a", "9"))  # while the listing ran
+    assert cache.confirm({("ns", "a"): "7"}, since=since) == 0
+    found = cache.get("ns", "a")
+    assert found is not None
+    assert found["metadata"]["resourceVersion"] == "9"
+
+
+def test_confirmed_entries_keep_age_order(clock: Clock) -> None:
+    cache = seen.SeenSecrets(trust=300.0, clock=clock)
+    cache.put(secret("a", "7"))
+    clock.now += 100
+    since = cache.now()
+    clock.now += 1
+    cache.put(secret("b", "7"))  # after the listing began: newer than a's confirmation
+    cache.confirm({("ns", "a"): "7"}, since=since)
+    clock.now += 299.5  # a is 300.5 s past its confirmation, b 299.5 s past its event
+    assert cache.get("ns", "a") is None
+    assert cache.get("ns", "b") is not None
+    assert len(cache) == 1
