@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/tools:$(CURDIR)/tests
 
-.PHONY: install lint lint-docker test test-unit test-e2e test-chaos controlplane controlplane-binaries demo bench bench-quick bench-ab bench-scale bench-maxspec bench-plot docs clean
+.PHONY: install lint lint-docker test test-unit test-e2e test-chaos controlplane controlplane-binaries demo bench bench-quick bench-ab bench-scale bench-shards bench-maxspec bench-plot docs clean
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ bench: install controlplane-binaries
 
 bench-scale: install controlplane-binaries
 	$(BIN)/python bench/scale.py -n 10000 --refresh-rate 50
+
+# 20,000 credentials over two replicas and two shards (issue 18 section 3): --leader-elect,
+# all replicas started at once and restarted together; figures per replica and in total.
+bench-shards: install controlplane-binaries
+	$(BIN)/python bench/scale.py -n 20000 --refresh-rate 50 --replicas 2 --shards 2
 
 bench-quick: install controlplane-binaries
 	$(BIN)/python bench/quick.py -n 100

@@ -15,6 +15,17 @@ b/d. Steady state: lifetimes set so that about --refresh-rate refreshes happen p
 
 Figures go to stdout and to bench/out/<timestamp>.json; ``--plot`` draws lateness and memory
 against N from the newest result file for each N.
+
+Several replicas and shards (issue 18; ``make bench-shards``): with ``--replicas R`` or
+``--shards S`` above 1, every operator process runs with ``--leader-elect --lease-namespace
+tokensync-system --shards S``; all R start at once for the cold start, and the restart
+restarts all R. The figures are the same, for the replicas together: CPU is their total,
+memory the largest replica's (what a pod's limit is compared with), lateness from the Secret
+writes whichever replica made them and from their histograms summed. Each section adds one
+line per replica (CPU, RSS peak and steady, credentials served and shards held from its
+metrics, shard Leases taken and handed over) and the totals, and the holders of the shard
+Leases. With R = S = 1 the operator runs as before (no leader election) and the output is
+unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import datetime
 import json
 import math
@@ -38,7 +50,9 @@ import time
 from typing import Any
 
 import httpx
-from kubernetes import config
+from kubernetes import client, config
+
+from tokensync import leases
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -49,7 +63,9 @@ from tokenendpoint import FastTokenEndpoint
 
 from localcluster import LocalCluster
 from support.operatorproc import (
+    OPERATOR_ACCOUNT,
     OperatorProcess,
+    apply_documents,
     apply_files,
     install_operator_identity,
 )
@@ -61,6 +77,12 @@ CC_PATH = f"/apis/tokensync.dev/v1alpha1/namespaces/{NS}/clientcredentials"
 SECRET_PATH = f"/api/v1/namespaces/{NS}/secrets"
 TICK = os.sysconf("SC_CLK_TCK")
 RENEW_MEAN = 2 / 3 - 0.05  # refresh at 2/3 of the lifetime minus a jitter of up to 10 %
+#: The resources whose API requests are counted (apiserver_request_total); with several
+#: replicas also Leases, counted apart (kube-controller-manager runs here without leader
+#: election, so the other Lease requests are the API server's own, if any: few).
+RESOURCES = ("secrets", "clientcredentials", "events")
+#: Where the replicas' Leases live (the operator's namespace in deploy/).
+LEASE_NAMESPACE = OPERATOR_ACCOUNT[0]
 
 
 def parse_time(text: str | None) -> float | None:
@@ -90,7 +112,9 @@ def summary(values: list[float]) -> dict[str, float | None]:
 _METRIC = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 
 
-def api_requests(cluster: LocalCluster) -> collections.Counter[tuple[str, str, str]]:
+def api_requests(
+    cluster: LocalCluster, resources: tuple[str, ...] = RESOURCES
+) -> collections.Counter[tuple[str, str, str]]:
     """apiserver_request_total for our resources by (verb, resource[/subresource], code)."""
     text = httpx.get(f"{cluster.server}/metrics", verify=admin_ssl(cluster)).text
     counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
@@ -99,7 +123,7 @@ def api_requests(cluster: LocalCluster) -> collections.Counter[tuple[str, str, s
         if not m:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
-        if labels.get("resource") in ("secrets", "clientcredentials", "events"):
+        if labels.get("resource") in resources:
             sub = labels.get("subresource", "")
             resource = labels["resource"] + (f"/{sub}" if sub else "")
             counts[labels["verb"], resource, labels.get("code", "")] += int(float(m["value"]))
@@ -115,6 +139,13 @@ def api_delta(before: collections.Counter[Any], after: collections.Counter[Any])
             verb, resource, code = key
             out[f"{verb} {resource}" + ("" if code.startswith("2") else f" ({code})")] += delta
     return dict(sorted(out.items()))
+
+
+def split_leases(api: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(requests for our other resources, requests for Leases): the Lease traffic goes with
+    time and replicas, not with refreshes, and is kept out of the per-refresh figures."""
+    leases_ = {k: v for k, v in api.items() if k.split(" ")[1] == "leases"}
+    return {k: v for k, v in api.items() if k not in leases_}, leases_
 
 
 # -- watching ---------------------------------------------------------------------------
@@ -297,6 +328,229 @@ def histogram_quantile(
     return math.inf
 
 
+def sum_histograms(histograms: list[dict[float, float]]) -> dict[float, float]:
+    """Bucket counts of several processes' histograms, added (the replicas' together)."""
+    out: collections.Counter[float] = collections.Counter()
+    for one in histograms:
+        out.update(one)
+    return dict(out)
+
+
+def gauge(metrics_text: str, name: str, labels: str = "") -> float | None:
+    """A gauge's value (``labels`` as exposed, e.g. ``role="served"``), None when absent."""
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def transitions(metrics_text: str) -> dict[str, int]:
+    """tokensync_leadership_transitions_total by change (acquired, released, lost)."""
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("tokensync_leadership_transitions_total{"):
+            change = line.split('change="', 1)[1].split('"', 1)[0]
+            out[change] = int(float(line.rsplit(" ", 1)[1]))
+    return dict(sorted(out.items()))
+
+
+class Replicas:
+    """The operator's processes, started together and stopped together, each sampled.
+
+    With one replica and one shard it is the operator as it always ran here: no leader
+    election, and the log files named as before (operator-<run>.log).
+    """
+
+    def __init__(
+        self,
+        *,
+        count: int,
+        shards: int,
+        kubeconfig: pathlib.Path,
+        work: pathlib.Path,
+        extra_args: list[str],
+        verbose: bool,
+    ) -> None:
+        self.count, self.shards = count, shards
+        self.ha = count > 1 or shards > 1
+        self.kubeconfig, self.work = kubeconfig, work
+        self.extra_args = list(extra_args)
+        if self.ha:
+            self.extra_args += [
+                "--leader-elect",
+                f"--lease-namespace={LEASE_NAMESPACE}",
+                f"--shards={shards}",
+            ]
+        self.verbose = verbose
+        self.ops: list[OperatorProcess] = []
+        self.samplers = [Sampler() for _ in range(count)]
+
+    def log_path(self, run: int, index: int) -> pathlib.Path:
+        if self.count == 1:
+            return self.work / f"operator-{run}.log"
+        return self.work / f"operator-{run}-r{index}.log"
+
+    def start(self, run: int) -> None:
+        """All replicas at once: each started (and waited for) in a thread of its own."""
+
+        def one(index: int) -> OperatorProcess:
+            identity = [f"--identity=bench-r{index}"] if self.ha else []
+            return OperatorProcess(
+                kubeconfig=self.kubeconfig,
+                log_path=self.log_path(run, index),
+                extra_args=[*self.extra_args, *identity],
+                verbose=self.verbose,
+            ).start(timeout=120)
+
+        with concurrent.futures.ThreadPoolExecutor(self.count) as pool:
+            futures = [pool.submit(one, i) for i in range(self.count)]
+            concurrent.futures.wait(futures)
+        started = [f.result() for f in futures if f.exception() is None]
+        if len(started) < self.count:
+            for op in started:
+                op.stop()
+            for f in futures:
+                f.result()  # raises the first failure
+        self.ops = started
+        for sampler, op in zip(self.samplers, self.ops, strict=True):
+            sampler.pid = operator_pid(op)
+
+    def stop(self) -> None:
+        """SIGTERM to all at once (each hands its shards over), then wait for each."""
+        for sampler in self.samplers:
+            sampler.pid = None
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.ops))) as pool:
+            list(pool.map(OperatorProcess.stop, self.ops))
+        self.ops = []
+
+    def close(self) -> None:
+        for sampler in self.samplers:
+            sampler.stop()
+
+    def pids(self) -> list[int]:
+        return [operator_pid(op) for op in self.ops]
+
+    def metrics(self) -> list[str]:
+        return [op.metrics() for op in self.ops]
+
+    def queue_size(self) -> int:
+        """Credentials scheduled in all replicas together (-1 while one is not answering)."""
+        sizes = [queue_size(op) for op in self.ops]
+        return -1 if min(sizes) < 0 else sum(sizes)
+
+    def cpu(self) -> list[float]:
+        return [Sampler.read(pid)[0] for pid in self.pids()]
+
+    def window(self, index: int, since: float, until: float) -> list[tuple[float, ...]]:
+        return list(self.samplers[index].window(since, until))
+
+    def membership(self, index: int, metrics_text: str) -> dict[str, Any]:
+        """What one replica's metrics say about its shards (only with leader election)."""
+        if not self.ha:
+            return {}
+        served = gauge(metrics_text, "tokensync_credentials", 'role="served"')
+        standby = gauge(metrics_text, "tokensync_credentials", 'role="standby"')
+        held = gauge(metrics_text, "tokensync_shards_held")
+        return {
+            "credentials_served": None if served is None else int(served),
+            "credentials_standby": None if standby is None else int(standby),
+            "shards_held": None if held is None else int(held),
+            "shard_leases": transitions(metrics_text),
+        }
+
+
+def lease_holders(cluster: LocalCluster) -> dict[str, str]:
+    """The holder of each shard Lease, as the API server has it (short: the identity)."""
+    r = httpx.get(
+        f"{cluster.server}/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases",
+        params={"labelSelector": f"{leases.LEASE_ROLE_LABEL}={leases.SHARD_ROLE}"},
+        verify=admin_ssl(cluster),
+    )
+    r.raise_for_status()
+    return {
+        item["metadata"]["name"]: item["spec"].get("holderIdentity") or ""
+        for item in sorted(r.json()["items"], key=lambda item: item["metadata"]["name"])
+    }
+
+
+def may_use_leases(api: client.ApiClient) -> bool:
+    """Does the authorizer let the operator's ServiceAccount do what --leader-elect does
+    with Leases in the lease namespace? (A SubjectAccessReview per verb.)"""
+    namespace, name = OPERATOR_ACCOUNT
+    authz = client.AuthorizationV1Api(api)
+    for verb in ("get", "list", "create", "update", "delete"):
+        review = authz.create_subject_access_review(
+            {
+                "spec": {
+                    "user": f"system:serviceaccount:{namespace}:{name}",
+                    "groups": [
+                        "system:serviceaccounts",
+                        f"system:serviceaccounts:{namespace}",
+                        "system:authenticated",
+                    ],
+                    "resourceAttributes": {
+                        "group": "coordination.k8s.io",
+                        "resource": "leases",
+                        "verb": verb,
+                        "namespace": LEASE_NAMESPACE,
+                    },
+                }
+            }
+        )
+        if not (review.status and review.status.allowed):
+            return False
+    return True
+
+
+def grant_leases(api: client.ApiClient) -> str:
+    """The Lease rules for the operator's identity: deploy/base/rbac.yaml's when it has
+    them, otherwise a Role and RoleBinding of the benchmark's own (same rules)."""
+    if may_use_leases(api):
+        return "deploy/base/rbac.yaml"
+    namespace, name = OPERATOR_ACCOUNT
+    meta = {"name": "tokensync-bench-leases", "namespace": LEASE_NAMESPACE}
+    apply_documents(
+        api,
+        [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": meta,
+                "rules": [
+                    {
+                        "apiGroups": ["coordination.k8s.io"],
+                        "resources": ["leases"],
+                        "verbs": ["get", "list", "create", "update", "delete"],
+                    }
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": meta,
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": meta["name"],
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+            },
+        ],
+    )
+    if wait_for(lambda: may_use_leases(api), 30, step=0.5) is None:
+        raise RuntimeError("the benchmark's Lease Role was not in effect within 30 s")
+    return "Role tokensync-bench-leases, applied by bench/scale.py"
+
+
+def shard_sizes(names: list[str], shards: int) -> list[int]:
+    """How many of the credentials fall in each shard (the operator's own hash)."""
+    sizes = [0] * shards
+    for name in names:
+        sizes[leases.shard_of(NS, name, shards)] += 1
+    return sizes
+
+
 # -- creating objects -------------------------------------------------------------------
 
 
@@ -426,11 +680,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"nproc": os.cpu_count(), "mem_total_mib": mem_total_mib()},
     }
     op_args = [f"--token-rate={args.token_rate}"]
-    sampler = Sampler()
     with LocalCluster() as cluster, FastTokenEndpoint(lifetime=3600) as server:
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         apply_files(api, sorted((REPO / "crds").glob("*.yaml")))
         kubeconfig = install_operator_identity(cluster, api, work / "sa.kubeconfig")
+        ops = Replicas(
+            count=args.replicas,
+            shards=args.shards,
+            kubeconfig=kubeconfig,
+            work=work,
+            extra_args=op_args,
+            verbose=args.verbose,
+        )
+        resources = RESOURCES + (("leases",) if ops.ha else ())
+        if ops.ha:
+            result["replicas"] = args.replicas
+            result["shards"] = args.shards
+            result["shard_sizes"] = shard_sizes(names, args.shards)
+            result["lease_rbac"] = grant_leases(api)
+            print(
+                f"{args.replicas} replicas, {args.shards} shards of {result['shard_sizes']} "
+                f"credentials; Lease rules: {result['lease_rbac']}; logs in {work}"
+            )
         httpx.post(
             f"{cluster.server}/api/v1/namespaces",
             json={"metadata": {"name": NS}},
@@ -451,16 +722,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(1)
 
         # (a, e) Cold start.
-        api0, tok0 = api_requests(cluster), server.requests
+        api0, tok0 = api_requests(cluster, resources), server.requests
         t_start = time.time()
-        op = OperatorProcess(
-            kubeconfig=kubeconfig,
-            log_path=work / "operator-1.log",
-            extra_args=op_args,
-            verbose=args.verbose,
-        ).start(timeout=120)
-        sampler.pid = operator_pid(op)
-        spy = profile(op, f"cold-n{n}", 60 if n < 5000 else 150)
+        ops.start(run=1)
+        spies = profiles(ops, "cold", n, 60 if n < 5000 else 150)
         t_all = wait_for(
             lambda: len(creds.ready_at) >= n and len(secrets_.first_seen) >= n,
             args.cold_timeout,
@@ -468,8 +733,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         t_end = t_all or time.time()
         time.sleep(2)  # let the last status writes land in the counters
-        api1, tok1 = api_requests(cluster), server.requests
-        cold_samples = sampler.window(t_start, time.time())
+        api1, tok1 = api_requests(cluster, resources), server.requests
+        t_now = time.time()
+        cold_windows = [ops.window(i, t_start, t_now) for i in range(ops.count)]
+        cold_cpu = [round(w[-1][1] - w[0][1], 1) if w else None for w in cold_windows]
+        cold_peak = [round(max((s[3] for s in w), default=0), 1) for w in cold_windows]
         result["cold_start"] = {
             "all_ready": t_all is not None,
             "ready": len(creds.ready_at),
@@ -478,39 +746,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 min(creds.ready_at.values(), default=t_end) - t_start, 2
             ),
             "token_requests": tok1 - tok0,
-            "api_requests": api_delta(api0, api1),
+            "api_requests": split_leases(api_delta(api0, api1))[0],
             "peak_token_requests_per_second": server.peak_rate(t_start, t_end),
-            "rss_peak_mib": round(max((s[3] for s in cold_samples), default=0), 1),
-            "cpu_seconds": round(cold_samples[-1][1] - cold_samples[0][1], 1)
-            if cold_samples
-            else None,
+            "rss_peak_mib": max(cold_peak),
+            "cpu_seconds": cold_cpu[0]
+            if not ops.ha
+            else round(sum(c for c in cold_cpu if c is not None), 1),
         }
-        print_section("cold start", result["cold_start"])
+        if ops.ha:
+            result["cold_start"]["lease_api_requests"] = split_leases(api_delta(api0, api1))[1]
+            per = [
+                {"cpu_seconds": cpu, "rss_peak_mib": peak, **ops.membership(i, text)}
+                for i, (cpu, peak, text) in enumerate(
+                    zip(cold_cpu, cold_peak, ops.metrics(), strict=True)
+                )
+            ]
+            result["cold_start"] |= replica_figures(cluster, per)
+        print_section(
+            "cold start" + (" (CPU: all replicas; RSS: the largest)" if ops.ha else ""),
+            result["cold_start"],
+        )
         time.sleep(3)
-        rss_idle = Sampler.read(operator_pid(op))
-        result["rss_after_cold_start_mib"] = round(rss_idle[1], 1)
+        rss_idle = [Sampler.read(pid)[1] for pid in ops.pids()]
+        result["rss_after_cold_start_mib"] = round(max(rss_idle), 1)
+        if ops.ha:
+            result["rss_after_cold_start_mib_per_replica"] = [round(r, 1) for r in rss_idle]
 
         # (c) Restart with valid tokens.
-        op.stop()
-        sampler.pid = None
-        tok0, api0 = server.requests, api_requests(cluster)
+        ops.stop()
+        tok0, api0 = server.requests, api_requests(cluster, resources)
         t_start = time.time()
-        op = OperatorProcess(
-            kubeconfig=kubeconfig,
-            log_path=work / "operator-2.log",
-            extra_args=op_args,
-            verbose=args.verbose,
-        ).start(timeout=120)
-        sampler.pid = operator_pid(op)
-        t_sched = wait_for(lambda: queue_size(op) >= n, 300, step=0.1)
+        ops.start(run=2)
+        t_sched = wait_for(lambda: ops.queue_size() >= n, 300, step=0.1)
         time.sleep(10)
+        rss_now = [Sampler.read(pid)[1] for pid in ops.pids()]
+        api, lease_api = split_leases(api_delta(api0, api_requests(cluster, resources)))
         result["restart"] = {
             "seconds_to_all_scheduled": round(t_sched - t_start, 2) if t_sched else None,
             "token_requests": server.requests - tok0,
-            "api_requests": api_delta(api0, api_requests(cluster)),
-            "rss_mib": round(Sampler.read(operator_pid(op))[1], 1),
+            "api_requests": api,
+            "rss_mib": round(max(rss_now), 1),
         }
-        print_section("restart with valid tokens (10 s after all scheduled)", result["restart"])
+        if ops.ha:
+            result["restart"]["lease_api_requests"] = lease_api
+            per = [
+                {"rss_mib": round(rss, 1), **ops.membership(i, text)}
+                for i, (rss, text) in enumerate(zip(rss_now, ops.metrics(), strict=True))
+            ]
+            result["restart"] |= replica_figures(cluster, per)
+        print_section(
+            "restart with valid tokens (10 s after all scheduled)"
+            + (", all replicas restarted" if ops.ha else ""),
+            result["restart"],
+        )
 
         # (f) Time to Ready, one at a time, with N present.
         result["time_to_ready"] = time_to_ready(cluster, server, secrets_, args.ttr)
@@ -530,20 +818,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         start = t_trigger + max(spread, lifetime * (2 / 3 - 0.1)) + 5
         time.sleep(max(0.0, start - time.time()))
-        spy = profile(op, f"steady-n{n}", args.window)
-        metrics0 = histogram(op.metrics(), "tokensync_refresh_lateness_seconds")
-        api0, tok0, cpu0 = api_requests(cluster), server.requests, Sampler.read(operator_pid(op))[0]
+        spies = profiles(ops, "steady", n, args.window)
+        hist0 = [histogram(text, "tokensync_refresh_lateness_seconds") for text in ops.metrics()]
+        api0, tok0, cpu0 = api_requests(cluster, resources), server.requests, ops.cpu()
         t0 = time.time()
         time.sleep(args.window)
         t1 = time.time()
-        api1, tok1, cpu1 = api_requests(cluster), server.requests, Sampler.read(operator_pid(op))[0]
-        metrics1 = histogram(op.metrics(), "tokensync_refresh_lateness_seconds")
+        api1, tok1, cpu1 = api_requests(cluster, resources), server.requests, ops.cpu()
+        texts = ops.metrics()
+        hist1 = [histogram(text, "tokensync_refresh_lateness_seconds") for text in texts]
+        metrics0, metrics1 = sum_histograms(hist0), sum_histograms(hist1)
         with secrets_.lock:
             writes = [w for w in secrets_.writes if t0 <= w[0] <= t1]
             late = [v for (t, v) in secrets_.lateness if t0 <= t <= t1]
         refreshes = len(writes)
-        window_samples = sampler.window(t0, t1)
-        api = api_delta(api0, api1)
+        windows = [ops.window(i, t0, t1) for i in range(ops.count)]
+        rss_steady = [round(w[-1][2], 1) if w else None for w in windows]
+        rss_peak = [round(max(s[3] for s in sampler.samples), 1) for sampler in ops.samplers]
+        cores = [round((c1 - c0) / (t1 - t0), 3) for c0, c1 in zip(cpu0, cpu1, strict=True)]
+        api, lease_api = split_leases(api_delta(api0, api1))
         steady: dict[str, Any] = {
             "lifetime_seconds": lifetime,
             "window_seconds": round(t1 - t0, 1),
@@ -555,9 +848,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "p99": histogram_quantile(metrics0, metrics1, 0.99),
                 "observations": metrics1.get(math.inf, 0) - metrics0.get(math.inf, 0),
             },
-            "cpu_cores": round((cpu1 - cpu0) / (t1 - t0), 3),
-            "rss_steady_mib": round(window_samples[-1][2], 1) if window_samples else None,
-            "rss_peak_mib": round(max(s[3] for s in sampler.samples), 1),
+            "cpu_cores": round((sum(cpu1) - sum(cpu0)) / (t1 - t0), 3),
+            "rss_steady_mib": max((r for r in rss_steady if r is not None), default=None),
+            "rss_peak_mib": max(rss_peak),
             "token_requests_per_refresh": round((tok1 - tok0) / max(refreshes, 1), 3),
             "api_requests_per_refresh": {
                 k: round(v / max(refreshes, 1), 3) for k, v in api.items()
@@ -565,23 +858,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "api_requests": api,
             "peak_token_requests_per_second": server.peak_rate(t0, t1),
         }
+        if ops.ha:
+            steady["lease_api_requests_per_second"] = {
+                k: round(v / (t1 - t0), 2) for k, v in lease_api.items()
+            }
+            per = [
+                {
+                    "cpu_cores": cores[i],
+                    "rss_steady_mib": rss_steady[i],
+                    "rss_peak_mib": rss_peak[i],
+                    "refreshes_started": h1.get(math.inf, 0) - h0.get(math.inf, 0),
+                    **ops.membership(i, texts[i]),
+                }
+                for i, (h0, h1) in enumerate(zip(hist0, hist1, strict=True))
+            ]
+            steady |= replica_figures(cluster, per)
         result["steady"] = steady
-        print_section("steady state", steady)
-        op.stop()
-        if spy is not None:
-            spy.wait(30)
-        errors = sum(
-            1
-            for p in work.glob("operator-*.log")
-            for line in p.read_text(errors="replace").splitlines()
-            if " ERROR " in line
+        print_section(
+            "steady state" + (" (CPU: all replicas; RSS: the largest)" if ops.ha else ""), steady
         )
-        result["operator_error_lines"] = errors
+        ops.stop()
+        for spy in spies:
+            spy.wait(30)
+        logs = sorted(work.glob("operator-*.log"))
+        errors = [
+            sum(1 for line in p.read_text(errors="replace").splitlines() if " ERROR " in line)
+            for p in logs
+        ]
+        result["operator_error_lines"] = sum(errors)
+        if ops.ha:
+            result["operator_error_lines_per_log"] = {
+                p.name: e for p, e in zip(logs, errors, strict=True)
+            }
         result["bench_watch_reconnects"] = dict(creds.reconnects + secrets_.reconnects)
         creds.stop()
         secrets_.stop()
-    sampler.stop()
+    ops.close()
     return result
+
+
+def replica_figures(cluster: LocalCluster, per: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-replica figures of a phase, their totals, and the shard Leases' holders."""
+    totals: dict[str, Any] = {}
+    for key in per[0]:
+        values = [p[key] for p in per]
+        if all(isinstance(v, int | float) for v in values):
+            totals[key] = round(sum(values), 3)
+    return {"per_replica": per, "totals": totals, "lease_holders": lease_holders(cluster)}
+
+
+def profiles(ops: Replicas, phase: str, n: int, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy for each replica (BENCH_PYSPY), named as before with one replica."""
+    spies = []
+    for i, op in enumerate(ops.ops):
+        name = f"{phase}-n{n}" + (f"-r{i}" if ops.count > 1 else "")
+        spy = profile(op, name, seconds)
+        if spy is not None:
+            spies.append(spy)
+    return spies
 
 
 def time_to_ready(
@@ -649,7 +983,11 @@ def mem_total_mib() -> int:
 def print_section(title: str, figures: dict[str, Any]) -> None:
     print(f"== {title}")
     for key, value in figures.items():
-        print(f"  {key}: {json.dumps(value)}")
+        if key == "per_replica":
+            for i, one in enumerate(value):
+                print(f"  replica {i}: {json.dumps(one)}")
+        else:
+            print(f"  {key}: {json.dumps(value)}")
 
 
 def plot() -> pathlib.Path:
@@ -659,10 +997,17 @@ def plot() -> pathlib.Path:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     newest: dict[int, dict[str, Any]] = {}
+    # Runs with several replicas or shards: points of their own, per (replicas, shards).
+    sharded: dict[tuple[int, int], dict[int, dict[str, Any]]] = collections.defaultdict(dict)
     for path in sorted(OUT.glob("*.json")):
         data = json.loads(path.read_text())
-        if "steady" in data:
+        if "steady" not in data:
+            continue
+        layout = (data.get("replicas", 1), data.get("shards", 1))
+        if layout == (1, 1):
             newest[data["n"]] = data
+        else:
+            sharded[layout][data["n"]] = data
     ns = sorted(newest)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("p50", "p50"), ("p99", "p99"), ("max", "max")):
@@ -671,6 +1016,15 @@ def plot() -> pathlib.Path:
             [newest[n]["steady"]["lateness_secret_written_seconds"][key] for n in ns],
             marker="o",
             label=label,
+        )
+    for (replicas, shards), runs in sorted(sharded.items()):
+        xs = sorted(runs)
+        left.plot(
+            xs,
+            [runs[n]["steady"]["lateness_secret_written_seconds"]["p99"] for n in xs],
+            marker="s",
+            linestyle="none",
+            label=f"p99, {replicas} replicas ({shards} shards)",
         )
     left.axhline(2.0, color="grey", linestyle="--", label="target p99")
     left.set(
@@ -686,6 +1040,15 @@ def plot() -> pathlib.Path:
     right.plot(
         ns, [newest[n]["steady"]["rss_steady_mib"] for n in ns], marker="o", label="steady (VmRSS)"
     )
+    for (replicas, shards), runs in sorted(sharded.items()):
+        xs = sorted(runs)
+        right.plot(
+            xs,
+            [runs[n]["steady"]["rss_peak_mib"] for n in xs],
+            marker="s",
+            linestyle="none",
+            label=f"peak, largest of {replicas} replicas ({shards} shards)",
+        )
     right.axhline(256, color="grey", linestyle="--", label="target")
     right.set(xscale="log", xlabel="credentials", ylabel="MiB", title="operator resident memory")
     right.legend()
@@ -704,14 +1067,23 @@ def main() -> int:
     parser.add_argument("--ttr", type=int, default=100, help="credentials for time to Ready")
     parser.add_argument("--cold-timeout", type=float, default=900.0)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="operator processes (leader election above 1)"
+    )
+    parser.add_argument(
+        "--shards", type=int, default=1, help="operator --shards (leader election above 1)"
+    )
     parser.add_argument("--plot", action="store_true", help="only draw docs/performance.png")
     args = parser.parse_args()
+    if args.replicas < 1 or args.shards < 1:
+        parser.error("--replicas and --shards must be at least 1")
     if args.plot:
         print(plot())
         return 0
     result = run(args)
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{time.strftime('%Y%m%dT%H%M%S')}-n{args.n}.json"
+    layout = f"-r{args.replicas}s{args.shards}" if (args.replicas, args.shards) != (1, 1) else ""
+    path = OUT / f"{time.strftime('%Y%m%dT%H%M%S')}-n{args.n}{layout}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"written {path}")
     return 0

@@ -196,8 +196,12 @@ class Reconciler:
             record.target_uid = None
 
     def busy(self, shard: int) -> bool:
-        """A refresh of one of the shard's credentials is running."""
-        return any(self._queue.is_running(record.key) for record in self._tracker.in_shard(shard))
+        """A refresh of one of the shard's credentials is under way. One that is due but not
+        begun does not count: a worker that takes it finds the shard not served and does
+        nothing (waiting for those behind the other shards' paced refreshes held a hand-over
+        up for seconds)."""
+        active = (self._tracker.get(key) for key in self._queue.active())
+        return any(record is not None and record.shard == shard for record in active)
 
     def counts(self) -> tuple[int, int]:
         """Credentials served here, and those standing by."""

@@ -58,6 +58,7 @@ class RefreshQueue(Generic[K]):
         self._pending: dict[K, tuple[float, int]] = {}
         self._seq = 0
         self._running: set[K] = set()  # handed to the ready set until its run ends
+        self._active: set[K] = set()  # taken by a worker: its run has begun
         self._dirty: set[K] = set()
         fair = group is not None or lane is not None
         self._ready = fairness.FairReady[K](
@@ -83,6 +84,10 @@ class RefreshQueue(Generic[K]):
 
     def is_running(self, key: K) -> bool:
         return key in self._running
+
+    def active(self) -> frozenset[K]:
+        """The keys whose work a worker is doing now (at most ``workers``)."""
+        return frozenset(self._active)
 
     def is_known(self, key: K) -> bool:
         return key in self._pending or key in self._running
@@ -154,6 +159,7 @@ class RefreshQueue(Generic[K]):
                 await self._available.wait()
                 continue
             key, due = taken
+            self._active.add(key)
             try:
                 await work(key, due)
             except asyncio.CancelledError:
@@ -164,6 +170,7 @@ class RefreshQueue(Generic[K]):
                 if key not in self._pending:
                     self.schedule(key, at=self._clock() + 60.0)
             finally:
+                self._active.discard(key)
                 self._ready.done(key)
                 self._available.set()  # a group or lane may have room again
                 self._running.discard(key)

@@ -132,6 +132,24 @@ def test_needs_a_worker(workers: int) -> None:
 # -- RefreshQueue running -------------------------------------------------------------------
 
 
+async def test_active_keys_are_those_a_worker_took_not_those_waiting(clock: Clock) -> None:
+    """A hand-over waits for the active ones only (decision 0050)."""
+    queue: scheduler.RefreshQueue[str] = scheduler.RefreshQueue(workers=1, clock=clock)
+    work = Recorder()
+    work.gates["a"] = asyncio.Event()
+    queue.schedule("a", at=T0)
+    queue.schedule("b", at=T0 + 1)
+    clock.now = T0 + 2
+    async with running(queue, work):
+        await work.until(lambda: work.running["a"] == 1)
+        assert queue.active() == {"a"}
+        assert queue.is_running("b")  # due, handed to the ready set, not begun
+        work.gates["a"].set()
+        await work.until(lambda: work.keys() == ["a", "b"] and not work.running["b"])
+        await asyncio.sleep(0)
+        assert queue.active() == frozenset()
+
+
 async def test_due_keys_run_in_due_order_with_their_due_time(clock: Clock) -> None:
     queue: scheduler.RefreshQueue[str] = scheduler.RefreshQueue(workers=1, clock=clock)
     work = Recorder()
