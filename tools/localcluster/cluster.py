@@ -11,6 +11,12 @@ The API server listens on 127.0.0.1 only. It holds kubelet client credentials (p
 exec), and once a node runs it also names the node's host address in its serving
 certificate (:meth:`LocalCluster.serve_also_on`), where the node relays pods' connections
 to it (docs/decisions/0038).
+
+With ``audit_log`` the API server writes an audit log there (JSON lines, one per request,
+at Metadata level: who, which verb, which object, when, the user agent and the response
+code, never a body) for the write verbs only (:data:`AUDIT_POLICY`). Off by default; the
+tests that must prove which process wrote what (tests/e2e/test_high_availability.py) turn
+it on for a control plane of their own.
 """
 
 from __future__ import annotations
@@ -44,6 +50,17 @@ READY_TIMEOUT = 90.0
 #: files, and re-reads them every minute anyway).
 CERT_RELOAD_TIMEOUT = 90.0
 _LIVE_CLUSTERS: set[LocalCluster] = set()
+#: The audit policy of ``audit_log``: every write at Metadata level, nothing else. One line
+#: per request (the ResponseComplete stage), written before the response is sent.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete"]},
+        {"level": "None"},
+    ],
+}
 
 
 def _b64(data: bytes) -> str:
@@ -61,8 +78,11 @@ class LocalCluster:
         node: bool = False,
         bins: binaries.Binaries | None = None,
         workdir: pathlib.Path | None = None,
+        audit_log: pathlib.Path | None = None,
     ) -> None:
         self._want_kcm = controller_manager
+        #: Where the API server writes its audit log of writes (None: no audit log).
+        self.audit_log = audit_log
         self._want_node = node
         self._bins = bins
         self._own_workdir = workdir is None
@@ -250,9 +270,23 @@ class LocalCluster:
                 f"--profiling={'true' if os.environ.get('BENCH_APISERVER_PPROF') else 'false'}",
                 f"--cert-dir={d / 'apiserver-certs'}",
                 "--v=1",
+                *self._audit_flags(d),
             ],
         )
         self._wait(proc, self._apiserver_ready)
+
+    def _audit_flags(self, d: pathlib.Path) -> list[str]:
+        if self.audit_log is None:
+            return []
+        policy = d / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            # Written in the request's path, so a test reads every write that was answered.
+            "--audit-log-mode=blocking",
+        ]
 
     def stop_apiserver(self) -> None:
         proc = self.processes.pop("kube-apiserver", None)
