@@ -448,6 +448,8 @@ class Membership:
     def _export(self) -> None:
         serving = sum(1 for holding in self._held.values() if holding.serving)
         self._metrics.shards_held.set(len(self._held))
+        for shard in range(self._settings.shards):
+            self._metrics.shard_held.labels(str(shard)).set(1 if shard in self._held else 0)
         self._metrics.leader.set(1 if serving else 0)
         if self._shards is not None:
             served, standing_by = self._shards.counts()

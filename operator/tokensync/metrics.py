@@ -210,6 +210,12 @@ class Metrics:
             "Shards whose Lease this replica holds.",
             registry=self.registry,
         )
+        self.shard_held = prom.Gauge(
+            "tokensync_shard_held",
+            "1 for each shard whose Lease this replica holds (at most --shards series).",
+            ["shard"],
+            registry=self.registry,
+        )
         self.leadership_transitions = prom.Counter(
             "tokensync_leadership_transitions",
             "Shards this replica took (acquired), handed over (released) or lost.",

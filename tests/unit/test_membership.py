@@ -169,6 +169,7 @@ def test_a_lone_replica_takes_the_shard_and_may_write() -> None:
     assert holder == "a"
     assert sample(a.metrics, "tokensync_leader") == 1
     assert sample(a.metrics, "tokensync_shards_held") == 1
+    assert sample(a.metrics, "tokensync_shard_held", shard="0") == 1
     assert sample(a.metrics, "tokensync_leadership_transitions_total", change="acquired") == 1
     assert a.rates[-1] == 1.0
 
