@@ -46,6 +46,11 @@ from tokensync import (
 SERVICE_ACCOUNT_TOKEN_SECONDS = 600
 
 
+class HandedOver(Exception):
+    """The credential's shard was handed over while its attempt waited for the host's pace:
+    no token was asked for, nothing is decided or written (decision 0050)."""
+
+
 class Attempts:
     def __init__(
         self,
@@ -59,7 +64,12 @@ class Attempts:
         settings: config.Config,
         clock: Callable[[], datetime.datetime],
         draw: Callable[[], float],
+        serving: Callable[[tracking.Record], bool] = lambda record: True,
     ) -> None:
+        #: Does this replica still serve the credential (decision 0050)? Asked once the
+        #: host's pace lets the token request go: a hand-over waits for attempts under way,
+        #: and one still waiting for its slot need not be waited for.
+        self._serving = serving
         self._kube = kube_api
         self._endpoints = endpoints
         self._targets = targets
@@ -138,7 +148,9 @@ class Attempts:
                     record.namespace, exchange.subject_secret, destination
                 )
                 material = dataclasses.replace(material, subject_token=subject)
-            result = await self._fetch(where, material, methods=methods, policy=spec.refresh)
+            result = await self._fetch(
+                where, material, methods=methods, policy=spec.refresh, record=record
+            )
         token = result.token
         # Kept before the target is written: a server that rotates refresh tokens has
         # already retired the one just used (decision 0048).
@@ -302,6 +314,7 @@ class Attempts:
                 dataclasses.replace(material, refresh_token=kept),
                 methods=methods,
                 policy=spec.refresh,
+                record=record,
             )
         except failures.TokenError as exc:
             if exc.error_code != "invalid_grant":
@@ -406,12 +419,15 @@ class Attempts:
         *,
         methods: list[model.AuthMethod],
         policy: model.RefreshPolicy,
+        record: tracking.Record,
     ) -> responses.FetchResult:
         """The token request, in the host's pace, counted and timed."""
         host = urllib.parse.urlsplit(where.request.token_url).hostname or ""
         started: float | None = None  # when the request leaves, after the host's slot
         try:
             async with self._pacer.slot(host):
+                if not self._serving(record):
+                    raise HandedOver
                 started = time.monotonic()
                 result = await oauth.fetch_token(
                     where.http,

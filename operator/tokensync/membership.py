@@ -234,7 +234,13 @@ class Membership:
         self._export()
 
     async def stop(self) -> None:
-        """A clean stop: hand every shard over now, then leave."""
+        """A clean stop: leave, then hand every shard over. Leaving first lets the others
+        count one member fewer at once, so that each shard is taken as soon as it is
+        released, not only after the last one is."""
+        if self._member is not None:
+            with contextlib.suppress(client.ApiException, OSError):
+                await self._api.delete(leases.member_lease(self._set, self.identity), self._member)
+            self._member = None
         for shard in list(self._held):
             self._start_hand_over(shard)
         deadline = self._clock() + HAND_OVER_WAIT
@@ -243,10 +249,6 @@ class Membership:
             if self._handing_over:
                 await asyncio.sleep(0.1)
         await self._finish_hand_overs(force=True)
-        if self._member is not None:
-            with contextlib.suppress(client.ApiException, OSError):
-                await self._api.delete(leases.member_lease(self._set, self.identity), self._member)
-        self._member = None
         self._export()
         self._api.close()
 

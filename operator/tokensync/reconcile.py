@@ -98,6 +98,7 @@ class Reconciler:
             settings=settings,
             clock=clock,
             draw=draw,
+            serving=self._serves,
         )
         budget = events or scheduler.Budget(rate=settings.event_rate, burst=config.EVENT_BURST)
         # Valid proofs at the refresh endpoint, per credential (decision 0043).
@@ -353,7 +354,10 @@ class Reconciler:
         if record.target_deleted and not await self._still_exists(record):
             return
         this = progress.Attempt(generation=record.generation, request=record.refresh_request)
-        result = await self._attempts.run(record, this)
+        try:
+            result = await self._attempts.run(record, this)
+        except attempt.HandedOver:
+            return  # the replica that took the shard over refreshes it
         if not self._tracker.is_current(record):
             return  # deleted while we worked; its Secret goes with it (ownerReference)
         now = self._clock()  # not the attempt's start: a request may have taken a while

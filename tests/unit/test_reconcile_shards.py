@@ -6,11 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import types
 from typing import Any
 
+import pytest
 from test_target_watch import TARGET, secret, seen
 
-from tokensync import config, leases, metrics, model, possession, reconcile, scheduler
+from tokensync import (
+    attempt,
+    config,
+    leases,
+    metrics,
+    model,
+    possession,
+    reconcile,
+    scheduler,
+)
 
 T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
 S = datetime.timedelta(seconds=1)
@@ -150,3 +161,34 @@ async def test_a_refresh_due_for_a_shard_no_longer_served_does_nothing() -> None
     name = names_in(0, 1)[0]
     s.rec.observe(body(name))
     await s.rec.refresh((NS, name), due=T0.timestamp())  # no I/O reached: kube is None
+
+
+async def test_an_attempt_whose_shard_was_handed_over_while_it_waited_sends_nothing() -> None:
+    """A hand-over waits for attempts under way; one still waiting for its host's slot gives
+    up when the slot comes, before any token request (decision 0050)."""
+    served = [True]
+    attempts = attempt.Attempts(
+        kube_api=None,  # type: ignore[arg-type] -- not reached
+        endpoints=None,  # type: ignore[arg-type]
+        targets=None,  # type: ignore[arg-type]
+        metrics_=metrics.Metrics(),
+        pacer=scheduler.HostPacer(rate=1, burst=1),
+        seen_secrets=None,  # type: ignore[arg-type]
+        settings=config.Config(),
+        clock=lambda: T0,
+        draw=lambda: 0.5,
+        serving=lambda record: served[0],
+    )
+    where = types.SimpleNamespace(
+        request=types.SimpleNamespace(token_url="https://idp.example/t"), http=None
+    )
+    record = setup(served={0}).rec
+    served[0] = False
+    with pytest.raises(attempt.HandedOver):
+        await attempts._fetch(
+            where,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            methods=[],
+            policy=None,  # type: ignore[arg-type]
+            record=record,  # type: ignore[arg-type]
+        )
