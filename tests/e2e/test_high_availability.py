@@ -238,9 +238,12 @@ class Env(testenv.Env):
 
 def identity_of(operator: OperatorProcess, *, timeout: float = 90) -> str:
     """The replica's identity with its random suffix, once it joined (its watch is warm)."""
-    found = wait_for(
-        lambda: JOINING.search(operator.log()), timeout=timeout, what="the replica to join"
-    )
+
+    def joined() -> re.Match[str] | None:
+        operator.check_running()
+        return JOINING.search(operator.log())
+
+    found = wait_for(joined, timeout=timeout, what="the replica to join")
     return found.group(1)
 
 

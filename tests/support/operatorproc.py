@@ -266,3 +266,9 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def check_running(self) -> None:
+        """RuntimeError with the log's tail when the process has exited: a test waiting for
+        its log fails at once, with the reason, instead of at its timeout."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited ({self.proc.returncode}):\n{self.log()[-3000:]}")

@@ -13,17 +13,29 @@ import pathlib
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from typing import IO
 
+#: Every port :func:`free_port` handed out in this process. The kernel may offer a port it
+#: just offered again once the probing socket is closed, and two servers of one test then
+#: race for it (a CI run lost an operator's health port to its own metrics port that way).
+_handed_out: set[tuple[str, int]] = set()
+_handed_out_lock = threading.Lock()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port that was free on ``host`` a moment ago and that this process has not
+    handed out before."""
+    with _handed_out_lock:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port: int = sock.getsockname()[1]
+            if (host, port) not in _handed_out:
+                _handed_out.add((host, port))
+                return port
 
 
 class Process:
