@@ -79,6 +79,8 @@ class Reconciler:
         self._clock = clock
         self._draw = draw
         self._seen = seen_secrets if seen_secrets is not None else seen.SeenSecrets()
+        #: Which target watches have listed: the runtime tells (decision 0052).
+        self.target_listings = writer.TargetListings()
         self._tracker = tracking.Tracker(shards=settings.shards if serving else 1)
         self._expiries = alarms.Alarms[Key](clock=lambda: self._clock().timestamp())
         #: Per credential with effects being applied: a lock and how many use it.
@@ -91,7 +93,7 @@ class Reconciler:
                 metadata=metadata or discovery.MetadataCache(),
                 settings=settings,
             ),
-            targets=writer.TargetWriter(kube_api=kube_api),
+            targets=writer.TargetWriter(kube_api=kube_api, listings=self.target_listings),
             metrics_=metrics_,
             pacer=pacer,
             seen_secrets=self._seen,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -166,6 +167,9 @@ class Runtime:
         # client Secrets' label (decision 0035); each watch with a client of its own. Merge
         # targets carry a label of their own (their managed-by is their owner's), and a
         # selector cannot say "or": a second watch (decision 0041).
+        # Once both have listed a namespace, a new credential's target is created unread
+        # (decision 0052).
+        listings = self.reconciler.target_listings
         self.target_watches = [
             secretwatch.SecretWatch(
                 _api_client(1),
@@ -173,10 +177,14 @@ class Runtime:
                 label_selector=selector,
                 summarize=target.seen,
                 deliver=self.reconciler.target_seen,
+                on_listed=functools.partial(listings.listed, namespace),
             )
             for namespace in settings.namespaces or (None,)
             for selector in ownership.WATCH_SELECTORS
         ]
+        for namespace in settings.namespaces or (None,):
+            for _ in ownership.WATCH_SELECTORS:
+                listings.expect(namespace)
         # Workloads ask for a new token here, with no Kubernetes rights (decision 0043).
         self.refresh_api = (
             refreshapi.RefreshApi(

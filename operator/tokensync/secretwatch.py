@@ -8,6 +8,7 @@ here (decision 0035). Split from ``kube`` so that module stays the request/respo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -52,6 +53,7 @@ class SecretWatch(Generic[T]):
         label_selector: str,
         summarize: Callable[[str, dict[str, Any]], T | None],
         deliver: Callable[[T], None],
+        on_listed: Callable[[], None] | None = None,
         page: int = 100,
         room: int = 256,
         server_timeout: int = 300,
@@ -61,6 +63,8 @@ class SecretWatch(Generic[T]):
         self._selector = label_selector
         self._summarize = summarize
         self._deliver = deliver
+        #: Called on the event loop once, after the first listing's events were delivered.
+        self._on_listed = on_listed
         self._page = page
         self._room = threading.BoundedSemaphore(room)
         self._server_timeout = server_timeout
@@ -137,6 +141,10 @@ class SecretWatch(Generic[T]):
             if not token:
                 self.listings += 1
                 logger.info("listed %d target Secrets", count)
+                if self.listings == 1 and self._on_listed is not None and self._loop:
+                    # After the items' own call_soon_threadsafe: the loop runs them in order.
+                    with contextlib.suppress(RuntimeError):  # the loop closed: stopping
+                        self._loop.call_soon_threadsafe(self._on_listed)
                 return str(meta.get("resourceVersion") or "")
 
     def _watch(self, version: str) -> str:

@@ -41,9 +41,35 @@ def _older_than_known(record: tracking.Record, body: Mapping[str, Any]) -> bool:
     return times[0] < known.replace(microsecond=0)
 
 
+class TargetListings:
+    """Which watches of target Secrets (decision 0035) have delivered their first listing.
+
+    Once every watch that covers a namespace has, a managed Secret there that no event named
+    is almost surely absent, and a new credential's first attempt creates its target without
+    reading it first (decision 0052). A Secret the watches cannot see (one that is not
+    tokensync's, or one created while a watch was down) meets the create's 409, which reads
+    it and judges it as before.
+    """
+
+    def __init__(self) -> None:
+        #: Watches per scope (a namespace, or None for all) yet to list, and the scopes seen.
+        self._pending: dict[str | None, int] = {}
+
+    def expect(self, namespace: str | None) -> None:
+        self._pending[namespace] = self._pending.get(namespace, 0) + 1
+
+    def listed(self, namespace: str | None) -> None:
+        self._pending[namespace] = max(0, self._pending.get(namespace, 0) - 1)
+
+    def complete(self, namespace: str) -> bool:
+        scopes = [scope for scope in self._pending if scope is None or scope == namespace]
+        return bool(scopes) and all(self._pending[scope] == 0 for scope in scopes)
+
+
 class TargetWriter:
-    def __init__(self, *, kube_api: kube.Kube) -> None:
+    def __init__(self, *, kube_api: kube.Kube, listings: TargetListings | None = None) -> None:
         self._kube = kube_api
+        self._listings = listings or TargetListings()
 
     async def check(
         self, record: tracking.Record, policy: model.TargetSpec
@@ -62,10 +88,13 @@ class TargetWriter:
         changed = record.generation != record.state.handled_generation
         if record.target_uid and record.target_name == name and not changed:
             return None
-        try:
-            existing = await self._kube.read_secret(record.namespace, name)
-        except failures.ApiError as exc:
-            raise failures.from_api_error(exc) from None
+        if self._unseen(record, policy):
+            existing = None  # the create's 409 reads it, should it be there after all
+        else:
+            try:
+                existing = await self._kube.read_secret(record.namespace, name)
+            except failures.ApiError as exc:
+                raise failures.from_api_error(exc) from None
         take = self._decide(record, policy, existing, ownership.wanted_type(policy))
         if existing is None:
             return None
@@ -76,6 +105,19 @@ class TargetWriter:
         # that is there (a CronJob's access_token) is not one to remove for a template.
         record.target_written = None
         return None
+
+    def _unseen(self, record: tracking.Record, policy: model.TargetSpec) -> bool:
+        """A credential that never had a target, never attempted, whose namespace the target
+        watches have listed with no Secret of it: its first attempt need not read a Secret
+        that is not there (decision 0052). Only under Owner: a Merge target must exist and
+        an Adopt target may be one handed over, which the watches do not see."""
+        return (
+            policy.creation_policy is model.CreationPolicy.OWNER
+            and record.target_name is None
+            and record.state.handled_generation is None
+            and record.state.failed_attempts == 0
+            and self._listings.complete(record.namespace)
+        )
 
     @staticmethod
     def _decide(

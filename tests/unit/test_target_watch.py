@@ -357,6 +357,7 @@ async def test_lists_then_watches_and_lists_again_after_410() -> None:
         label_selector=target.MANAGED_SELECTOR,
         summarize=lambda kind, obj: (kind, obj["metadata"]["name"]),
         deliver=delivered.append,
+        on_listed=lambda: delivered.append(("first listing", "delivered")),
     )
     loop = asyncio.get_running_loop()
     script: list[Any] = [
@@ -377,7 +378,14 @@ async def test_lists_then_watches_and_lists_again_after_410() -> None:
         await asyncio.sleep(0.05)
     finally:
         watch.stop()
-    assert delivered == [("LISTED", "a"), ("LISTED", "b"), ("ADDED", "c"), ("LISTED", "a")]
+    # The first listing's end is told once, after its items (decision 0052).
+    assert delivered == [
+        ("LISTED", "a"),
+        ("LISTED", "b"),
+        ("first listing", "delivered"),
+        ("ADDED", "c"),
+        ("LISTED", "a"),
+    ]
     assert watch.listings == 2
     selectors = {call["label_selector"] for call in core.calls}
     assert selectors == {"app.kubernetes.io/managed-by=tokensync"}

@@ -457,9 +457,10 @@ async def run_attempt(
     *,
     issued: datetime.datetime = T0,
     secret_type: str | None = None,
+    listings: writer.TargetListings | None = None,
 ) -> failures.Failure | None:
     """What attempt.py does around the token request: check, then write."""
-    targets = writer.TargetWriter(kube_api=store)  # type: ignore[arg-type]
+    targets = writer.TargetWriter(kube_api=store, listings=listings)  # type: ignore[arg-type]
     try:
         await targets.check(rec, policy)
         body = rendered(issued, f"tok-{issued.second}", policy, uid=rec.uid)
@@ -743,3 +744,88 @@ async def test_a_handed_over_secret_s_keys_are_not_taken_for_tokensyncs() -> Non
     store.put(secret)
     await writer.TargetWriter(kube_api=store).check(rec, MERGE)  # type: ignore[arg-type]
     assert rec.target_written is None  # the render's ``previous``: nothing to remove
+
+
+# -- a new credential's target, created unread once the target watches listed (0052) ------
+
+
+def listed(*scopes: str | None) -> writer.TargetListings:
+    """Target watches of ``scopes`` (None: all namespaces), each done listing."""
+    listings = writer.TargetListings()
+    for scope in scopes:
+        listings.expect(scope)
+        listings.listed(scope)
+    return listings
+
+
+def test_a_namespace_is_listed_once_every_watch_covering_it_has() -> None:
+    listings = writer.TargetListings()
+    assert not listings.complete(NAMESPACE)  # no watch: nothing is known
+    listings.expect(NAMESPACE)
+    listings.expect(NAMESPACE)  # managed and Merge targets: two watches
+    listings.listed(NAMESPACE)
+    assert not listings.complete(NAMESPACE)
+    listings.listed(NAMESPACE)
+    assert listings.complete(NAMESPACE)
+    assert not listings.complete("team-b")  # another namespace's watch says nothing here
+    everywhere = listed(None)
+    assert everywhere.complete(NAMESPACE)
+    assert everywhere.complete("team-b")
+    everywhere.expect(None)  # a second cluster-wide watch, not listed yet
+    assert not everywhere.complete(NAMESPACE)
+
+
+async def test_a_new_credential_creates_its_target_without_reading_it() -> None:
+    store = SecretStore()
+    assert await run_attempt(store, fresh(), OWNER_POLICY, listings=listed(NAMESPACE)) is None
+    assert store.calls == ["create"]
+
+
+async def test_the_target_is_read_until_the_watches_have_listed() -> None:
+    store, listings = SecretStore(), writer.TargetListings()
+    listings.expect(NAMESPACE)
+    assert await run_attempt(store, fresh(), OWNER_POLICY, listings=listings) is None
+    assert store.calls == ["read", "create"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"failed_attempts": 1},  # after a failure: refused before any token, as before
+        {"handled_generation": 1},  # a credential this process (or status) handled
+    ],
+    ids=["failed-before", "handled-before"],
+)
+async def test_a_credential_with_a_past_reads_its_target_first(change: dict[str, Any]) -> None:
+    store, rec = SecretStore(), fresh()
+    rec.state = dataclasses.replace(rec.state, **change)
+    await run_attempt(store, rec, OWNER_POLICY, listings=listed(NAMESPACE))
+    assert store.calls[0] == "read"
+
+
+@pytest.mark.parametrize("policy", [ADOPT, MERGE], ids=["Adopt", "Merge"])
+async def test_a_target_that_may_be_handed_over_is_always_read(policy: model.TargetSpec) -> None:
+    store = SecretStore()
+    store.put(cronjob_secret(hand_over=NAME))
+    assert await run_attempt(store, fresh(), policy, listings=listed(NAMESPACE)) is None
+    assert store.calls == ["read", "patch"]
+
+
+async def test_a_foreign_secret_the_watches_cannot_see_is_still_refused() -> None:
+    """An Owner target that exists but is not tokensync's: the create's 409 reads it and
+    refuses it, untouched; the next attempt reads it before any token."""
+    store, rec = SecretStore(), fresh()
+    before = copy.deepcopy(store.put(cronjob_secret()))
+    listings = listed(NAMESPACE)
+    failure = await run_attempt(store, rec, OWNER_POLICY, listings=listings)
+    assert failure is not None
+    assert failure.reason is failures.Reason.TARGET_CONFLICT
+    assert store.calls == ["create", "read"]
+    assert store.secrets[TARGET] == before
+    rec.state = dataclasses.replace(rec.state, failed_attempts=1)
+    store.calls.clear()
+    with pytest.raises(failures.Failure):
+        await writer.TargetWriter(kube_api=store, listings=listings).check(  # type: ignore[arg-type]
+            rec, OWNER_POLICY
+        )
+    assert store.calls == ["read"]
