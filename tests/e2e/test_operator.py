@@ -201,8 +201,21 @@ def test_refuses_to_overwrite_a_foreign_secret(env: Env) -> None:
     ready = env.wait_ready(reason="TargetConflict")
     assert ready["status"] == "False"
     assert env.target() == {"mine": "keep"}
-    # Checked before the token request: no token was issued only to be thrown away.
-    assert not [i for i in env.server.issued if i.client_id == env.client_id]
+
+    def issued() -> int:
+        return len([i for i in env.server.issued if i.client_id == env.client_id])
+
+    # A new credential's first attempt creates its target unread (decision 0052): the
+    # create's conflict reads the Secret and refuses it; the token issued for it is dropped.
+    assert issued() <= 1
+    first = issued()
+    # Every later attempt reads the target before the token request: no token is issued.
+    value = env.force_refresh()
+    env.wait_for(lambda: env.status().get("handledRefreshRequest") == value, what="the retry")
+    assert env.ready() is not None
+    assert env.ready()["reason"] == "TargetConflict"  # type: ignore[index]
+    assert issued() == first
+    assert env.target() == {"mine": "keep"}
 
 
 def test_refuses_a_client_secret_that_did_not_opt_in(env: Env) -> None:
