@@ -76,6 +76,7 @@ bench-quick: install controlplane-binaries
 	$(BIN)/python bench/quick.py -n 100
 
 # Cold starts of two revisions, alternating on one control plane: make bench-ab AB="2315e12 HEAD"
+# (a revision may carry operator flags: make bench-ab AB='HEAD "HEAD --workers=32"')
 AB ?= HEAD~1 HEAD
 bench-ab: install controlplane-binaries
 	$(BIN)/python bench/abtest.py -n 2000 --rounds 2 $(AB)

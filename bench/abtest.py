@@ -12,6 +12,9 @@ with ``BENCH_APISERVER_PPROF=<dir>`` the kube-apiserver's CPU is profiled by its
 handler for the first ``--pprof-seconds`` of each cold start (``go tool pprof -top FILE``).
 
     python bench/abtest.py -n 2000 --rounds 2 2315e12 HEAD
+    python bench/abtest.py -n 2000 --rounds 2 HEAD "HEAD --workers=32"
+
+A revision may carry operator flags (the second form): two settings of one revision.
 
 Each revision's ``operator/`` is exported with ``git archive`` into a temporary directory
 and put first on the operator's PYTHONPATH; the venv's dependencies are shared.
@@ -110,6 +113,7 @@ def cold_start(
     *,
     kubeconfig: pathlib.Path,
     source: pathlib.Path,
+    flags: list[str],
     namespace: str,
     args: argparse.Namespace,
     log: pathlib.Path,
@@ -135,7 +139,7 @@ def cold_start(
     op = OperatorProcess(
         kubeconfig=kubeconfig,
         log_path=log,
-        extra_args=[f"--token-rate={args.token_rate}", f"--namespace={namespace}"],
+        extra_args=[f"--token-rate={args.token_rate}", f"--namespace={namespace}", *flags],
         verbose=False,
         private_networks=private_networks(source),
     ).start(timeout=120)
@@ -167,7 +171,11 @@ def cold_start(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("revisions", nargs="+", help="git revisions to compare")
+    parser.add_argument(
+        "revisions",
+        nargs="+",
+        help="git revisions to compare, each optionally with operator flags: 'HEAD --workers=32'",
+    )
     parser.add_argument("-n", type=int, default=2000, help="credentials per cold start")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--token-rate", type=float, default=100.0)
@@ -175,7 +183,8 @@ def main() -> int:
     parser.add_argument("--pprof-seconds", type=int, default=20)
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="tokensync-ab-"))
-    sources = {rev: export(rev, work) for rev in args.revisions}
+    variants = {spec: spec.split() for spec in args.revisions}  # label: [revision, *flags]
+    sources = {rev: export(rev, work) for rev in {v[0] for v in variants.values()}}
     runs: list[dict[str, Any]] = []
     with LocalCluster() as cluster, FastTokenEndpoint(lifetime=3600) as server:
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
@@ -183,14 +192,15 @@ def main() -> int:
         kubeconfig = install_operator_identity(cluster, api, work / "sa.kubeconfig")
         count = 0
         for round_ in range(args.rounds):
-            for rev, source in sources.items():
+            for rev, (revision, *flags) in variants.items():
                 count += 1
                 run = {"revision": rev, "round": round_ + 1}
                 run |= cold_start(
                     cluster,
                     server,
                     kubeconfig=kubeconfig,
-                    source=source,
+                    source=sources[revision],
+                    flags=flags,
                     namespace=f"ab{count}",
                     args=args,
                     log=work / f"op{count}.log",

@@ -12,6 +12,9 @@ f. Time to Ready for 100 credentials created one at a time (with N present) vs t
 b/d. Steady state: lifetimes set so that about --refresh-rate refreshes happen per second;
    refresh lateness (operator histogram, and Secret write seen by a watch minus the due time
    in status, which is truncated to the second), CPU and RSS, and cost per refresh.
+g. Backlog (skipped with --no-backlog): every credential's refresh requested at once, on top
+   of the steady state; the time until all have handled it, against N / --token-rate and
+   against the token lifetime (issue 19: a backlog drains within one lifetime).
 
 Figures go to stdout and to bench/out/<timestamp>.json; ``--plot`` draws lateness and memory
 against N from the newest result file for each N.
@@ -77,6 +80,8 @@ CC_PATH = f"/apis/tokensync.dev/v1alpha1/namespaces/{NS}/clientcredentials"
 SECRET_PATH = f"/api/v1/namespaces/{NS}/secrets"
 TICK = os.sysconf("SC_CLK_TCK")
 RENEW_MEAN = 2 / 3 - 0.05  # refresh at 2/3 of the lifetime minus a jitter of up to 10 %
+#: Refresh requests per second the backlog phase sends (as fast as 16 connections go).
+BACKLOG_SUBMIT_RATE = 2000.0
 #: The resources whose API requests are counted (apiserver_request_total); with several
 #: replicas also Leases, counted apart (kube-controller-manager runs here without leader
 #: election, so the other Lease requests are the API server's own, if any: few).
@@ -748,6 +753,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "token_requests": tok1 - tok0,
             "api_requests": split_leases(api_delta(api0, api1))[0],
             "peak_token_requests_per_second": server.peak_rate(t_start, t_end),
+            # Where the time goes: the rate floor is flat at --token-rate.
+            "token_requests_per_10_seconds": server.series(t_start, t_end, 10),
             "rss_peak_mib": max(cold_peak),
             "cpu_seconds": cold_cpu[0]
             if not ops.ha
@@ -877,6 +884,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print_section(
             "steady state" + (" (CPU: all replicas; RSS: the largest)" if ops.ha else ""), steady
         )
+        # (g) A backlog: every credential forced at once, on top of the steady refreshes.
+        if args.backlog:
+            result["backlog"] = backlog(
+                cluster, server, creds, names, lifetime=lifetime, token_rate=args.token_rate
+            )
+            print_section(
+                "backlog: every credential's refresh requested at once", result["backlog"]
+            )
         ops.stop()
         for spy in spies:
             spy.wait(30)
@@ -895,6 +910,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         secrets_.stop()
     ops.close()
     return result
+
+
+def backlog(
+    cluster: LocalCluster,
+    server: FastTokenEndpoint,
+    creds: CredentialWatcher,
+    names: list[str],
+    *,
+    lifetime: float,
+    token_rate: float,
+) -> dict[str, Any]:
+    """Ask every credential for a refresh as fast as the harness can, and time how long
+    until each has handled the request (status.handledRefreshRequest): issue 19's backlog,
+    to drain within one token lifetime. The floor is N / --token-rate."""
+    value = f"backlog-{int(time.time())}"
+    tokens0, t0 = server.requests, time.time()
+    asyncio.run(request_refreshes(cluster, names, value, BACKLOG_SUBMIT_RATE))
+    submitted = time.time()
+
+    def handled() -> int:
+        with creds.lock:
+            return sum(1 for name in names if creds.handled.get(name) == value)
+
+    done = wait_for(lambda: handled() >= len(names), timeout=max(900.0, 3 * lifetime), step=0.5)
+    return {
+        "credentials": len(names),
+        "requests_submitted_in_seconds": round(submitted - t0, 1),
+        "drained_seconds": round(done - t0, 1) if done else None,
+        "handled": handled(),
+        "floor_seconds": round(len(names) / token_rate, 1),
+        "lifetime_seconds": lifetime,
+        "drained_within_a_lifetime": bool(done and done - t0 <= lifetime),
+        "token_requests": server.requests - tokens0,
+    }
 
 
 def replica_figures(cluster: LocalCluster, per: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1067,6 +1116,12 @@ def main() -> int:
     parser.add_argument("--ttr", type=int, default=100, help="credentials for time to Ready")
     parser.add_argument("--cold-timeout", type=float, default=900.0)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--no-backlog",
+        dest="backlog",
+        action="store_false",
+        help="skip the last phase: every credential's refresh requested at once",
+    )
     parser.add_argument(
         "--replicas", type=int, default=1, help="operator processes (leader election above 1)"
     )

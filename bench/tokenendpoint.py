@@ -68,6 +68,14 @@ class FastTokenEndpoint:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
+    def series(self, since: float, until: float, step: int) -> list[int]:
+        """Requests in each ``step`` seconds from ``since`` to ``until``."""
+        start = int(since)
+        return [
+            sum(self.per_second[s] for s in range(t, min(t + step, int(until) + 1)))
+            for t in range(start, int(until) + 1, step)
+        ]
+
     def peak_rate(self, since: float, until: float) -> int:
         """The most requests in any whole second of [since, until]."""
         seconds = range(int(since), int(until) + 1)
