@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, default=DEFAULTS.workers, help="concurrent refreshes"
     )
     run.add_argument(
+        "--kube-workers",
+        type=_positive_int,
+        default=DEFAULTS.kube_workers,
+        help="Kubernetes API requests at once (reads and writes of Secrets and status)",
+    )
+    run.add_argument(
         "--token-rate",
         type=_positive_float,
         default=DEFAULTS.token_rate_per_host,
@@ -335,6 +341,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         refresh_port=args.refresh_port or None,
         workers=args.workers,
+        kube_workers=args.kube_workers,
         token_rate_per_host=args.token_rate,
         token_concurrency_per_host=args.token_concurrency,
         event_rate=args.event_rate,

@@ -140,6 +140,7 @@ def test_fetch_private_key_jwt_by_discovery(
     ("flag", "value"),
     [
         ("--workers", "0"),
+        ("--kube-workers", "0"),
         ("--token-concurrency", "0"),
         ("--token-concurrency", "-2"),
         ("--token-rate", "0"),
