@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415 -- imported here so that `tokensync fetch` starts fast
 
-    from tokensync import handlers  # noqa: F401, PLC0415 -- registers the kopf handlers
+    from tokensync import handlers  # noqa: PLC0415 -- registers the kopf handlers
 
     egress = _egress()  # a bad proxy variable stops the operator before it starts
     logging.basicConfig(
@@ -364,6 +364,7 @@ def _run(args: argparse.Namespace) -> int:
             namespaces=args.namespace,
             liveness_endpoint=liveness,
             memo=kopf.Memo(config=settings),
+            memories=handlers.NoMemories(),
         )
     )
     return 0
