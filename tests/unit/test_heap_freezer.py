@@ -14,12 +14,12 @@ def test_freezes_when_settled_and_grown(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(gc, "collect", lambda: calls.append("collect") or 0)
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     count = [0]
-    freezer = runtime.HeapFreezer(lambda: count[0])
+    freezer = runtime.HeapFreezer(lambda: count[0], trim=lambda: calls.append("trim") or True)
     assert not freezer.check()  # nothing loaded
     count[0] = 1000
     assert not freezer.check()  # still changing
-    assert freezer.check()  # settled: collect, then freeze
-    assert calls == ["collect", "freeze"]
+    assert freezer.check()  # settled: collect, freeze, then free pages back to the system
+    assert calls == ["collect", "freeze", "trim"]
     assert not freezer.check()  # settled, not grown
     count[0] = 1200
     assert not freezer.check()
@@ -27,4 +27,9 @@ def test_freezes_when_settled_and_grown(monkeypatch: pytest.MonkeyPatch) -> None
     count[0] = 1300
     assert not freezer.check()
     assert freezer.check()
-    assert calls == ["collect", "freeze"] * 2
+    assert calls == ["collect", "freeze", "trim"] * 2
+
+
+def test_malloc_trim_is_harmless() -> None:
+    # glibc here (True); where the C library has no malloc_trim it does nothing (False).
+    assert runtime.malloc_trim() in (True, False)
