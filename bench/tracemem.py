@@ -69,6 +69,12 @@ def short(filename: str) -> str:
     return filename
 
 
+def pause_while(path: pathlib.Path | None) -> None:
+    """On a shared machine: wait while another benchmark's marker file exists."""
+    while path is not None and path.exists():
+        time.sleep(20)
+
+
 def rss(pid: int) -> dict[str, float]:
     _, now, peak = scale.Sampler.read(pid)
     return {"rss_mib": round(now, 1), "peak_mib": round(peak, 1)}
@@ -97,8 +103,10 @@ def one(
     trace: bool,
     frames: int,
     timeout: float,
+    quiet: pathlib.Path | None = None,
 ) -> dict[str, Any]:
     """The three phases for one revision and one N."""
+    pause_while(quiet)
     abtest.use_namespace(namespace)
     create_namespace(cluster, namespace)
     names = [f"cc-{i:05d}" for i in range(n)]
@@ -112,6 +120,7 @@ def one(
     networks = abtest.private_networks(source or scale.REPO / "operator")
 
     def start(log: str, env: dict[str, str] | None = None) -> OperatorProcess:
+        pause_while(quiet)
         os.environ["PYTHONPATH"] = (
             os.pathsep.join([str(HOOK), base]) if env else base
         )  # the hook only where it acts
@@ -194,6 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     trace=args.trace,
                     frames=args.frames,
                     timeout=args.timeout,
+                    quiet=args.pause_while,
                 )
                 result["runs"].setdefault(label, {})[str(n)] = figures
                 shown = {k: v for k, v in figures.items() if k != "objects"}
@@ -319,6 +329,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=16, help="tracemalloc frames")
     parser.add_argument("--top", type=int, default=25, help="rows per table")
     parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument(
+        "--pause-while",
+        type=pathlib.Path,
+        help="wait before each phase while this file exists (another benchmark's marker)",
+    )
     parser.add_argument(
         "--report", nargs=2, type=pathlib.Path, metavar="SNAP", help="compare two snapshots"
     )
