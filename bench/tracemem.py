@@ -10,8 +10,9 @@ For each N of ``--counts`` (3,000 and 10,000 by default), and each revision of
 3. restart with valid tokens: a new process, until all N are scheduled
    (``tokensync_refresh_queue_size``); RSS 15 s later, and the peak;
 4. with ``--trace``: the same restart once more, under tracemalloc (bench/tracehook: a
-   ``sitecustomize`` that only this harness puts on the operator's PYTHONPATH), and a
-   snapshot 15 s after all are scheduled (after a full collection).
+   ``sitecustomize`` that only this harness puts on the operator's PYTHONPATH; tracing
+   starts after the imports), and a snapshot 15 s after all are scheduled (after a full
+   collection).
 
 RSS figures come from the untraced processes only: tracemalloc adds its own memory per
 allocation and slows the operator down several times. ``--report A.snap B.snap`` prints the
@@ -326,7 +327,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         "--revision", action="append", default=[], help="a git revision (repeatable)"
     )
     parser.add_argument("--trace", action="store_true", help="a traced restart and a snapshot")
-    parser.add_argument("--frames", type=int, default=16, help="tracemalloc frames")
+    parser.add_argument("--frames", type=int, default=6, help="tracemalloc frames")
     parser.add_argument("--top", type=int, default=25, help="rows per table")
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument(

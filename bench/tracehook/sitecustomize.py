@@ -2,9 +2,10 @@
 
 Python imports ``sitecustomize`` at start from its path, so a process started with this
 directory on PYTHONPATH loads it. It acts only when ``TOKENSYNC_BENCH_TRACEMALLOC`` names a
-directory: it then traces allocations from the interpreter's start
-(``TOKENSYNC_BENCH_TRACEMALLOC_FRAMES`` frames each, 16 by default) and, on SIGUSR1, runs a
-full collection and writes ``<pid>-<n>.snap`` (the tracemalloc snapshot), ``<pid>-<n>.json``
+directory: it then imports the operator's modules (kopf and the Kubernetes client with
+them: their import ran for minutes under tracemalloc; bench/tracemem.py measures imports
+apart), starts tracing (``TOKENSYNC_BENCH_TRACEMALLOC_FRAMES`` frames each, 6 by default)
+and, on SIGUSR1, runs a full collection and writes ``<pid>-<n>.snap`` (the tracemalloc snapshot), ``<pid>-<n>.json``
 (live objects that the collector tracks, by type: count and shallow bytes) and, last,
 ``<pid>-<n>.done``. The operator itself has no such hook (docs/performance.md).
 """
@@ -29,6 +30,7 @@ if _DIR:
     _counter = itertools.count(1)
 
     def _types() -> list[tuple[str, int, int]]:
+        gc.unfreeze()  # frozen objects (runtime.HeapFreezer) are not in gc.get_objects()
         counts: collections.Counter[str] = collections.Counter()
         sizes: collections.Counter[str] = collections.Counter()
         for obj in gc.get_objects():
@@ -49,5 +51,9 @@ if _DIR:
         )
         stem.with_suffix(".done").write_text("")
 
-    tracemalloc.start(int(os.environ.get("TOKENSYNC_BENCH_TRACEMALLOC_FRAMES", "16")))
+    import tokensync.cli
+    import tokensync.handlers
+    import tokensync.runtime  # noqa: F401
+
+    tracemalloc.start(int(os.environ.get("TOKENSYNC_BENCH_TRACEMALLOC_FRAMES", "6")))
     signal.signal(signal.SIGUSR1, _dump)
