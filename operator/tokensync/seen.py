@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -93,7 +94,8 @@ class SeenSecrets:
         ``referenced``: some tracked credential reads it; if not, it is only pending.
         """
         meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        # The namespace interned: one string per namespace (decision 0052).
+        key = (sys.intern(str(meta.get("namespace") or "")), str(meta.get("name") or ""))
         self.drop(*key)
         labels = meta.get("labels") or {}
         data = body.get("data") or {}
