@@ -186,6 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"nproc": os.cpu_count(), "mem_total_mib": scale.mem_total_mib()},
         "runs": {},
     }
+    pause_while(args.pause_while)  # before the control plane starts, too
     with LocalCluster() as cluster, FastTokenEndpoint(lifetime=3600) as server:
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         apply_files(api, sorted((scale.REPO / "crds").glob("*.yaml")))
