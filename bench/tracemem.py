@@ -6,9 +6,11 @@ For each N of ``--counts`` (3,000 and 10,000 by default), and each revision of
 1. N client Secrets and N ClientCredentials are created in a namespace of their own
    (``mem-<rev>-<N>``, bench/scale.py's objects), before the operator starts;
 2. cold start: the operator (``--namespace``, so that it sees those N only) runs until
-   every credential is Ready; RSS 15 s later, and the peak (VmHWM);
+   every credential is Ready; RSS 15 s later, and the peak (VmHWM); again 75 s after the
+   start (``_late``: after runtime.HeapFreezer's first freeze, at 60 s);
 3. restart with valid tokens: a new process, until all N are scheduled
-   (``tokensync_refresh_queue_size``); RSS 15 s later, and the peak;
+   (``tokensync_refresh_queue_size``); RSS 15 s later, and the peak; again 75 s after the
+   start;
 4. with ``--trace``: the same restart once more, under tracemalloc (bench/tracehook: a
    ``sitecustomize`` that only this harness puts on the operator's PYTHONPATH; tracing
    starts after the imports), and a snapshot 15 s after all are scheduled (after a full
@@ -57,6 +59,9 @@ from support.operatorproc import OperatorProcess, apply_files, install_operator_
 
 HOOK = pathlib.Path(__file__).resolve().parent / "tracehook"
 SETTLE = 15.0
+#: A second reading this long after a start: runtime.HeapFreezer has frozen the heap (and
+#: trimmed the C allocator) by then, at its second check, 60 s after the start.
+LATE = 75.0
 STDLIB = sysconfig.get_paths()["stdlib"]
 
 
@@ -140,6 +145,8 @@ def one(
     out["cold_seconds"] = None if done is None else round(done - started, 1)
     time.sleep(SETTLE)
     out["cold"] = rss(scale.operator_pid(op))
+    time.sleep(max(0.0, started + LATE - time.time()))
+    out["cold_late"] = rss(scale.operator_pid(op))
     op.stop()
     creds.stop()
 
@@ -149,9 +156,12 @@ def one(
         time.sleep(SETTLE)
         return None if listed is None else round(listed - begun, 1)
 
+    begun = time.time()
     op = start("restart")
     out["restart_seconds"] = restart(op)
     out["restart"] = rss(scale.operator_pid(op))
+    time.sleep(max(0.0, begun + LATE - time.time()))
+    out["restart_late"] = rss(scale.operator_pid(op))
     op.stop()
     if trace:
         snaps = work / f"snap-{namespace}"
