@@ -45,12 +45,12 @@ class NoMemories(inventory.ResourceMemories):
     """No per-object memory: kopf's is for daemons, timers, indexes and resumed handlers.
 
     kopf keeps a record per watched object for as long as the object exists (a memo copy, an
-    error throttler, daemon and index bookkeeping: about 1.6 KiB each, two objects per
-    credential), which only daemons, timers, indexes, on.resume and the throttling of a
-    failing handler use. Ours are on.event handlers that do not raise, so every event gets
-    a fresh record that is not kept (kopf's "ephemeral" memory, as for admission webhooks);
-    tests/unit/test_handlers.py fails if another kind of handler is registered (decision
-    0052).
+    error throttler, daemon and index bookkeeping: about 1.6 KiB per credential for its two
+    objects in a traced restart), which only daemons, timers, indexes, on.resume and the
+    throttling of a failing handler use. Ours are on.event handlers that do not raise, so
+    every event gets a fresh record that is not kept (kopf's "ephemeral" memory, as for
+    admission webhooks); tests/unit/test_handlers.py fails if another kind of handler is
+    registered (decision 0052).
     """
 
     async def recall(
