@@ -9,6 +9,10 @@ Keys come as PEM (PKCS#8, PKCS#1 or SEC1) or as a JWK (a JSON object with the pr
 parameters). A certificate, when given, must hold the key's public half; its SHA-256
 thumbprint goes into the ``x5t#S256`` header, which is how Entra ID and others find the key.
 Loading is cached by content, so a refresh costs a signature, not a key parse.
+
+PyJWT and ``cryptography`` are imported by the first key loaded or assertion signed, not
+with this module: they cost about 9 MiB in every process, and most operators sign nothing
+(issue 19, decision 0053).
 """
 
 from __future__ import annotations
@@ -19,12 +23,17 @@ import datetime
 import functools
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    PrivateKey = (
+        rsa.RSAPrivateKey
+        | ec.EllipticCurvePrivateKey
+        | ed25519.Ed25519PrivateKey
+        | ed448.Ed448PrivateKey
+    )
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: Below this an RSA key is refused: providers refuse it too, and later than we would.
@@ -33,13 +42,6 @@ MIN_RSA_BITS = 2048
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
-
-PrivateKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-)
 
 
 class KeyProblem(ValueError):
@@ -64,6 +66,8 @@ def _b64url(data: bytes) -> str:
 
 
 def _natural_algorithm(key: PrivateKey) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: PLC0415 -- late
+
     if isinstance(key, rsa.RSAPrivateKey):
         return "RS256"
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -75,6 +79,8 @@ def _natural_algorithm(key: PrivateKey) -> str:
 
 
 def _check_algorithm(key: PrivateKey, algorithm: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: PLC0415 -- late
+
     if isinstance(key, rsa.RSAPrivateKey):
         fits = algorithm in _RSA_ALGORITHMS
     elif isinstance(key, ec.EllipticCurvePrivateKey):
@@ -88,6 +94,10 @@ def _check_algorithm(key: PrivateKey, algorithm: str) -> None:
 
 def _parse_private_key(text: str) -> tuple[PrivateKey, str | None]:
     """The key and, for a JWK, its ``kid``."""
+    import jwt  # noqa: PLC0415 -- imported late (module docstring)
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa  # noqa: PLC0415
+
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
@@ -121,6 +131,9 @@ def _parse_private_key(text: str) -> tuple[PrivateKey, str | None]:
 
 
 def _thumbprint(certificate: str, key: PrivateKey) -> str:
+    from cryptography import x509  # noqa: PLC0415 -- imported late (module docstring)
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     try:
         cert = x509.load_pem_x509_certificate(certificate.strip().encode())
     except ValueError:
@@ -180,6 +193,8 @@ def sign(
     jti: str,
 ) -> str:
     """One client assertion. ``jti`` must never repeat (the caller draws it at random)."""
+    import jwt  # noqa: PLC0415 -- imported late (module docstring)
+
     issued = int(now.timestamp())
     claims = {
         "iss": client_id,

@@ -321,8 +321,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tokensync import handlers  # noqa: F401, PLC0415 -- registers the kopf handlers
-
     egress = _egress()  # a bad proxy variable stops the operator before it starts
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -371,6 +369,8 @@ def _run(args: argparse.Namespace) -> int:
 async def _operate(settings: config.Config, *, namespaces: list[str], liveness: str | None) -> None:
     import kopf  # noqa: PLC0415 -- imported here so that `tokensync fetch` starts fast
 
+    from tokensync import handlers  # noqa: PLC0415 -- registers the kopf handlers
+
     asyncio.get_running_loop().set_exception_handler(_exception_handler)
     await kopf.operator(
         standalone=True,
@@ -378,6 +378,7 @@ async def _operate(settings: config.Config, *, namespaces: list[str], liveness: 
         namespaces=namespaces,
         liveness_endpoint=liveness,
         memo=kopf.Memo(config=settings),
+        memories=handlers.NoMemories(),
     )
 
 

@@ -15,6 +15,8 @@ import logging
 from typing import Any
 
 import kopf
+from kopf._cogs.structs import bodies, ephemera
+from kopf._core.reactor import inventory
 
 from tokensync import model, runtime
 
@@ -37,6 +39,31 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
+
+
+class NoMemories(inventory.ResourceMemories):
+    """No per-object memory: kopf's is for daemons, timers, indexes and resumed handlers.
+
+    kopf keeps a record per watched object for as long as the object exists (a memo copy, an
+    error throttler, daemon and index bookkeeping: about 1.6 KiB per credential for its two
+    objects in a traced restart), which only daemons, timers, indexes, on.resume and the
+    throttling of a failing handler use. Ours are on.event handlers that do not raise, so
+    every event gets a fresh record that is not kept (kopf's "ephemeral" memory, as for
+    admission webhooks); tests/unit/test_handlers.py fails if another kind of handler is
+    registered (decision 0053).
+    """
+
+    async def recall(
+        self,
+        raw_body: bodies.RawBody,
+        *,
+        memobase: ephemera.AnyMemo | None = None,
+        noticed_by_listing: bool = False,
+        ephemeral: bool = False,
+    ) -> inventory.ResourceMemory:
+        return await super().recall(
+            raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing, ephemeral=True
+        )
 
 
 @kopf.on.startup()

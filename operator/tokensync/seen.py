@@ -24,6 +24,8 @@ cold start's listings to claim it (:meth:`SeenSecrets.claim`); a Secret whose da
 from __future__ import annotations
 
 import collections
+import dataclasses
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -42,9 +44,31 @@ PENDING_BYTES = 16 * 1024 * 1024
 MAX_ENTRY_BYTES = 64 * 1024
 
 Key = tuple[str, str]  # (namespace, name)
-_Entry = tuple[float, dict[str, Any], int]  # (event time, minimal body, data bytes)
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    """What is kept of one Secret: its data as the event had it, and the few fields
+    read besides. The body handed out is built at each :meth:`SeenSecrets.get` (a refresh's
+    worth of work), not kept: three dicts fewer per Secret (decision 0053)."""
+
+    at: float  # the event's or the confirming listing's time
+    version: str
+    data: dict[str, Any]
+    allowed: object  # the allowed-destinations annotation, or None
+    size: int  # data bytes
+
+    def body(self, key: Key) -> dict[str, Any]:
+        annotations = {} if self.allowed is None else {_ALLOWED: self.allowed}
+        meta = {"name": key[1], "namespace": key[0], "resourceVersion": self.version}
+        return {
+            "metadata": {**meta, "labels": _LABELS, "annotations": annotations},
+            "data": self.data,
+        }
+
 
 _LABELS = {model.CLIENT_SECRET_LABEL: "true"}
+_ALLOWED = model.ALLOWED_DESTINATIONS_ANNOTATION
 
 
 class SeenSecrets:
@@ -70,7 +94,8 @@ class SeenSecrets:
         ``referenced``: some tracked credential reads it; if not, it is only pending.
         """
         meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        # The namespace interned: one string per namespace (decision 0053).
+        key = (sys.intern(str(meta.get("namespace") or "")), str(meta.get("name") or ""))
         self.drop(*key)
         labels = meta.get("labels") or {}
         data = body.get("data") or {}
@@ -79,30 +104,23 @@ class SeenSecrets:
             return
         now = self._clock()
         self._expire(now)
-        # A minimal body of the same shape as the API's: what sources.auth_material and
-        # destinations.allows read. The rest of the event's body is not kept.
-        annotations = meta.get("annotations") or {}
-        kept = {
-            k: annotations[k] for k in (model.ALLOWED_DESTINATIONS_ANNOTATION,) if k in annotations
-        }
-        minimal = {
-            "metadata": {
-                "name": key[1],
-                "namespace": key[0],
-                "resourceVersion": str(meta.get("resourceVersion") or ""),
-                "labels": _LABELS,
-                "annotations": kept,
-            },
-            "data": data,
-        }
+        # What sources.auth_material and destinations.allows read; the rest of the event's
+        # body is not kept.
+        entry = _Entry(
+            at=now,
+            version=str(meta.get("resourceVersion") or ""),
+            data=data,
+            allowed=(meta.get("annotations") or {}).get(_ALLOWED),
+            size=size,
+        )
         if referenced:
-            self._entries[key] = (now, minimal, size)
+            self._entries[key] = entry
             return
-        self._pending[key] = (now, minimal, size)
+        self._pending[key] = entry
         self._pending_bytes += size
         while self._pending_bytes > PENDING_BYTES:
-            _, (_, _, dropped) = self._pending.popitem(last=False)
-            self._pending_bytes -= dropped
+            _, dropped = self._pending.popitem(last=False)
+            self._pending_bytes -= dropped.size
 
     def now(self) -> float:
         """This cache's clock: take it before a listing, pass it to :meth:`confirm`."""
@@ -115,22 +133,23 @@ class SeenSecrets:
         while no watch event said so), or has at another version, is dropped. Entries of
         events after ``since`` are newer than the listing and stay as they are. Returns how
         many were dropped."""
-        kept: list[tuple[float, Key, _Entry]] = []
-        for key, (at, body, size) in self._entries.items():
-            if at >= since:
-                kept.append((at, key, (at, body, size)))
-            elif listed.get(key) == body["metadata"]["resourceVersion"]:
-                kept.append((since, key, (since, body, size)))
+        kept: list[tuple[Key, _Entry]] = []
+        for key, entry in self._entries.items():
+            if entry.at >= since:
+                kept.append((key, entry))
+            elif listed.get(key) == entry.version:
+                entry.at = since
+                kept.append((key, entry))
         dropped = len(self._entries) - len(kept)
-        kept.sort(key=lambda item: item[0])  # age order, which _expire relies on
-        self._entries = collections.OrderedDict((key, entry) for _, key, entry in kept)
+        kept.sort(key=lambda item: item[1].at)  # age order, which _expire relies on
+        self._entries = collections.OrderedDict(kept)
         return dropped
 
     def claim(self, namespace: str, name: str) -> None:
         """A credential that reads this Secret appeared: keep it for the full trust time."""
         entry = self._pending.pop((namespace, name), None)
         if entry is not None:
-            self._pending_bytes -= entry[2]
+            self._pending_bytes -= entry.size
             # Out of age order by at most PENDING_SECONDS: get() checks the age itself, so
             # it is never trusted too long, only dropped a little late.
             self._entries[(namespace, name)] = entry
@@ -140,7 +159,7 @@ class SeenSecrets:
         self._entries.pop((namespace, name), None)
         entry = self._pending.pop((namespace, name), None)
         if entry is not None:
-            self._pending_bytes -= entry[2]
+            self._pending_bytes -= entry.size
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret as last watched, if that was recent enough to stand in for a read."""
@@ -148,16 +167,16 @@ class SeenSecrets:
         self._expire(now)
         key = (namespace, name)
         entry = self._entries.get(key) or self._pending.get(key)
-        if entry is None or now - entry[0] >= self._trust:
+        if entry is None or now - entry.at >= self._trust:
             return None
-        return entry[1]
+        return entry.body(key)
 
     def _expire(self, now: float) -> None:
         for entries, trust in ((self._entries, self._trust), (self._pending, PENDING_SECONDS)):
             while entries:
-                key, (at, _, size) = next(iter(entries.items()))
-                if now - at < trust:
+                key, entry = next(iter(entries.items()))
+                if now - entry.at < trust:
                     break
                 del entries[key]
                 if entries is self._pending:
-                    self._pending_bytes -= size
+                    self._pending_bytes -= entry.size

@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from tokensync import failures, model, templates
+from tokensync import failures, model
 
 #: The keys of the default shape, in the order they are written.
 DEFAULT_KEYS = ("access_token", "token_type", "expires_at", "authorization", "scope")
@@ -113,6 +113,10 @@ def check(target: model.TargetSpec) -> None:
     message has Jinja's error (the values in it are placeholders, never a token)."""
     if target.template is None:
         return
+    # Imported by the first template: Jinja2 costs about 2 MiB in every process, and most
+    # operators render none (issue 19, decision 0053).
+    from tokensync import templates  # noqa: PLC0415 -- see above
+
     placeholder = Token(
         access_token=_PLACEHOLDER_TOKEN,
         token_type=_PLACEHOLDER_TYPE,
@@ -137,6 +141,8 @@ def render(
     token).
     """
     if target.template is not None:
+        from tokensync import templates  # noqa: PLC0415 -- imported late, as in check()
+
         try:
             return dict(templates.render(dict(target.template.data), variables(token)))
         except templates.KeyedProblem as problem:

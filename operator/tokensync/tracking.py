@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,10 +77,13 @@ class Record:
     refresh_generation: int | None = None
     #: The shard it belongs to (``leases.shard_of``; decision 0050).
     shard: int = 0
+    #: (namespace, name): set once, as the namespace and name never change.
+    key: Key = dataclasses.field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> Key:
-        return (self.namespace, self.name)
+    def __post_init__(self) -> None:
+        # Made once: the tracker, the refresh queue and the expiry alarms keep this one tuple
+        # instead of one each (decision 0053).
+        self.key = (self.namespace, self.name)
 
     @property
     def involved(self) -> dict[str, str]:
@@ -160,7 +164,8 @@ class Record:
     def from_body(cls, body: Mapping[str, Any]) -> Record:
         meta = body["metadata"]
         return cls(
-            namespace=meta["namespace"],
+            # One string per namespace, not one per credential (decision 0053).
+            namespace=sys.intern(meta["namespace"]),
             name=meta["name"],
             uid=meta["uid"],
             generation=int(meta.get("generation") or 0),
@@ -235,7 +240,9 @@ class Tracker:
     def __init__(self, *, shards: int = 1) -> None:
         self._shards = shards
         self._records: dict[Key, Record] = {}
-        self._by_secret: dict[Key, set[Key]] = {}
+        # A tuple, not a set: nearly every Secret has one reader, and a set costs 216 bytes
+        # (decision 0053).
+        self._by_secret: dict[Key, tuple[Key, ...]] = {}
         # Secret versions seen while their credential was being refreshed: checked when
         # that refresh ends, against the version it actually read (decision 0011).
         self._seen_while_running: dict[Key, dict[str, str]] = {}
@@ -314,7 +321,7 @@ class Tracker:
 
     def readers(self, namespace: str, secret: str, version: str) -> list[Record]:
         """The credentials reading the Secret whose last attempt read another version."""
-        keys = self._by_secret.get((namespace, secret), set())
+        keys = self._by_secret.get((namespace, secret), ())
         found = (self._records.get(key) for key in keys)
         return [r for r in found if r is not None and not r.has_secret_version(secret, version)]
 
@@ -369,13 +376,16 @@ class Tracker:
 
     def _index(self, record: Record) -> None:
         for name in record.secret_names:
-            self._by_secret.setdefault((record.namespace, name), set()).add(record.key)
+            ref = (record.namespace, name)
+            keys = self._by_secret.get(ref, ())
+            if record.key not in keys:
+                self._by_secret[ref] = (*keys, record.key)
 
     def _unindex(self, record: Record) -> None:
         for name in record.secret_names:
             ref = (record.namespace, name)
-            keys = self._by_secret.get(ref)
-            if keys is not None:
-                keys.discard(record.key)
-                if not keys:
-                    del self._by_secret[ref]
+            keys = tuple(key for key in self._by_secret.get(ref, ()) if key != record.key)
+            if keys:
+                self._by_secret[ref] = keys
+            else:
+                self._by_secret.pop(ref, None)

@@ -28,3 +28,17 @@ def test_the_diff_base_is_empty_and_copies_nothing() -> None:
     patch = kopf.Patch()
     storage.store(body=body, patch=patch, essence=kopf.BodyEssence())
     assert not patch
+
+
+async def test_kopf_keeps_no_memory_per_object() -> None:
+    # kopf's per-object record serves daemons, timers, indexes and on.resume, none of which
+    # is registered (above); each event gets a fresh one, which is not kept (decision 0053).
+    memories = handlers.NoMemories()
+    memo = kopf.Memo(runtime="the runtime")
+    body = {"metadata": {"uid": "u-1", "namespace": "ns", "name": "c"}}
+    first = await memories.recall(body, memobase=memo, noticed_by_listing=True)
+    again = await memories.recall(body, memobase=memo)
+    assert again is not first
+    assert again.memo.runtime == "the runtime"
+    assert list(memories.iter_all_memories()) == []
+    await memories.forget(body)  # a DELETED event: nothing to forget, no error

@@ -1,0 +1,365 @@
+"""Where the operator's memory goes with N credentials (issue 19): RSS, and tracemalloc.
+
+For each N of ``--counts`` (3,000 and 10,000 by default), and each revision of
+``--revision`` (default: this tree), on one local control plane and one token endpoint:
+
+1. N client Secrets and N ClientCredentials are created in a namespace of their own
+   (``mem-<rev>-<N>``, bench/scale.py's objects), before the operator starts;
+2. cold start: the operator (``--namespace``, so that it sees those N only) runs until
+   every credential is Ready; RSS 15 s later, and the peak (VmHWM); again 75 s after the
+   start (``_late``: after runtime.HeapFreezer's first freeze, at 60 s);
+3. restart with valid tokens: a new process, until all N are scheduled
+   (``tokensync_refresh_queue_size``); RSS 15 s later, and the peak; again 75 s after the
+   start;
+4. with ``--trace``: the same restart once more, under tracemalloc (bench/tracehook: a
+   ``sitecustomize`` that only this harness puts on the operator's PYTHONPATH; tracing
+   starts after the imports), and a snapshot 15 s after all are scheduled (after a full
+   collection).
+
+RSS figures come from the untraced processes only: tracemalloc adds its own memory per
+allocation and slows the operator down several times. ``--report A.snap B.snap`` prints the
+comparison of two snapshots: the largest allocation sites grouped by file, by line, and by
+the innermost frame in tokensync's own code, with bytes per credential from the difference
+(``--counts`` gives the two N). Figures go to stdout and bench/out/<time>-tracemem.json;
+snapshots stay in the run's temporary directory (printed).
+
+    python bench/tracemem.py --trace                          # this tree, 3,000 and 10,000
+    python bench/tracemem.py --counts 3000 --revision main --revision HEAD
+    python bench/tracemem.py --report A.snap B.snap --counts 3000,10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import pathlib
+import signal
+import sys
+import sysconfig
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+from kubernetes import config
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import abtest
+import scale
+from tokenendpoint import FastTokenEndpoint
+
+from localcluster import LocalCluster
+from support.operatorproc import OperatorProcess, apply_files, install_operator_identity
+
+HOOK = pathlib.Path(__file__).resolve().parent / "tracehook"
+SETTLE = 15.0
+#: A second reading this long after a start: runtime.HeapFreezer has frozen the heap (and
+#: trimmed the C allocator) by then, at its second check, 60 s after the start.
+LATE = 75.0
+STDLIB = sysconfig.get_paths()["stdlib"]
+
+
+def short(filename: str) -> str:
+    """A file name without the interpreter's, the venv's or the tree's prefix."""
+    for marker in ("site-packages/", "/operator/"):
+        if marker in filename:
+            return filename.rsplit(marker, 1)[1]
+    if filename.startswith(STDLIB):
+        return "stdlib:" + filename[len(STDLIB) + 1 :]
+    return filename
+
+
+def pause_while(path: pathlib.Path | None) -> None:
+    """On a shared machine: wait while another benchmark's marker file exists."""
+    while path is not None and path.exists():
+        time.sleep(20)
+
+
+def rss(pid: int) -> dict[str, float]:
+    _, now, peak = scale.Sampler.read(pid)
+    return {"rss_mib": round(now, 1), "peak_mib": round(peak, 1)}
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def create_namespace(cluster: LocalCluster, namespace: str) -> None:
+    httpx.post(
+        f"{cluster.server}/api/v1/namespaces",
+        json={"metadata": {"name": namespace}},
+        verify=scale.admin_ssl(cluster),
+    ).raise_for_status()
+
+
+def one(
+    cluster: LocalCluster,
+    server: FastTokenEndpoint,
+    *,
+    kubeconfig: pathlib.Path,
+    source: pathlib.Path | None,
+    n: int,
+    namespace: str,
+    work: pathlib.Path,
+    trace: bool,
+    frames: int,
+    timeout: float,
+    quiet: pathlib.Path | None = None,
+) -> dict[str, Any]:
+    """The three phases for one revision and one N."""
+    pause_while(quiet)
+    abtest.use_namespace(namespace)
+    create_namespace(cluster, namespace)
+    names = [f"cc-{i:05d}" for i in range(n)]
+    t0 = time.time()
+    asyncio.run(scale.create_all(cluster, server.url, names))
+    out: dict[str, Any] = {"create_seconds": round(time.time() - t0, 1)}
+    creds = scale.CredentialWatcher(cluster)
+    creds.start()
+    scale.wait_for(lambda: len(creds.handled) >= n, 120)
+    base = os.pathsep.join(p for p in (str(source or ""), abtest.BASE_PYTHONPATH) if p)
+    networks = abtest.private_networks(source or scale.REPO / "operator")
+
+    def start(log: str, env: dict[str, str] | None = None) -> OperatorProcess:
+        pause_while(quiet)
+        os.environ["PYTHONPATH"] = (
+            os.pathsep.join([str(HOOK), base]) if env else base
+        )  # the hook only where it acts
+        return OperatorProcess(
+            kubeconfig=kubeconfig,
+            log_path=work / f"{namespace}-{log}.log",
+            extra_args=["--token-rate=100", f"--namespace={namespace}"],
+            verbose=False,
+            private_networks=networks,
+            env=env,
+        ).start(timeout=300)
+
+    started = time.time()
+    op = start("cold")
+    done = scale.wait_for(lambda: len(creds.ready_at) >= n, timeout, step=0.2)
+    out["cold_seconds"] = None if done is None else round(done - started, 1)
+    time.sleep(SETTLE)
+    out["cold"] = rss(scale.operator_pid(op))
+    time.sleep(max(0.0, started + LATE - time.time()))
+    out["cold_late"] = rss(scale.operator_pid(op))
+    op.stop()
+    creds.stop()
+
+    def restart(op: OperatorProcess) -> float | None:
+        begun = time.time()
+        listed = scale.wait_for(lambda: scale.queue_size(op) >= n, timeout, step=0.2)
+        time.sleep(SETTLE)
+        return None if listed is None else round(listed - begun, 1)
+
+    begun = time.time()
+    op = start("restart")
+    out["restart_seconds"] = restart(op)
+    out["restart"] = rss(scale.operator_pid(op))
+    time.sleep(max(0.0, begun + LATE - time.time()))
+    out["restart_late"] = rss(scale.operator_pid(op))
+    op.stop()
+    if trace:
+        snaps = work / f"snap-{namespace}"
+        snaps.mkdir()
+        env = {
+            "TOKENSYNC_BENCH_TRACEMALLOC": str(snaps),
+            "TOKENSYNC_BENCH_TRACEMALLOC_FRAMES": str(frames),
+        }
+        op = start("traced", env)
+        out["traced_restart_seconds"] = restart(op)
+        pid = scale.operator_pid(op)
+        out["traced"] = rss(pid)
+        os.kill(pid, signal.SIGUSR1)
+        scale.wait_for(lambda: any(snaps.glob("*.done")), 600, step=1)
+        (snap,) = snaps.glob("*.snap")
+        out["snapshot"] = str(snap)
+        out["objects"] = json.loads(snap.with_suffix(".json").read_text())
+        op.stop()
+    logs = sorted(work.glob(f"{namespace}-*.log"))
+    out["operator_error_lines"] = sum(p.read_text(errors="replace").count(" ERROR ") for p in logs)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = pathlib.Path(tempfile.mkdtemp(prefix="tokensync-tracemem-"))
+    print(f"work directory {work}", flush=True)
+    revisions: list[str | None] = list(args.revision) or [None]
+    sources = {rev: abtest.export(rev, work) if rev else None for rev in revisions}
+    result: dict[str, Any] = {
+        "counts": args.counts,
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"nproc": os.cpu_count(), "mem_total_mib": scale.mem_total_mib()},
+        "runs": {},
+    }
+    pause_while(args.pause_while)  # before the control plane starts, too
+    with LocalCluster() as cluster, FastTokenEndpoint(lifetime=3600) as server:
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        apply_files(api, sorted((scale.REPO / "crds").glob("*.yaml")))
+        kubeconfig = install_operator_identity(cluster, api, work / "sa.kubeconfig")
+        for n in args.counts:
+            for index, rev in enumerate(revisions):
+                label = rev or "tree"
+                figures = one(
+                    cluster,
+                    server,
+                    kubeconfig=kubeconfig,
+                    source=sources[rev],
+                    n=n,
+                    namespace=f"mem-{index}-{n}",
+                    work=work,
+                    trace=args.trace,
+                    frames=args.frames,
+                    timeout=args.timeout,
+                    quiet=args.pause_while,
+                )
+                result["runs"].setdefault(label, {})[str(n)] = figures
+                shown = {k: v for k, v in figures.items() if k != "objects"}
+                print(f"== {label}, {n} credentials: {json.dumps(shown)}", flush=True)
+    for label, by_n in result["runs"].items():
+        snaps = [by_n[str(n)].get("snapshot") for n in args.counts]
+        if len(snaps) == 2 and all(snaps):
+            print(f"\n#### {label}")
+            report(pathlib.Path(snaps[0]), pathlib.Path(snaps[1]), args.counts, top=args.top)
+    return result
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def _ours(frame: tracemalloc.Frame) -> bool:
+    return "/tokensync/" in frame.filename
+
+
+def _library(frame: tracemalloc.Frame) -> bool:
+    """Not the standard library, nor code compiled from a string (dataclass methods)."""
+    return not (frame.filename.startswith((STDLIB, "<")))
+
+
+def _owner(trace: tracemalloc.Trace, mine: Callable[[tracemalloc.Frame], bool]) -> str:
+    """The innermost frame that ``mine`` picks (who asked for it), else the innermost."""
+    frames = list(trace.traceback)  # oldest first
+    for frame in reversed(frames):
+        if mine(frame):
+            return f"{short(frame.filename)}:{frame.lineno}"
+    return f"{short(frames[-1].filename)}:{frames[-1].lineno} (no such frame)"
+
+
+def _top(trace: tracemalloc.Trace, *, line: bool) -> str:
+    frame = list(trace.traceback)[-1]
+    return f"{short(frame.filename)}:{frame.lineno}" if line else short(frame.filename)
+
+
+def grouped(
+    snapshot: tracemalloc.Snapshot, key: Callable[[tracemalloc.Trace], str]
+) -> dict[str, list[int]]:
+    """Bytes and blocks per group."""
+    out: dict[str, list[int]] = {}
+    for trace in snapshot.traces:
+        entry = out.setdefault(key(trace), [0, 0])
+        entry[0] += trace.size
+        entry[1] += 1
+    return out
+
+
+def table(
+    title: str,
+    small: dict[str, list[int]],
+    large: dict[str, list[int]],
+    counts: list[int],
+    top: int,
+) -> list[dict[str, Any]]:
+    extra = counts[1] - counts[0]
+    rows = []
+    for group in set(small) | set(large):
+        a, b = small.get(group, [0, 0]), large.get(group, [0, 0])
+        rows.append(
+            {
+                "group": group,
+                f"mib_at_{counts[0]}": round(a[0] / 2**20, 2),
+                f"mib_at_{counts[1]}": round(b[0] / 2**20, 2),
+                "bytes_per_credential": round((b[0] - a[0]) / extra),
+                "blocks_per_credential": round((b[1] - a[1]) / extra, 2),
+            }
+        )
+    rows.sort(key=lambda r: -r["bytes_per_credential"])
+    print(f"\n{title}")
+    print(f"| {'where':<70} | MiB at {counts[0]} | MiB at {counts[1]} | B/cred | blocks/cred |")
+    print(f"|{'-' * 72}|---|---|---|---|")
+    for row in rows[:top]:
+        where = row["group"]
+        where = where if len(where) <= 70 else "…" + where[-69:]
+        print(
+            f"| {where:<70} | {row[f'mib_at_{counts[0]}']:.2f} | {row[f'mib_at_{counts[1]}']:.2f}"
+            f" | {row['bytes_per_credential']} | {row['blocks_per_credential']} |"
+        )
+    return rows[:top]
+
+
+def report(
+    small_path: pathlib.Path, large_path: pathlib.Path, counts: list[int], *, top: int = 25
+) -> dict[str, Any]:
+    ignore = [tracemalloc.Filter(inclusive=False, filename_pattern=tracemalloc.__file__)]
+    small = tracemalloc.Snapshot.load(str(small_path)).filter_traces(ignore)
+    large = tracemalloc.Snapshot.load(str(large_path)).filter_traces(ignore)
+    totals = [sum(t.size for t in s.traces) for s in (small, large)]
+    per = (totals[1] - totals[0]) / (counts[1] - counts[0])
+    print(
+        f"traced: {totals[0] / 2**20:.1f} MiB at {counts[0]}, {totals[1] / 2**20:.1f} MiB at "
+        f"{counts[1]}: {per:.0f} bytes per credential"
+    )
+    out: dict[str, Any] = {"traced_mib": [round(t / 2**20, 1) for t in totals]}
+    out["bytes_per_credential"] = round(per)
+    for name, key in (
+        ("by file (innermost frame)", lambda t: _top(t, line=False)),
+        ("by line (innermost frame)", lambda t: _top(t, line=True)),
+        ("by the innermost frame outside the standard library", lambda t: _owner(t, _library)),
+        ("by the innermost tokensync frame", lambda t: _owner(t, _ours)),
+    ):
+        out[name] = table(name, grouped(small, key), grouped(large, key), counts, top)
+    return out
+
+
+def counts_arg(text: str) -> list[int]:
+    values = sorted(int(v) for v in text.split(","))
+    if len(values) != 2 or values[0] >= values[1]:
+        raise argparse.ArgumentTypeError("two counts, ascending: 3000,10000")
+    return values
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--counts", type=counts_arg, default=[3000, 10000])
+    parser.add_argument(
+        "--revision", action="append", default=[], help="a git revision (repeatable)"
+    )
+    parser.add_argument("--trace", action="store_true", help="a traced restart and a snapshot")
+    parser.add_argument("--frames", type=int, default=6, help="tracemalloc frames")
+    parser.add_argument("--top", type=int, default=25, help="rows per table")
+    parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument(
+        "--pause-while",
+        type=pathlib.Path,
+        help="wait before each phase while this file exists (another benchmark's marker)",
+    )
+    parser.add_argument(
+        "--report", nargs=2, type=pathlib.Path, metavar="SNAP", help="compare two snapshots"
+    )
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.report:
+        report(*args.report, args.counts, top=args.top)
+        return 0
+    result = run(args)
+    scale.OUT.mkdir(parents=True, exist_ok=True)
+    path = scale.OUT / f"{time.strftime('%Y%m%dT%H%M%S')}-tracemem.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""What the operator keeps per credential is shared where it repeats (decision 0053)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tokensync import failures, progress, tracking
+
+
+def parsed(document: dict[str, Any]) -> Any:
+    """As from the API: every object of its own JSON, so no string is shared."""
+    return json.loads(json.dumps(document))
+
+
+def credential(name: str, secret: str) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "team-a", "name": name, "uid": f"uid-{name}"},
+        "spec": {"tokenURL": "https://idp.example/token", "clientSecretRef": {"name": secret}},
+        "status": {
+            "authMethod": "client_secret_basic",
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "TokenIssued", "message": name}
+            ],
+        },
+    }
+
+
+def test_status_words_and_namespaces_are_one_string_each() -> None:
+    one, two = (tracking.Record.from_body(parsed(credential(n, "s"))) for n in ("a", "b"))
+    assert one.namespace is two.namespace
+    assert one.state.auth_method is two.state.auth_method
+    for field in ("type", "status", "reason"):
+        assert one.state.conditions[0][field] is two.state.conditions[0][field]
+    assert one.state.conditions[0]["message"] == "a"  # free text stays as it was
+
+
+def test_a_status_word_of_another_str_type_is_kept_as_it_is() -> None:
+    reason = failures.Reason.TEMPLATE_FAILED
+    state = progress.State.from_status({"conditions": [{"type": "Ready", "reason": reason}]})
+    assert state.conditions[0]["reason"] is reason
+
+
+def test_the_record_key_is_made_once() -> None:
+    record = tracking.Record.from_body(parsed(credential("a", "s")))
+    assert record.key == ("team-a", "a")
+    assert record.key is record.key
+
+
+def test_readers_of_a_secret_are_indexed_and_unindexed() -> None:
+    tracker = tracking.Tracker()
+    for name in ("a", "b"):
+        tracker.put(parsed(credential(name, "shared")))
+    tracker.put(parsed(credential("c", "own")))
+    assert {r.name for r in tracker.readers("team-a", "shared", "1")} == {"a", "b"}
+    tracker.put(parsed(credential("a", "own")))  # a now reads another Secret
+    assert [r.name for r in tracker.readers("team-a", "shared", "1")] == ["b"]
+    tracker.remove(("team-a", "b"))
+    assert not tracker.is_referenced("team-a", "shared")
+    assert {r.name for r in tracker.readers("team-a", "own", "1")} == {"a", "c"}
