@@ -195,7 +195,7 @@ class Runtime:
         # targets carry a label of their own (their managed-by is their owner's), and a
         # selector cannot say "or": a second watch (decision 0041).
         # Once both have listed a namespace, a new credential's target is created unread
-        # (decision 0053).
+        # (decision 0052).
         listings = self.reconciler.target_listings
         self.target_watches = [
             secretwatch.SecretWatch(
