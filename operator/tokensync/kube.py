@@ -2,8 +2,10 @@
 
 The official ``kubernetes`` client is synchronous; every call here runs in one bounded
 thread pool so the asyncio loop never blocks and the API server sees at most ``workers``
-requests at once. Responses are read as raw JSON (``_preload_content=False``): building
-the client's model objects costs more CPU and memory than the operator needs.
+requests at once. Requests go through the client's ``ApiClient`` by path
+(:mod:`tokensync.kuberest`, decision 0054) and responses are read as raw JSON: the
+generated API classes and the client's model objects cost more CPU and memory than the
+operator needs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
-from tokensync import config, failures, model
+from tokensync import config, failures, kuberest, model
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -29,13 +31,15 @@ _MERGE_PATCH = "application/merge-patch+json"
 #: can be removed alone (decision 0041); maps and null values work as in a merge patch.
 _STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 _LIST_PAGE = 500
-#: The kubernetes client's name of each kind spec.rolloutRestart may name.
+#: The resource of each kind spec.rolloutRestart may name (apps/v1).
 _WORKLOAD_RESOURCES = {
-    "Deployment": "deployment",
-    "StatefulSet": "stateful_set",
-    "DaemonSet": "daemon_set",
+    "Deployment": "deployments",
+    "StatefulSet": "statefulsets",
+    "DaemonSet": "daemonsets",
 }
-_METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"}
+_METADATA_ONLY = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+_TIMEOUT = 30
+_CREDENTIALS = f"{model.GROUP}/{model.VERSION}"
 
 
 class Fenced(Exception):
@@ -52,9 +56,7 @@ class Kube:
     ) -> None:
         #: Asked in the pool's thread just before each write: may this process still write?
         self._fence = fence
-        self._core = client.CoreV1Api(api)
-        self._custom = client.CustomObjectsApi(api)
-        self._apps = client.AppsV1Api(api)
+        self._rest = kuberest.Rest(api)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="kube"
         )
@@ -63,12 +65,31 @@ class Kube:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _call(
-        self, fn: Callable[..., Any], *args: Any, write: bool = False, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        query: kuberest.Query = (),
+        body: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+        accept: str = kuberest.JSON,
+        write: bool = False,
     ) -> Any:
+        """Send a request in the pool and return its JSON body; a ``write`` only if the
+        fence allows it."""
         loop = asyncio.get_running_loop()
-        kwargs.setdefault("_request_timeout", 30)
         fence = self._fence if write else None
-        call = functools.partial(_read, fn, *args, fence=fence, _preload_content=False, **kwargs)
+        call = functools.partial(
+            _read,
+            self._rest,
+            method,
+            path,
+            fence=fence,
+            query=query,
+            body=body,
+            content_type=content_type,
+            accept=accept,
+        )
         try:
             return await loop.run_in_executor(self._pool, call)
         except Fenced:
@@ -80,110 +101,71 @@ class Kube:
         except Exception as exc:  # noqa: BLE001 -- urllib3 errors: refused, timeouts, ...
             raise failures.ApiError(0, type(exc).__name__) from None
 
-    async def list_credentials(self, namespace: str | None) -> set[tuple[str, str]]:
-        """Every ClientCredential (in ``namespace``, or the cluster's), as (namespace, name).
+    async def _get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``; None if there is none (404)."""
+        try:
+            found: dict[str, Any] = await self._call("GET", path)
+        except failures.ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
 
-        A consistent read from etcd, in pages of metadata only (PartialObjectMetadataList):
-        a tenant's specs and annotations can be large, and only the names are needed.
-        """
-        found: set[tuple[str, str]] = set()
+    async def _list_metadata(
+        self, path: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The metadata of every object at the collection ``path``: a consistent read from
+        etcd, in pages of metadata only (PartialObjectMetadataList)."""
+        found: list[dict[str, Any]] = []
         token = None
         while True:
-            page: dict[str, Any]
-            if namespace is None:
-                page = await self._call(
-                    self._custom.list_cluster_custom_object,
-                    model.GROUP,
-                    model.VERSION,
-                    model.PLURAL,
-                    limit=_LIST_PAGE,
-                    _continue=token,
-                    _headers=_METADATA_ONLY,
-                )
-            else:
-                page = await self._call(
-                    self._custom.list_namespaced_custom_object,
-                    model.GROUP,
-                    model.VERSION,
-                    namespace,
-                    model.PLURAL,
-                    limit=_LIST_PAGE,
-                    _continue=token,
-                    _headers=_METADATA_ONLY,
-                )
-            for item in page.get("items") or []:
-                meta = item.get("metadata") or {}
-                found.add((str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+            query: list[tuple[str, str | int | bool]] = [("limit", _LIST_PAGE)]
+            if label_selector:
+                query.append(("labelSelector", label_selector))
+            if token:
+                query.append(("continue", token))
+            page: dict[str, Any] = await self._call("GET", path, query=query, accept=_METADATA_ONLY)
+            found.extend(item.get("metadata") or {} for item in page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return found
+
+    async def list_credentials(self, namespace: str | None) -> set[tuple[str, str]]:
+        """Every ClientCredential (in ``namespace``, or the cluster's), as (namespace, name).
+
+        Metadata only: a tenant's specs and annotations can be large, and only the names
+        are needed.
+        """
+        metas = await self._list_metadata(
+            kuberest.path(_CREDENTIALS, model.PLURAL, namespace=namespace)
+        )
+        return {(str(m.get("namespace") or ""), str(m.get("name") or "")) for m in metas}
 
     async def list_secret_versions(
         self, namespace: str | None, label_selector: str
     ) -> dict[tuple[str, str], str]:
         """The resourceVersion of every Secret with the label (in ``namespace``, or the
         cluster's): a consistent read, in pages of metadata only."""
-        found: dict[tuple[str, str], str] = {}
-        token = None
-        while True:
-            page: dict[str, Any]
-            if namespace is None:
-                page = await self._call(
-                    self._core.list_secret_for_all_namespaces,
-                    label_selector=label_selector,
-                    limit=_LIST_PAGE,
-                    _continue=token,
-                    _headers=_METADATA_ONLY,
-                )
-            else:
-                page = await self._call(
-                    self._core.list_namespaced_secret,
-                    namespace,
-                    label_selector=label_selector,
-                    limit=_LIST_PAGE,
-                    _continue=token,
-                    _headers=_METADATA_ONLY,
-                )
-            for item in page.get("items") or []:
-                meta = item.get("metadata") or {}
-                key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-                found[key] = str(meta.get("resourceVersion") or "")
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return found
+        metas = await self._list_metadata(
+            kuberest.path("v1", "secrets", namespace=namespace), label_selector
+        )
+        return {
+            (str(m.get("namespace") or ""), str(m.get("name") or "")): str(
+                m.get("resourceVersion") or ""
+            )
+            for m in metas
+        }
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            secret: dict[str, Any] = await self._call(
-                self._core.read_namespaced_secret, name, namespace
-            )
-        except failures.ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return secret
+        return await self._get(kuberest.path("v1", "secrets", namespace=namespace, name=name))
 
     async def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            config_map: dict[str, Any] = await self._call(
-                self._core.read_namespaced_config_map, name, namespace
-            )
-        except failures.ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return config_map
+        return await self._get(kuberest.path("v1", "configmaps", namespace=namespace, name=name))
 
     async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            account: dict[str, Any] = await self._call(
-                self._core.read_namespaced_service_account, name, namespace
-            )
-        except failures.ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return account
+        return await self._get(
+            kuberest.path("v1", "serviceaccounts", namespace=namespace, name=name)
+        )
 
     async def create_token(
         self, namespace: str, service_account: str, *, audience: str, seconds: int
@@ -194,8 +176,17 @@ class Kube:
             "kind": "TokenRequest",
             "spec": {"audiences": [audience], "expirationSeconds": seconds},
         }
+        # Not fenced: it changes nothing a tenant sees.
         created: dict[str, Any] = await self._call(
-            self._core.create_namespaced_service_account_token, service_account, namespace, body
+            "POST",
+            kuberest.path(
+                "v1",
+                "serviceaccounts",
+                namespace=namespace,
+                name=service_account,
+                subresource="token",
+            ),
+            body=body,
         )
         token = (created.get("status") or {}).get("token")
         if not isinstance(token, str) or not token:
@@ -204,7 +195,7 @@ class Kube:
 
     async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         created: dict[str, Any] = await self._call(
-            self._core.create_namespaced_secret, namespace, body, write=True
+            "POST", kuberest.path("v1", "secrets", namespace=namespace), body=body, write=True
         )
         return created
 
@@ -212,12 +203,11 @@ class Kube:
         self, namespace: str, name: str, body: Mapping[str, Any]
     ) -> dict[str, Any]:
         patched: dict[str, Any] = await self._call(
-            self._core.patch_namespaced_secret,
-            name,
-            namespace,
-            body,
+            "PATCH",
+            kuberest.path("v1", "secrets", namespace=namespace, name=name),
+            body=body,
+            content_type=_STRATEGIC_PATCH,
             write=True,
-            _content_type=_STRATEGIC_PATCH,
         )
         return patched
 
@@ -235,60 +225,37 @@ class Kube:
         if version:
             body["metadata"] = {"resourceVersion": version}
         patched: dict[str, Any] = await self._call(
-            self._custom.patch_namespaced_custom_object_status,
-            model.GROUP,
-            model.VERSION,
-            namespace,
-            model.PLURAL,
-            name,
-            body,
+            "PATCH",
+            kuberest.path(
+                _CREDENTIALS, model.PLURAL, namespace=namespace, name=name, subresource="status"
+            ),
+            body=body,
+            content_type=_MERGE_PATCH,
             write=True,
-            _content_type=_MERGE_PATCH,
         )
         return patched
 
     async def read_credential(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found: dict[str, Any] = await self._call(
-                self._custom.get_namespaced_custom_object,
-                model.GROUP,
-                model.VERSION,
-                namespace,
-                model.PLURAL,
-                name,
-            )
-        except failures.ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return found
-
-    def _workload_calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        """(read, patch) of an apps/v1 workload kind (model.ROLLOUT_KINDS)."""
-        resource = _WORKLOAD_RESOURCES[kind]
-        return (
-            getattr(self._apps, f"read_namespaced_{resource}"),
-            getattr(self._apps, f"patch_namespaced_{resource}"),
+        return await self._get(
+            kuberest.path(_CREDENTIALS, model.PLURAL, namespace=namespace, name=name)
         )
 
     async def read_workload(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         """A Deployment, StatefulSet or DaemonSet (spec.rolloutRestart); None if absent."""
-        read, _ = self._workload_calls(kind)
-        try:
-            found: dict[str, Any] = await self._call(read, name, namespace)
-        except failures.ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return found
+        return await self._get(
+            kuberest.path("apps/v1", _WORKLOAD_RESOURCES[kind], namespace=namespace, name=name)
+        )
 
     async def patch_workload(
         self, namespace: str, kind: str, name: str, body: Mapping[str, Any]
     ) -> dict[str, Any]:
         """A merge patch of a workload; 409 if it names a resourceVersion no longer current."""
-        _, patch = self._workload_calls(kind)
         patched: dict[str, Any] = await self._call(
-            patch, name, namespace, body, write=True, _content_type=_MERGE_PATCH
+            "PATCH",
+            kuberest.path("apps/v1", _WORKLOAD_RESOURCES[kind], namespace=namespace, name=name),
+            body=body,
+            content_type=_MERGE_PATCH,
+            write=True,
         )
         return patched
 
@@ -326,12 +293,20 @@ class Kube:
             "count": 1,
         }
         await self._call(
-            self._core.create_namespaced_event, involved["namespace"], body, write=True
+            "POST",
+            kuberest.path("v1", "events", namespace=involved["namespace"]),
+            body=body,
+            write=True,
         )
 
 
 def _read(
-    fn: Callable[..., Any], *args: Any, fence: Callable[[], bool] | None, **kwargs: Any
+    rest: kuberest.Rest,
+    method: str,
+    path: str,
+    *,
+    fence: Callable[[], bool] | None,
+    **kwargs: Any,
 ) -> Any:
     """Make the call and read its body, in the pool's thread; a write only if ``fence``
     allows it at this very moment (the closest to the send a check can be).
@@ -343,8 +318,7 @@ def _read(
     """
     if fence is not None and not fence():
         raise Fenced
-    data = fn(*args, **kwargs).data
-    return json.loads(data) if data else {}
+    return rest.json(method, path, timeout=_TIMEOUT, **kwargs)
 
 
 def status_reason(body: object) -> str:

@@ -21,7 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime
-import json
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,9 +29,10 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from tokensync import config, leases, metrics
+from tokensync import config, kuberest, leases, metrics
 
 logger = logging.getLogger(__name__)
+_LEASES = "coordination.k8s.io/v1"
 #: How long a hand-over waits for the shard's refreshes in flight before it releases anyway.
 HAND_OVER_WAIT = 30.0
 
@@ -58,7 +59,7 @@ class LeaseApi:
     """Lease reads and conditional writes, raw JSON, on a thread of their own."""
 
     def __init__(self, api: client.ApiClient, *, namespace: str, timeout: float) -> None:
-        self._api = client.CoordinationV1Api(api)
+        self._rest = kuberest.Rest(api)
         self._namespace = namespace
         self._timeout = timeout
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -68,42 +69,37 @@ class LeaseApi:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        def call() -> Any:
-            response = fn(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
-            data = response.data
-            return json.loads(data) if data else None
-
+    async def _call(
+        self,
+        method: str,
+        name: str | None = None,
+        *,
+        query: kuberest.Query = (),
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        path = kuberest.path(_LEASES, "leases", namespace=self._namespace, name=name)
+        call = functools.partial(
+            self._rest.json, method, path, query=query, body=body, timeout=self._timeout
+        )
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     async def list(self, lease_set: str) -> list[dict[str, Any]]:
         body = await self._call(
-            self._api.list_namespaced_lease,
-            self._namespace,
-            label_selector=f"{leases.LEASE_SET_LABEL}={lease_set}",
+            "GET", query=[("labelSelector", f"{leases.LEASE_SET_LABEL}={lease_set}")]
         )
         return list((body or {}).get("items") or [])
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = await self._call(
-            self._api.create_namespaced_lease, self._namespace, body
-        )
+        created: dict[str, Any] = await self._call("POST", body=body)
         return created
 
     async def replace(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Conditional on ``body.metadata.resourceVersion``: 409 when it is not current."""
-        replaced: dict[str, Any] = await self._call(
-            self._api.replace_namespaced_lease, name, self._namespace, body
-        )
+        replaced: dict[str, Any] = await self._call("PUT", name, body=body)
         return replaced
 
     async def delete(self, name: str, version: str) -> None:
-        await self._call(
-            self._api.delete_namespaced_lease,
-            name,
-            self._namespace,
-            body={"preconditions": {"resourceVersion": version}},
-        )
+        await self._call("DELETE", name, body={"preconditions": {"resourceVersion": version}})
 
 
 def _status(exc: BaseException) -> int:

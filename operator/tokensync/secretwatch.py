@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from kubernetes import client
 from kubernetes.watch import watch as k8s_watch
 
-from tokensync import failures, kube
+from tokensync import failures, kube, kuberest
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class SecretWatch(Generic[T]):
         room: int = 256,
         server_timeout: int = 300,
     ) -> None:
-        self._core = client.CoreV1Api(api)
+        self._rest = kuberest.Rest(api)
+        self._path = kuberest.path("v1", "secrets", namespace=namespace)
         self._namespace = namespace
         self._selector = label_selector
         self._summarize = summarize
@@ -118,21 +119,20 @@ class SecretWatch(Generic[T]):
         self._stopping.wait(delay)
         return failures_in_a_row
 
-    def _call(self, **kwargs: Any) -> Any:
-        kwargs["label_selector"] = self._selector
-        kwargs["_preload_content"] = False
-        if self._namespace is None:
-            return self._core.list_secret_for_all_namespaces(**kwargs)
-        return self._core.list_namespaced_secret(self._namespace, **kwargs)
+    def _call(self, query: list[tuple[str, str | int | bool]], timeout: kuberest.Timeout) -> Any:
+        """A listing or a watch of the selected Secrets; the response unread."""
+        query.append(("labelSelector", self._selector))
+        return self._rest.send("GET", self._path, query=query, timeout=timeout)
 
     def _list(self) -> str:
         """Every selected Secret, in pages; returns the listing's resourceVersion."""
         token: str | None = None
         count = 0
         while True:
-            page = json.loads(
-                self._call(limit=self._page, _continue=token, _request_timeout=60).data or b"{}"
-            )
+            query: list[tuple[str, str | int | bool]] = [("limit", self._page)]
+            if token:
+                query.append(("continue", token))
+            page = json.loads(self._call(query, timeout=60).read() or b"{}")
             for item in page.get("items") or []:
                 self._hand("LISTED", item)
                 count += 1
@@ -151,12 +151,14 @@ class SecretWatch(Generic[T]):
         """Follow changes from ``version`` until the server ends the watch; returns the
         version to resume from. Raises _Gone when it must list again."""
         response = self._call(
-            watch=True,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._server_timeout,
-            _request_timeout=(10, self._server_timeout + 30),
-        )
+            [
+                ("watch", True),
+                ("resourceVersion", version),
+                ("allowWatchBookmarks", True),
+                ("timeoutSeconds", self._server_timeout),
+            ],
+            timeout=(10, self._server_timeout + 30),
+        ).response
         try:
             lines = k8s_watch.iter_resp_lines(response)  # type: ignore[no-untyped-call]
             for kind, obj in _events(lines):

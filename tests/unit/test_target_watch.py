@@ -315,6 +315,13 @@ class Response:
         for line in self._lines:
             yield json.dumps(line).encode() + b"\n"
 
+    def read(self) -> bytes:
+        return self.data
+
+    @property
+    def response(self) -> Response:  # the client's RESTResponse wraps urllib3's: one here
+        return self
+
     def release_conn(self) -> None:
         self.released = True
 
@@ -322,7 +329,7 @@ class Response:
         pass
 
 
-class ScriptedCore:
+class ScriptedRest:
     """Listings and watches answered from a script; the last watch blocks until stopped."""
 
     def __init__(self, script: list[Any], stop: Any) -> None:
@@ -330,8 +337,9 @@ class ScriptedCore:
         self.calls: list[dict[str, Any]] = []
         self.stop = stop
 
-    def list_secret_for_all_namespaces(self, **kwargs: Any) -> Any:
-        self.calls.append(kwargs)
+    def send(self, method: str, path: str, *, query: Any, timeout: Any) -> Any:
+        assert (method, path) == ("GET", "/api/v1/secrets")
+        self.calls.append(dict(query))
         if not self.script:
             self.stop()
             time.sleep(0.01)
@@ -370,8 +378,8 @@ async def test_lists_then_watches_and_lists_again_after_410() -> None:
         [{"type": "ERROR", "object": {"kind": "Status", "code": 410}}],
         page({"metadata": {"name": "a"}}, version="9"),
     ]
-    core = ScriptedCore(script, stop=lambda: loop.call_soon_threadsafe(done.set))
-    watch._core = core  # type: ignore[assignment]
+    rest = ScriptedRest(script, stop=lambda: loop.call_soon_threadsafe(done.set))
+    watch._rest = rest  # type: ignore[assignment]
     watch.start(loop)
     try:
         await asyncio.wait_for(done.wait(), timeout=5)
@@ -387,11 +395,12 @@ async def test_lists_then_watches_and_lists_again_after_410() -> None:
         ("LISTED", "a"),
     ]
     assert watch.listings == 2
-    selectors = {call["label_selector"] for call in core.calls}
+    selectors = {call["labelSelector"] for call in rest.calls}
     assert selectors == {"app.kubernetes.io/managed-by=tokensync"}
-    watches = [call for call in core.calls if call.get("watch")]
-    assert [w["resource_version"] for w in watches][:3] == ["2", "4", "9"]
-    assert all(w["allow_watch_bookmarks"] for w in watches)
+    assert [call.get("continue") for call in rest.calls][:2] == [None, "next"]
+    watches = [call for call in rest.calls if call.get("watch")]
+    assert [w["resourceVersion"] for w in watches][:3] == ["2", "4", "9"]
+    assert all(w["allowWatchBookmarks"] for w in watches)
 
 
 async def test_a_target_listed_before_its_credential_is_judged_when_it_comes() -> None:
