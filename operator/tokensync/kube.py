@@ -3,7 +3,7 @@
 The official ``kubernetes`` client is synchronous; every call here runs in one bounded
 thread pool so the asyncio loop never blocks and the API server sees at most ``workers``
 requests at once. Requests go through the client's ``ApiClient`` by path
-(:mod:`tokensync.kuberest`, decision 0054) and responses are read as raw JSON: the
+(:mod:`tokensync.kuberest`, decision 0055) and responses are read as raw JSON: the
 generated API classes and the client's model objects cost more CPU and memory than the
 operator needs.
 """

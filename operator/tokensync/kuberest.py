@@ -5,7 +5,7 @@ The official ``ApiClient`` still does everything but the method table: its confi
 hook, the urllib3 pool and the REST layer. What is left out are the generated API modules
 (``CoreV1Api`` and friends): importing them costs 26 MiB, most of the operator's fixed
 memory after its own imports, and each of their methods checks its arguments with pydantic
-at every call (decision 0054). The operator makes a dozen kinds of request; their paths are
+at every call (decision 0055). The operator makes a dozen kinds of request; their paths are
 built here.
 
 Synchronous, like the client: callers run these in their own threads.

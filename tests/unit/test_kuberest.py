@@ -1,4 +1,4 @@
-"""Requests by path through the official ApiClient (decision 0054), against a real HTTP
+"""Requests by path through the official ApiClient (decision 0055), against a real HTTP
 server on loopback: what goes on the wire, and how errors come back."""
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ async def test_kube_reduces_an_error_to_its_status_and_reason(
 
 
 def test_the_generated_api_classes_are_never_imported() -> None:
-    """Their modules cost 26 MiB (decision 0054): building the operator's clients must
+    """Their modules cost 26 MiB (decision 0055): building the operator's clients must
     not load them."""
     code = (
         "import sys\n"
