@@ -11,6 +11,7 @@ status, which must survive a restart.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import heapq
@@ -199,8 +200,19 @@ class HostPacer:
     """Spreads token requests per host: ``rate`` per second with bursts of ``burst``, and at
     most ``concurrency`` in flight at once (see :meth:`slot`).
 
-    GCRA (the generic cell rate algorithm): one float per host, no background task.
+    GCRA (the generic cell rate algorithm) books the starts: one float per host, no
+    background task. With no burst, the actual sends are also held to at most ``n`` in any
+    ``n / rate`` seconds, n = max(1, floor(rate)) (decisions 0022 and 0054).
     """
+
+    #: Idle hosts are swept out when the hosts known reach this (then twice as many as
+    #: were left), or this many seconds after the last sweep (see :meth:`_sweep`).
+    _SWEEP_HOSTS = 64
+    _SWEEP_EVERY = 60.0
+
+    @staticmethod
+    def _sends_per_window(rate: float) -> int:
+        return max(1, math.floor(rate))
 
     def __init__(
         self,
@@ -214,22 +226,37 @@ class HostPacer:
         if rate <= 0 or burst < 1 or concurrency < 1:
             raise ValueError("rate must be positive, burst and concurrency at least 1")
         self._rate, self._burst = rate, burst
-        self._interval = 1.0 / rate
-        self._tolerance = (burst - 1) * self._interval
         self._tat: dict[str, float] = {}
-        self._sent: dict[str, float] = {}
+        #: Per host, the times of its last actual sends, oldest first. The configured
+        #: rate's worth is kept, so a share of it (n no larger) always finds its n-th.
+        self._sent: dict[str, collections.deque[float]] = {}
+        self._kept = self._sends_per_window(rate)
+        self._set_rate(rate)
+        self._sweep_at, self._sweep_by = self._SWEEP_HOSTS, -math.inf
         self._concurrency = concurrency
         self._in_flight: dict[str, _Gate] = {}
         self._clock = clock
         self._sleep = sleep
 
+    def _set_rate(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._tolerance = (self._burst - 1) * self._interval
+        self._window_sends = self._sends_per_window(rate)
+        self._window = self._window_sends / rate
+        if self._window_sends > self._kept:  # only for a share above the whole rate
+            self._kept = self._window_sends
+            for host, sent in self._sent.items():
+                self._sent[host] = collections.deque(sent, maxlen=self._kept)
+
     def share(self, fraction: float) -> None:
         """Pace at ``fraction`` of the configured rate: a replica serving some of the shards
         sends its share of the cluster's promise to each host (decision 0050). A fraction of
-        0 (nothing served) keeps the whole rate for when shards come."""
-        rate = self._rate * fraction if fraction > 0 else self._rate
-        self._interval = 1.0 / rate
-        self._tolerance = (self._burst - 1) * self._interval
+        0 (nothing served) keeps the whole rate for when shards come.
+
+        The sends already made count in the new window: every send after the change has
+        at most n - 1 others (n and the window of the new rate) in the window before it.
+        """
+        self._set_rate(self._rate * fraction if fraction > 0 else self._rate)
 
     @contextlib.asynccontextmanager
     async def slot(self, host: str) -> AsyncIterator[None]:
@@ -256,10 +283,26 @@ class HostPacer:
     def reserve(self, host: str) -> float:
         """Book the next slot for ``host``; returns how long to wait before using it."""
         now = self._clock()
+        if len(self._tat) >= self._sweep_at or now >= self._sweep_by:
+            self._sweep(now)
         tat = max(self._tat.get(host, now), now)
         start = max(now, tat - self._tolerance)
         self._tat[host] = tat + self._interval
         return start - now
+
+    def _sweep(self, now: float) -> None:
+        """Forget the hosts whose state no longer changes anything: nothing booked after
+        ``now`` and no send in the last window (a new host's first booking and send are
+        the same). Run when the hosts known have doubled since the last sweep, so its cost
+        per booking stays constant, and at least every minute, so a few idle hosts do not
+        keep a window of sends each."""
+        for host in self._tat.keys() | self._sent.keys():
+            sent = self._sent.get(host)
+            if self._tat.get(host, now) <= now and (not sent or sent[-1] <= now - self._window):
+                self._tat.pop(host, None)
+                self._sent.pop(host, None)
+        self._sweep_at = max(self._SWEEP_HOSTS, 2 * len(self._tat))
+        self._sweep_by = now + self._SWEEP_EVERY
 
     async def acquire(self, host: str) -> None:
         delay = self.reserve(host)
@@ -267,11 +310,20 @@ class HostPacer:
             await self._sleep(delay)
         if self._tolerance == 0.0:
             # Booked starts are 1/rate apart, but a busy loop wakes sleepers late and
-            # together: space the actual sends too, or a second can hold more than the
-            # rate (decision 0022).
-            while (gap := self._sent.get(host, -math.inf) + self._interval - self._clock()) > 0:
+            # together. A send waits until the host's n-th previous send is a window
+            # (n/rate) old: no window holds more than n sends (decision 0022), and a late
+            # send catches up with the booked ones instead of pushing every later send
+            # back (decision 0054). With n = 1 it is the spacing of 1/rate.
+            while True:
+                sent = self._sent.get(host)
+                if sent is None:
+                    sent = self._sent[host] = collections.deque(maxlen=self._kept)
+                now = self._clock()
+                n = self._window_sends
+                if len(sent) < n or (gap := sent[-n] + self._window - now) <= 0:
+                    sent.append(now)
+                    return
                 await self._sleep(gap)
-            self._sent[host] = self._clock()
 
 
 class Budget:

@@ -9,10 +9,15 @@ something does *not* happen.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
+import heapq
+import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Coroutine
 
 import pytest
 from hypothesis import given
@@ -461,6 +466,304 @@ def test_pacer_needs_a_positive_concurrency() -> None:
         scheduler.HostPacer(rate=1.0, burst=1, concurrency=0)
 
 
+# -- HostPacer on a late event loop (decisions 0022 and 0054) ---------------------------------
+
+
+class LateLoop:
+    """A virtual clock and sleep for the pacer on a busy event loop: a sleeper due at ``t``
+    wakes at ``wake(t)`` (never before ``t``), the clock jumps there, and sleepers with the
+    same wake time wake together. Nothing waits on the real clock."""
+
+    def __init__(self, wake: Callable[[float], float]) -> None:
+        self.now = 0.0
+        self._wake = wake
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+        self._alive = 0
+        self._asleep = asyncio.Event()  # every task sleeps or has ended
+
+    def __call__(self) -> float:
+        return self.now
+
+    def _settled(self) -> None:
+        if len(self._timers) >= self._alive:
+            self._asleep.set()
+
+    async def sleep(self, seconds: float) -> None:
+        due = self.now + seconds
+        self._seq += 1
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (max(due, self._wake(due)), self._seq, future))
+        self._settled()
+        await future
+
+    async def run(self, *coros: Coroutine[None, None, None]) -> None:
+        """Run ``coros`` as tasks to their end, moving the clock to the next wake-up
+        whenever every task is asleep (the tasks wait on nothing but :meth:`sleep`)."""
+
+        def ended(_: asyncio.Task[None]) -> None:
+            self._alive -= 1
+            self._settled()
+
+        tasks = [asyncio.create_task(coro) for coro in coros]
+        self._alive += len(tasks)
+        for task in tasks:
+            task.add_done_callback(ended)
+        while True:
+            await self._asleep.wait()
+            self._asleep.clear()
+            if not self._timers:
+                break
+            self.now = at = self._timers[0][0]
+            while self._timers and self._timers[0][0] == at:
+                heapq.heappop(self._timers)[2].set_result(None)
+        await asyncio.gather(*tasks)
+
+
+RATE = 100.0
+INTERVAL = 1 / RATE
+Wake = Callable[[float], float]
+
+
+def late_by_30_percent() -> Wake:
+    """Every sleeper wakes 3 ms (30 % of an interval) after its due time."""
+    return lambda due: due + 0.3 * INTERVAL
+
+
+def randomly_late() -> Wake:
+    """Every sleeper wakes 0 to 6 ms (30 % of an interval on average) late; fixed seed."""
+    rng = random.Random(54)  # noqa: S311 -- reproducible lateness, not a secret
+    return lambda due: due + rng.uniform(0.0, 0.6) * INTERVAL
+
+
+def polled_at_random() -> Wake:
+    """A busy loop gets round to its sleepers 0 to 6 ms (3 ms on average) after its last
+    round: a sleeper wakes at the first round after its due time, with the others due
+    meanwhile. Fixed seed."""
+    rng = random.Random(54)  # noqa: S311 -- reproducible lateness, not a secret
+    rounds = list(itertools.accumulate(rng.uniform(0.0, 0.6) * INTERVAL for _ in range(9_000)))
+    return lambda due: rounds[bisect.bisect_left(rounds, due)]
+
+
+def together_every_50_ms() -> Wake:
+    """The loop gets round to its sleepers every 50 ms: those due meanwhile wake together."""
+    return lambda due: math.ceil(round(due / 0.05, 9)) * 0.05
+
+
+def stuck_from_2_to_2_7_s() -> Wake:
+    """3 ms late, and the loop is stuck from 2 s to 2.7 s: all due meanwhile wake at 2.7 s."""
+    late = late_by_30_percent()
+    return lambda due: 2.7 if 2.0 <= due < 2.7 else late(due)
+
+
+LATE_WAKEUPS = [
+    late_by_30_percent,
+    randomly_late,
+    polled_at_random,
+    together_every_50_ms,
+    stuck_from_2_to_2_7_s,
+]
+
+
+async def send_times(
+    count: int, wake: Wake, *, rate: float = RATE, in_flight: int = 0, latency: float = 0.0
+) -> list[float]:
+    """When each of ``count`` token requests to one host, all asking at 0 s, was sent.
+
+    With ``in_flight``, as through :meth:`HostPacer.slot`: that many places, each taking the
+    next request when its last one, which lasts ``latency``, has answered."""
+    loop = LateLoop(wake)
+    pacer = scheduler.HostPacer(rate=rate, burst=1, clock=loop, sleep=loop.sleep)
+    sent: list[float] = []
+
+    async def request() -> None:
+        await pacer.acquire("h")
+        sent.append(loop.now)
+
+    waiting = count
+
+    async def place() -> None:
+        nonlocal waiting
+        while waiting:
+            waiting -= 1
+            await request()
+            await loop.sleep(latency)
+
+    if in_flight:
+        await loop.run(*(place() for _ in range(in_flight)))
+    else:
+        await loop.run(*(request() for _ in range(count)))
+    return sent
+
+
+def most_in_a_window(sent: list[float], window: float) -> int:
+    """The most sends in any half-open window ``[t, t + window)``, over every start ``t``."""
+    ordered = sorted(sent)
+    return max(bisect.bisect_left(ordered, t + window - 1e-9) - i for i, t in enumerate(ordered))
+
+
+def assert_at_most_n_in_any_window(
+    sent: list[float], n: int, window: float, last: range | None = None
+) -> None:
+    """Any n + 1 consecutive sends (the last one's index in ``last``) span at least
+    ``window``: no half-open window of that length holds more than n."""
+    for i in range(len(sent) - n):
+        if last is None or i + n in last:
+            assert sent[i + n] - sent[i] >= window - 1e-9, (i, sent[i], sent[i + n])
+
+
+@pytest.mark.parametrize("wake", LATE_WAKEUPS)
+async def test_late_wakeups_do_not_slow_the_pacer_below_its_rate(
+    wake: Callable[[], Wake],
+) -> None:
+    """1,000 requests at 100/s, all asking at once, are all sent within 0.5 % of 10 s
+    however late the sleepers wake (the last at 10.000 to 10.015 s). Spacing each send
+    1/rate from the previous actual one (before decision 0054) sent the last at 10.006 s
+    (3 ms late: every wake-up as late as the one before, no spacing sleep), 10.333 s
+    (randomly late), 11.966 s (polled at random), 49.950 s (every 50 ms) and 10.916 s
+    (stuck for 0.7 s)."""
+    sent = await send_times(1_000, wake())
+    assert len(sent) == 1_000
+    assert sent == sorted(sent)
+    assert max(sent) <= 1.005 * 1_000 / RATE
+
+
+@pytest.mark.parametrize("wake", LATE_WAKEUPS[:3])
+async def test_four_in_flight_reach_the_rate_when_sleepers_wake_late(
+    wake: Callable[[], Wake],
+) -> None:
+    """As in the operator: four places (``--token-concurrency``), each request answered in
+    15 ms. 2,000 requests at 100/s are sent within 0.5 % of 20 s (the last at 20.030 to
+    20.043 s), no second holding more than 100. Before decision 0054: the last at 21.204 s
+    (3 ms late), 22.782 s (randomly late), 23.933 s (polled at random).
+
+    Not here: woken every 50 ms, each place waits for a round at each of its sleeps, and
+    four places make 50 requests a second (the last at 39.950 s; 99.950 s before); a loop
+    stuck for 0.7 s holds all four places, and the time no request booked is not made up
+    (20.688 s; 26.087 s before)."""
+    sent = await send_times(2_000, wake(), in_flight=4, latency=0.015)
+    assert max(sent) <= 1.005 * 2_000 / RATE
+    assert most_in_a_window(sent, 1.0) <= RATE
+
+
+@pytest.mark.parametrize("wake", LATE_WAKEUPS)
+async def test_no_second_holds_more_than_the_rate_when_sleepers_wake_late(
+    wake: Callable[[], Wake],
+) -> None:
+    """Decision 0022's promise: at most 100 sends in any second at 100/s, over every window
+    (any 101 consecutive sends span a second or more)."""
+    sent = await send_times(1_000, wake())
+    assert_at_most_n_in_any_window(sent, int(RATE), 1.0)
+    assert most_in_a_window(sent, 1.0) <= RATE
+
+
+async def test_a_stuck_loop_catches_up_only_to_the_rate() -> None:
+    """Stuck from 2 to 2.7 s: the sleepers due meanwhile send at once at 2.7 s, as many as
+    the second before leaves room for (30 sent after 1.7 s: 70), then the rest at the rate."""
+    sent = await send_times(1_000, stuck_from_2_to_2_7_s())
+    assert sent.count(2.7) == 70
+    assert most_in_a_window(sent, 1.0) == RATE
+
+
+async def test_sleepers_woken_late_together_send_within_the_window() -> None:
+    """Decision 0022's case: three sleepers at 10/s wake together at 0.5 s. The last second
+    holds one send, so they send at once (before decision 0054: at 0.5, 0.6 and 0.7 s)."""
+    clock = Clock(0.0)
+    released = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        if not released.is_set():
+            await released.wait()  # a busy loop: every sleeper wakes at the same late time
+        else:
+            clock.now += seconds
+
+    pacer = scheduler.HostPacer(rate=10.0, burst=1, clock=clock, sleep=sleep)
+    sent: list[float] = []
+
+    async def request() -> None:
+        await pacer.acquire("h")
+        sent.append(round(clock.now, 6))
+
+    tasks = [asyncio.create_task(request()) for _ in range(4)]  # booked at 0, .1, .2, .3
+    await asyncio.sleep(QUIET)
+    assert sent == [0.0]
+    clock.now = 0.5  # the three others wake now, all late
+    released.set()
+    await asyncio.gather(*tasks)
+    assert sent == [0.0, 0.5, 0.5, 0.5]
+
+
+async def test_a_full_window_holds_sleepers_woken_together() -> None:
+    """At 10/s, 25 requests (booked 0 to 2.4 s); the loop is stuck until 1.5 s. The window
+    has room for ten at 1.5 s: they go at once, and the others wait for those ten to be a
+    second old. A backlog drains in whole windows; in the operator, the in-flight bound
+    of :meth:`HostPacer.slot` keeps such a group to ``concurrency`` (4 by default)."""
+    sent = await send_times(25, lambda due: max(due, 1.5), rate=10.0)
+    assert sent == pytest.approx([0.0] + [1.5] * 10 + [2.5] * 10 + [3.5] * 4)
+
+
+async def test_below_two_per_second_sends_stay_an_interval_apart() -> None:
+    """Under 2/s, n = floor(rate) = 1: the window is one interval, the rule of before
+    decision 0054."""
+    sent = await send_times(5, lambda due: 5.0 if due < 5.0 else due, rate=1.5)
+    assert sent == pytest.approx([0.0, 5.0, 5 + 2 / 3, 5 + 4 / 3, 5 + 6 / 3])
+
+
+@pytest.mark.parametrize(("before", "after"), [(1.0, 0.5), (0.5, 1.0), (1.0, 0.375), (0.375, 1.0)])
+@pytest.mark.parametrize("wake", LATE_WAKEUPS)
+async def test_a_changed_share_holds_from_the_change(
+    wake: Callable[[], Wake], before: float, after: float
+) -> None:
+    """share() at 3 s, mid-stream (decision 0050): n and the window change with the rate
+    (at 37.5/s: 37 sends in 0.987 s). Windows ending before the change hold the old rate's
+    n, those ending after it the new rate's n, the sends made before it included."""
+    loop = LateLoop(wake())
+    pacer = scheduler.HostPacer(rate=RATE, burst=1, clock=loop, sleep=loop.sleep)
+    pacer.share(before)
+    sent: list[float] = []
+    changes: list[tuple[float, int]] = []  # when, and how many were sent before
+
+    async def request() -> None:
+        await pacer.acquire("h")
+        sent.append(loop.now)
+
+    async def change() -> None:
+        await loop.sleep(3.0)
+        pacer.share(after)
+        changes.append((loop.now, len(sent)))
+
+    await loop.run(*(request() for _ in range(600)), change())
+    assert sent == sorted(sent)
+    [(at, count)] = changes
+    for share, last in [(before, range(count)), (after, range(count, len(sent)))]:
+        n = math.floor(RATE * share)
+        assert_at_most_n_in_any_window(sent, n, n / (RATE * share), last)
+    if after > before:  # the new room is used at the next wake-up (50 ms at most here)
+        assert sent[count] <= at + 0.05 + 1e-9
+
+
+async def test_the_pacer_forgets_idle_hosts() -> None:
+    """Many hosts, each asking once: those with nothing booked and no send in the last
+    window are dropped at the sweeps (when the hosts known double, and every minute); the
+    others stay."""
+    clock = Clock(0.0)
+
+    async def no_sleep(seconds: float) -> None:
+        raise AssertionError("each host asks once: no wait")
+
+    pacer = scheduler.HostPacer(rate=10.0, burst=1, clock=clock, sleep=no_sleep)
+    for i in range(1_000):
+        clock.now = i * 0.01
+        await pacer.acquire(f"h{i}")
+    recent = {f"h{i}" for i in range(1_000) if i * 0.01 > clock.now - 1.0}  # in the window
+    assert recent <= pacer._sent.keys()
+    assert pacer._sent.keys() == pacer._tat.keys()
+    assert len(pacer._sent) <= 2 * len(recent) + 64  # not 1,000
+    clock.now += 60.0  # a minute on, the next booking sweeps out the idle ones, however few
+    await pacer.acquire("again")
+    assert pacer._sent.keys() == pacer._tat.keys() == {"again"}
+
+
 # -- Budget --------------------------------------------------------------------------------
 
 
@@ -496,32 +799,6 @@ def test_budget_needs_a_positive_rate_and_burst() -> None:
         scheduler.Budget(rate=0.0, burst=1)
     with pytest.raises(ValueError, match="burst"):
         scheduler.Budget(rate=1.0, burst=0)
-
-
-async def test_sends_stay_spaced_when_sleepers_wake_late_together() -> None:
-    clock = Clock(0.0)
-    released = asyncio.Event()
-
-    async def sleep(seconds: float) -> None:
-        if not released.is_set():
-            await released.wait()  # a busy loop: every sleeper wakes at the same late time
-        else:
-            clock.now += seconds
-
-    pacer = scheduler.HostPacer(rate=10.0, burst=1, clock=clock, sleep=sleep)
-    sent: list[float] = []
-
-    async def request() -> None:
-        await pacer.acquire("h")
-        sent.append(round(clock.now, 6))
-
-    tasks = [asyncio.create_task(request()) for _ in range(4)]  # booked at 0, .1, .2, .3
-    await asyncio.sleep(QUIET)
-    assert sent == [0.0]
-    clock.now = 0.5  # the three others wake now, all late
-    released.set()
-    await asyncio.gather(*tasks)
-    assert sent == [0.0, 0.5, 0.6, 0.7]  # never closer than 1/rate
 
 
 async def test_a_host_that_never_answers_holds_only_its_share_of_workers(clock: Clock) -> None:
