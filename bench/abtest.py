@@ -6,7 +6,7 @@ On a shared 2-core machine the same cold start varies by a third from one run to
 after round, on the same kube-apiserver and token endpoint, each on a fresh namespace of
 N new credentials (the operator started with ``--namespace`` so that it sees only that
 one), and reports per run: time until all are Ready, operator CPU, token and API requests,
-the busiest second at the endpoint, and urllib3's "Connection pool is full" warnings.
+the busiest second at the endpoint, the operator's RSS, and urllib3's "Connection pool is full" warnings.
 With ``BENCH_PYSPY=<dir>`` each cold start is also profiled with py-spy (speedscope JSON);
 with ``BENCH_APISERVER_PPROF=<dir>`` the kube-apiserver's CPU is profiled by its own pprof
 handler for the first ``--pprof-seconds`` of each cold start (``go tool pprof -top FILE``).
@@ -146,7 +146,7 @@ def cold_start(
     pid = scale.operator_pid(op)
     spy = scale.profile(op, f"cold-start-{namespace}", args.timeout)
     done = scale.wait_for(lambda: len(creds.ready_at) >= args.n, args.timeout, step=0.1)
-    cpu, cpu1 = scale.Sampler.read(pid)[0], cpu_seconds(others)
+    (cpu, rss, hwm), cpu1 = scale.Sampler.read(pid), cpu_seconds(others)
     ended = done or time.time()
     peak = server.peak_rate(started, ended)
     time.sleep(2)  # the last status writes reach the counters
@@ -161,6 +161,8 @@ def cold_start(
         "all_ready": done is not None,
         "seconds_to_all_ready": round(ended - started, 2),
         "cpu_seconds": round(cpu, 1),
+        "rss_mib_when_all_ready": round(rss, 1),
+        "peak_rss_mib": round(hwm, 1),
         "other_cpu_seconds": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu0},
         "token_requests": server.requests - tok0,
         "peak_token_requests_per_second": peak,
@@ -211,7 +213,12 @@ def main() -> int:
     for rev in args.revisions:
         mine = [r for r in runs if r["revision"] == rev]
         figures = {}
-        for key in ("seconds_to_all_ready", "cpu_seconds", "peak_token_requests_per_second"):
+        for key in (
+            "seconds_to_all_ready",
+            "cpu_seconds",
+            "peak_token_requests_per_second",
+            "rss_mib_when_all_ready",
+        ):
             values = [r[key] for r in mine]
             figures[key] = f"{statistics.median(values)} [{min(values)}-{max(values)}]"
         print(f"  {rev}: {json.dumps(figures)}")
