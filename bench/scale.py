@@ -612,21 +612,21 @@ async def request_refreshes(
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(
-                asyncio.create_task(
-                    http.patch(
-                        f"{CC_PATH}/{name}",
-                        json={
-                            "metadata": {
-                                "annotations": {"tokensync.dev/refresh-requested-at": value}
-                            }
-                        },
-                        headers={"Content-Type": "application/merge-patch+json"},
-                    )
-                )
-            )
-        for r in await asyncio.gather(*tasks):
+            patch = {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": value}}}
+            tasks.append(asyncio.create_task(_merge_patch(http, f"{CC_PATH}/{name}", patch)))
+        await asyncio.gather(*tasks)
+
+
+async def _merge_patch(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> None:
+    """A merge patch, sent again after a 5xx (a busy API server's 504 ended a run once)."""
+    for attempt in range(4):
+        r = await http.patch(
+            path, json=body, headers={"Content-Type": "application/merge-patch+json"}
+        )
+        if r.status_code < 500 or attempt == 3:
             r.raise_for_status()
+            return
+        await asyncio.sleep(1.0 + attempt)
 
 
 def profile(op: OperatorProcess, name: str, seconds: float) -> subprocess.Popen[bytes] | None:
