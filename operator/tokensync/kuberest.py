@@ -84,26 +84,7 @@ class Rest:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
         return response
 
-    def json(
-        self,
-        method: str,
-        resource_path: str,
-        *,
-        query: Query = (),
-        body: Mapping[str, Any] | None = None,
-        content_type: str | None = None,
-        accept: str = JSON,
-        timeout: Timeout,
-    ) -> Any:
-        """Send a request and return its body parsed (``{}`` when empty)."""
-        response = self.send(
-            method,
-            resource_path,
-            query=query,
-            body=body,
-            content_type=content_type,
-            accept=accept,
-            timeout=timeout,
-        )
-        data = response.read()
+    def json(self, method: str, resource_path: str, **options: Any) -> Any:
+        """:meth:`send`, and the response's body parsed (``{}`` when empty)."""
+        data = self.send(method, resource_path, **options).read()
         return json.loads(data) if data else {}
