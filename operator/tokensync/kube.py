@@ -112,11 +112,12 @@ class Kube:
         return found
 
     async def _list_metadata(
-        self, path: str, label_selector: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The metadata of every object at the collection ``path``: a consistent read from
-        etcd, in pages of metadata only (PartialObjectMetadataList)."""
-        found: list[dict[str, Any]] = []
+        self, path: str, keep: Callable[[dict[str, Any]], T], label_selector: str | None = None
+    ) -> list[T]:
+        """What ``keep`` takes from the metadata of every object at the collection ``path``:
+        a consistent read from etcd, in pages of metadata only (PartialObjectMetadataList),
+        each page dropped once reduced."""
+        found: list[T] = []
         token = None
         while True:
             query: list[tuple[str, str | int | bool]] = [("limit", _LIST_PAGE)]
@@ -125,7 +126,7 @@ class Kube:
             if token:
                 query.append(("continue", token))
             page: dict[str, Any] = await self._call("GET", path, query=query, accept=_METADATA_ONLY)
-            found.extend(item.get("metadata") or {} for item in page.get("items") or [])
+            found.extend(keep(item.get("metadata") or {}) for item in page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return found
@@ -136,25 +137,24 @@ class Kube:
         Metadata only: a tenant's specs and annotations can be large, and only the names
         are needed.
         """
-        metas = await self._list_metadata(
-            kuberest.path(_CREDENTIALS, model.PLURAL, namespace=namespace)
+        return set(
+            await self._list_metadata(
+                kuberest.path(_CREDENTIALS, model.PLURAL, namespace=namespace), _key
+            )
         )
-        return {(str(m.get("namespace") or ""), str(m.get("name") or "")) for m in metas}
 
     async def list_secret_versions(
         self, namespace: str | None, label_selector: str
     ) -> dict[tuple[str, str], str]:
         """The resourceVersion of every Secret with the label (in ``namespace``, or the
         cluster's): a consistent read, in pages of metadata only."""
-        metas = await self._list_metadata(
-            kuberest.path("v1", "secrets", namespace=namespace), label_selector
-        )
-        return {
-            (str(m.get("namespace") or ""), str(m.get("name") or "")): str(
-                m.get("resourceVersion") or ""
+        return dict(
+            await self._list_metadata(
+                kuberest.path("v1", "secrets", namespace=namespace),
+                lambda meta: (_key(meta), str(meta.get("resourceVersion") or "")),
+                label_selector,
             )
-            for m in metas
-        }
+        )
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get(kuberest.path("v1", "secrets", namespace=namespace, name=name))
@@ -319,6 +319,10 @@ def _read(
     if fence is not None and not fence():
         raise Fenced
     return rest.json(method, path, timeout=_TIMEOUT, **kwargs)
+
+
+def _key(meta: Mapping[str, Any]) -> tuple[str, str]:
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
 def status_reason(body: object) -> str:

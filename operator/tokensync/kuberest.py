@@ -75,7 +75,7 @@ class Rest:
             resource_path=resource_path,
             query_params=list(query),
             header_params=headers,
-            body=body,
+            body=None if body is None else dict(body),  # the client serializes dicts only
             auth_settings=["BearerToken"],
         )
         response = self._api.call_api(*serialized, _request_timeout=timeout)

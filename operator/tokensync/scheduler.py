@@ -202,7 +202,8 @@ class HostPacer:
 
     GCRA (the generic cell rate algorithm) books the starts: one float per host, no
     background task. With no burst, the actual sends are also held to at most ``n`` in any
-    ``n / rate`` seconds, n = max(1, floor(rate)) (decisions 0022 and 0054).
+    ``n / rate`` seconds, n = max(1, floor(rate)), and to at most ceil(rate) in any second
+    (decisions 0022 and 0054).
     """
 
     #: Idle hosts are swept out when the hosts known reach this (then twice as many as
@@ -227,10 +228,11 @@ class HostPacer:
             raise ValueError("rate must be positive, burst and concurrency at least 1")
         self._rate, self._burst = rate, burst
         self._tat: dict[str, float] = {}
-        #: Per host, the times of its last actual sends, oldest first. The configured
-        #: rate's worth is kept, so a share of it (n no larger) always finds its n-th.
+        #: Per host, the times of its actual sends in the last second (and always the
+        #: last one), oldest first; at most the configured rate's worth, which a share of
+        #: it never needs more of.
         self._sent: dict[str, collections.deque[float]] = {}
-        self._kept = self._sends_per_window(rate)
+        self._kept = max(1, math.ceil(rate))
         self._set_rate(rate)
         self._sweep_at, self._sweep_by = self._SWEEP_HOSTS, -math.inf
         self._concurrency = concurrency
@@ -242,9 +244,12 @@ class HostPacer:
         self._interval = 1.0 / rate
         self._tolerance = (self._burst - 1) * self._interval
         self._window_sends = self._sends_per_window(rate)
-        self._window = self._window_sends / rate
-        if self._window_sends > self._kept:  # only for a share above the whole rate
-            self._kept = self._window_sends
+        self._window = self._window_sends / rate  # at most a second from 1/s on
+        #: A rate that is not a whole number would let n sends per window and part of the
+        #: next window's fall in one second: that is bounded too.
+        self._per_second = max(1, math.ceil(rate))
+        if self._per_second > self._kept:  # only for a share above the whole rate
+            self._kept = self._per_second
             for host, sent in self._sent.items():
                 self._sent[host] = collections.deque(sent, maxlen=self._kept)
 
@@ -298,7 +303,8 @@ class HostPacer:
         keep a window of sends each."""
         for host in self._tat.keys() | self._sent.keys():
             sent = self._sent.get(host)
-            if self._tat.get(host, now) <= now and (not sent or sent[-1] <= now - self._window):
+            idle_since = now - max(self._window, 1.0)
+            if self._tat.get(host, now) <= now and (not sent or sent[-1] <= idle_since):
                 self._tat.pop(host, None)
                 self._sent.pop(host, None)
         self._sweep_at = max(self._SWEEP_HOSTS, 2 * len(self._tat))
@@ -313,17 +319,29 @@ class HostPacer:
             # together. A send waits until the host's n-th previous send is a window
             # (n/rate) old: no window holds more than n sends (decision 0022), and a late
             # send catches up with the booked ones instead of pushing every later send
-            # back (decision 0054). With n = 1 it is the spacing of 1/rate.
+            # back (decision 0054). With n = 1 it is the spacing of 1/rate. No second holds
+            # more than ceil(rate) either.
             while True:
                 sent = self._sent.get(host)
                 if sent is None:
                     sent = self._sent[host] = collections.deque(maxlen=self._kept)
                 now = self._clock()
-                n = self._window_sends
-                if len(sent) < n or (gap := sent[-n] + self._window - now) <= 0:
+                while len(sent) > 1 and sent[0] <= now - 1.0:  # the window is a second at most
+                    sent.popleft()
+                gap = max(
+                    _wait(sent, self._window_sends, self._window, now),
+                    _wait(sent, self._per_second, 1.0, now),
+                )
+                if gap <= 0:
                     sent.append(now)
                     return
                 await self._sleep(gap)
+
+
+def _wait(sent: collections.deque[float], n: int, window: float, now: float) -> float:
+    """How long until fewer than ``n`` of the ``sent`` times fall in the ``window`` before
+    ``now`` (0 or less: now)."""
+    return sent[-n] + window - now if len(sent) >= n else 0.0
 
 
 class Budget:

@@ -55,6 +55,8 @@ class Recorded:
         self.requests: list[dict[str, Any]] = []
         self.status = 200
         self.reply: dict[str, Any] = {"kind": "Secret"}
+        #: Answered in turn before ``reply``, when set.
+        self.replies: list[dict[str, Any]] = []
 
 
 @pytest.fixture
@@ -72,7 +74,8 @@ def server() -> Iterator[tuple[str, Recorded]]:
                     "body": json.loads(self.rfile.read(length)) if length else None,
                 }
             )
-            data = json.dumps(recorded.reply).encode()
+            reply = recorded.replies.pop(0) if recorded.replies else recorded.reply
+            data = json.dumps(reply).encode()
             self.send_response(recorded.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -170,6 +173,31 @@ async def test_kube_reduces_an_error_to_its_status_and_reason(
     assert "Invalid" in str(caught.value)
     # The body's message may echo what was sent: only the reason is kept.
     assert "data: secret" not in str(caught.value)
+
+
+async def test_a_listing_follows_its_pages_in_metadata_only(
+    server: tuple[str, Recorded],
+) -> None:
+    base, recorded = server
+
+    def secret(name: str, version: str) -> dict[str, Any]:
+        meta = {"namespace": "ns", "name": name, "resourceVersion": version}
+        return {"metadata": meta | {"managedFields": [{"manager": "x" * 100}]}}
+
+    recorded.replies = [
+        {"items": [secret("a", "1"), secret("b", "2")], "metadata": {"continue": "next"}},
+        {"items": [secret("c", "3")], "metadata": {}},
+    ]
+    api = kube.Kube(client.ApiClient(client.Configuration(host=base)), workers=1)
+    try:
+        versions = await api.list_secret_versions("ns", "app=x")
+    finally:
+        api.close()
+    assert versions == {("ns", "a"): "1", ("ns", "b"): "2", ("ns", "c"): "3"}
+    first, second = recorded.requests
+    assert first["path"] == "/api/v1/namespaces/ns/secrets?limit=500&labelSelector=app%3Dx"
+    assert second["path"].endswith("&continue=next")
+    assert first["headers"]["accept"].startswith("application/json;as=PartialObjectMetadataList")
 
 
 def test_the_generated_api_classes_are_never_imported() -> None:

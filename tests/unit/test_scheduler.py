@@ -742,6 +742,36 @@ async def test_a_changed_share_holds_from_the_change(
         assert sent[count] <= at + 0.05 + 1e-9
 
 
+@pytest.mark.parametrize("rate", [2.5, 100 / 3, 20 / 3, 100 * 0.375])
+@pytest.mark.parametrize("wake", LATE_WAKEUPS)
+async def test_a_rate_that_is_not_a_whole_number_holds_ceil_rate_in_any_second(
+    wake: Callable[[], Wake], rate: float
+) -> None:
+    """A share of the rate is rarely a whole number (20/s over 3 shards: 6.67/s). n sends
+    per n/rate seconds alone would let part of the next window's fall in the same second
+    (after the 0.7-s stall: 11 in a second at 6.67/s, 37 at 33.3/s, 41 at 37.5/s); no second
+    holds more than ceil(rate), and the rate is still reached (within the stall's 3.5 %)."""
+    count = math.ceil(rate * 20)
+    sent = await send_times(count, wake(), rate=rate, in_flight=4, latency=0.015)
+    assert most_in_a_window(sent, 1.0) <= math.ceil(rate)
+    assert max(sent) <= 1.035 * count / rate
+
+
+async def test_a_host_keeps_only_its_last_second_of_sends() -> None:
+    """At a high configured rate, a host that sends twice a second keeps the times of its
+    last second only, not the rate's worth."""
+    clock = Clock(0.0)
+
+    async def no_sleep(seconds: float) -> None:
+        raise AssertionError("no wait at 2/s")
+
+    pacer = scheduler.HostPacer(rate=10_000.0, burst=1, clock=clock, sleep=no_sleep)
+    for i in range(5_000):
+        clock.now = i * 0.5
+        await pacer.acquire("slow")
+    assert len(pacer._sent["slow"]) <= 3
+
+
 async def test_the_pacer_forgets_idle_hosts() -> None:
     """Many hosts, each asking once: those with nothing booked and no send in the last
     window are dropped at the sweeps (when the hosts known double, and every minute); the
