@@ -8,7 +8,9 @@ a. Cold start: N client Secrets and N ClientCredentials are created (concurrentl
 e. In the same phase, the token endpoint's peak requests per 1-s bucket against --token-rate.
 c. Restart with valid tokens: operator stopped and started; token requests (target 0) and the
    time until every credential is scheduled again (the health probe's credential count).
-f. Time to Ready for 100 credentials created one at a time (with N present) vs the floor.
+f. Time to Ready for 100 credentials created one at a time (with N present) vs the floor
+   (token request, Secret create, watch) and the full floor (the ClientCredential's own
+   create and watch delivery added), with the median time to each step.
 b/d. Steady state: lifetimes set so that about --refresh-rate refreshes happen per second;
    refresh lateness (operator histogram, and Secret write seen by a watch minus the due time
    in status, which is truncated to the second), CPU and RSS, and cost per refresh.
@@ -214,12 +216,14 @@ class Watcher:
 class CredentialWatcher(Watcher):
     def __init__(self, cluster: LocalCluster) -> None:
         super().__init__(cluster, CC_PATH, {})
+        self.first_seen: dict[str, float] = {}
         self.ready_at: dict[str, float] = {}
         self.dues: dict[str, list[float]] = collections.defaultdict(list)
         self.handled: dict[str, str | None] = {}
 
     def handle(self, type_: str, obj: dict[str, Any], now: float) -> None:
         name = obj["metadata"]["name"]
+        self.first_seen.setdefault(name, now)
         st = obj.get("status") or {}
         if any(
             c.get("type") == "Ready" and c.get("status") == "True"
@@ -811,7 +815,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
         # (f) Time to Ready, one at a time, with N present.
-        result["time_to_ready"] = time_to_ready(cluster, server, secrets_, args.ttr)
+        result["time_to_ready"] = time_to_ready(cluster, server, creds, secrets_, args.ttr)
         print_section("time to Ready (one at a time)", result["time_to_ready"])
 
         # (b, d) Steady state.
@@ -1007,10 +1011,26 @@ def profiles(ops: Replicas, phase: str, n: int, seconds: float) -> list[subproce
 
 
 def time_to_ready(
-    cluster: LocalCluster, server: FastTokenEndpoint, watcher: SecretWatcher, count: int
+    cluster: LocalCluster,
+    server: FastTokenEndpoint,
+    creds: CredentialWatcher,
+    watcher: SecretWatcher,
+    count: int,
 ) -> dict[str, Any]:
+    """Create to target Secret seen, one credential at a time, against the floor.
+
+    The floor is one token request, one Secret create and its delivery through the same
+    watch, made by this harness. It leaves out what any operator waits for before it can
+    start: the ClientCredential's own create and its delivery through a watch. So each
+    credential's time is also cut into steps, from the create request's start: the create
+    request's round trip, the ClientCredential seen on this harness's watch (as the
+    operator's watch would see it), the token request's arrival at the endpoint, the Secret
+    seen, and Ready seen (after the status write). The full floor adds the median of the
+    second step to the floor's (issue 19).
+    """
     ctx = admin_ssl(cluster)
     floor, latencies = [], []
+    steps: dict[str, list[float]] = collections.defaultdict(list)
     with httpx.Client(base_url=cluster.server, verify=ctx) as kube, httpx.Client() as http:
         for i in range(count):
             t0 = time.time()
@@ -1049,15 +1069,32 @@ def time_to_ready(
             body["spec"]["clientSecretRef"]["name"] = "ttr-client"
             t0 = time.time()
             kube.post(CC_PATH, json=body).raise_for_status()
+            created = time.time()
             seen = wait_for(lambda n=name: f"{n}-token" in watcher.first_seen, 30, step=0.001)
             if seen is None:
                 continue
+            ready = wait_for(lambda n=name: n in creds.ready_at, 30, step=0.001)
             latencies.append(watcher.first_seen[f"{name}-token"] - t0)
+            marks = {
+                "create_returned": created,
+                "credential_seen": creds.first_seen.get(name),
+                "token_requested": server.last_request.get("ttr"),
+                "secret_seen": watcher.first_seen[f"{name}-token"],
+                "ready_seen": creds.ready_at.get(name) if ready is not None else None,
+            }
+            for step, at in marks.items():
+                if at is not None and at >= t0:
+                    steps[step].append(at - t0)
     p50, fp50 = statistics.median(latencies), statistics.median(floor)
+    seen_p50 = statistics.median(steps["credential_seen"] or [0.0])
     return {
         "operator": summary(latencies),
         "floor": summary(floor),
         "ratio_p50": round(p50 / fp50, 2),
+        "full_floor_p50": round(seen_p50 + fp50, 4),
+        "ratio_p50_to_full_floor": round(p50 / (seen_p50 + fp50), 2),
+        # Milliseconds from the create request's start to each step, median of the count.
+        "steps_p50_ms": {k: round(statistics.median(v) * 1000, 2) for k, v in steps.items()},
     }
 
 

@@ -9,13 +9,25 @@ protocol is tested against the Authlib server in tests/; here only speed matters
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import contextlib
 import secrets
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 from aiohttp import web
+
+
+def client_id(authorization: str | None, form: Any) -> str:
+    """The client id of a request: HTTP Basic's user name, else the form's client_id."""
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError):
+            return urllib.parse.unquote(base64.b64decode(value).decode().partition(":")[0])
+    return str(form.get("client_id", ""))
 
 
 class FastTokenEndpoint:
@@ -23,6 +35,7 @@ class FastTokenEndpoint:
         self.lifetime = lifetime
         self.requests = 0
         self.per_second: collections.Counter[int] = collections.Counter()
+        self.last_request: dict[str, float] = {}  # client id -> arrival of its latest request
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -33,9 +46,11 @@ class FastTokenEndpoint:
         return f"http://127.0.0.1:{self.port}/token"
 
     async def _token(self, request: web.Request) -> web.Response:
+        arrived = time.time()
         form = await request.post()
         self.requests += 1
-        self.per_second[int(time.time())] += 1
+        self.per_second[int(arrived)] += 1
+        self.last_request[client_id(request.headers.get("Authorization"), form)] = arrived
         if form.get("grant_type") != "client_credentials":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         return web.json_response(
