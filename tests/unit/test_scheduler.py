@@ -757,15 +757,20 @@ async def test_a_rate_that_is_not_a_whole_number_holds_ceil_rate_in_any_second(
     assert max(sent) <= 1.035 * count / rate
 
 
+def never_waiting_pacer(rate: float, clock: Clock) -> scheduler.HostPacer:
+    """A pacer on ``clock`` whose sleep fails the test: the caller never makes it wait."""
+
+    async def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"the pacer waited {seconds} s")
+
+    return scheduler.HostPacer(rate=rate, burst=1, clock=clock, sleep=no_sleep)
+
+
 async def test_a_host_keeps_only_its_last_second_of_sends() -> None:
     """At a high configured rate, a host that sends twice a second keeps the times of its
     last second only, not the rate's worth."""
     clock = Clock(0.0)
-
-    async def no_sleep(seconds: float) -> None:
-        raise AssertionError("no wait at 2/s")
-
-    pacer = scheduler.HostPacer(rate=10_000.0, burst=1, clock=clock, sleep=no_sleep)
+    pacer = never_waiting_pacer(10_000.0, clock)
     for i in range(5_000):
         clock.now = i * 0.5
         await pacer.acquire("slow")
@@ -777,11 +782,7 @@ async def test_the_pacer_forgets_idle_hosts() -> None:
     window are dropped at the sweeps (when the hosts known double, and every minute); the
     others stay."""
     clock = Clock(0.0)
-
-    async def no_sleep(seconds: float) -> None:
-        raise AssertionError("each host asks once: no wait")
-
-    pacer = scheduler.HostPacer(rate=10.0, burst=1, clock=clock, sleep=no_sleep)
+    pacer = never_waiting_pacer(10.0, clock)
     for i in range(1_000):
         clock.now = i * 0.01
         await pacer.acquire(f"h{i}")
