@@ -118,6 +118,10 @@ def allocators(stem: pathlib.Path) -> dict[str, Any]:
         "mallinfo2_mib": {
             k: round(mallinfo[k] / 2**20, 2) for k in ("arena", "hblkhd", "uordblks", "fordblks")
         },
+        "rss_mib_before_after_trim": [
+            round(raw["rss_kib_before_trim"] / 1024, 1),
+            round(raw["rss_kib_after_trim"] / 1024, 1),
+        ],
         "pymalloc_arenas": pymalloc.get("arenas allocated current"),
         "pymalloc_arenas_highwater": pymalloc.get("arenas highwater mark"),
         "pymalloc_mib": {
@@ -140,10 +144,11 @@ def steady(
     seconds: float,
     rate: float,
     stats: pathlib.Path,
-) -> tuple[dict[str, Any], pathlib.Path, pathlib.Path]:
+) -> tuple[dict[str, Any], dict[str, pathlib.Path]]:
     """bench/scale.py's steady state for ``seconds``, counted from the forced refreshes'
-    start; RSS at eight points, the allocators' figures at the start and the end (their
-    stems are returned too)."""
+    start; RSS at eight points, the allocators' figures at the start, the middle and the
+    end (their stems are returned too: growth from the middle on is what a steady state
+    keeps, not the step into it)."""
     n = len(names)
     lifetime = max(60, round(n / (rate * scale.RENEW_MEAN)))
     server.lifetime = lifetime
@@ -151,9 +156,15 @@ def steady(
     requests0, t0 = server.requests, time.time()
     points = [{"seconds": 0.0, **rss(pid)}]
     asyncio.run(scale.request_refreshes(cluster, names, f"steady-{int(t0)}", rate))
+    middle: pathlib.Path | None = None
+    requests_middle = 0
     for k in range(1, 8):
         time.sleep(max(0.0, t0 + seconds * k / 7 - time.time()))
         points.append({"seconds": round(time.time() - t0, 1), **rss(pid)})
+        if k == 4:
+            requests_middle = server.requests - requests0
+            middle = probe(pid, stats)
+    assert middle is not None
     requests = server.requests - requests0
     last = probe(pid, stats)
     out = {
@@ -161,11 +172,13 @@ def steady(
         "seconds": round(time.time() - t0, 1),
         "token_requests": requests,
         "refresh_cycles": round(requests / n, 2),
+        "refresh_cycles_after_middle": round((requests - requests_middle) / n, 2),
         "rss": points,
         "allocators_start": allocators(first),
+        "allocators_middle": allocators(middle),
         "allocators_end": allocators(last),
     }
-    return out, first, last
+    return out, {"start": first, "middle": middle, "end": last}
 
 
 def long_lived(cluster: LocalCluster, server: FastTokenEndpoint, names: list[str]) -> None:
@@ -259,7 +272,7 @@ def one(
     time.sleep(max(0.0, begun + LATE - time.time()))
     out["restart_late"] = rss(scale.operator_pid(op))
     if steady_seconds:
-        out["steady"], _, _ = steady(
+        out["steady"], _ = steady(
             cluster,
             server,
             pid=scale.operator_pid(op),
@@ -283,7 +296,7 @@ def one(
         pid = scale.operator_pid(op)
         out["traced"] = rss(pid)
         if steady_seconds:
-            out["traced_steady"], stem, last = steady(
+            out["traced_steady"], stems = steady(
                 cluster,
                 server,
                 pid=pid,
@@ -292,7 +305,9 @@ def one(
                 rate=refresh_rate,
                 stats=snaps,
             )
-            out["steady_snapshot"] = str(last.with_suffix(".snap"))
+            stem = stems["start"]
+            out["middle_snapshot"] = str(stems["middle"].with_suffix(".snap"))
+            out["steady_snapshot"] = str(stems["end"].with_suffix(".snap"))
             print(f"   steady, traced: {json.dumps(out['traced_steady'])}", flush=True)
             server.lifetime = 3600
         else:
@@ -300,7 +315,7 @@ def one(
         out["snapshot"] = str(stem.with_suffix(".snap"))
         out["objects"] = json.loads(stem.with_suffix(".json").read_text())
         if steady_seconds:
-            out["steady_objects"] = json.loads(last.with_suffix(".json").read_text())
+            out["steady_objects"] = json.loads(stems["end"].with_suffix(".json").read_text())
         op.stop()
     logs = sorted(work.glob(f"{namespace}-*.log"))
     out["operator_error_lines"] = sum(p.read_text(errors="replace").count(" ERROR ") for p in logs)
@@ -352,16 +367,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n in args.counts:
             figures = by_n[str(n)]
             if figures.get("steady_snapshot"):
-                cycles = figures["traced_steady"]["refresh_cycles"]
-                print(f"\n#### {label}, {n} credentials: the steady phase ({cycles} cycles)")
-                report(
-                    pathlib.Path(figures["snapshot"]),
-                    pathlib.Path(figures["steady_snapshot"]),
-                    ["restart", "steady"],
-                    per=n * cycles,
-                    unit="credential per refresh cycle",
-                    top=args.top,
-                )
+                phase = figures["traced_steady"]
+                for start, key, cycles in (
+                    ("restart", "snapshot", phase["refresh_cycles"]),
+                    ("middle", "middle_snapshot", phase["refresh_cycles_after_middle"]),
+                ):
+                    print(f"\n#### {label}, {n} credentials: {start} to end ({cycles} cycles)")
+                    report(
+                        pathlib.Path(figures[key]),
+                        pathlib.Path(figures["steady_snapshot"]),
+                        [start, "end"],
+                        per=n * max(cycles, 0.01),
+                        unit="credential per refresh cycle",
+                        top=args.top,
+                    )
     return result
 
 

@@ -10,7 +10,7 @@ tracing, and, last, ``<pid>-<n>.done``.
   ``sys.getallocatedblocks()``, pymalloc's arenas and pools (``sys._debugmallocstats()``)
   and glibc's ``mallinfo2()``. Kept objects show as allocated blocks and bytes in use;
   fragmentation as arenas, free pools or glibc's free bytes (``fordblks``) that RSS still
-  holds.
+  holds; then RSS before and after one ``malloc_trim(0)``.
 - ``TOKENSYNC_BENCH_TRACEMALLOC``: it imports the operator's modules first (kopf and the
   Kubernetes client with them: their import ran for minutes under tracemalloc;
   bench/tracemem.py measures imports apart), starts tracing
@@ -89,6 +89,19 @@ if _DIR:
             figures[" ".join(words)] = int(value.strip().replace(",", ""))
         return figures
 
+    def _rss_kib() -> int:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def _trimmed() -> dict[str, int]:
+        """RSS before and after ``malloc_trim(0)``: what of it was glibc's free pages (the
+        operator trims every 30 s, runtime.HeapFreezer; this says what one trim finds)."""
+        before = _rss_kib()
+        ctypes.CDLL(None).malloc_trim(0)
+        return {"rss_kib_before_trim": before, "rss_kib_after_trim": _rss_kib()}
+
     def _types() -> list[tuple[str, int, int]]:
         frozen = gc.get_freeze_count()
         gc.unfreeze()  # frozen objects (runtime.HeapFreezer) are not in gc.get_objects()
@@ -110,7 +123,7 @@ if _DIR:
             "allocated_blocks": sys.getallocatedblocks(),
             "gc_frozen": gc.get_freeze_count(),
             "mallinfo2": _mallinfo2(),
-            "pymalloc": _pymalloc(),
+            "pymalloc": _pymalloc(),  # empty under tracemalloc: it wraps the allocator
         }
         if _TRACE:
             snapshot = tracemalloc.take_snapshot()
@@ -120,6 +133,7 @@ if _DIR:
             stem.with_suffix(".json").write_text(
                 json.dumps({"traced": traced, "traced_peak": peak, "types": _types()})
             )
+        stats |= _trimmed()  # last: the figures above are the process as it ran
         stem.with_suffix(".stats.json").write_text(json.dumps(stats))
         stem.with_suffix(".done").write_text("")
 
