@@ -130,6 +130,13 @@ def allocators(stem: pathlib.Path) -> dict[str, Any]:
             "in_unused_pools": round(pymalloc.get("unused pools * 16384 bytes", 0) / 2**20, 2),
         },
     }
+    if "malloc_arenas" in raw:
+        arenas = raw["malloc_arenas"]
+        out["glibc_arenas"] = len(arenas)
+        out["glibc_arenas_mib"] = {  # glibc's order: the main arena first
+            "system": [round(a["system"] / 2**20, 1) for a in arenas],
+            "free": [round(a["free"] / 2**20, 1) for a in arenas],
+        }
     if "traced" in raw:
         out["traced_mib"] = round(raw["traced"] / 2**20, 1)
     return out

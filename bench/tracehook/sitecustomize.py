@@ -7,10 +7,10 @@ writes ``<pid>-<n>.stats.json`` (the allocators' own figures, below), more files
 tracing, and, last, ``<pid>-<n>.done``.
 
 - ``TOKENSYNC_BENCH_MEMSTATS``: the allocators' figures only, for an untraced process:
-  ``sys.getallocatedblocks()``, pymalloc's arenas and pools (``sys._debugmallocstats()``)
-  and glibc's ``mallinfo2()``. Kept objects show as allocated blocks and bytes in use;
-  fragmentation as arenas, free pools or glibc's free bytes (``fordblks``) that RSS still
-  holds; then RSS before and after one ``malloc_trim(0)``.
+  ``sys.getallocatedblocks()``, pymalloc's arenas and pools (``sys._debugmallocstats()``),
+  glibc's ``mallinfo2()`` and ``malloc_info()`` per arena. Kept objects show as allocated
+  blocks and bytes in use; fragmentation as arenas, free pools or glibc's free bytes
+  (``fordblks``) that RSS still holds; then RSS before and after one ``malloc_trim(0)``.
 - ``TOKENSYNC_BENCH_TRACEMALLOC``: it imports the operator's modules first (kopf and the
   Kubernetes client with them: their import ran for minutes under tracemalloc;
   bench/tracemem.py measures imports apart), starts tracing
@@ -40,6 +40,7 @@ if _DIR:
     import tempfile
     import tracemalloc
     from types import FrameType
+    from xml.etree import ElementTree
 
     _counter = itertools.count(1)
 
@@ -65,6 +66,31 @@ if _DIR:
         libc.mallinfo2.restype = _Mallinfo2
         info = libc.mallinfo2()
         return {name: int(getattr(info, name)) for name, _ in _Mallinfo2._fields_}
+
+    def _malloc_info(path: pathlib.Path) -> list[dict[str, int]]:
+        """glibc's ``malloc_info``, per arena (the main one and one per thread that
+        allocated): bytes obtained from the system and bytes free in it."""
+        libc = ctypes.CDLL(None)
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        stream = libc.fopen(str(path).encode(), b"w")
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        arenas = []
+        tree = ElementTree.parse(path)  # noqa: S314 -- glibc's own output, just written
+        for heap in tree.getroot().iter("heap"):
+            free = sum(int(t.get("size", "0")) for t in heap.findall("total"))
+            system = heap.find("system[@type='current']")
+            arenas.append(
+                {
+                    "nr": int(heap.get("nr", "-1")),
+                    "system": int(system.get("size", "0")) if system is not None else 0,
+                    "free": free,
+                }
+            )
+        return arenas
 
     def _pymalloc() -> dict[str, int]:
         """The ``name = value`` lines of ``sys._debugmallocstats()``, which writes to fd 2."""
@@ -124,6 +150,7 @@ if _DIR:
             "gc_frozen": gc.get_freeze_count(),
             "mallinfo2": _mallinfo2(),
             "pymalloc": _pymalloc(),  # empty under tracemalloc: it wraps the allocator
+            "malloc_arenas": _malloc_info(stem.with_suffix(".malloc.xml")),
         }
         if _TRACE:
             snapshot = tracemalloc.take_snapshot()
