@@ -89,6 +89,29 @@ def malloc_trim() -> bool:
     return bool(trim(0))
 
 
+#: glibc's ``mallopt`` parameter for the mmap threshold (``M_MMAP_THRESHOLD`` in malloc.h),
+#: and the threshold kept: glibc's own initial value.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
+    """Serve C allocations of ``size`` bytes and more with their own mappings, always.
+
+    glibc starts so, but raises the threshold to the size of every such block freed (up to
+    32 MiB): after the first listing page's body (about half a MiB), later pages come from
+    the heaps, and the small blocks that steady refreshes allocate meanwhile settle among
+    them. The heaps then keep free space that ``malloc_trim`` cannot give back (decision
+    0056). Setting the threshold turns that adjustment off. False where the C library has no
+    such call (musl, macOS): nothing is done there.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, size))
+
+
 class HeapFreezer:
     """Moves what lives as long as the process out of the cyclic collector's way.
 
@@ -143,6 +166,7 @@ class HeapFreezer:
 class Runtime:
     def __init__(self, settings: config.Config) -> None:
         self.config = settings
+        fix_mmap_threshold()  # before the first listing (decision 0056)
         self.metrics = metrics.Metrics()
         # Fair across namespaces; no namespace or host holds over half the workers (0034).
         self.queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(
