@@ -16,6 +16,16 @@ For each N of ``--counts`` (3,000 and 10,000 by default), and each revision of
    starts after the imports), and a snapshot 15 s after all are scheduled (after a full
    collection).
 
+5. with ``--steady SECONDS``: after the restart, in the same process and with the same N,
+   the steady state of bench/scale.py: the endpoint's lifetime set so that about
+   ``--refresh-rate`` refreshes happen a second, one refresh of each forced at that rate to
+   spread the cycles, then RSS and VmHWM at its start, end and six points between, and the
+   allocators' figures (bench/tracehook with ``TOKENSYNC_BENCH_MEMSTATS``: allocated blocks,
+   pymalloc's arenas, glibc's ``mallinfo2``) at its start and end. Then every token is made
+   long-lived again (at 100/s) before the traced restart, which, with ``--trace``, gets the
+   same steady phase, snapshotted before and after: the report then compares the two, in
+   bytes per credential per refresh cycle.
+
 RSS figures come from the untraced processes only: tracemalloc adds its own memory per
 allocation and slows the operator down several times. ``--report A.snap B.snap`` prints the
 comparison of two snapshots: the largest allocation sites grouped by file, by line, and by
@@ -25,6 +35,7 @@ snapshots stay in the run's temporary directory (printed).
 
     python bench/tracemem.py --trace                          # this tree, 3,000 and 10,000
     python bench/tracemem.py --counts 3000 --revision main --revision HEAD
+    python bench/tracemem.py --counts 3000 --trace --steady 600  # same N, growth by refreshes
     python bench/tracemem.py --report A.snap B.snap --counts 3000,10000
 """
 
@@ -86,6 +97,106 @@ def rss(pid: int) -> dict[str, float]:
     return {"rss_mib": round(now, 1), "peak_mib": round(peak, 1)}
 
 
+def probe(pid: int, stats: pathlib.Path) -> pathlib.Path:
+    """SIGUSR1 to the hook; the stem of what it wrote (``<stem>.stats.json`` and, traced,
+    ``<stem>.snap``), once written."""
+    before = set(stats.glob("*.done"))
+    os.kill(pid, signal.SIGUSR1)
+    scale.wait_for(lambda: set(stats.glob("*.done")) - before, 900, step=1)
+    (done,) = set(stats.glob("*.done")) - before
+    return done.with_suffix("")
+
+
+def allocators(stem: pathlib.Path) -> dict[str, Any]:
+    """The hook's figures, in MiB where they are bytes."""
+    raw = json.loads(stem.with_suffix(".stats.json").read_text())
+    mallinfo = raw["mallinfo2"]
+    pymalloc = raw["pymalloc"]
+    out: dict[str, Any] = {
+        "allocated_blocks": raw["allocated_blocks"],
+        "gc_frozen": raw["gc_frozen"],
+        "mallinfo2_mib": {
+            k: round(mallinfo[k] / 2**20, 2) for k in ("arena", "hblkhd", "uordblks", "fordblks")
+        },
+        "rss_mib_before_after_trim": [
+            round(raw["rss_kib_before_trim"] / 1024, 1),
+            round(raw["rss_kib_after_trim"] / 1024, 1),
+        ],
+        "pymalloc_arenas": pymalloc.get("arenas allocated current"),
+        "pymalloc_arenas_highwater": pymalloc.get("arenas highwater mark"),
+        "pymalloc_mib": {
+            "in_allocated_blocks": round(pymalloc.get("bytes in allocated blocks", 0) / 2**20, 2),
+            "in_available_blocks": round(pymalloc.get("bytes in available blocks", 0) / 2**20, 2),
+            "in_unused_pools": round(pymalloc.get("unused pools * 16384 bytes", 0) / 2**20, 2),
+        },
+    }
+    if "malloc_arenas" in raw:
+        arenas = raw["malloc_arenas"]
+        out["glibc_arenas"] = len(arenas)
+        out["glibc_arenas_mib"] = {  # glibc's order: the main arena first
+            "system": [round(a["system"] / 2**20, 1) for a in arenas],
+            "free": [round(a["free"] / 2**20, 1) for a in arenas],
+        }
+    if "traced" in raw:
+        out["traced_mib"] = round(raw["traced"] / 2**20, 1)
+    return out
+
+
+def steady(
+    cluster: LocalCluster,
+    server: FastTokenEndpoint,
+    *,
+    pid: int,
+    names: list[str],
+    seconds: float,
+    rate: float,
+    stats: pathlib.Path,
+) -> tuple[dict[str, Any], dict[str, pathlib.Path]]:
+    """bench/scale.py's steady state for ``seconds``, counted from the forced refreshes'
+    start; RSS at eight points, the allocators' figures at the start, the middle and the
+    end (their stems are returned too: growth from the middle on is what a steady state
+    keeps, not the step into it)."""
+    n = len(names)
+    lifetime = max(60, round(n / (rate * scale.RENEW_MEAN)))
+    server.lifetime = lifetime
+    first = probe(pid, stats)
+    requests0, t0 = server.requests, time.time()
+    points = [{"seconds": 0.0, **rss(pid)}]
+    asyncio.run(scale.request_refreshes(cluster, names, f"steady-{int(t0)}", rate))
+    middle: pathlib.Path | None = None
+    requests_middle = 0
+    for k in range(1, 8):
+        time.sleep(max(0.0, t0 + seconds * k / 7 - time.time()))
+        points.append({"seconds": round(time.time() - t0, 1), **rss(pid)})
+        if k == 4:
+            requests_middle = server.requests - requests0
+            middle = probe(pid, stats)
+    assert middle is not None
+    requests = server.requests - requests0
+    last = probe(pid, stats)
+    out = {
+        "lifetime_seconds": lifetime,
+        "seconds": round(time.time() - t0, 1),
+        "token_requests": requests,
+        "refresh_cycles": round(requests / n, 2),
+        "refresh_cycles_after_middle": round((requests - requests_middle) / n, 2),
+        "rss": points,
+        "allocators_start": allocators(first),
+        "allocators_middle": allocators(middle),
+        "allocators_end": allocators(last),
+    }
+    return out, {"start": first, "middle": middle, "end": last}
+
+
+def long_lived(cluster: LocalCluster, server: FastTokenEndpoint, names: list[str]) -> None:
+    """Every token refreshed with an hour's lifetime, so the next restart finds them valid
+    (as the first restart does) instead of a steady phase's short ones."""
+    server.lifetime = 3600
+    requests0 = server.requests
+    asyncio.run(scale.request_refreshes(cluster, names, f"long-{int(time.time())}", 100.0))
+    scale.wait_for(lambda: server.requests - requests0 >= len(names), 300, step=0.5)
+
+
 # -- the run ----------------------------------------------------------------------------
 
 
@@ -109,9 +220,11 @@ def one(
     trace: bool,
     frames: int,
     timeout: float,
+    steady_seconds: float = 0.0,
+    refresh_rate: float = 50.0,
     quiet: pathlib.Path | None = None,
 ) -> dict[str, Any]:
-    """The three phases for one revision and one N."""
+    """The phases for one revision and one N."""
     pause_while(quiet)
     abtest.use_namespace(namespace)
     create_namespace(cluster, namespace)
@@ -156,12 +269,27 @@ def one(
         time.sleep(SETTLE)
         return None if listed is None else round(listed - begun, 1)
 
+    stats = work / f"stats-{namespace}"
+    stats.mkdir()
     begun = time.time()
-    op = start("restart")
+    # The allocators' figures need the hook: in this process only, and only for a steady phase.
+    op = start("restart", {"TOKENSYNC_BENCH_MEMSTATS": str(stats)} if steady_seconds else None)
     out["restart_seconds"] = restart(op)
     out["restart"] = rss(scale.operator_pid(op))
     time.sleep(max(0.0, begun + LATE - time.time()))
     out["restart_late"] = rss(scale.operator_pid(op))
+    if steady_seconds:
+        out["steady"], _ = steady(
+            cluster,
+            server,
+            pid=scale.operator_pid(op),
+            names=names,
+            seconds=steady_seconds,
+            rate=refresh_rate,
+            stats=stats,
+        )
+        print(f"   steady, untraced: {json.dumps(out['steady'])}", flush=True)
+        long_lived(cluster, server, names)
     op.stop()
     if trace:
         snaps = work / f"snap-{namespace}"
@@ -174,11 +302,27 @@ def one(
         out["traced_restart_seconds"] = restart(op)
         pid = scale.operator_pid(op)
         out["traced"] = rss(pid)
-        os.kill(pid, signal.SIGUSR1)
-        scale.wait_for(lambda: any(snaps.glob("*.done")), 600, step=1)
-        (snap,) = snaps.glob("*.snap")
-        out["snapshot"] = str(snap)
-        out["objects"] = json.loads(snap.with_suffix(".json").read_text())
+        if steady_seconds:
+            out["traced_steady"], stems = steady(
+                cluster,
+                server,
+                pid=pid,
+                names=names,
+                seconds=steady_seconds,
+                rate=refresh_rate,
+                stats=snaps,
+            )
+            stem = stems["start"]
+            out["middle_snapshot"] = str(stems["middle"].with_suffix(".snap"))
+            out["steady_snapshot"] = str(stems["end"].with_suffix(".snap"))
+            print(f"   steady, traced: {json.dumps(out['traced_steady'])}", flush=True)
+            server.lifetime = 3600
+        else:
+            stem = probe(pid, snaps)
+        out["snapshot"] = str(stem.with_suffix(".snap"))
+        out["objects"] = json.loads(stem.with_suffix(".json").read_text())
+        if steady_seconds:
+            out["steady_objects"] = json.loads(stems["end"].with_suffix(".json").read_text())
         op.stop()
     logs = sorted(work.glob(f"{namespace}-*.log"))
     out["operator_error_lines"] = sum(p.read_text(errors="replace").count(" ERROR ") for p in logs)
@@ -215,16 +359,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     trace=args.trace,
                     frames=args.frames,
                     timeout=args.timeout,
+                    steady_seconds=args.steady,
+                    refresh_rate=args.refresh_rate,
                     quiet=args.pause_while,
                 )
                 result["runs"].setdefault(label, {})[str(n)] = figures
-                shown = {k: v for k, v in figures.items() if k != "objects"}
+                shown = {k: v for k, v in figures.items() if not k.endswith("objects")}
                 print(f"== {label}, {n} credentials: {json.dumps(shown)}", flush=True)
     for label, by_n in result["runs"].items():
         snaps = [by_n[str(n)].get("snapshot") for n in args.counts]
         if len(snaps) == 2 and all(snaps):
             print(f"\n#### {label}")
             report(pathlib.Path(snaps[0]), pathlib.Path(snaps[1]), args.counts, top=args.top)
+        for n in args.counts:
+            figures = by_n[str(n)]
+            if figures.get("steady_snapshot"):
+                phase = figures["traced_steady"]
+                for start, key, cycles in (
+                    ("restart", "snapshot", phase["refresh_cycles"]),
+                    ("middle", "middle_snapshot", phase["refresh_cycles_after_middle"]),
+                ):
+                    print(f"\n#### {label}, {n} credentials: {start} to end ({cycles} cycles)")
+                    report(
+                        pathlib.Path(figures[key]),
+                        pathlib.Path(figures["steady_snapshot"]),
+                        [start, "end"],
+                        per=n * max(cycles, 0.01),
+                        unit="credential per refresh cycle",
+                        top=args.top,
+                    )
     return result
 
 
@@ -270,64 +433,77 @@ def table(
     title: str,
     small: dict[str, list[int]],
     large: dict[str, list[int]],
-    counts: list[int],
+    labels: list[Any],
+    *,
+    per: float,
     top: int,
 ) -> list[dict[str, Any]]:
-    extra = counts[1] - counts[0]
+    """Groups by growth from ``small`` to ``large``, per ``per`` units (credentials added,
+    or credentials times refresh cycles)."""
     rows = []
     for group in set(small) | set(large):
         a, b = small.get(group, [0, 0]), large.get(group, [0, 0])
         rows.append(
             {
                 "group": group,
-                f"mib_at_{counts[0]}": round(a[0] / 2**20, 2),
-                f"mib_at_{counts[1]}": round(b[0] / 2**20, 2),
-                "bytes_per_credential": round((b[0] - a[0]) / extra),
-                "blocks_per_credential": round((b[1] - a[1]) / extra, 2),
+                "mib": [round(a[0] / 2**20, 2), round(b[0] / 2**20, 2)],
+                "bytes_per_unit": round((b[0] - a[0]) / per, 1),
+                "blocks_per_unit": round((b[1] - a[1]) / per, 3),
             }
         )
-    rows.sort(key=lambda r: -r["bytes_per_credential"])
+    rows.sort(key=lambda r: -r["bytes_per_unit"])
     print(f"\n{title}")
-    print(f"| {'where':<70} | MiB at {counts[0]} | MiB at {counts[1]} | B/cred | blocks/cred |")
+    print(f"| {'where':<70} | MiB at {labels[0]} | MiB at {labels[1]} | B/unit | blocks/unit |")
     print(f"|{'-' * 72}|---|---|---|---|")
     for row in rows[:top]:
         where = row["group"]
         where = where if len(where) <= 70 else "…" + where[-69:]
         print(
-            f"| {where:<70} | {row[f'mib_at_{counts[0]}']:.2f} | {row[f'mib_at_{counts[1]}']:.2f}"
-            f" | {row['bytes_per_credential']} | {row['blocks_per_credential']} |"
+            f"| {where:<70} | {row['mib'][0]:.2f} | {row['mib'][1]:.2f}"
+            f" | {row['bytes_per_unit']} | {row['blocks_per_unit']} |"
         )
     return rows[:top]
 
 
 def report(
-    small_path: pathlib.Path, large_path: pathlib.Path, counts: list[int], *, top: int = 25
+    small_path: pathlib.Path,
+    large_path: pathlib.Path,
+    labels: list[Any],
+    *,
+    per: float | None = None,
+    unit: str = "credential",
+    top: int = 25,
 ) -> dict[str, Any]:
+    """Two snapshots compared; ``per`` defaults to the difference of two counts (labels)."""
     ignore = [tracemalloc.Filter(inclusive=False, filename_pattern=tracemalloc.__file__)]
     small = tracemalloc.Snapshot.load(str(small_path)).filter_traces(ignore)
     large = tracemalloc.Snapshot.load(str(large_path)).filter_traces(ignore)
     totals = [sum(t.size for t in s.traces) for s in (small, large)]
-    per = (totals[1] - totals[0]) / (counts[1] - counts[0])
+    units = per if per is not None else labels[1] - labels[0]
+    growth = (totals[1] - totals[0]) / units
     print(
-        f"traced: {totals[0] / 2**20:.1f} MiB at {counts[0]}, {totals[1] / 2**20:.1f} MiB at "
-        f"{counts[1]}: {per:.0f} bytes per credential"
+        f"traced: {totals[0] / 2**20:.1f} MiB at {labels[0]}, {totals[1] / 2**20:.1f} MiB at "
+        f"{labels[1]}: {growth:.1f} bytes per {unit} (unit: {units:.0f})"
     )
     out: dict[str, Any] = {"traced_mib": [round(t / 2**20, 1) for t in totals]}
-    out["bytes_per_credential"] = round(per)
+    out["bytes_per_unit"] = round(growth, 1)
     for name, key in (
         ("by file (innermost frame)", lambda t: _top(t, line=False)),
         ("by line (innermost frame)", lambda t: _top(t, line=True)),
         ("by the innermost frame outside the standard library", lambda t: _owner(t, _library)),
         ("by the innermost tokensync frame", lambda t: _owner(t, _ours)),
     ):
-        out[name] = table(name, grouped(small, key), grouped(large, key), counts, top)
+        out[name] = table(
+            name, grouped(small, key), grouped(large, key), labels, per=units, top=top
+        )
     return out
 
 
 def counts_arg(text: str) -> list[int]:
+    """Two ascending counts (their snapshots are compared), or one (for ``--steady``)."""
     values = sorted(int(v) for v in text.split(","))
-    if len(values) != 2 or values[0] >= values[1]:
-        raise argparse.ArgumentTypeError("two counts, ascending: 3000,10000")
+    if len(values) not in (1, 2) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError("one count, or two ascending: 3000,10000")
     return values
 
 
@@ -342,6 +518,16 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25, help="rows per table")
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument(
+        "--steady",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a steady phase this long after the restart (and after the traced one)",
+    )
+    parser.add_argument(
+        "--refresh-rate", type=float, default=50.0, help="steady refreshes/s (bench/scale.py's)"
+    )
+    parser.add_argument(
         "--pause-while",
         type=pathlib.Path,
         help="wait before each phase while this file exists (another benchmark's marker)",
@@ -351,6 +537,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.report:
+        if len(args.counts) != 2:
+            parser.error("--report compares two counts: --counts 3000,10000")
         report(*args.report, args.counts, top=args.top)
         return 0
     result = run(args)

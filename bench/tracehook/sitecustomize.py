@@ -1,35 +1,135 @@
-"""tracemalloc for the operator under bench/tracemem.py; inert anywhere else.
+"""Memory probes for the operator under bench/tracemem.py; inert anywhere else.
 
 Python imports ``sitecustomize`` at start from its path, so a process started with this
-directory on PYTHONPATH loads it. It acts only when ``TOKENSYNC_BENCH_TRACEMALLOC`` names a
-directory: it then imports the operator's modules (kopf and the Kubernetes client with
-them: their import ran for minutes under tracemalloc; bench/tracemem.py measures imports
-apart), starts tracing (``TOKENSYNC_BENCH_TRACEMALLOC_FRAMES`` frames each, 6 by default)
-and, on SIGUSR1, runs a full collection and writes ``<pid>-<n>.snap`` (the tracemalloc snapshot), ``<pid>-<n>.json``
-(live objects that the collector tracks, by type: count and shallow bytes) and, last,
-``<pid>-<n>.done``. The operator itself has no such hook (docs/performance.md).
+directory on PYTHONPATH loads it. It acts only when ``TOKENSYNC_BENCH_MEMSTATS`` or
+``TOKENSYNC_BENCH_TRACEMALLOC`` names a directory; on SIGUSR1 it runs a full collection and
+writes ``<pid>-<n>.stats.json`` (the allocators' own figures, below), more files with
+tracing, and, last, ``<pid>-<n>.done``.
+
+- ``TOKENSYNC_BENCH_MEMSTATS``: the allocators' figures only, for an untraced process:
+  ``sys.getallocatedblocks()``, pymalloc's arenas and pools (``sys._debugmallocstats()``),
+  glibc's ``mallinfo2()`` and ``malloc_info()`` per arena. Kept objects show as allocated
+  blocks and bytes in use; fragmentation as arenas, free pools or glibc's free bytes
+  (``fordblks``) that RSS still holds; then RSS before and after one ``malloc_trim(0)``.
+- ``TOKENSYNC_BENCH_TRACEMALLOC``: it imports the operator's modules first (kopf and the
+  Kubernetes client with them: their import ran for minutes under tracemalloc;
+  bench/tracemem.py measures imports apart), starts tracing
+  (``TOKENSYNC_BENCH_TRACEMALLOC_FRAMES`` frames each, 6 by default), and also writes
+  ``<pid>-<n>.snap`` (the tracemalloc snapshot) and ``<pid>-<n>.json`` (the traced total and
+  live objects that the collector tracks, by type: count and shallow bytes).
+
+The operator itself has no such hook (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import os
 
-_DIR = os.environ.get("TOKENSYNC_BENCH_TRACEMALLOC")
+_DIR = os.environ.get("TOKENSYNC_BENCH_TRACEMALLOC") or os.environ.get("TOKENSYNC_BENCH_MEMSTATS")
+_TRACE = bool(os.environ.get("TOKENSYNC_BENCH_TRACEMALLOC"))
 
 if _DIR:
     import collections
+    import ctypes
     import gc
     import itertools
     import json
     import pathlib
     import signal
     import sys
+    import tempfile
     import tracemalloc
     from types import FrameType
+    from xml.etree import ElementTree
 
     _counter = itertools.count(1)
 
+    class _Mallinfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",  # bytes from sbrk (the main arena)
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",  # bytes in mmap'd chunks
+                "usmblks",
+                "fsmblks",
+                "uordblks",  # bytes in use
+                "fordblks",  # bytes free, still held
+                "keepcost",  # releasable at the top of the heap
+            )
+        ]
+
+    def _mallinfo2() -> dict[str, int]:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _Mallinfo2
+        info = libc.mallinfo2()
+        return {name: int(getattr(info, name)) for name, _ in _Mallinfo2._fields_}
+
+    def _malloc_info(path: pathlib.Path) -> list[dict[str, int]]:
+        """glibc's ``malloc_info``, per arena (the main one and one per thread that
+        allocated): bytes obtained from the system and bytes free in it."""
+        libc = ctypes.CDLL(None)
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        stream = libc.fopen(str(path).encode(), b"w")
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        arenas = []
+        tree = ElementTree.parse(path)  # noqa: S314 -- glibc's own output, just written
+        for heap in tree.getroot().iter("heap"):
+            free = sum(int(t.get("size", "0")) for t in heap.findall("total"))
+            system = heap.find("system[@type='current']")
+            arenas.append(
+                {
+                    "nr": int(heap.get("nr", "-1")),
+                    "system": int(system.get("size", "0")) if system is not None else 0,
+                    "free": free,
+                }
+            )
+        return arenas
+
+    def _pymalloc() -> dict[str, int]:
+        """The ``name = value`` lines of ``sys._debugmallocstats()``, which writes to fd 2."""
+        saved = os.dup(2)
+        with tempfile.TemporaryFile(mode="w+") as out:
+            os.dup2(out.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            out.seek(0)
+            text = out.read()
+        figures: dict[str, int] = {}
+        for line in text.splitlines():
+            name, sep, value = line.rpartition("=")
+            words = name.strip(" #").split()
+            if not sep or not value.strip().replace(",", "").isdigit() or "free" in words:
+                continue  # the free lists' lines: "3 free PyFloatObjects * 24 bytes each"
+            if words and words[0].isdigit():  # "32 unused pools * 16384 bytes": in bytes
+                words = words[1:]
+            figures[" ".join(words)] = int(value.strip().replace(",", ""))
+        return figures
+
+    def _rss_kib() -> int:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def _trimmed() -> dict[str, int]:
+        """RSS before and after ``malloc_trim(0)``: what of it was glibc's free pages (the
+        operator trims every 30 s, runtime.HeapFreezer; this says what one trim finds)."""
+        before = _rss_kib()
+        ctypes.CDLL(None).malloc_trim(0)
+        return {"rss_kib_before_trim": before, "rss_kib_after_trim": _rss_kib()}
+
     def _types() -> list[tuple[str, int, int]]:
+        frozen = gc.get_freeze_count()
         gc.unfreeze()  # frozen objects (runtime.HeapFreezer) are not in gc.get_objects()
         counts: collections.Counter[str] = collections.Counter()
         sizes: collections.Counter[str] = collections.Counter()
@@ -38,29 +138,43 @@ if _DIR:
             name = f"{kind.__module__}.{kind.__qualname__}"
             counts[name] += 1
             sizes[name] += sys.getsizeof(obj)
+        if frozen:
+            gc.freeze()  # as the operator had it: later collections skip them again
         return [(name, counts[name], sizes[name]) for name, _ in sizes.most_common(80)]
 
     def _dump(signum: int, frame: FrameType | None) -> None:
         stem = pathlib.Path(str(_DIR)) / f"{os.getpid()}-{next(_counter)}"
         gc.collect()
-        snapshot = tracemalloc.take_snapshot()
-        traced, peak = tracemalloc.get_traced_memory()
-        snapshot.dump(str(stem.with_suffix(".snap")))
-        stem.with_suffix(".json").write_text(
-            json.dumps({"traced": traced, "traced_peak": peak, "types": _types()})
-        )
+        stats: dict[str, object] = {
+            "allocated_blocks": sys.getallocatedblocks(),
+            "gc_frozen": gc.get_freeze_count(),
+            "mallinfo2": _mallinfo2(),
+            "pymalloc": _pymalloc(),  # empty under tracemalloc: it wraps the allocator
+            "malloc_arenas": _malloc_info(stem.with_suffix(".malloc.xml")),
+        }
+        if _TRACE:
+            snapshot = tracemalloc.take_snapshot()
+            traced, peak = tracemalloc.get_traced_memory()
+            stats |= {"traced": traced, "traced_peak": peak}
+            snapshot.dump(str(stem.with_suffix(".snap")))
+            stem.with_suffix(".json").write_text(
+                json.dumps({"traced": traced, "traced_peak": peak, "types": _types()})
+            )
+        stats |= _trimmed()  # last: the figures above are the process as it ran
+        stem.with_suffix(".stats.json").write_text(json.dumps(stats))
         stem.with_suffix(".done").write_text("")
 
-    import kubernetes.client
+    if _TRACE:
+        import kubernetes.client
 
-    import tokensync.cli
-    import tokensync.handlers
-    import tokensync.runtime  # noqa: F401
+        import tokensync.cli
+        import tokensync.handlers
+        import tokensync.runtime  # noqa: F401
 
-    # kubernetes.client imports each API module at its first use (CoreV1Api alone is about
-    # 21 MiB): those the operator uses, now.
-    for api in ("CoreV1Api", "CustomObjectsApi", "AppsV1Api", "CoordinationV1Api"):
-        getattr(kubernetes.client, api)
+        # kubernetes.client imports each API module at its first use (CoreV1Api alone is
+        # about 21 MiB): those the operator uses, now.
+        for api in ("CoreV1Api", "CustomObjectsApi", "AppsV1Api", "CoordinationV1Api"):
+            getattr(kubernetes.client, api)
 
-    tracemalloc.start(int(os.environ.get("TOKENSYNC_BENCH_TRACEMALLOC_FRAMES", "6")))
+        tracemalloc.start(int(os.environ.get("TOKENSYNC_BENCH_TRACEMALLOC_FRAMES", "6")))
     signal.signal(signal.SIGUSR1, _dump)

@@ -38,3 +38,8 @@ def test_freezes_when_settled_and_grown(monkeypatch: pytest.MonkeyPatch) -> None
 def test_malloc_trim_is_harmless() -> None:
     # glibc here (True); where the C library has no malloc_trim it does nothing (False).
     assert runtime.malloc_trim() in (True, False)
+
+
+def test_fix_mmap_threshold_is_harmless() -> None:
+    # glibc here (True); where the C library has no mallopt it does nothing (False).
+    assert runtime.fix_mmap_threshold() in (True, False)
