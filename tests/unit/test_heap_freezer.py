@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import subprocess
+import sys
 
 import pytest
 
@@ -40,6 +43,39 @@ def test_malloc_trim_is_harmless() -> None:
     assert runtime.malloc_trim() in (True, False)
 
 
-def test_fix_mmap_threshold_is_harmless() -> None:
-    # glibc here (True); where the C library has no mallopt it does nothing (False).
-    assert runtime.fix_mmap_threshold() in (True, False)
+# In a fresh interpreter (the threshold is the process's): a 4 MiB block freed raises glibc's
+# threshold to 4 MiB, so a 1 MiB block then comes from the heap, unless the threshold is fixed.
+_MAPPED_AFTER_A_LARGER_FREE = """
+import ctypes, sys
+from tokensync import runtime
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "fixed":
+    assert runtime.fix_mmap_threshold()
+libc.free(libc.malloc(4 << 20))
+before = libc.mallinfo2().hblks
+block = libc.malloc(1 << 20)
+print(libc.mallinfo2().hblks - before)
+libc.free(block)
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="not glibc 2.33 or later")
+@pytest.mark.parametrize(("mode", "mapped"), [("glibc's default", "0"), ("fixed", "1")])
+def test_a_fixed_threshold_keeps_mapping_large_blocks(mode: str, mapped: str) -> None:
+    """Decision 0056: with the threshold fixed, a 1 MiB block gets a mapping of its own
+    (given back when freed) even after a larger block was freed."""
+    out = subprocess.run(
+        [sys.executable, "-c", _MAPPED_AFTER_A_LARGER_FREE, mode],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert out == mapped
