@@ -1094,7 +1094,7 @@ def time_to_ready(
         "full_floor_p50": round(seen_p50 + fp50, 4),
         "ratio_p50_to_full_floor": round(p50 / (seen_p50 + fp50), 2),
         # Milliseconds from the create request's start to each step, median of the count.
-        "steps_p50_ms": {k: round(statistics.median(v) * 1000, 2) for k, v in steps.items()},
+        "steps_p50_ms": {k: round(statistics.median(v) * 1000, 2) for k, v in steps.items() if v},
     }
 
 

@@ -48,7 +48,7 @@ if _DIR:
         _fields_ = [
             (name, ctypes.c_size_t)
             for name in (
-                "arena",  # bytes from sbrk (the main arena)
+                "arena",  # bytes not mmapped, in all arenas
                 "ordblks",
                 "smblks",
                 "hblks",
