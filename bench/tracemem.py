@@ -16,6 +16,10 @@ For each N of ``--counts`` (3,000 and 10,000 by default), and each revision of
    starts after the imports), and a snapshot 15 s after all are scheduled (after a full
    collection).
 
+With ``--allocators``, the cold start's and the restart's processes also load bench/tracehook
+(untraced) and write the allocators' figures 75 s after their start, after the RSS there:
+the two heaps compared, for what a restart leaves that a cold start does not.
+
 5. with ``--steady SECONDS``: after the restart, in the same process and with the same N,
    the steady state of bench/scale.py: the endpoint's lifetime set so that about
    ``--refresh-rate`` refreshes happen a second, one refresh of each forced at that rate to
@@ -223,6 +227,7 @@ def one(
     steady_seconds: float = 0.0,
     refresh_rate: float = 50.0,
     quiet: pathlib.Path | None = None,
+    probe_late: bool = False,
 ) -> dict[str, Any]:
     """The phases for one revision and one N."""
     pause_while(quiet)
@@ -252,14 +257,20 @@ def one(
             env=env,
         ).start(timeout=300)
 
+    stats = work / f"stats-{namespace}"
+    stats.mkdir()
+    # The allocators' figures need the hook: only in the processes whose figures are asked for.
+    hooked = {"TOKENSYNC_BENCH_MEMSTATS": str(stats)}
     started = time.time()
-    op = start("cold")
+    op = start("cold", hooked if probe_late else None)
     done = scale.wait_for(lambda: len(creds.ready_at) >= n, timeout, step=0.2)
     out["cold_seconds"] = None if done is None else round(done - started, 1)
     time.sleep(SETTLE)
     out["cold"] = rss(scale.operator_pid(op))
     time.sleep(max(0.0, started + LATE - time.time()))
     out["cold_late"] = rss(scale.operator_pid(op))
+    if probe_late:
+        out["cold_late_allocators"] = allocators(probe(scale.operator_pid(op), stats))
     op.stop()
     creds.stop()
 
@@ -269,15 +280,14 @@ def one(
         time.sleep(SETTLE)
         return None if listed is None else round(listed - begun, 1)
 
-    stats = work / f"stats-{namespace}"
-    stats.mkdir()
     begun = time.time()
-    # The allocators' figures need the hook: in this process only, and only for a steady phase.
-    op = start("restart", {"TOKENSYNC_BENCH_MEMSTATS": str(stats)} if steady_seconds else None)
+    op = start("restart", hooked if steady_seconds or probe_late else None)
     out["restart_seconds"] = restart(op)
     out["restart"] = rss(scale.operator_pid(op))
     time.sleep(max(0.0, begun + LATE - time.time()))
     out["restart_late"] = rss(scale.operator_pid(op))
+    if probe_late:
+        out["restart_late_allocators"] = allocators(probe(scale.operator_pid(op), stats))
     if steady_seconds:
         out["steady"], _ = steady(
             cluster,
@@ -362,6 +372,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     steady_seconds=args.steady,
                     refresh_rate=args.refresh_rate,
                     quiet=args.pause_while,
+                    probe_late=args.allocators,
                 )
                 result["runs"].setdefault(label, {})[str(n)] = figures
                 shown = {k: v for k, v in figures.items() if not k.endswith("objects")}
@@ -523,6 +534,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         default=0.0,
         metavar="SECONDS",
         help="a steady phase this long after the restart (and after the traced one)",
+    )
+    parser.add_argument(
+        "--allocators",
+        action="store_true",
+        help="the allocators' figures 75 s after the cold start and after the restart",
     )
     parser.add_argument(
         "--refresh-rate", type=float, default=50.0, help="steady refreshes/s (bench/scale.py's)"

@@ -89,6 +89,10 @@ class LeaseApi:
         )
         return list((body or {}).get("items") or [])
 
+    async def read(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = await self._call("GET", name)
+        return found
+
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         created: dict[str, Any] = await self._call("POST", body=body)
         return created
@@ -235,11 +239,15 @@ class Membership:
         released, not only after the last one is."""
         if self._member is not None:
             with contextlib.suppress(client.ApiException, OSError):
-                await self._api.delete(leases.member_lease(self._set, self.identity), self._member)
+                await self._write_mine(
+                    leases.member_lease(self._set, self.identity), self._member, self._api.delete
+                )
             self._member = None
         for shard in list(self._held):
             self._start_hand_over(shard)
-        deadline = self._clock() + HAND_OVER_WAIT
+        # No renewal from here on: once the fence closes, a refresh in flight can no longer
+        # write, so waiting for it longer would only keep the others from the shards.
+        deadline = min(self._clock() + HAND_OVER_WAIT, max(self.fresh_until, self._clock()))
         while self._handing_over and self._clock() < deadline:
             await self._finish_hand_overs(force=False)
             if self._handing_over:
@@ -400,23 +408,54 @@ class Membership:
             del self._handing_over[shard]
             if holding is None:
                 continue
-            name = leases.shard_lease(self._set, shard)
-            body = self._body(
-                name,
-                leases.SHARD_ROLE,
-                version=holding.version,
-                holder="",
-                transitions=holding.transitions,
-                acquired=False,
-                duration=1,
-            )
             del self._held[shard]
             self._fence()
-            with contextlib.suppress(client.ApiException, OSError):
-                await self._api.replace(name, body)
+            try:
+                await self._write_mine(
+                    leases.shard_lease(self._set, shard),
+                    holding.version,
+                    functools.partial(self._free, transitions=holding.transitions),
+                )
+            except (client.ApiException, OSError) as exc:
+                # Not released: the Lease expires in its own time.
+                logger.warning(
+                    "releasing shard %d failed (%s %d)", shard, type(exc).__name__, _status(exc)
+                )
+                continue
             self._metrics.leadership_transitions.labels("released").inc()
             logger.info("released shard %d", shard)
         self._export()
+
+    async def _free(self, name: str, version: str, *, transitions: int) -> None:
+        """A shard's Lease released: no holder, and a duration of one second."""
+        body = self._body(
+            name,
+            leases.SHARD_ROLE,
+            version=version,
+            holder="",
+            transitions=transitions,
+            acquired=False,
+            duration=1,
+        )
+        await self._api.replace(name, body)
+
+    async def _write_mine(
+        self, name: str, version: str, write: Callable[[str, str], Awaitable[Any]]
+    ) -> None:
+        """``write(name, version)``, conditional on ``version``; on a conflict, once more on
+        the Lease's current version if it still names this replica. A renewal whose answer
+        never came (cancelled by :meth:`stop`, or timed out) may have been written all the
+        same: then this process's own newer version is what stands in the way, and since
+        only this process writes its identity, nobody else has the Lease."""
+        try:
+            await write(name, version)
+        except client.ApiException as exc:
+            if _status(exc) != 409:
+                raise
+            current = leases.Lease.from_body(await self._api.read(name))
+            if current.holder != self.identity:
+                raise
+            await write(name, current.version)
 
     def _lose(self, shard: int, why: str) -> None:
         holding = self._held.pop(shard, None)

@@ -30,12 +30,14 @@ appended as JSON lines to ``TOKENSYNC_POD_FIGURES`` when set (docs/performance.m
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
 import re
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -346,6 +348,48 @@ def installed(
         )
 
 
+class LogFollower:
+    """A pod's log, followed from now on in a thread, and kept after the pod is deleted
+    (the kubelet removes a deleted pod's log with it)."""
+
+    def __init__(self, core: client.CoreV1Api, pod: client.V1Pod) -> None:
+        self.name = pod.metadata.name
+        self.lines: list[str] = []
+        # The stream ends by itself once no line came for a while (or with the pod); its
+        # connection is never given back to the shared pool, closing it mid-stream blocks.
+        self._response = core.read_namespaced_pod_log(
+            self.name,
+            OPERATOR_NAMESPACE,
+            follow=True,
+            since_seconds=60,
+            _preload_content=False,
+            _request_timeout=(5, 30),
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for line in self._response.stream():
+                self.lines.extend(line.decode(errors="replace").splitlines())
+        except Exception as exc:  # the stream ends with the pod: keep what came
+            self.lines.append(f"(log stream ended: {type(exc).__name__})")
+
+    def __str__(self) -> str:
+        return f"log of {self.name} (last 60 s):\n" + "\n".join(self.lines[-80:])
+
+    def seconds_after(self, since: float, text: str) -> float | None:
+        """When the first line holding ``text`` was logged, in seconds after the wall-clock
+        time ``since``: the operator logs to the millisecond in local time, which is UTC in
+        the image, and the pod and the test share this machine's clock."""
+        for line in self.lines:
+            if text in line:
+                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(
+                    tzinfo=datetime.UTC
+                )
+                return round(stamp.timestamp() - since, 2)
+        return None
+
+
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
@@ -537,15 +581,23 @@ def test_credential_ready_and_standby_takes_over_without_token_requests(
     # hands its Lease over as it stops. The standby takes over within a retry period of the
     # release; at the latest, had the release been lost, a lease duration after the last
     # renewal plus a retry period.
-    deleted = time.monotonic()
+    logs = [LogFollower(core, pod) for pod in (leader, standby)]
+    deleted, deleted_wall = time.monotonic(), time.time()
     core.delete_namespaced_pod(leader.metadata.name, OPERATOR_NAMESPACE)
-    wait_for(
-        lambda: leads(standby),
-        timeout=LEASE_DURATION + RETRY_PERIOD + 5,
-        interval=0.1,
-        what="the standby taking the Lease over",
-    )
-    took_over = time.monotonic()
+    try:
+        wait_for(
+            lambda: leads(standby),
+            timeout=LEASE_DURATION + RETRY_PERIOD + 5,
+            interval=0.1,
+            what="the standby taking the Lease over",
+        )
+        took_over = time.monotonic()
+    except AssertionError as exc:
+        lease = client.CoordinationV1Api(api_client).read_namespaced_lease(
+            "tokensync-shard-0", OPERATOR_NAMESPACE
+        )
+        told = "\n".join(map(str, logs))
+        raise AssertionError(f"{exc}\nshard Lease: {lease.spec}\n{told}") from None
     replacement = wait_for_new_pod(
         core,
         {
@@ -557,6 +609,11 @@ def test_credential_ready_and_standby_takes_over_without_token_requests(
     figures(
         what="operator pods, after the leader's pod was deleted",
         delete_to_standby_leading_s=round(took_over - deleted, 2),
+        # Where that time went, from the two pods' logs.
+        delete_to_sigterm_s=logs[0].seconds_after(deleted_wall, "SIGTERM is received"),
+        delete_to_hand_over_s=logs[0].seconds_after(deleted_wall, "handing shard 0 over"),
+        delete_to_release_s=logs[0].seconds_after(deleted_wall, "released shard 0"),
+        delete_to_taken_s=logs[1].seconds_after(deleted_wall, "took shard 0"),
         delete_to_replacement_ready_s=round(replacement.ready - deleted, 2),
         pod_seen_to_healthz_s=round(replacement.healthy - replacement.seen, 2),
         pod_seen_to_ready_s=round(replacement.ready - replacement.seen, 2),

@@ -59,6 +59,12 @@ class Api:
             if body["metadata"]["labels"][leases.LEASE_SET_LABEL] == lease_set
         ]
 
+    async def read(self, name: str) -> dict[str, Any]:
+        self.store._check()
+        if name not in self.store.leases:
+            raise client.ApiException(status=404)
+        return copy.deepcopy(self.store.leases[name])
+
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         self.store._check()
         if body["metadata"]["name"] in self.store.leases:
@@ -222,6 +228,53 @@ def test_a_clean_stop_hands_over_at_once_after_the_refreshes_in_flight() -> None
     clock.now += SETTINGS.retry_period
     step(b)
     assert b.serving(1) == [0]  # a free Lease is taken without waiting for it to expire
+
+
+def renewed_unbeknown(store: Store, name: str) -> None:
+    """A renewal written although its sender never got the answer (its task was cancelled
+    by the stop, or the request timed out): the Lease moves to a version the holder lacks."""
+    store._stored(store.leases[name])
+
+
+def test_a_clean_stop_releases_even_after_a_renewal_whose_answer_was_lost() -> None:
+    store, clock = Store(), Clock()
+    a, b = replica(store, clock, "a"), replica(store, clock, "b")
+    step(a, b)
+    renewed_unbeknown(store, "tokensync-shard-0")
+    renewed_unbeknown(store, "tokensync-member-a")
+
+    asyncio.run(a.member.stop())
+    assert store.leases["tokensync-shard-0"]["spec"]["holderIdentity"] == ""
+    assert "tokensync-member-a" not in store.leases
+    assert sample(a.metrics, "tokensync_leadership_transitions_total", change="released") == 1
+    clock.now += SETTINGS.retry_period
+    step(b)
+    assert b.serving(1) == [0]  # at once, not a lease duration later
+
+
+def test_a_clean_stop_leaves_a_lease_it_no_longer_holds_alone() -> None:
+    store, clock = Store(), Clock()
+    a, b = replica(store, clock, "a"), replica(store, clock, "b")
+    step(a, b)
+    lease = store.leases["tokensync-shard-0"]
+    store._stored({**lease, "spec": {**lease["spec"], "holderIdentity": "b"}})
+
+    asyncio.run(a.member.stop())
+    assert store.leases["tokensync-shard-0"]["spec"]["holderIdentity"] == "b"
+    assert sample(a.metrics, "tokensync_leadership_transitions_total", change="released") is None
+
+
+def test_a_clean_stop_waits_no_longer_than_its_writes_are_allowed() -> None:
+    store, clock = Store(), Clock()
+    a, b = replica(store, clock, "a"), replica(store, clock, "b")
+    step(a, b)
+    a.shards.running.add(0)  # a refresh that never ends
+    clock.now += SETTINGS.renew_deadline  # the last renewal is that old: writes are fenced
+    assert not a.member.may_write()
+
+    # Without the bound, the stop would wait HAND_OVER_WAIT seconds of a clock that stands.
+    asyncio.run(asyncio.wait_for(a.member.stop(), timeout=5))
+    assert store.leases["tokensync-shard-0"]["spec"]["holderIdentity"] == ""
 
 
 def test_a_new_replica_gets_its_share_and_no_shard_is_served_twice() -> None:
