@@ -16,7 +16,8 @@ For each N of ``--counts`` (3,000 and 10,000 by default), and each revision of
    starts after the imports), and a snapshot 15 s after all are scheduled (after a full
    collection).
 
-With ``--allocators``, the cold start's and the restart's processes also load bench/tracehook
+``--operator-env NAME=VALUE`` sets a variable in every operator process (an allocator
+setting, for example). With ``--allocators``, the cold start's and the restart's processes also load bench/tracehook
 (untraced) and write the allocators' figures 75 s after their start, after the RSS there:
 the two heaps compared, for what a restart leaves that a cold start does not.
 
@@ -228,8 +229,10 @@ def one(
     refresh_rate: float = 50.0,
     quiet: pathlib.Path | None = None,
     probe_late: bool = False,
+    operator_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The phases for one revision and one N."""
+    operator_env = operator_env or {}
     pause_while(quiet)
     abtest.use_namespace(namespace)
     create_namespace(cluster, namespace)
@@ -254,7 +257,7 @@ def one(
             extra_args=["--token-rate=100", f"--namespace={namespace}"],
             verbose=False,
             private_networks=networks,
-            env=env,
+            env={**operator_env, **(env or {})} or None,
         ).start(timeout=300)
 
     stats = work / f"stats-{namespace}"
@@ -373,6 +376,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     refresh_rate=args.refresh_rate,
                     quiet=args.pause_while,
                     probe_late=args.allocators,
+                    operator_env=dict(args.operator_env),
                 )
                 result["runs"].setdefault(label, {})[str(n)] = figures
                 shown = {k: v for k, v in figures.items() if not k.endswith("objects")}
@@ -518,6 +522,13 @@ def counts_arg(text: str) -> list[int]:
     return values
 
 
+def env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not name or not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", type=counts_arg, default=[3000, 10000])
@@ -539,6 +550,14 @@ def main(argv: Iterable[str] | None = None) -> int:
         "--allocators",
         action="store_true",
         help="the allocators' figures 75 s after the cold start and after the restart",
+    )
+    parser.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        type=env_pair,
+        metavar="NAME=VALUE",
+        help="set in every operator process's environment (repeatable), e.g. PYTHONMALLOC=malloc",
     )
     parser.add_argument(
         "--refresh-rate", type=float, default=50.0, help="steady refreshes/s (bench/scale.py's)"
