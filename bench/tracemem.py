@@ -17,7 +17,9 @@ For each N of ``--counts`` (3,000 and 10,000 by default), and each revision of
    collection).
 
 ``--operator-env NAME=VALUE`` sets a variable in every operator process (an allocator
-setting, for example). With ``--allocators``, the cold start's and the restart's processes also load bench/tracehook
+setting, for example). ``--arenas`` adds, to the allocators' figures, the map of live
+objects to pymalloc's arenas (bench/tracehook): how many arenas are sparse and the types of
+the objects in them. With ``--allocators``, the cold start's and the restart's processes also load bench/tracehook
 (untraced) and write the allocators' figures 75 s after their start, after the RSS there:
 the two heaps compared, for what a restart leaves that a cold start does not.
 
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime
 import json
 import os
@@ -144,7 +147,31 @@ def allocators(stem: pathlib.Path) -> dict[str, Any]:
         }
     if "traced" in raw:
         out["traced_mib"] = round(raw["traced"] / 2**20, 1)
+    arenas_file = stem.with_suffix(".arenas.json")
+    if arenas_file.exists():
+        out["arenas"] = arena_summary(json.loads(arenas_file.read_text()))
     return out
+
+
+#: An arena whose pools (as seen from the objects found in it) use less than this is sparse.
+SPARSE_KIB = 256
+
+
+def arena_summary(arenas: list[dict[str, Any]]) -> dict[str, Any]:
+    """bench/tracehook's map of objects to pymalloc's arenas, reduced: how many arenas are
+    sparse (under 256 KiB of their 1 MiB in use), and the types of the objects in them,
+    which are what keeps them mapped."""
+    sparse = [a for a in arenas if a["used_kib"] < SPARSE_KIB]
+    kinds: collections.Counter[str] = collections.Counter()
+    for arena in sparse:
+        kinds.update(dict(arena["types"]))
+    return {
+        "arenas_seen": len(arenas),
+        "sparse": len(sparse),
+        "sparse_used_kib": sum(a["used_kib"] for a in sparse),
+        "sparse_objects_seen": sum(a["objects_seen"] for a in sparse),
+        "sparse_types": kinds.most_common(12),
+    }
 
 
 def steady(
@@ -230,6 +257,7 @@ def one(
     quiet: pathlib.Path | None = None,
     probe_late: bool = False,
     operator_env: dict[str, str] | None = None,
+    map_arenas: bool = False,
 ) -> dict[str, Any]:
     """The phases for one revision and one N."""
     operator_env = operator_env or {}
@@ -263,7 +291,9 @@ def one(
     stats = work / f"stats-{namespace}"
     stats.mkdir()
     # The allocators' figures need the hook: only in the processes whose figures are asked for.
-    hooked = {"TOKENSYNC_BENCH_MEMSTATS": str(stats)}
+    hooked = {"TOKENSYNC_BENCH_MEMSTATS": str(stats)} | (
+        {"TOKENSYNC_BENCH_ARENAS": "1"} if map_arenas else {}
+    )
     started = time.time()
     op = start("cold", hooked if probe_late else None)
     done = scale.wait_for(lambda: len(creds.ready_at) >= n, timeout, step=0.2)
@@ -377,6 +407,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     quiet=args.pause_while,
                     probe_late=args.allocators,
                     operator_env=dict(args.operator_env),
+                    map_arenas=args.arenas,
                 )
                 result["runs"].setdefault(label, {})[str(n)] = figures
                 shown = {k: v for k, v in figures.items() if not k.endswith("objects")}
@@ -550,6 +581,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         "--allocators",
         action="store_true",
         help="the allocators' figures 75 s after the cold start and after the restart",
+    )
+    parser.add_argument(
+        "--arenas",
+        action="store_true",
+        help="with --allocators: which objects keep pymalloc's sparse arenas (bench/tracehook)",
     )
     parser.add_argument(
         "--operator-env",

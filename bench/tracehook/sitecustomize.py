@@ -11,6 +11,9 @@ tracing, and, last, ``<pid>-<n>.done``.
   glibc's ``mallinfo2()`` and ``malloc_info()`` per arena. Kept objects show as allocated
   blocks and bytes in use; fragmentation as arenas, free pools or glibc's free bytes
   (``fordblks``) that RSS still holds; then RSS before and after one ``malloc_trim(0)``.
+- ``TOKENSYNC_BENCH_ARENAS`` (with either): also ``<pid>-<n>.arenas.json``, which objects
+  live in which of pymalloc's arenas and how full each arena's pools are, read from the
+  pool headers at the objects' addresses: the sparse arenas' objects are what keeps them.
 - ``TOKENSYNC_BENCH_TRACEMALLOC``: it imports the operator's modules first (kopf and the
   Kubernetes client with them: their import ran for minutes under tracemalloc;
   bench/tracemem.py measures imports apart), starts tracing
@@ -29,6 +32,7 @@ _DIR = os.environ.get("TOKENSYNC_BENCH_TRACEMALLOC") or os.environ.get("TOKENSYN
 _TRACE = bool(os.environ.get("TOKENSYNC_BENCH_TRACEMALLOC"))
 
 if _DIR:
+    import bisect
     import collections
     import ctypes
     import gc
@@ -142,6 +146,83 @@ if _DIR:
             gc.freeze()  # as the operator had it: later collections skip them again
         return [(name, counts[name], sizes[name]) for name, _ in sizes.most_common(80)]
 
+    #: pymalloc (CPython 3.11, 64-bit): 16-KiB pools, blocks up to 512 bytes in 16-byte
+    #: steps; a pool's header starts with its count of blocks in use (a uint, in a union with
+    #: a pointer), and holds its arena's index at byte 32 and its size class at byte 36.
+    _POOL, _SMALL, _STEP = 16384, 512, 16
+
+    def _anonymous() -> list[tuple[int, int]]:
+        """This process's anonymous writable mappings, where pymalloc's arenas are."""
+        spans = []
+        for line in pathlib.Path("/proc/self/maps").read_text().splitlines():
+            fields = line.split()
+            if len(fields) == 5 and fields[1].startswith("rw"):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                spans.append((start, end))
+        return spans
+
+    def _arenas() -> list[dict[str, object]]:
+        """Which objects live in which pymalloc arena, and how full each arena's pools are:
+        every object the collector tracks (frozen ones too) and the untracked objects they
+        refer to (strings, numbers, tuples), by the pool header of their address. The
+        arenas least used are the ones a few long-lived objects keep mapped."""
+        spans = sorted(_anonymous())
+        starts = [start for start, _ in spans]
+
+        def mapped(address: int) -> bool:
+            """The whole pool the address would be in lies in one anonymous mapping."""
+            index = bisect.bisect_right(starts, address) - 1
+            return index >= 0 and spans[index][0] <= address - address % _POOL < spans[index][1]
+
+        frozen = gc.get_freeze_count()
+        gc.unfreeze()
+        seen: set[int] = set()
+        pools: dict[int, tuple[int, int, int]] = {}  # pool: (arena, blocks in use, size)
+        kinds: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+
+        def place(obj: object) -> None:
+            address = id(obj)
+            if address in seen:
+                return
+            seen.add(address)
+            size = sys.getsizeof(obj)
+            if size > _SMALL or not mapped(address):
+                return
+            pool = address - address % _POOL
+            count = ctypes.c_uint.from_address(pool).value
+            arena = ctypes.c_uint.from_address(pool + 32).value
+            block = (ctypes.c_uint.from_address(pool + 36).value + 1) * _STEP
+            if not (size <= block <= _SMALL and 0 < count <= _POOL // block):
+                return  # not a pymalloc block after all
+            pools[pool] = (arena, count, block)
+            kinds[arena][type(obj).__qualname__] += 1
+
+        for obj in gc.get_objects():
+            place(obj)
+            for referent in gc.get_referents(obj):
+                if not gc.is_tracked(referent):
+                    place(referent)
+        if frozen:
+            gc.freeze()
+        used: collections.Counter[int] = collections.Counter()
+        held: collections.Counter[int] = collections.Counter()
+        for arena, count, block in pools.values():
+            used[arena] += count * block
+            held[arena] += 1
+        return sorted(
+            (
+                {
+                    "arena": arena,
+                    "pools_seen": held[arena],
+                    "used_kib": round(used[arena] / 1024),
+                    "objects_seen": sum(kinds[arena].values()),
+                    "types": kinds[arena].most_common(8),
+                }
+                for arena in used
+            ),
+            key=lambda entry: entry["used_kib"],  # type: ignore[arg-type,return-value]
+        )
+
     def _dump(signum: int, frame: FrameType | None) -> None:
         stem = pathlib.Path(str(_DIR)) / f"{os.getpid()}-{next(_counter)}"
         gc.collect()
@@ -160,6 +241,8 @@ if _DIR:
             stem.with_suffix(".json").write_text(
                 json.dumps({"traced": traced, "traced_peak": peak, "types": _types()})
             )
+        if os.environ.get("TOKENSYNC_BENCH_ARENAS"):
+            stem.with_suffix(".arenas.json").write_text(json.dumps(_arenas()))
         stats |= _trimmed()  # last: the figures above are the process as it ran
         stem.with_suffix(".stats.json").write_text(json.dumps(stats))
         stem.with_suffix(".done").write_text("")
