@@ -191,9 +191,10 @@ def steady(
     n = len(names)
     lifetime = max(60, round(n / (rate * scale.RENEW_MEAN)))
     server.lifetime = lifetime
+    start = rss(pid)  # before the probe, whose malloc_trim would lower it
     first = probe(pid, stats)
     requests0, t0 = server.requests, time.time()
-    points = [{"seconds": 0.0, **rss(pid)}]
+    points = [{"seconds": 0.0, **start}]
     asyncio.run(scale.request_refreshes(cluster, names, f"steady-{int(t0)}", rate))
     middle: pathlib.Path | None = None
     requests_middle = 0
