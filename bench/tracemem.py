@@ -112,6 +112,9 @@ def probe(pid: int, stats: pathlib.Path) -> pathlib.Path:
     os.kill(pid, signal.SIGUSR1)
     scale.wait_for(lambda: set(stats.glob("*.done")) - before, 900, step=1)
     (done,) = set(stats.glob("*.done")) - before
+    failed = done.with_suffix(".error")
+    if failed.exists():
+        raise RuntimeError(f"the probe failed in the operator: {failed.read_text()}")
     return done.with_suffix("")
 
 
@@ -382,6 +385,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "counts": args.counts,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"nproc": os.cpu_count(), "mem_total_mib": scale.mem_total_mib()},
+        "options": {
+            "allocators": args.allocators,
+            "arenas": args.arenas,
+            "operator_env": dict(args.operator_env),
+            "trace": args.trace,
+            "steady": args.steady,
+        },
         "runs": {},
     }
     pause_while(args.pause_while)  # before the control plane starts, too
@@ -608,6 +618,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         "--report", nargs=2, type=pathlib.Path, metavar="SNAP", help="compare two snapshots"
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.arenas and not args.allocators:
+        parser.error("--arenas maps the arenas at --allocators' probes: give both")
     if args.report:
         if len(args.counts) != 2:
             parser.error("--report compares two counts: --counts 3000,10000")

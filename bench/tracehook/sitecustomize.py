@@ -174,36 +174,56 @@ if _DIR:
             index = bisect.bisect_right(starts, address) - 1
             return index >= 0 and spans[index][0] <= address - address % _POOL < spans[index][1]
 
-        frozen = gc.get_freeze_count()
-        gc.unfreeze()
         seen: set[int] = set()
         pools: dict[int, tuple[int, int, int]] = {}  # pool: (arena, blocks in use, size)
         kinds: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
         def place(obj: object) -> None:
+            kind = type(obj)
+            # The object's own block, the collector's header included: getsizeof's, except
+            # for the containers whose table is a block apart.
+            own = (
+                kind.__basicsize__ + 16
+                if isinstance(obj, dict | list | set | frozenset)
+                else sys.getsizeof(obj)
+            )
             address = id(obj)
-            if address in seen:
-                return
-            seen.add(address)
-            size = sys.getsizeof(obj)
-            if size > _SMALL or not mapped(address):
+            if own > _SMALL or not mapped(address):
                 return
             pool = address - address % _POOL
             count = ctypes.c_uint.from_address(pool).value
             arena = ctypes.c_uint.from_address(pool + 32).value
             block = (ctypes.c_uint.from_address(pool + 36).value + 1) * _STEP
-            if not (size <= block <= _SMALL and 0 < count <= _POOL // block):
+            if not (own <= block <= _SMALL and 0 < count <= _POOL // block):
                 return  # not a pymalloc block after all
             pools[pool] = (arena, count, block)
-            kinds[arena][type(obj).__qualname__] += 1
+            kinds[arena][kind.__qualname__] += 1
 
-        for obj in gc.get_objects():
-            place(obj)
-            for referent in gc.get_referents(obj):
-                if not gc.is_tracked(referent):
+        frozen = gc.get_freeze_count()
+        gc.unfreeze()
+        try:
+            tracked = gc.get_objects()
+            # The probe's own objects are not the operator's.
+            seen.update(map(id, (seen, pools, kinds, tracked)))
+            for obj in tracked:
+                if id(obj) in seen:
+                    continue
+                seen.add(id(obj))
+                place(obj)
+                # Untracked referents (strings, numbers, tuples and dicts of atoms) and, in
+                # turn, theirs.
+                pending = [r for r in gc.get_referents(obj) if not gc.is_tracked(r)]
+                while pending:
+                    referent = pending.pop()
+                    if id(referent) in seen:
+                        continue
+                    seen.add(id(referent))
                     place(referent)
-        if frozen:
-            gc.freeze()
+                    pending.extend(gc.get_referents(referent))
+        finally:
+            del tracked
+            if frozen:
+                gc.freeze()
         used: collections.Counter[int] = collections.Counter()
         held: collections.Counter[int] = collections.Counter()
         for arena, count, block in pools.values():
@@ -224,7 +244,16 @@ if _DIR:
         )
 
     def _dump(signum: int, frame: FrameType | None) -> None:
+        """Never raises into the operator; ``.done`` is written whatever happens."""
         stem = pathlib.Path(str(_DIR)) / f"{os.getpid()}-{next(_counter)}"
+        try:
+            _write(stem)
+        except Exception as exc:  # a probe's failure is reported, not raised
+            stem.with_suffix(".error").write_text(repr(exc))
+        finally:
+            stem.with_suffix(".done").write_text("")
+
+    def _write(stem: pathlib.Path) -> None:
         gc.collect()
         stats: dict[str, object] = {
             "allocated_blocks": sys.getallocatedblocks(),
@@ -245,7 +274,6 @@ if _DIR:
             stem.with_suffix(".arenas.json").write_text(json.dumps(_arenas()))
         stats |= _trimmed()  # last: the figures above are the process as it ran
         stem.with_suffix(".stats.json").write_text(json.dumps(stats))
-        stem.with_suffix(".done").write_text("")
 
     if _TRACE:
         import kubernetes.client

@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import urllib3
 from kubernetes import client
 
 from tokensync import config, kuberest, leases, metrics
@@ -81,7 +82,12 @@ class LeaseApi:
         call = functools.partial(
             self._rest.json, method, path, query=query, body=body, timeout=self._timeout
         )
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except urllib3.exceptions.HTTPError as exc:
+            # Refused, timed out, cut: urllib3's errors are not OSErrors, and the callers
+            # treat a failed call to the API server as one.
+            raise ConnectionError(f"{method} Lease: {type(exc).__name__}") from None
 
     async def list(self, lease_set: str) -> list[dict[str, Any]]:
         body = await self._call(
@@ -136,6 +142,8 @@ class Membership:
         self._handing_over: dict[int, float] = {}  # shard: when its hand-over started
         self._member: str | None = None  # this replica's member Lease resourceVersion
         self._shards: Shards | None = None
+        #: Set by :meth:`stop`: no renewal comes any more, so the fence may only close.
+        self._stopping = False
         #: Writes are allowed until this monotonic time (read by the Kubernetes client's
         #: threads: one float, replaced whole).
         self.fresh_until = 0.0
@@ -188,7 +196,8 @@ class Membership:
         try:
             await self.round()
         except (client.ApiException, OSError, ValueError) as exc:
-            # The API server's trouble (urllib3's errors are OSErrors): next round.
+            # The API server's trouble (LeaseApi turns urllib3's errors into OSErrors): next
+            # round.
             logger.warning("lease round failed (%s %d); retried", type(exc).__name__, _status(exc))
         finally:
             self._expire()
@@ -237,6 +246,7 @@ class Membership:
         """A clean stop: leave, then hand every shard over. Leaving first lets the others
         count one member fewer at once, so that each shard is taken as soon as it is
         released, not only after the last one is."""
+        self._stopping = True
         if self._member is not None:
             with contextlib.suppress(client.ApiException, OSError):
                 await self._write_mine(
@@ -247,8 +257,8 @@ class Membership:
             self._start_hand_over(shard)
         # No renewal from here on: once the fence closes, a refresh in flight can no longer
         # write, so waiting for it longer would only keep the others from the shards.
-        deadline = min(self._clock() + HAND_OVER_WAIT, max(self.fresh_until, self._clock()))
-        while self._handing_over and self._clock() < deadline:
+        deadline = self._clock() + HAND_OVER_WAIT
+        while self._handing_over and self._clock() < min(deadline, self.fresh_until):
             await self._finish_hand_overs(force=False)
             if self._handing_over:
                 await asyncio.sleep(0.1)
@@ -443,7 +453,8 @@ class Membership:
         self, name: str, version: str, write: Callable[[str, str], Awaitable[Any]]
     ) -> None:
         """``write(name, version)``, conditional on ``version``; on a conflict, once more on
-        the Lease's current version if it still names this replica. A renewal whose answer
+        the Lease's current version if it still names this replica, and not at all if it
+        names no one. A renewal whose answer
         never came (cancelled by :meth:`stop`, or timed out) may have been written all the
         same: then this process's own newer version is what stands in the way, and since
         only this process writes its identity, nobody else has the Lease."""
@@ -453,6 +464,8 @@ class Membership:
             if _status(exc) != 409:
                 raise
             current = leases.Lease.from_body(await self._api.read(name))
+            if not current.holder:
+                return  # free already: a write of ours that was retried, or released since
             if current.holder != self.identity:
                 raise
             await write(name, current.version)
@@ -478,9 +491,11 @@ class Membership:
 
     def _fence(self) -> None:
         deadline = self._settings.renew_deadline
-        self.fresh_until = min(
+        fresh_until = min(
             (holding.renewed_at + deadline for holding in self._held.values()), default=0.0
         )
+        # While stopping, a shard released must not reopen a fence an older one had closed.
+        self.fresh_until = min(self.fresh_until, fresh_until) if self._stopping else fresh_until
 
     def _export(self) -> None:
         serving = sum(1 for holding in self._held.values() if holding.serving)

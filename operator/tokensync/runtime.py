@@ -53,7 +53,7 @@ FREEZE_INTERVAL = 30.0
 FREEZE_GROWTH = 1.25
 
 
-def _api_client(workers: int, identity: str = "") -> k8s_client.ApiClient:
+def _api_client(workers: int, identity: str = "", *, retries: bool = True) -> k8s_client.ApiClient:
     # The API server is reached directly, as kopf's own client does: HTTPS_PROXY is the
     # egress proxy for token requests (decision 0049), which the kubernetes client would
     # otherwise take for its own. A kubeconfig's proxy-url still applies.
@@ -67,6 +67,8 @@ def _api_client(workers: int, identity: str = "") -> k8s_client.ApiClient:
             client_configuration=configuration
         )
     configuration.connection_pool_maxsize = workers
+    if not retries:
+        configuration.retries = False  # one attempt per call, within the call's own timeout
     api = k8s_client.ApiClient(configuration)
     # Names this replica in the API server's audit log (decision 0050).
     suffix = f" ({identity})" if identity else ""
@@ -187,7 +189,9 @@ class Runtime:
             membership.for_settings(
                 settings,
                 identity=settings.identity,
-                api=_api_client(1, settings.identity),
+                # No retry in urllib3: a Lease write re-sent after a lost answer meets its own
+                # newer version (409), and every retry adds a whole timeout to a renewal.
+                api=_api_client(1, settings.identity, retries=False),
                 metrics_=self.metrics,
                 share_rate=self.pacer.share,
             )

@@ -355,38 +355,50 @@ class LogFollower:
     def __init__(self, core: client.CoreV1Api, pod: client.V1Pod) -> None:
         self.name = pod.metadata.name
         self.lines: list[str] = []
-        # The stream ends by itself once no line came for a while (or with the pod); its
-        # connection is never given back to the shared pool, closing it mid-stream blocks.
+        # Its own connection, never given back to the shared pool: close() ends it.
         self._response = core.read_namespaced_pod_log(
             self.name,
             OPERATOR_NAMESPACE,
             follow=True,
             since_seconds=60,
             _preload_content=False,
-            _request_timeout=(5, 30),
+            _request_timeout=(5, 60),
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
 
     def _read(self) -> None:
+        partial = b""
         try:
-            for line in self._response.stream():
-                self.lines.extend(line.decode(errors="replace").splitlines())
-        except Exception as exc:  # the stream ends with the pod: keep what came
+            for chunk in self._response.stream():
+                *complete, partial = (partial + chunk).split(b"\n")
+                self.lines.extend(line.decode(errors="replace") for line in complete)
+        except Exception as exc:  # the stream ends with the pod, or with close()
             self.lines.append(f"(log stream ended: {type(exc).__name__})")
 
+    def close(self) -> None:
+        self._response.shutdown()  # unblocks the reader
+        self._response.release_conn()
+        self._thread.join(timeout=5)
+
     def __str__(self) -> str:
-        return f"log of {self.name} (last 60 s):\n" + "\n".join(self.lines[-80:])
+        return f"log of {self.name} (its last 80 lines):\n" + "\n".join(self.lines[-80:])
 
     def seconds_after(self, since: float, text: str) -> float | None:
-        """When the first line holding ``text`` was logged, in seconds after the wall-clock
-        time ``since``: the operator logs to the millisecond in local time, which is UTC in
-        the image, and the pod and the test share this machine's clock."""
+        """When the first line holding ``text`` logged at or after the wall-clock time
+        ``since`` was logged, in seconds after it: the operator logs to the millisecond in
+        local time, which is UTC in the image, and the pod and the test share this
+        machine's clock."""
         for line in self.lines:
-            if text in line:
-                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(
-                    tzinfo=datetime.UTC
-                )
-                return round(stamp.timestamp() - since, 2)
+            if text not in line:
+                continue
+            try:
+                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            except ValueError:
+                continue
+            after = stamp.replace(tzinfo=datetime.UTC).timestamp() - since
+            if after >= -0.01:  # the log's milliseconds, truncated
+                return round(after, 2)
         return None
 
 
@@ -593,11 +605,18 @@ def test_credential_ready_and_standby_takes_over_without_token_requests(
         )
         took_over = time.monotonic()
     except AssertionError as exc:
-        lease = client.CoordinationV1Api(api_client).read_namespaced_lease(
-            "tokensync-shard-0", OPERATOR_NAMESPACE
-        )
+        try:
+            lease: object = (
+                client.CoordinationV1Api(api_client)
+                .read_namespaced_lease("tokensync-shard-0", OPERATOR_NAMESPACE)
+                .spec
+            )
+        except client.ApiException as read_failed:
+            lease = f"not read: HTTP {read_failed.status}"
+        for log in logs:
+            log.close()
         told = "\n".join(map(str, logs))
-        raise AssertionError(f"{exc}\nshard Lease: {lease.spec}\n{told}") from None
+        raise AssertionError(f"{exc}\nshard Lease: {lease}\n{told}") from None
     replacement = wait_for_new_pod(
         core,
         {
@@ -618,6 +637,8 @@ def test_credential_ready_and_standby_takes_over_without_token_requests(
         pod_seen_to_healthz_s=round(replacement.healthy - replacement.seen, 2),
         pod_seen_to_ready_s=round(replacement.ready - replacement.seen, 2),
     )
+    for log in logs:
+        log.close()
 
     # The new leader lists the credential, reads its token's expiry from status and queues
     # it for its refresh, due long after this test; nothing is sent meanwhile. (Its

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import socket
 from typing import Any
 
 import pytest
@@ -275,6 +276,91 @@ def test_a_clean_stop_waits_no_longer_than_its_writes_are_allowed() -> None:
     # Without the bound, the stop would wait HAND_OVER_WAIT seconds of a clock that stands.
     asyncio.run(asyncio.wait_for(a.member.stop(), timeout=5))
     assert store.leases["tokensync-shard-0"]["spec"]["holderIdentity"] == ""
+
+
+def test_a_release_written_although_its_answer_was_an_error_counts_as_released() -> None:
+    store, clock = Store(), Clock()
+    a = replica(store, clock, "a")
+    step(a)
+    api = a.member._api
+    replace = api.replace
+
+    async def written_then_conflict(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        await replace(name, body)  # applied, but the answer seen is a conflict
+        raise client.ApiException(status=409)
+
+    api.replace = written_then_conflict  # type: ignore[method-assign]
+    asyncio.run(a.member.stop())
+    assert store.leases["tokensync-shard-0"]["spec"]["holderIdentity"] == ""
+    assert sample(a.metrics, "tokensync_leadership_transitions_total", change="released") == 1
+
+
+def test_a_stop_hands_over_although_the_api_server_cannot_be_reached_for_the_member_lease() -> None:
+    store, clock = Store(), Clock()
+    a, b = replica(store, clock, "a"), replica(store, clock, "b")
+    step(a, b)
+    api = a.member._api
+
+    async def unreachable(name: str, version: str) -> None:
+        raise ConnectionError("DELETE Lease: ReadTimeoutError")  # as LeaseApi raises it
+
+    api.delete = unreachable  # type: ignore[method-assign]
+    asyncio.run(a.member.stop())
+    assert store.leases["tokensync-shard-0"]["spec"]["holderIdentity"] == ""
+
+
+def test_a_round_that_cannot_reach_the_api_server_is_retried_not_fatal() -> None:
+    store, clock = Store(), Clock()
+    a = replica(store, clock, "a")
+    step(a)
+
+    async def unreachable(lease_set: str) -> list[dict[str, Any]]:
+        raise ConnectionError("GET Lease: MaxRetryError")
+
+    a.member._api.list = unreachable  # type: ignore[method-assign]
+    clock.now += SETTINGS.retry_period
+    step(a)  # logged, not raised
+    assert a.serving(1) == [0]  # renewed before the listing failed
+
+
+def test_lease_api_errors_from_urllib3_are_connection_errors() -> None:
+    # Loopback, a port nothing listens on: refused, raised by urllib3 as its own error.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    configuration = client.Configuration(host=f"http://127.0.0.1:{port}")
+    configuration.retries = False
+    api = membership.LeaseApi(client.ApiClient(configuration), namespace="ns", timeout=1)
+    try:
+        with pytest.raises(ConnectionError, match="GET Lease: NewConnectionError"):
+            asyncio.run(api.list("tokensync"))
+    finally:
+        api.close()
+
+
+def test_a_stopping_replica_never_reopens_a_fence_an_older_shard_closed() -> None:
+    store, clock = Store(), Clock()
+    a = replica(store, clock, "a", shards=2)
+    step(a)
+    assert a.serving(2) == [0, 1]
+    # Shard 1 renewed 5 s later than shard 0 (the store is the API server's: any round's).
+    a.member._held[1].renewed_at += 5
+    a.member._fence()
+    clock.now += SETTINGS.renew_deadline  # shard 0's renewal is too old: the fence is closed
+    assert not a.member.may_write()
+    a.shards.running.add(1)  # shard 1 stays busy
+    api = a.member._api
+    replace = api.replace
+    allowed: list[bool] = []
+
+    async def watched(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        allowed.append(a.member.may_write())
+        return await replace(name, body)
+
+    api.replace = watched  # type: ignore[method-assign]
+    asyncio.run(asyncio.wait_for(a.member.stop(), timeout=5))
+    assert allowed == [False, False]  # both releases sent with the fence closed
+    assert all(store.leases[f"tokensync-shard-{i}"]["spec"]["holderIdentity"] == "" for i in (0, 1))
 
 
 def test_a_new_replica_gets_its_share_and_no_shard_is_served_twice() -> None:
