@@ -30,6 +30,7 @@ appended as JSON lines to ``TOKENSYNC_POD_FIGURES`` when set (docs/performance.m
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -377,9 +378,12 @@ class LogFollower:
             self.lines.append(f"(log stream ended: {type(exc).__name__})")
 
     def close(self) -> None:
-        self._response.shutdown()  # unblocks the reader
-        self._response.release_conn()
+        # A close alone would wait for the reader's lock, held until the next line comes;
+        # shutting the socket down ends the read. Refused once the stream has ended.
+        with contextlib.suppress(RuntimeError, ValueError):
+            self._response.shutdown()
         self._thread.join(timeout=5)
+        self._response.close()  # the connection is not given back to the pool
 
     def __str__(self) -> str:
         return f"log of {self.name} (its last 80 lines):\n" + "\n".join(self.lines[-80:])
