@@ -30,7 +30,8 @@ class Alarms(Generic[K]):
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._heap: list[tuple[float, int, K]] = []
-        self._set: dict[K, tuple[float, int]] = {}
+        # Each key's live heap entry, the same tuple as in the heap (decision 0057).
+        self._set: dict[K, tuple[float, int, K]] = {}
         self._seq = 0
         self._wake = asyncio.Event()
 
@@ -46,9 +47,9 @@ class Alarms(Generic[K]):
         if entry is not None and entry[0] == at:
             return  # the watch repeats what it said: no new heap entry
         self._seq += 1
-        self._set[key] = (at, self._seq)
-        heapq.heappush(self._heap, (at, self._seq, key))
-        if self._heap[0][1] == self._seq:
+        entry = self._set[key] = (at, self._seq, key)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
             self._wake.set()
 
     def cancel(self, key: K) -> None:
@@ -57,8 +58,9 @@ class Alarms(Generic[K]):
     def _due(self, now: float) -> list[K]:
         rung = []
         while self._heap and self._heap[0][0] <= now:
-            at, seq, key = heapq.heappop(self._heap)
-            if self._set.get(key) == (at, seq):
+            entry = heapq.heappop(self._heap)
+            key = entry[2]
+            if self._set.get(key) is entry:
                 del self._set[key]
                 rung.append(key)
         return rung
@@ -71,7 +73,7 @@ class Alarms(Generic[K]):
                     await ring(key)
                 except Exception:
                     logger.exception("alarm for %s failed", key)
-            while self._heap and self._set.get(self._heap[0][2]) != self._heap[0][:2]:
+            while self._heap and self._set.get(self._heap[0][2]) is not self._heap[0]:
                 heapq.heappop(self._heap)  # cancelled or replaced
             timeout = POLL_INTERVAL
             if self._heap:

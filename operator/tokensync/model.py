@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import sys
 from collections.abc import Mapping
+from typing import Any
 
 from tokensync import failures
 
@@ -77,6 +79,51 @@ RESERVED_EXTRA_PARAMS: Mapping[str, str] = {
 def format_time(moment: datetime.datetime) -> str:
     """RFC 3339 in UTC with a Z, to the second: the form Kubernetes uses in status."""
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def word(value: Any) -> Any:
+    """One string per distinct value in the process, not one per credential (decision 0053):
+    for values from a small vocabulary (Ready, True, TokenIssued, client_secret_basic...),
+    which each status brings parsed from its own JSON. A ``str`` subclass (a StrEnum) is
+    kept as it is."""
+    return sys.intern(value) if type(value) is str else value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Condition:
+    """One of ``status.conditions``, with metav1.Condition's fields (the CRD's schema has no
+    others). Kept per credential as a slotted object rather than a dict (decision 0057)."""
+
+    type: str
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> Condition:
+        """A condition as status holds it; its words shared (:func:`word`)."""
+        return cls(
+            type=word(raw.get("type")),
+            status=word(raw.get("status")),
+            reason=word(raw.get("reason")),
+            message=raw.get("message"),
+            observed_generation=raw.get("observedGeneration"),
+            last_transition_time=raw.get("lastTransitionTime"),
+        )
+
+    def as_status(self) -> dict[str, Any]:
+        """As written to status: the fields that are set."""
+        fields = {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "observedGeneration": self.observed_generation,
+            "lastTransitionTime": self.last_transition_time,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
 
 
 def parse_time(value: object) -> datetime.datetime | None:

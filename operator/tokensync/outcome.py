@@ -32,8 +32,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 from tokensync import failures, model, progress, status, timing
 
@@ -86,11 +84,13 @@ def expiry_alarm(state: progress.State) -> datetime.datetime | None:
     and when minInterval holds the next refresh past the expiry: such a token stays Ready
     until that refresh (decision 0031).
     """
-    previous = status.ready_condition(state.conditions) or {}
-    if state.expires_at is None or previous.get("reason") == Reason.EXPIRED:
+    previous = status.ready_condition(state.conditions)
+    if state.expires_at is None or (previous is not None and previous.reason == Reason.EXPIRED):
         return None
-    if previous.get("status") == "True" and BELOW_MIN_INTERVAL_MARK in str(
-        previous.get("message", "")
+    if (
+        previous is not None
+        and previous.status == "True"
+        and BELOW_MIN_INTERVAL_MARK in (previous.message or "")
     ):
         return None
     return state.expires_at
@@ -103,7 +103,7 @@ def expired(
     if state.expires_at is None or state.expires_at > now:
         return None
     previous = status.ready_condition(state.conditions)
-    if previous is not None and previous.get("reason") == Reason.EXPIRED:
+    if previous is not None and previous.reason == Reason.EXPIRED:
         return None
     text = f"token expired at {model.format_time(state.expires_at)}; {message}"
     conditions = _ready(
@@ -111,7 +111,7 @@ def expired(
     )
     return progress.Decision(
         state=dataclasses.replace(state, conditions=conditions),
-        status={"conditions": list(conditions)},
+        status={"conditions": status.rendered(conditions)},
         reschedule=False,
         ready=False,
         events=(progress.Event("Warning", Reason.EXPIRED, text),),
@@ -126,17 +126,15 @@ def _ready(
     message: str,
     generation: int,
     now: datetime.datetime,
-) -> tuple[Mapping[str, Any], ...]:
-    return tuple(
-        status.set_condition(
-            state.conditions,
-            type_=status.READY,
-            status=ready,
-            reason=reason,
-            message=message,
-            generation=generation,
-            now=now,
-        )
+) -> tuple[model.Condition, ...]:
+    return status.set_condition(
+        state.conditions,
+        type_=status.READY,
+        status=ready,
+        reason=reason,
+        message=message,
+        generation=generation,
+        now=now,
     )
 
 
@@ -155,13 +153,13 @@ def _issued(
         message += f"; warning: {below}"
     elif timing.short_lifetime_warning(lifetime=lifetime, policy=token.policy):
         message += SHORT_LIFETIME_WARNING
-    previous = status.ready_condition(state.conditions) or {}
+    previous = status.ready_condition(state.conditions)
     events: tuple[progress.Event, ...] = ()
     if state.expires_at is None:
         events = (progress.Event("Normal", "Issued", message),)
     elif state.failure_reason is not None:
         events = (progress.Event("Normal", "Recovered", f"refresh succeeded; {message}"),)
-    if below and BELOW_MIN_INTERVAL_MARK not in str(previous.get("message", "")):
+    if below and BELOW_MIN_INTERVAL_MARK not in ((previous and previous.message) or ""):
         events += (progress.Event("Warning", BELOW_MIN_INTERVAL, below),)  # new, not per refresh
     events += secret_key_events(state.client_secret_key, token)
     held = _holding(
@@ -315,7 +313,7 @@ def _holding(
             conditions=conditions,
         ),
         status={
-            "conditions": list(conditions),
+            "conditions": status.rendered(conditions),
             "observedGeneration": attempt.generation,
             "handledRefreshRequest": attempt.request,
             **status.times(expiresAt=expires_at, lastRefreshAt=issued_at, nextRefreshAt=refresh_at),
@@ -401,9 +399,7 @@ def _failed(
     events = []
     if state.failure_reason != reason:
         events.append(progress.Event("Warning", reason, f"refresh failed: {message}"))
-    if ready_reason is Reason.EXPIRED and (
-        previous is None or previous.get("reason") != Reason.EXPIRED
-    ):
+    if ready_reason is Reason.EXPIRED and (previous is None or previous.reason != Reason.EXPIRED):
         events.append(progress.Event("Warning", Reason.EXPIRED, ready_message))
     source_version = state.source_version
     if attempt.source_version is not None:
@@ -422,7 +418,7 @@ def _failed(
     return progress.Decision(
         state=new,
         status={
-            "conditions": list(conditions),
+            "conditions": status.rendered(conditions),
             "observedGeneration": attempt.generation,
             "handledRefreshRequest": attempt.request,
             "failedAttempts": new.failed_attempts,

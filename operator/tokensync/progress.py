@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +39,7 @@ class State:
     client_secret_key: str | None = None
     failed_attempts: int = 0
     failure_reason: str | None = None
-    conditions: tuple[Mapping[str, Any], ...] = ()
+    conditions: tuple[model.Condition, ...] = ()
 
     @classmethod
     def from_status(cls, st: Mapping[str, Any]) -> State:
@@ -51,26 +50,12 @@ class State:
             expires_at=model.parse_time(st.get("expiresAt")),
             next_refresh_at=model.parse_time(st.get("nextRefreshAt")),
             source_version=st.get("clientSecretVersion"),
-            auth_method=_word(st.get("authMethod")),
+            auth_method=model.word(st.get("authMethod")),
             client_secret_key=st.get("clientSecretKey"),
             failed_attempts=int(st.get("failedAttempts") or 0),
             failure_reason=st.get("lastFailureReason"),
-            conditions=tuple(_condition(c) for c in st.get("conditions") or []),
+            conditions=tuple(model.Condition.from_status(c) for c in st.get("conditions") or []),
         )
-
-
-#: Condition fields whose values come from a small vocabulary (Ready, True, TokenIssued...).
-_WORDS = frozenset({"type", "status", "reason"})
-
-
-def _word(value: Any) -> Any:
-    """One string per distinct value in the process, not one per credential (decision 0053):
-    each status is parsed from its own JSON."""
-    return sys.intern(value) if type(value) is str else value  # not a subclass (StrEnum)
-
-
-def _condition(condition: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _word(v) if k in _WORDS else v for k, v in condition.items()}
 
 
 @dataclasses.dataclass(slots=True)

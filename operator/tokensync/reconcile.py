@@ -128,7 +128,8 @@ class Reconciler:
         """The host a credential's refresh waits on (its issuer's or token URL's), for the
         refresh queue's per-host share (decision 0034)."""
         record = self._tracker.get(key)
-        url = record.spec.get("issuerURL") or record.spec.get("tokenURL") if record else None
+        spec = record.spec if record else {}
+        url = spec.get("issuerURL") or spec.get("tokenURL")
         if not isinstance(url, str):
             return None
         try:
@@ -218,9 +219,9 @@ class Reconciler:
         if state.expires_at is not None and state.next_refresh_at is not None:
             self._metrics.expiration.labels(ns, name).set(state.expires_at.timestamp())
             self._metrics.renewal.labels(ns, name).set(state.next_refresh_at.timestamp())
-        ready = status.ready_condition(state.conditions) or {}
-        if ready.get("status") in ("True", "False"):
-            self._metrics.set_ready(ns, name, str(ready["status"]))
+        ready = status.ready_condition(state.conditions)
+        if ready is not None and ready.status in ("True", "False"):
+            self._metrics.set_ready(ns, name, ready.status)
 
     def forget(self, namespace: str, name: str) -> None:
         """A ClientCredential was deleted: stop refreshing it."""
@@ -474,8 +475,8 @@ class Reconciler:
     @staticmethod
     def _summary(record: tracking.Record, at: datetime.datetime | None) -> dict[str, str]:
         """What a holder of a valid proof is told: nothing it could not read in status."""
-        ready = status.ready_condition(record.state.conditions) or {}
-        summary = {"ready": str(ready.get("status") or "Unknown")}
+        ready = status.ready_condition(record.state.conditions)
+        summary = {"ready": str((ready and ready.status) or "Unknown")}
         if record.state.expires_at is not None:
             summary["expiresAt"] = model.format_time(record.state.expires_at)
         if at is not None:

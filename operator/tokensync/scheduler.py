@@ -56,7 +56,9 @@ class RefreshQueue(Generic[K]):
         self._workers = workers
         self._clock = clock
         self._heap: list[tuple[float, int, K]] = []
-        self._pending: dict[K, tuple[float, int]] = {}
+        # Each key's live heap entry, the same tuple as in the heap (decision 0057): the
+        # key's other entries there are stale, dropped when they come up.
+        self._pending: dict[K, tuple[float, int, K]] = {}
         self._seq = 0
         self._running: set[K] = set()  # handed to the ready set until its run ends
         self._active: set[K] = set()  # taken by a worker: its run has begun
@@ -96,9 +98,9 @@ class RefreshQueue(Generic[K]):
     def schedule(self, key: K, *, at: float) -> None:
         """Make ``key`` due at ``at``, replacing any due time it had."""
         self._seq += 1
-        self._pending[key] = (at, self._seq)
-        heapq.heappush(self._heap, (at, self._seq, key))
-        if self._heap[0][1] == self._seq:
+        entry = self._pending[key] = (at, self._seq, key)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
             self._wake.set()
 
     def trigger(self, key: K) -> None:
@@ -126,8 +128,9 @@ class RefreshQueue(Generic[K]):
 
     def _pop_due(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
-            at, seq, key = heapq.heappop(self._heap)
-            if self._pending.get(key) != (at, seq):
+            entry = heapq.heappop(self._heap)
+            at, _, key = entry
+            if self._pending.get(key) is not entry:
                 continue  # superseded by a later schedule() or cancelled
             del self._pending[key]
             if key in self._running:
@@ -143,7 +146,7 @@ class RefreshQueue(Generic[K]):
             now = self._clock()
             self._pop_due(now)
             # Drop superseded entries so that the head is a real due time.
-            while self._heap and self._pending.get(self._heap[0][2]) != self._heap[0][:2]:
+            while self._heap and self._pending.get(self._heap[0][2]) is not self._heap[0]:
                 heapq.heappop(self._heap)
             timeout = HEARTBEAT_INTERVAL
             if self._heap:

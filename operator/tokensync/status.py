@@ -8,7 +8,7 @@ tools and ``kubectl wait --for=condition=Ready`` see real transitions only.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from tokensync import model
@@ -18,7 +18,7 @@ READY = "Ready"
 
 
 def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
+    conditions: Sequence[model.Condition],
     *,
     type_: str,
     status: bool,
@@ -26,26 +26,31 @@ def set_condition(
     message: str,
     generation: int,
     now: datetime.datetime,
-) -> list[dict[str, Any]]:
+) -> tuple[model.Condition, ...]:
     """Return ``conditions`` with ``type_`` set; the transition time moves only on change."""
     wanted = "True" if status else "False"
-    previous = next((c for c in conditions if c.get("type") == type_), None)
+    previous = next((c for c in conditions if c.type == type_), None)
     transition = model.format_time(now)
-    if previous is not None and previous.get("status") == wanted:
-        transition = str(previous.get("lastTransitionTime") or transition)
-    updated = {
-        "type": type_,
-        "status": wanted,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": transition,
-    }
-    return [dict(c) for c in conditions if c.get("type") != type_] + [updated]
+    if previous is not None and previous.status == wanted:
+        transition = str(previous.last_transition_time or transition)
+    updated = model.Condition(
+        type=type_,
+        status=wanted,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=transition,
+    )
+    return (*(c for c in conditions if c.type != type_), updated)
 
 
-def ready_condition(conditions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == READY), None)
+def ready_condition(conditions: Sequence[model.Condition]) -> model.Condition | None:
+    return next((c for c in conditions if c.type == READY), None)
+
+
+def rendered(conditions: Sequence[model.Condition]) -> list[dict[str, Any]]:
+    """``status.conditions`` as a status patch writes them."""
+    return [condition.as_status() for condition in conditions]
 
 
 def times(**moments: datetime.datetime | None) -> dict[str, str | None]:

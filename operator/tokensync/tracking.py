@@ -13,13 +13,19 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from tokensync import bounds, leases, model, progress, target
 
 Key = tuple[str, str]  # (namespace, name)
+
+
+def compact(spec: Mapping[str, Any]) -> str:
+    """A spec as :attr:`Record.spec_json` keeps it."""
+    return json.dumps(spec, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclasses.dataclass(slots=True)
@@ -30,9 +36,11 @@ class Record:
     name: str
     uid: str
     generation: int
-    #: The raw spec, as much of it as parse_spec reads (``bounds.retained``): parsed at
-    #: each attempt, so an invalid one is reported, not dropped.
-    spec: Mapping[str, Any]
+    #: The raw spec, as much of it as parse_spec reads (``bounds.retained``), as compact
+    #: JSON (:func:`compact`): parsed at each attempt, so an invalid one is reported, not
+    #: dropped. One string instead of a dict per object in it (decision 0057); read it
+    #: through :attr:`spec`.
+    spec_json: str
     refresh_request: str | None
     state: progress.State = dataclasses.field(default_factory=progress.State)
     #: The target Secret this credential last wrote or read, and its uid (decision 0007).
@@ -86,6 +94,12 @@ class Record:
         self.key = (self.namespace, self.name)
 
     @property
+    def spec(self) -> dict[str, Any]:
+        """The raw spec, parsed from :attr:`spec_json` at each call: a fresh copy."""
+        spec: dict[str, Any] = json.loads(self.spec_json)
+        return spec
+
+    @property
     def involved(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
 
@@ -96,9 +110,10 @@ class Record:
         Read from the raw spec (it may not parse): the same order as
         ``model.ClientCredentialSpec.secret_names``.
         """
+        spec = self.spec
         fields = ("clientSecretRef", "privateKeyRef", "clientCertificateRef")
-        refs = [self.spec.get(field) for field in fields]
-        headers = self.spec.get("requestHeaders")
+        refs = [spec.get(field) for field in fields]
+        headers = spec.get("requestHeaders")
         for header in headers if isinstance(headers, list) else ():
             source = header.get("valueFrom") if isinstance(header, Mapping) else None
             refs.append(source.get("secretKeyRef") if isinstance(source, Mapping) else None)
@@ -169,7 +184,7 @@ class Record:
             name=meta["name"],
             uid=meta["uid"],
             generation=int(meta.get("generation") or 0),
-            spec=bounds.retained(body.get("spec") or {}),
+            spec_json=compact(bounds.retained(body.get("spec") or {})),
             refresh_request=_refresh_request(meta.get("annotations") or {}),
             state=progress.State.from_status(body.get("status") or {}),
             target_name=(body.get("status") or {}).get("target"),
@@ -240,11 +255,12 @@ class Tracker:
     def __init__(self, *, shards: int = 1) -> None:
         self._shards = shards
         self._records: dict[Key, Record] = {}
-        # A set, not a tuple: a set costs 216 bytes per Secret, but one client Secret may be
-        # read by thousands of credentials (one client, many scopes), and a tuple rebuilt at
-        # each of their events made every event O(readers) and a start quadratic (10,000
-        # readers: 0.8 s of copying; 30,000: 8.4 s).
-        self._by_secret: dict[Key, set[Key]] = {}
+        # The one reader's key, or a set of two or more. Most Secrets have one reader, and
+        # a set costs 216 bytes (decision 0057); but one client Secret may be read by
+        # thousands of credentials (one client, many scopes), where a tuple rebuilt at each
+        # of their events made every event O(readers) and a start quadratic (10,000 readers:
+        # 0.8 s of copying; 30,000: 8.4 s).
+        self._by_secret: dict[Key, Key | set[Key]] = {}
         # Secret versions seen while their credential was being refreshed: checked when
         # that refresh ends, against the version it actually read (decision 0011).
         self._seen_while_running: dict[Key, dict[str, str]] = {}
@@ -277,7 +293,7 @@ class Tracker:
         else:
             self._unindex(record)
             record.generation = fresh.generation
-            record.spec = fresh.spec
+            record.spec_json = fresh.spec_json
             record.refresh_request = fresh.refresh_request
             record.resource_version = fresh.resource_version
             record.deleting = fresh.deleting
@@ -323,8 +339,7 @@ class Tracker:
 
     def readers(self, namespace: str, secret: str, version: str) -> list[Record]:
         """The credentials reading the Secret whose last attempt read another version."""
-        keys = self._by_secret.get((namespace, secret), set())
-        found = (self._records.get(key) for key in keys)
+        found = (self._records.get(key) for key in self._readers((namespace, secret)))
         return [r for r in found if r is not None and not r.has_secret_version(secret, version)]
 
     def seen_while_running(self, key: Key, secret: str, version: str) -> None:
@@ -376,15 +391,30 @@ class Tracker:
                 stale = True
         return stale
 
+    def _readers(self, ref: Key) -> Collection[Key]:
+        keys = self._by_secret.get(ref)
+        if keys is None:
+            return ()
+        return keys if isinstance(keys, set) else (keys,)
+
     def _index(self, record: Record) -> None:
         for name in record.secret_names:
-            self._by_secret.setdefault((record.namespace, name), set()).add(record.key)
+            ref = (record.namespace, name)
+            keys = self._by_secret.get(ref)
+            if keys is None or keys == record.key:
+                self._by_secret[ref] = record.key
+            elif isinstance(keys, set):
+                keys.add(record.key)
+            else:
+                self._by_secret[ref] = {keys, record.key}
 
     def _unindex(self, record: Record) -> None:
         for name in record.secret_names:
             ref = (record.namespace, name)
             keys = self._by_secret.get(ref)
-            if keys is not None:
+            if keys == record.key:
+                del self._by_secret[ref]
+            elif isinstance(keys, set):
                 keys.discard(record.key)
-                if not keys:
-                    del self._by_secret[ref]
+                if len(keys) == 1:
+                    self._by_secret[ref] = keys.pop()

@@ -31,14 +31,14 @@ def test_status_words_and_namespaces_are_one_string_each() -> None:
     assert one.namespace is two.namespace
     assert one.state.auth_method is two.state.auth_method
     for field in ("type", "status", "reason"):
-        assert one.state.conditions[0][field] is two.state.conditions[0][field]
-    assert one.state.conditions[0]["message"] == "a"  # free text stays as it was
+        assert getattr(one.state.conditions[0], field) is getattr(two.state.conditions[0], field)
+    assert one.state.conditions[0].message == "a"  # free text stays as it was
 
 
 def test_a_status_word_of_another_str_type_is_kept_as_it_is() -> None:
     reason = failures.Reason.TEMPLATE_FAILED
     state = progress.State.from_status({"conditions": [{"type": "Ready", "reason": reason}]})
-    assert state.conditions[0]["reason"] is reason
+    assert state.conditions[0].reason is reason
 
 
 def test_the_record_key_is_made_once() -> None:
@@ -58,3 +58,28 @@ def test_readers_of_a_secret_are_indexed_and_unindexed() -> None:
     tracker.remove(("team-a", "b"))
     assert not tracker.is_referenced("team-a", "shared")
     assert {r.name for r in tracker.readers("team-a", "own", "1")} == {"a", "c"}
+
+
+def test_the_spec_is_kept_as_one_string_and_read_as_a_fresh_copy() -> None:
+    body = parsed(credential("a", "s"))
+    body["spec"]["audience"] = "api \u00e9\u4e2d \ud800"  # not ASCII; a lone surrogate
+    record = tracking.Record.from_body(body)
+    assert type(record.spec_json) is str
+    assert record.spec == body["spec"]
+    record.spec["tokenURL"] = "https://elsewhere.example/token"  # a copy: not kept
+    assert record.spec["tokenURL"] == "https://idp.example/token"
+
+
+def test_a_secret_read_by_one_credential_is_indexed_without_a_set() -> None:
+    tracker = tracking.Tracker()
+    tracker.put(parsed(credential("a", "s")))
+    tracker.put(parsed(credential("a", "s")))  # the same reader again
+    assert [r.name for r in tracker.readers("team-a", "s", "1")] == ["a"]
+    tracker.put(parsed(credential("b", "s")))
+    tracker.put(parsed(credential("c", "s")))
+    tracker.remove(("team-a", "a"))
+    tracker.remove(("team-a", "b"))
+    assert [r.name for r in tracker.readers("team-a", "s", "1")] == ["c"]
+    assert tracker._by_secret[("team-a", "s")] == ("team-a", "c")  # one key, not a set
+    tracker.remove(("team-a", "c"))
+    assert not tracker.is_referenced("team-a", "s")

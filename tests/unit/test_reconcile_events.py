@@ -34,7 +34,7 @@ async def test_events_beyond_the_budget_are_counted_not_posted() -> None:
         events=scheduler.Budget(rate=1.0, burst=2, clock=clock),
     )
     cred = tracking.Record(
-        namespace="ns", name="cc", uid="u1", generation=1, spec={}, refresh_request=None
+        namespace="ns", name="cc", uid="u1", generation=1, spec_json="{}", refresh_request=None
     )
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     for _ in range(5):
@@ -56,7 +56,7 @@ async def test_a_percent_sign_in_a_failure_message_is_logged_as_written(
         events=scheduler.Budget(rate=1.0, burst=2, clock=Clock()),
     )
     cred = tracking.Record(
-        namespace="ns", name="cc", uid="u1", generation=1, spec={}, refresh_request=None
+        namespace="ns", name="cc", uid="u1", generation=1, spec_json="{}", refresh_request=None
     )
     decision = progress.Decision(
         state=progress.State(),

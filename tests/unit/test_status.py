@@ -18,8 +18,9 @@ MINUTE = datetime.timedelta(minutes=1)
 def ready(
     conditions: list[dict[str, Any]], *, ok: bool, reason: str, at: datetime.datetime
 ) -> list[dict[str, Any]]:
-    return status.set_condition(
-        conditions,
+    """Ready set on conditions as status has them, rendered as the status patch has them."""
+    kept = status.set_condition(
+        [model.Condition.from_status(c) for c in conditions],
         type_=status.READY,
         status=ok,
         reason=reason,
@@ -27,6 +28,7 @@ def ready(
         generation=3,
         now=at,
     )
+    return status.rendered(kept)
 
 
 def test_a_new_condition() -> None:
@@ -87,9 +89,33 @@ def test_other_conditions_are_kept_and_the_input_is_not_changed() -> None:
     assert before == snapshot
     assert [c["type"] for c in after] == ["Degraded", "Ready"]
     assert after[0] == other
-    assert after[0] is not before[0]
-    assert status.ready_condition(after) == after[1]
-    assert status.ready_condition([other]) is None
+    kept = [model.Condition.from_status(c) for c in after]
+    assert status.ready_condition(kept) == kept[1]
+    assert status.ready_condition(kept[:1]) is None
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "TokenIssued",
+            "message": "token valid until 2026-11-22T23:15:00Z",
+            "observedGeneration": 3,
+            "lastTransitionTime": "2026-11-22T22:15:00Z",
+        },
+        {"type": "Degraded", "status": "Unknown"},
+        {"type": "Ready", "status": "False", "reason": "Expired", "observedGeneration": 0},
+    ],
+)
+def test_a_condition_is_written_back_as_it_was_read(condition: dict[str, Any]) -> None:
+    assert model.Condition.from_status(condition).as_status() == condition
+
+
+def test_a_field_read_as_null_is_not_written_back() -> None:
+    read = {"type": "Ready", "status": "True", "lastTransitionTime": None, "message": None}
+    assert model.Condition.from_status(read).as_status() == {"type": "Ready", "status": "True"}
 
 
 def test_the_transition_time_is_utc() -> None:

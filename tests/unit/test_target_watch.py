@@ -139,7 +139,7 @@ def record(**fields: Any) -> tracking.Record:
         "name": NAME,
         "uid": UID,
         "generation": 1,
-        "spec": {},
+        "spec_json": "{}",
         "refresh_request": None,
         "target_name": TARGET,
     }

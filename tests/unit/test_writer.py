@@ -77,7 +77,7 @@ def record(*, target_uid: str | None) -> tracking.Record:
         name=NAME,
         uid=UID,
         generation=1,
-        spec={},
+        spec_json="{}",
         refresh_request=None,
         target_name=TARGET if target_uid else None,
         target_uid=target_uid,
@@ -705,7 +705,12 @@ async def test_a_retained_secret_of_a_deleted_credential_needs_a_new_hand_over()
     the old link."""
     store = SecretStore()
     old = tracking.Record(
-        namespace=NAMESPACE, name=NAME, uid="uid-old", generation=1, spec={}, refresh_request=None
+        namespace=NAMESPACE,
+        name=NAME,
+        uid="uid-old",
+        generation=1,
+        spec_json="{}",
+        refresh_request=None,
     )
     store.put(cronjob_secret())
     assert (
