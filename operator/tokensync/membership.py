@@ -454,10 +454,10 @@ class Membership:
     ) -> None:
         """``write(name, version)``, conditional on ``version``; on a conflict, once more on
         the Lease's current version if it still names this replica, and not at all if it
-        names no one. A renewal whose answer
-        never came (cancelled by :meth:`stop`, or timed out) may have been written all the
-        same: then this process's own newer version is what stands in the way, and since
-        only this process writes its identity, nobody else has the Lease."""
+        names no one. A renewal whose answer never came (cancelled by :meth:`stop`, or
+        timed out) may have been written all the same: then this process's own newer
+        version is what stands in the way, and since only this process writes its
+        identity, nobody else has the Lease."""
         try:
             await write(name, version)
         except client.ApiException as exc:
