@@ -622,14 +622,20 @@ async def request_refreshes(
 
 
 async def _merge_patch(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> None:
-    """A merge patch, sent again after a 5xx (a busy API server's 504 ended a run once)."""
+    """A merge patch, sent again after a 5xx or a dropped connection (a busy API server's
+    504 ended a run once, a reset connection another): the patch is idempotent."""
     for attempt in range(4):
-        r = await http.patch(
-            path, json=body, headers={"Content-Type": "application/merge-patch+json"}
-        )
-        if r.status_code < 500 or attempt == 3:
-            r.raise_for_status()
-            return
+        try:
+            r = await http.patch(
+                path, json=body, headers={"Content-Type": "application/merge-patch+json"}
+            )
+        except httpx.TransportError:
+            if attempt == 3:
+                raise
+        else:
+            if r.status_code < 500 or attempt == 3:
+                r.raise_for_status()
+                return
         await asyncio.sleep(1.0 + attempt)
 
 
