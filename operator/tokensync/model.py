@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,12 +80,26 @@ def format_time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: The strings :func:`word` shares, at most :data:`WORDS_MAX` of them.
+_words: dict[str, str] = {}
+WORDS_MAX = 1024
+
+
 def word(value: Any) -> Any:
     """One string per distinct value in the process, not one per credential (decision 0053):
     for values from a small vocabulary (Ready, True, TokenIssued, client_secret_basic...),
     which each status brings parsed from its own JSON. A ``str`` subclass (a StrEnum) is
-    kept as it is."""
-    return sys.intern(value) if type(value) is str else value
+    kept as it is. Bounded: status is written by whoever may patch it, so once
+    :data:`WORDS_MAX` distinct values are shared, a new one is kept as it came (not
+    interned, which some Python versions never free)."""
+    if type(value) is not str:
+        return value
+    shared = _words.get(value)
+    if shared is not None:
+        return shared
+    if len(_words) < WORDS_MAX:
+        _words[value] = value
+    return value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

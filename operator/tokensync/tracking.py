@@ -130,8 +130,10 @@ class Record:
         ``state.source_version`` holds one resourceVersion per Secret in
         :attr:`secret_names` order, joined by commas (just the one with one Secret).
         """
-        names = self.secret_names
         versions = (self.state.source_version or "").split(",")
+        if version not in versions:
+            return False  # a Secret's edit: decided without parsing the spec
+        names = self.secret_names
         if name not in names or len(versions) != len(names):
             return False
         return versions[names.index(name)] == version
@@ -286,18 +288,22 @@ class Tracker:
         fresh = Record.from_body(body)
         record = self._records.get(fresh.key)
         if record is None or record.uid != fresh.uid:
+            if record is not None:
+                self._unindex(record)  # deleted and created again while the watch was down
             record = fresh
             if self._shards > 1:
                 record.shard = leases.shard_of(record.namespace, record.name, self._shards)
             self._records[record.key] = record
+            self._index(record)
         else:
-            self._unindex(record)
+            if record.spec_json != fresh.spec_json:  # not on its own status patch's event
+                self._unindex(record)
+                record.spec_json = fresh.spec_json
+                self._index(record)
             record.generation = fresh.generation
-            record.spec_json = fresh.spec_json
             record.refresh_request = fresh.refresh_request
             record.resource_version = fresh.resource_version
             record.deleting = fresh.deleting
-        self._index(record)
         self._events += 1
         record.observed = self._events
         return record

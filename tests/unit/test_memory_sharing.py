@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tokensync import failures, progress, tracking
+import pytest
+
+from tokensync import failures, model, progress, tracking
 
 
 def parsed(document: dict[str, Any]) -> Any:
@@ -83,3 +85,39 @@ def test_a_secret_read_by_one_credential_is_indexed_without_a_set() -> None:
     assert tracker._by_secret[("team-a", "s")] == ("team-a", "c")  # one key, not a set
     tracker.remove(("team-a", "c"))
     assert not tracker.is_referenced("team-a", "s")
+
+
+def test_status_words_shared_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever may patch status chooses its reasons: past the bound, a word is not shared."""
+    monkeypatch.setattr(model, "_words", {})
+    monkeypatch.setattr(model, "WORDS_MAX", 2)
+    first = [model.word(f"w{i}") for i in range(3)]
+    again = [model.word(f"w{i}") for i in range(3)]
+    assert again[0] is first[0]
+    assert again[1] is first[1]
+    assert again[2] == first[2]
+    assert again[2] is not first[2]
+    assert len(model._words) == 2
+
+
+def test_a_credential_created_again_leaves_no_reader_of_its_old_secret() -> None:
+    """Deleted and created again while the watch was down: a new uid, another Secret."""
+    tracker = tracking.Tracker()
+    tracker.put(parsed(credential("a", "old")))
+    again = credential("a", "new")
+    again["metadata"]["uid"] = "uid-a-2"
+    tracker.put(parsed(again))
+    assert not tracker.is_referenced("team-a", "old")
+    assert [r.name for r in tracker.readers("team-a", "new", "1")] == ["a"]
+
+
+def test_the_version_of_a_secret_read_is_matched_to_its_name() -> None:
+    body = parsed(credential("a", "s"))
+    body["spec"]["privateKeyRef"] = {"name": "k"}
+    body["status"]["clientSecretVersion"] = "10,20"
+    record = tracking.Record.from_body(body)
+    assert record.has_secret_version("s", "10")
+    assert record.has_secret_version("k", "20")
+    assert not record.has_secret_version("s", "20")  # the other Secret's version
+    assert not record.has_secret_version("s", "11")
+    assert not record.has_secret_version("other", "10")
