@@ -14,14 +14,13 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import heapq
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from tokensync import config, fairness
+from tokensync import config, dueheap, fairness
 
 K = TypeVar("K", bound=Hashable)
 Work = Callable[[K, float], Awaitable[None]]
@@ -55,11 +54,7 @@ class RefreshQueue(Generic[K]):
             raise ValueError("workers must be at least 1")
         self._workers = workers
         self._clock = clock
-        self._heap: list[tuple[float, int, K]] = []
-        # Each key's live heap entry, the same tuple as in the heap (decision 0057): the
-        # key's other entries there are stale, dropped when they come up.
-        self._pending: dict[K, tuple[float, int, K]] = {}
-        self._seq = 0
+        self._pending = dueheap.DueHeap[K]()
         self._running: set[K] = set()  # handed to the ready set until its run ends
         self._active: set[K] = set()  # taken by a worker: its run has begun
         self._dirty: set[K] = set()
@@ -82,8 +77,7 @@ class RefreshQueue(Generic[K]):
         return len(self._ready)
 
     def due_at(self, key: K) -> float | None:
-        entry = self._pending.get(key)
-        return entry[0] if entry else None
+        return self._pending.at(key)
 
     def is_running(self, key: K) -> bool:
         return key in self._running
@@ -97,10 +91,7 @@ class RefreshQueue(Generic[K]):
 
     def schedule(self, key: K, *, at: float) -> None:
         """Make ``key`` due at ``at``, replacing any due time it had."""
-        self._seq += 1
-        entry = self._pending[key] = (at, self._seq, key)
-        heapq.heappush(self._heap, entry)
-        if self._heap[0] is entry:
+        if self._pending.put(key, at):
             self._wake.set()
 
     def trigger(self, key: K) -> None:
@@ -111,7 +102,7 @@ class RefreshQueue(Generic[K]):
             self.schedule(key, at=self._clock())
 
     def cancel(self, key: K) -> None:
-        self._pending.pop(key, None)
+        self._pending.remove(key)
         self._dirty.discard(key)
 
     async def run(self, work: Work[K]) -> None:
@@ -127,12 +118,7 @@ class RefreshQueue(Generic[K]):
                     await task
 
     def _pop_due(self, now: float) -> None:
-        while self._heap and self._heap[0][0] <= now:
-            entry = heapq.heappop(self._heap)
-            at, _, key = entry
-            if self._pending.get(key) is not entry:
-                continue  # superseded by a later schedule() or cancelled
-            del self._pending[key]
+        for key, at in self._pending.pop_due(now):
             if key in self._running:
                 self._dirty.add(key)
             else:
@@ -145,12 +131,10 @@ class RefreshQueue(Generic[K]):
             self.heartbeat = time.monotonic()
             now = self._clock()
             self._pop_due(now)
-            # Drop superseded entries so that the head is a real due time.
-            while self._heap and self._pending.get(self._heap[0][2]) is not self._heap[0]:
-                heapq.heappop(self._heap)
+            first = self._pending.first()
             timeout = HEARTBEAT_INTERVAL
-            if self._heap:
-                timeout = min(timeout, max(0.0, self._heap[0][0] - now))
+            if first is not None:
+                timeout = min(timeout, max(0.0, first - now))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
