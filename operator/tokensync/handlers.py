@@ -3,10 +3,10 @@
 Only ``on.event`` handlers watch resources: they add no finalizers and write no kopf
 annotations, so the operator's only writes are the target Secrets, status and events.
 
-The target Secrets are watched too, but not here: kopf watches a resource once, with one
-server-side label selector (the client Secrets' opt-in label below), and the targets carry
-another label. ``runtime`` starts that watch (``secretwatch.SecretWatch``), which hands each event
-to ``Reconciler.target_seen`` on the event loop, like these handlers (decision 0035).
+kopf watches the ClientCredentials only. The Secrets are watched too, but not here:
+``runtime`` starts those watches (``secretwatch.SecretWatch``), which hand each event to the
+reconciler on the event loop, like this handler: the target Secrets' (decision 0035) and
+the opted-in client Secrets' (decision 0059).
 """
 
 from __future__ import annotations
@@ -74,9 +74,6 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # kopf would watch CRDs cluster-wide to discover resources; ours are known, and not
     # scanning keeps CRD list/watch out of the operator's RBAC.
     settings.scanning.disabled = True
-    # Filter client Secrets on the server: the operator never receives the cluster's other
-    # Secrets (the decorator's `labels=` alone filters on the client side).
-    settings.watching.label_selectors["", "v1", "secrets"] = f"{model.CLIENT_SECRET_LABEL}=true"
     settings.posting.enabled = False  # our own Events are posted on transitions only
     settings.batching.batch_window = 0.001  # kopf's default 0.1 s sits in every create-to-Ready
     # A per-object worker keeps the last body it handled, its task, queue and timers while
@@ -113,16 +110,6 @@ async def credential_changed(*, event: kopf.RawEvent, memo: Any, **_: Any) -> No
         memo.runtime.reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
     else:
         memo.runtime.reconciler.observe(body)
-
-
-@kopf.on.event("", "v1", "secrets", labels={model.CLIENT_SECRET_LABEL: "true"})
-async def client_secret_changed(*, event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    # A watch filtered by label reports a Secret that loses the label as DELETED.
-    if event["type"] == "DELETED":
-        meta = event["object"]["metadata"]
-        memo.runtime.reconciler.secret_gone(meta["namespace"], meta["name"])
-    else:
-        memo.runtime.reconciler.secret_seen(event["object"])
 
 
 @kopf.on.probe(id="refresh_queue")

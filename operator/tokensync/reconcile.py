@@ -242,6 +242,14 @@ class Reconciler:
             self.forget(namespace, name)
         return gone
 
+    def client_secret_event(self, event: seen.Event) -> None:
+        """The watch of opted-in Secrets (decision 0059) listed, added, modified or deleted
+        one, or saw its label removed."""
+        if event.body is None:
+            self.secret_gone(event.namespace, event.name)
+        else:
+            self.secret_seen(event.body)
+
     def secret_seen(self, body: Mapping[str, Any]) -> None:
         """The watch of opted-in Secrets listed, added or modified one."""
         meta = body["metadata"]

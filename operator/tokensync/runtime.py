@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import prometheus_client
 from kubernetes import client as k8s_client
@@ -232,6 +233,7 @@ class Runtime:
                 _api_client(1),
                 namespace=namespace,
                 label_selector=selector,
+                what="target Secrets",
                 summarize=target.seen,
                 deliver=self.reconciler.target_seen,
                 on_listed=functools.partial(listings.listed, namespace),
@@ -242,6 +244,20 @@ class Runtime:
         for namespace in settings.namespaces or (None,):
             for _ in ownership.WATCH_SELECTORS:
                 listings.expect(namespace)
+        # The opted-in client Secrets, watched the same way rather than through kopf: the
+        # event loop gets the few fields the operator keeps, a few hundred at a time at
+        # most, and no kopf worker per Secret (decision 0059).
+        self.client_watches = [
+            secretwatch.SecretWatch(
+                _api_client(1),
+                namespace=namespace,
+                label_selector=f"{model.CLIENT_SECRET_LABEL}=true",
+                what="client Secrets",
+                summarize=seen.summarize,
+                deliver=self.reconciler.client_secret_event,
+            )
+            for namespace in settings.namespaces or (None,)
+        ]
         # Workloads ask for a new token here, with no Kubernetes rights (decision 0043).
         self.refresh_api = (
             refreshapi.RefreshApi(
@@ -279,12 +295,15 @@ class Runtime:
         self._confirm_task = asyncio.create_task(self._confirm_forever())
         self._expiry_task = asyncio.create_task(self.reconciler.watch_expiry())
         self._rollout_task = asyncio.create_task(self.reconciler.rollouts.run())
-        for watch in self.target_watches:
+        for watch in self._watches():
             watch.start(asyncio.get_running_loop())
         if self.membership is not None:
             self._membership_task = asyncio.create_task(
                 self.membership.run(self.reconciler, warm=self._warm)
             )
+
+    def _watches(self) -> list[secretwatch.SecretWatch[Any]]:
+        return [*self.client_watches, *self.target_watches]
 
     async def _warm(self) -> None:
         """Wait until the watch has delivered every credential a listing has, so that this
@@ -367,7 +386,7 @@ class Runtime:
             await self.membership.stop()  # hands every shard over while the queue runs
         if self.refresh_api is not None:
             await self.refresh_api.stop()
-        for watch in self.target_watches:
+        for watch in self._watches():
             watch.stop()
         for task in (
             self._task,

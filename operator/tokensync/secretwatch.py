@@ -1,8 +1,10 @@
-"""The target Secrets' own watch: list, then watch, in a thread; each event summarized there.
+"""The Secrets' own watches: list, then watch, in a thread; each event summarized there.
 
-kopf watches each resource once, with one server-side label selector (the client Secrets'
-opt-in label), so the Secrets tokensync writes, which carry another label, are watched
-here (decision 0035). Split from ``kube`` so that module stays the request/response calls.
+The Secrets tokensync writes (decision 0035) and the opted-in client Secrets (decision
+0059) are watched here rather than through kopf: the thread parses each event and keeps
+only what the operator reads, and the event loop gets a small summary per event, never
+more than a few hundred at a time, instead of a kopf worker per Secret. Split from ``kube``
+so that module stays the request/response calls.
 """
 
 from __future__ import annotations
@@ -36,13 +38,12 @@ class SecretWatch(Generic[T]):
     """List, then watch, the Secrets a label selects, in a thread of its own; each event
     summarized there and handed to the event loop.
 
-    kopf watches each resource once, with one server-side label selector per resource (the
-    client Secrets' opt-in label), so the target Secrets, which carry another label, are
-    watched here (decision 0035). The thread parses each event and ``summarize`` reduces it
-    (the data stays in the thread); ``deliver`` runs on the event loop with the summary, at
-    most ``room`` of them waiting at a time. A watch that cannot resume (410 Gone) lists
-    again; errors are retried with backoff. The thread holds its own API client: a watch
-    held open must not take a connection from the pool of :class:`Kube`.
+    ``what`` names them in the log (``target Secrets``). The thread parses each event and
+    ``summarize`` reduces it (the rest of the body stays in the thread); ``deliver`` runs on
+    the event loop with the summary, at most ``room`` of them waiting at a time. A watch
+    that cannot resume (410 Gone) lists again; errors are retried with backoff. The thread
+    holds its own API client: a watch held open must not take a connection from the pool
+    of :class:`Kube`.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class SecretWatch(Generic[T]):
         *,
         namespace: str | None,
         label_selector: str,
+        what: str,
         summarize: Callable[[str, dict[str, Any]], T | None],
         deliver: Callable[[T], None],
         on_listed: Callable[[], None] | None = None,
@@ -62,6 +64,7 @@ class SecretWatch(Generic[T]):
         self._path = kuberest.path("v1", "secrets", namespace=namespace)
         self._namespace = namespace
         self._selector = label_selector
+        self._what = what
         self._summarize = summarize
         self._deliver = deliver
         #: Called on the event loop once, after the first listing's events were delivered.
@@ -114,7 +117,7 @@ class SecretWatch(Generic[T]):
         delay = min(30.0, 2.0 ** min(failures_in_a_row, 5))
         # Only the error's kind: an API error's body may echo a Secret.
         logger.warning(
-            "watch of target Secrets failed (%s), retried in %.0f s", _describe(exc), delay
+            "watch of %s failed (%s), retried in %.0f s", self._what, _describe(exc), delay
         )
         self._stopping.wait(delay)
         return failures_in_a_row
@@ -140,7 +143,7 @@ class SecretWatch(Generic[T]):
             token = meta.get("continue")
             if not token:
                 self.listings += 1
-                logger.info("listed %d target Secrets", count)
+                logger.info("listed %d %s", count, self._what)
                 if self.listings == 1 and self._on_listed is not None and self._loop:
                     # After the items' own call_soon_threadsafe: the loop runs them in order.
                     with contextlib.suppress(RuntimeError):  # the loop closed: stopping
@@ -195,7 +198,7 @@ class SecretWatch(Generic[T]):
             if not self._stopping.is_set():
                 self._deliver(item)
         except Exception:
-            logger.exception("a target Secret event was not handled")
+            logger.exception("an event of %s was not handled", self._what)
         finally:
             self._room.release()
 

@@ -1,9 +1,10 @@
 """Opted-in Secrets as the operator's watch delivered them a short while ago.
 
-The watch of labelled Secrets (handlers.client_secret_changed) already carries each
-Secret's data. A credential's attempt that follows such an event closely (every first
-attempt of a cold start, a credential created next to its Secret, a refresh triggered by
-a rotation) uses it instead of reading the Secret again (decision 0025).
+The watch of labelled Secrets (``secretwatch``, started by ``runtime``; decision 0059)
+already carries each Secret's data, reduced by :func:`summarize`. A credential's attempt
+that follows such an event closely (every first attempt of a cold start, a credential
+created next to its Secret, a refresh triggered by a rotation) uses it instead of reading
+the Secret again (decision 0025).
 
 An entry is trusted for :data:`TRUST_SECONDS` after the event that brought it, or after
 the latest listing that found it at the same version (:meth:`SeenSecrets.confirm`, every
@@ -69,6 +70,41 @@ class _Entry:
 
 _LABELS = {model.CLIENT_SECRET_LABEL: "true"}
 _ALLOWED = model.ALLOWED_DESTINATIONS_ANNOTATION
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One watch event of an opted-in Secret, as the watch's thread reduced it (decision
+    0059): the key, and for a Secret listed, added or modified, what :meth:`SeenSecrets.put`
+    reads of it; None for one deleted or no longer opted in."""
+
+    namespace: str
+    name: str
+    body: dict[str, Any] | None
+
+
+def summarize(kind: str, secret: Mapping[str, Any]) -> Event:
+    """What the opted-in Secrets' watch hands over of one event (``kind``: ADDED, MODIFIED,
+    DELETED, or LISTED). A watch selected by label reports a Secret that loses the label as
+    DELETED."""
+    meta = secret.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    if kind == "DELETED":
+        return Event(namespace, name, None)
+    kept: dict[str, Any] = {
+        "namespace": namespace,
+        "name": name,
+        "resourceVersion": str(meta.get("resourceVersion") or ""),
+        "labels": {
+            key: value
+            for key, value in (meta.get("labels") or {}).items()
+            if key == model.CLIENT_SECRET_LABEL
+        },
+    }
+    allowed = (meta.get("annotations") or {}).get(_ALLOWED)
+    if allowed is not None:
+        kept["annotations"] = {_ALLOWED: allowed}
+    return Event(namespace, name, {"metadata": kept, "data": secret.get("data") or {}})
 
 
 class SeenSecrets:

@@ -11,10 +11,7 @@ def test_every_resource_handler_is_an_event_handler() -> None:
     # NoDiffBase keeps no "last handled" state: an on.create/on.update/on.field handler or a
     # daemon would see no change, or every change, and misbehave quietly.
     registry = kopf.get_default_registry()
-    assert {h.fn for h in registry._watching.get_all_handlers()} == {
-        handlers.credential_changed,
-        handlers.client_secret_changed,
-    }
+    assert {h.fn for h in registry._watching.get_all_handlers()} == {handlers.credential_changed}
     assert not registry._changing.get_all_handlers()
     assert not registry._spawning.get_all_handlers()
     assert not registry._indexing.get_all_handlers()

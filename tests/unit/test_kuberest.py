@@ -210,7 +210,7 @@ def test_the_generated_api_classes_are_never_imported() -> None:
         "api = client.ApiClient()\n"
         "kube.Kube(api, workers=1).close()\n"
         "membership.LeaseApi(api, namespace='ns', timeout=1).close()\n"
-        "secretwatch.SecretWatch(api, namespace=None, label_selector='a=b',"
+        "secretwatch.SecretWatch(api, namespace=None, label_selector='a=b', what='x',"
         " summarize=lambda k, o: None, deliver=print)\n"
         "print(sorted(m for m in sys.modules if m.startswith('kubernetes.client.api.')))\n"
     )

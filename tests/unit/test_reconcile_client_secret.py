@@ -14,7 +14,7 @@ import dataclasses
 
 import pytest
 
-from tokensync import metrics, progress, reconcile, scheduler
+from tokensync import metrics, model, progress, reconcile, scheduler, seen
 
 KEY = ("ns", "cc")
 
@@ -83,6 +83,34 @@ async def test_event_while_idle_triggers_at_once() -> None:
     queue.cancel(KEY)
     rec.client_secret_changed("ns", "client", "8")
     assert queue.due_at(KEY) is not None
+
+
+async def test_the_watchs_events_keep_rotate_and_drop_a_client_secret() -> None:
+    """The client Secrets' own watch (decision 0059) hands over summaries: one listed or
+    modified is kept and, at a version its reader did not read, refreshes it; one deleted,
+    or no longer opted in, is dropped, so the next attempt reads it from the API."""
+    rec, queue = reconciler()
+    record = rec._tracker.get(KEY)
+    assert record is not None
+    record.state = dataclasses.replace(record.state, source_version="7")
+    queue.cancel(KEY)
+    secret = {
+        "metadata": {
+            "namespace": "ns",
+            "name": "client",
+            "resourceVersion": "7",
+            "labels": {model.CLIENT_SECRET_LABEL: "true"},
+        },
+        "data": {"client_secret": "c2VjcmV0"},
+    }
+    rec.client_secret_event(seen.summarize("LISTED", secret))
+    assert queue.due_at(KEY) is None  # the version its last attempt read
+    assert rec._seen.get("ns", "client") is not None
+    secret["metadata"]["resourceVersion"] = "8"  # type: ignore[index]
+    rec.client_secret_event(seen.summarize("MODIFIED", secret))
+    assert queue.due_at(KEY) is not None  # rotated: fetched again
+    rec.client_secret_event(seen.summarize("DELETED", secret))
+    assert rec._seen.get("ns", "client") is None
 
 
 async def test_a_credential_only_a_change_can_mend_is_not_rerun_by_its_own_events() -> None:

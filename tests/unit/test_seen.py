@@ -169,3 +169,37 @@ def test_confirmed_entries_keep_age_order(clock: Clock) -> None:
     assert cache.get("ns", "a") is None
     assert cache.get("ns", "b") is not None
     assert len(cache) == 1
+
+
+def test_the_watch_hands_over_only_what_put_reads() -> None:
+    """The client Secrets' watch (decision 0059) reduces each event in its thread: the
+    cache keeps from the summary exactly what it keeps from the whole body."""
+    body = secret("a", "7", client_secret="c2VjcmV0")
+    allowed = model.ALLOWED_DESTINATIONS_ANNOTATION
+    body["metadata"]["annotations"][allowed] = "login.example.com"  # type: ignore[index]
+    body["metadata"]["labels"]["team"] = "x"  # type: ignore[index]
+    event = seen.summarize("MODIFIED", body)
+    assert event == seen.Event(
+        "ns",
+        "a",
+        {
+            "metadata": {
+                "namespace": "ns",
+                "name": "a",
+                "resourceVersion": "7",
+                "labels": {model.CLIENT_SECRET_LABEL: "true"},
+                "annotations": {model.ALLOWED_DESTINATIONS_ANNOTATION: "login.example.com"},
+            },
+            "data": {"client_secret": "c2VjcmV0"},
+        },
+    )
+    whole, summarized = seen.SeenSecrets(), seen.SeenSecrets()
+    whole.put(body)
+    assert event.body is not None
+    summarized.put(event.body)
+    assert summarized.get("ns", "a") == whole.get("ns", "a")
+    plain = seen.summarize("LISTED", secret("b", "8", client_secret="eA=="))
+    assert plain.body is not None
+    assert "annotations" not in plain.body["metadata"]
+    # Deleted, or the label removed (a watch selected by label reports it as DELETED).
+    assert seen.summarize("DELETED", body) == seen.Event("ns", "a", None)

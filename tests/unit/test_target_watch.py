@@ -363,6 +363,7 @@ async def test_lists_then_watches_and_lists_again_after_410() -> None:
         None,  # type: ignore[arg-type]
         namespace=None,
         label_selector=target.MANAGED_SELECTOR,
+        what="target Secrets",
         summarize=lambda kind, obj: (kind, obj["metadata"]["name"]),
         deliver=delivered.append,
         on_listed=lambda: delivered.append(("first listing", "delivered")),
