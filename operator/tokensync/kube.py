@@ -30,7 +30,11 @@ _MERGE_PATCH = "application/merge-patch+json"
 #: Target Secrets: ownerReferences merge by uid, so other owners' references stay and ours
 #: can be removed alone (decision 0041); maps and null values work as in a merge patch.
 _STRATEGIC_PATCH = "application/strategic-merge-patch+json"
-_LIST_PAGE = 500
+#: Metadata listings (the resync of credentials, the confirmation of client Secrets) come in
+#: pages of this many: each page's parsed metadata, managedFields and all, is a few KiB per
+#: object, freed once reduced; small pages keep that transient small while refreshes land
+#: long-lived objects beside it (issue 19).
+_LIST_PAGE = 100
 #: The resource of each kind spec.rolloutRestart may name (apps/v1).
 _WORKLOAD_RESOURCES = {
     "Deployment": "deployments",

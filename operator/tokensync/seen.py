@@ -169,16 +169,24 @@ class SeenSecrets:
         while no watch event said so), or has at another version, is dropped. Entries of
         events after ``since`` are newer than the listing and stay as they are. Returns how
         many were dropped."""
-        kept: list[tuple[Key, _Entry]] = []
-        for key, entry in self._entries.items():
+        # In place: a new map every CONFIRM_SECONDS would allocate every entry's node again
+        # while the old ones are alive, and spread the long-lived ones over more of the
+        # allocator's arenas (issue 19).
+        dropped, newer = 0, []
+        for key in list(self._entries):
+            entry = self._entries[key]
             if entry.at >= since:
-                kept.append((key, entry))
+                newer.append(key)
             elif listed.get(key) == entry.version:
                 entry.at = since
-                kept.append((key, entry))
-        dropped = len(self._entries) - len(kept)
-        kept.sort(key=lambda item: item[1].at)  # age order, which _expire relies on
-        self._entries = collections.OrderedDict(kept)
+            else:
+                del self._entries[key]
+                dropped += 1
+        # Age order, which _expire relies on: the confirmed, all at ``since``, first; then
+        # the entries of events after it, oldest first.
+        newer.sort(key=lambda key: self._entries[key].at)
+        for key in newer:
+            self._entries.move_to_end(key)
         return dropped
 
     def claim(self, namespace: str, name: str) -> None:

@@ -195,7 +195,7 @@ async def test_a_listing_follows_its_pages_in_metadata_only(
         api.close()
     assert versions == {("ns", "a"): "1", ("ns", "b"): "2", ("ns", "c"): "3"}
     first, second = recorded.requests
-    assert first["path"] == "/api/v1/namespaces/ns/secrets?limit=500&labelSelector=app%3Dx"
+    assert first["path"] == "/api/v1/namespaces/ns/secrets?limit=100&labelSelector=app%3Dx"
     assert second["path"].endswith("&continue=next")
     assert first["headers"]["accept"].startswith("application/json;as=PartialObjectMetadataList")
 

@@ -171,6 +171,24 @@ def test_confirmed_entries_keep_age_order(clock: Clock) -> None:
     assert len(cache) == 1
 
 
+def test_a_confirmation_keeps_age_order_in_place(clock: Clock) -> None:
+    """A Secret claimed after a newer event's Secret sits behind it; confirmed, it is older
+    than that one again (``since``), and is moved before it: expiry stops at the first
+    entry still trusted, so an entry out of order would outlive its trust."""
+    cache = seen.SeenSecrets(trust=300.0, clock=clock)
+    cache.put(secret("z", "7"), referenced=False)  # pending: no credential reads it yet
+    clock.now += 10
+    since = cache.now()
+    clock.now += 1
+    cache.put(secret("y", "7"))  # after the listing began
+    cache.claim("ns", "z")  # its credential came: kept, behind y
+    assert cache.confirm({("ns", "y"): "7", ("ns", "z"): "7"}, since=since) == 0
+    clock.now = since + 300.5  # z is 300.5 s past its confirmation, y 299.5 s past its event
+    assert cache.get("ns", "y") is not None
+    assert len(cache) == 1
+    assert cache.get("ns", "z") is None
+
+
 def test_the_watch_hands_over_only_what_put_reads() -> None:
     """The client Secrets' watch (decision 0059) reduces each event in its thread: the
     cache keeps from the summary exactly what it keeps from the whole body."""
