@@ -80,7 +80,8 @@ class Event:
 
     namespace: str
     name: str
-    body: dict[str, Any] | None
+    #: Holds the Secret's data: never in a repr (a log line or an exception's text).
+    body: dict[str, Any] | None = dataclasses.field(repr=False)
 
 
 def summarize(kind: str, secret: Mapping[str, Any]) -> Event:

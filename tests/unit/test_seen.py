@@ -221,3 +221,4 @@ def test_the_watch_hands_over_only_what_put_reads() -> None:
     assert "annotations" not in plain.body["metadata"]
     # Deleted, or the label removed (a watch selected by label reports it as DELETED).
     assert seen.summarize("DELETED", body) == seen.Event("ns", "a", None)
+    assert "c2VjcmV0" not in repr(event)  # the data never reaches a log line
