@@ -45,8 +45,6 @@ from tokensync import (
 
 SECRET_ENV = "TOKENSYNC_CLIENT_SECRET"
 DEFAULTS = config.DEFAULTS
-#: The async generator kopf's watch streams are (kopf._cogs.clients.watching).
-KOPF_WATCH_STREAM = "infinite_watch"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -369,32 +367,15 @@ def _run(args: argparse.Namespace) -> int:
 async def _operate(settings: config.Config, *, namespaces: list[str], liveness: str | None) -> None:
     import kopf  # noqa: PLC0415 -- imported here so that `tokensync fetch` starts fast
 
-    from tokensync import handlers  # noqa: PLC0415 -- registers the kopf handlers
+    from tokensync import handlers  # noqa: F401, PLC0415 -- registers the kopf handlers
 
-    asyncio.get_running_loop().set_exception_handler(_exception_handler)
     await kopf.operator(
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
         memo=kopf.Memo(config=settings),
-        memories=handlers.NoMemories(),
     )
-
-
-def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """asyncio's default handler, except for one thing: kopf leaves its watch streams'
-    async generators open when it stops, asyncio closes them as the loop shuts down, after
-    kopf's cleanup, and such a close may fail ("generator didn't stop after athrow()").
-    Nothing is lost by then, so that is logged at INFO, not as an ERROR with a traceback."""
-    agen = context.get("asyncgen")
-    if agen is not None and getattr(agen, "__qualname__", "") == KOPF_WATCH_STREAM:
-        logging.getLogger(__name__).info(
-            "a kopf watch stream failed to close at shutdown (%s)",
-            type(context.get("exception")).__name__,
-        )
-        return
-    loop.default_exception_handler(context)
 
 
 def _request_from(

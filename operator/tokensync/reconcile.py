@@ -223,6 +223,14 @@ class Reconciler:
         if ready is not None and ready.status in ("True", "False"):
             self._metrics.set_ready(ns, name, ready.status)
 
+    def credential_event(self, event: tracking.Event) -> None:
+        """The ClientCredentials' watch (decision 0061) listed, added, modified or deleted
+        one."""
+        if event.body is None:
+            self.forget(event.namespace, event.name)
+        else:
+            self.observe(event.body)
+
     def forget(self, namespace: str, name: str) -> None:
         """A ClientCredential was deleted: stop refreshing it."""
         self._tracker.remove((namespace, name))

@@ -27,6 +27,8 @@ from tokensync import (
     config,
     failures,
     kube,
+    kuberest,
+    listwatch,
     membership,
     metrics,
     model,
@@ -35,9 +37,9 @@ from tokensync import (
     reconcile,
     refreshapi,
     scheduler,
-    secretwatch,
     seen,
     target,
+    tracking,
     transport,
     urlpolicy,
 )
@@ -221,16 +223,31 @@ class Runtime:
             settings=settings,
             serving=self.membership.serves if self.membership else None,
         )
-        # The target Secrets, watched outside kopf, which watches Secrets once, with the
-        # client Secrets' label (decision 0035); each watch with a client of its own. Merge
-        # targets carry a label of their own (their managed-by is their owner's), and a
-        # selector cannot say "or": a second watch (decision 0041).
-        # Once both have listed a namespace, a new credential's target is created unread
-        # (decision 0052).
+        # Every watch runs in a thread of its own, with a client of its own, and hands the
+        # event loop a summary per event, not kopf, which watches nothing (decision 0061).
+        namespaces = settings.namespaces or (None,)
+        self.credential_watches = [
+            listwatch.ListWatch(
+                _api_client(1),
+                path=kuberest.path(
+                    f"{model.GROUP}/{model.VERSION}", model.PLURAL, namespace=namespace
+                ),
+                namespace=namespace,
+                what="ClientCredentials",
+                summarize=tracking.summarize,
+                deliver=self.reconciler.credential_event,
+            )
+            for namespace in namespaces
+        ]
+        # The target Secrets (decision 0035). Merge targets carry a label of their own
+        # (their managed-by is their owner's), and a selector cannot say "or": a second
+        # watch (decision 0041). Once both have listed a namespace, a new credential's
+        # target is created unread (decision 0052).
         listings = self.reconciler.target_listings
         self.target_watches = [
-            secretwatch.SecretWatch(
+            listwatch.ListWatch(
                 _api_client(1),
+                path=kuberest.path("v1", "secrets", namespace=namespace),
                 namespace=namespace,
                 label_selector=selector,
                 what="target Secrets",
@@ -238,25 +255,25 @@ class Runtime:
                 deliver=self.reconciler.target_seen,
                 on_listed=functools.partial(listings.listed, namespace),
             )
-            for namespace in settings.namespaces or (None,)
+            for namespace in namespaces
             for selector in ownership.WATCH_SELECTORS
         ]
-        for namespace in settings.namespaces or (None,):
+        for namespace in namespaces:
             for _ in ownership.WATCH_SELECTORS:
                 listings.expect(namespace)
-        # The opted-in client Secrets, watched the same way rather than through kopf: the
-        # event loop gets the few fields the operator keeps, a few hundred at a time at
-        # most, and no kopf worker per Secret (decision 0059).
+        # The opted-in client Secrets: the event loop gets the few fields the operator keeps
+        # (decision 0059).
         self.client_watches = [
-            secretwatch.SecretWatch(
+            listwatch.ListWatch(
                 _api_client(1),
+                path=kuberest.path("v1", "secrets", namespace=namespace),
                 namespace=namespace,
                 label_selector=f"{model.CLIENT_SECRET_LABEL}=true",
                 what="client Secrets",
                 summarize=seen.summarize,
                 deliver=self.reconciler.client_secret_event,
             )
-            for namespace in settings.namespaces or (None,)
+            for namespace in namespaces
         ]
         # Workloads ask for a new token here, with no Kubernetes rights (decision 0043).
         self.refresh_api = (
@@ -302,8 +319,8 @@ class Runtime:
                 self.membership.run(self.reconciler, warm=self._warm)
             )
 
-    def _watches(self) -> list[secretwatch.SecretWatch[Any]]:
-        return [*self.client_watches, *self.target_watches]
+    def _watches(self) -> list[listwatch.ListWatch[Any]]:
+        return [*self.credential_watches, *self.client_watches, *self.target_watches]
 
     async def _warm(self) -> None:
         """Wait until the watch has delivered every credential a listing has, so that this

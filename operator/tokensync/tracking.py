@@ -251,6 +251,40 @@ def _refresh_request(annotations: Mapping[str, Any]) -> str | None:
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One watch event of a ClientCredential, as the watch's thread reduced it (decision
+    0061): the key, and for one listed, added or modified, what :meth:`Record.from_body` and
+    a standby read of it; None for one deleted."""
+
+    namespace: str
+    name: str
+    body: dict[str, Any] | None
+
+
+#: The metadata a credential's record reads (:meth:`Record.from_body`).
+_META_KEPT = ("namespace", "name", "uid", "generation", "resourceVersion", "deletionTimestamp")
+
+
+def summarize(kind: str, credential: Mapping[str, Any]) -> Event:
+    """What the ClientCredentials' watch hands over of one event (``kind``: ADDED, MODIFIED,
+    DELETED, or LISTED): the metadata a record reads, the spec and the status. Not the
+    managed fields or other annotations, such as ``kubectl apply``'s copy of the whole
+    object, which the event loop would otherwise hold until the event is handled."""
+    meta = credential.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    if kind == "DELETED":
+        return Event(namespace, name, None)
+    kept = {key: meta[key] for key in _META_KEPT if key in meta}
+    asked = (meta.get("annotations") or {}).get(model.REFRESH_REQUESTED_ANNOTATION)
+    if asked is not None:
+        kept["annotations"] = {model.REFRESH_REQUESTED_ANNOTATION: asked}
+    body: dict[str, Any] = {"metadata": kept, "spec": credential.get("spec") or {}}
+    if "status" in credential:
+        body["status"] = credential["status"]
+    return Event(namespace, name, body)
+
+
 class Tracker:
     """Every credential's :class:`Record`, and the Secret-to-credential index."""
 

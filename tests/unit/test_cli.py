@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import pathlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 
 import jwt
 import pytest
@@ -260,43 +258,3 @@ def test_run_refuses_an_allowance_that_cannot_be(
         cli.main(["run", f"--allow-private-network={value}"])
     assert exc.value.code == 2
     assert "--allow-private-network" in capsys.readouterr().err
-
-
-async def infinite_watch() -> AsyncIterator[int]:
-    """Named as kopf's watch streams are; fails to close, as theirs sometimes do."""
-    try:
-        yield 1
-    finally:
-        yield 2
-
-
-async def other_stream() -> AsyncIterator[int]:
-    try:
-        yield 1
-    finally:
-        yield 2
-
-
-@pytest.mark.parametrize(
-    ("stream", "level"),
-    [(infinite_watch, logging.INFO), (other_stream, logging.ERROR)],
-    ids=["kopf's watch stream: INFO", "any other generator: asyncio's ERROR"],
-)
-def test_only_kopf_s_watch_streams_closing_at_shutdown_are_not_errors(
-    stream: Callable[[], AsyncIterator[int]], level: int, caplog: pytest.LogCaptureFixture
-) -> None:
-    kept: list[AsyncIterator[int]] = []  # held, as kopf's are, until the loop shuts down
-
-    async def main() -> None:
-        asyncio.get_running_loop().set_exception_handler(cli._exception_handler)
-        kept.append(stream())
-        await anext(kept[0])  # left open, as kopf leaves its streams: closed at shutdown
-
-    with caplog.at_level(logging.INFO):
-        asyncio.run(main())
-    closing = [
-        r
-        for r in caplog.records
-        if "asynchronous generator" in r.getMessage() or "watch stream" in r.getMessage()
-    ]
-    assert [r.levelno for r in closing] == [level]

@@ -206,11 +206,11 @@ def test_the_generated_api_classes_are_never_imported() -> None:
     code = (
         "import sys\n"
         "from kubernetes import client\n"
-        "from tokensync import kube, membership, secretwatch\n"
+        "from tokensync import kube, listwatch, membership\n"
         "api = client.ApiClient()\n"
         "kube.Kube(api, workers=1).close()\n"
         "membership.LeaseApi(api, namespace='ns', timeout=1).close()\n"
-        "secretwatch.SecretWatch(api, namespace=None, label_selector='a=b', what='x',"
+        "listwatch.ListWatch(api, path='/api/v1/secrets', namespace=None, what='x',"
         " summarize=lambda k, o: None, deliver=print)\n"
         "print(sorted(m for m in sys.modules if m.startswith('kubernetes.client.api.')))\n"
     )

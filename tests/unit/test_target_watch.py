@@ -1,6 +1,6 @@
 """The watch of target Secrets (issue 14 section 6, decision 0035): what an event is reduced
-to, which events are changes by someone else, what the reconciler does with them, and the
-watch's thread against a scripted API."""
+to, which events are changes by someone else, and what the reconciler does with them. The
+watch's thread is tested in test_listwatch.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import base64
 import copy
 import dataclasses
 import datetime
-import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +21,6 @@ from tokensync import (
     progress,
     reconcile,
     scheduler,
-    secretwatch,
     target,
     tracking,
 )
@@ -302,110 +299,8 @@ async def test_a_change_while_the_attempt_runs_is_judged_when_it_ends() -> None:
     assert len(runs) == 3
 
 
-# -- the watch's thread, against a scripted API ------------------------------------------------
-
-
-class Response:
-    def __init__(self, lines: list[dict[str, Any]]) -> None:
-        self.data = b""
-        self._lines = lines
-        self.released = False
-
-    def stream(self, amt: Any = None, decode_content: Any = None) -> Iterator[bytes]:
-        for line in self._lines:
-            yield json.dumps(line).encode() + b"\n"
-
-    def read(self) -> bytes:
-        return self.data
-
-    @property
-    def response(self) -> Response:  # the client's RESTResponse wraps urllib3's: one here
-        return self
-
-    def release_conn(self) -> None:
-        self.released = True
-
-    def close(self) -> None:
-        pass
-
-
-class ScriptedRest:
-    """Listings and watches answered from a script; the last watch blocks until stopped."""
-
-    def __init__(self, script: list[Any], stop: Any) -> None:
-        self.script = script
-        self.calls: list[dict[str, Any]] = []
-        self.stop = stop
-
-    def send(self, method: str, path: str, *, query: Any, timeout: Any) -> Any:
-        assert (method, path) == ("GET", "/api/v1/secrets")
-        self.calls.append(dict(query))
-        if not self.script:
-            self.stop()
-            time.sleep(0.01)
-            return Response([])
-        answer = self.script.pop(0)
-        if isinstance(answer, dict):  # a page of a listing
-            response = Response([])
-            response.data = json.dumps(answer).encode()
-            return response
-        return Response(answer)  # watch events
-
-
-def page(*items: dict[str, Any], version: str, more: str | None = None) -> dict[str, Any]:
-    return {"items": list(items), "metadata": {"resourceVersion": version, "continue": more}}
-
-
-async def test_lists_then_watches_and_lists_again_after_410() -> None:
-    delivered: list[tuple[str, str]] = []
-    done = asyncio.Event()
-    watch: secretwatch.SecretWatch[tuple[str, str]] = secretwatch.SecretWatch(
-        None,  # type: ignore[arg-type]
-        namespace=None,
-        label_selector=target.MANAGED_SELECTOR,
-        what="target Secrets",
-        summarize=lambda kind, obj: (kind, obj["metadata"]["name"]),
-        deliver=delivered.append,
-        on_listed=lambda: delivered.append(("first listing", "delivered")),
-    )
-    loop = asyncio.get_running_loop()
-    script: list[Any] = [
-        page({"metadata": {"name": "a"}}, version="1", more="next"),
-        page({"metadata": {"name": "b"}}, version="2"),
-        [
-            {"type": "ADDED", "object": {"metadata": {"name": "c", "resourceVersion": "3"}}},
-            {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "4"}}},
-        ],
-        [{"type": "ERROR", "object": {"kind": "Status", "code": 410}}],
-        page({"metadata": {"name": "a"}}, version="9"),
-    ]
-    rest = ScriptedRest(script, stop=lambda: loop.call_soon_threadsafe(done.set))
-    watch._rest = rest  # type: ignore[assignment]
-    watch.start(loop)
-    try:
-        await asyncio.wait_for(done.wait(), timeout=5)
-        await asyncio.sleep(0.05)
-    finally:
-        watch.stop()
-    # The first listing's end is told once, after its items (decision 0052).
-    assert delivered == [
-        ("LISTED", "a"),
-        ("LISTED", "b"),
-        ("first listing", "delivered"),
-        ("ADDED", "c"),
-        ("LISTED", "a"),
-    ]
-    assert watch.listings == 2
-    selectors = {call["labelSelector"] for call in rest.calls}
-    assert selectors == {"app.kubernetes.io/managed-by=tokensync"}
-    assert [call.get("continue") for call in rest.calls][:2] == [None, "next"]
-    watches = [call for call in rest.calls if call.get("watch")]
-    assert [w["resourceVersion"] for w in watches][:3] == ["2", "4", "9"]
-    assert all(w["allowWatchBookmarks"] for w in watches)
-
-
 async def test_a_target_listed_before_its_credential_is_judged_when_it_comes() -> None:
-    """On a start the watch of targets may list before kopf lists the credentials."""
+    """On a start the watch of targets may list before the credentials' watch lists them."""
     rec, queue = reconciler()
     rec.forget(NS, NAME)
     rec.target_seen(seen(secret("typed-over", version="7"), "LISTED"))

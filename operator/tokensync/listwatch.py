@@ -1,10 +1,11 @@
-"""The Secrets' own watches: list, then watch, in a thread; each event summarized there.
+"""The operator's watches: list, then watch, in a thread; each event summarized there.
 
-The Secrets tokensync writes (decision 0035) and the opted-in client Secrets (decision
-0059) are watched here rather than through kopf: the thread parses each event and keeps
-only what the operator reads, and the event loop gets a small summary per event, never
-more than a few hundred at a time, instead of a kopf worker per Secret. Split from ``kube``
-so that module stays the request/response calls.
+Every collection the operator follows is watched here, none through kopf: the
+ClientCredentials (decision 0061), the Secrets tokensync writes (decision 0035) and the
+opted-in client Secrets (decision 0059). The thread parses each event and keeps only what
+the operator reads, and the event loop gets a small summary per event, never more than a
+few hundred at a time, instead of a kopf worker per object. Split from ``kube`` so that
+module stays the request/response calls.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class _Gone(Exception):
     """The watch cannot resume from its resourceVersion (410): list again."""
 
 
-class SecretWatch(Generic[T]):
-    """List, then watch, the Secrets a label selects, in a thread of its own; each event
-    summarized there and handed to the event loop.
+class ListWatch(Generic[T]):
+    """List, then watch, a collection (``path``, from ``kuberest.path``), or the part of
+    it a label selects, in a thread of its own; each event summarized there and handed to
+    the event loop.
 
     ``what`` names them in the log (``target Secrets``). The thread parses each event and
     ``summarize`` reduces it (the rest of the body stays in the thread); ``deliver`` runs on
@@ -50,8 +52,9 @@ class SecretWatch(Generic[T]):
         self,
         api: client.ApiClient,
         *,
+        path: str,
         namespace: str | None,
-        label_selector: str,
+        label_selector: str | None = None,
         what: str,
         summarize: Callable[[str, dict[str, Any]], T | None],
         deliver: Callable[[T], None],
@@ -61,7 +64,7 @@ class SecretWatch(Generic[T]):
         server_timeout: int = 300,
     ) -> None:
         self._rest = kuberest.Rest(api)
-        self._path = kuberest.path("v1", "secrets", namespace=namespace)
+        self._path = path
         self._namespace = namespace
         self._selector = label_selector
         self._what = what
@@ -82,7 +85,7 @@ class SecretWatch(Generic[T]):
         self._loop = loop
         where = self._namespace or "all namespaces"
         self._thread = threading.Thread(
-            target=self._run, name=f"watch-secrets-{where}", daemon=True
+            target=self._run, name=f"watch {self._what} in {where}", daemon=True
         )
         self._thread.start()
 
@@ -123,12 +126,13 @@ class SecretWatch(Generic[T]):
         return failures_in_a_row
 
     def _call(self, query: list[tuple[str, str | int | bool]], timeout: kuberest.Timeout) -> Any:
-        """A listing or a watch of the selected Secrets; the response unread."""
-        query.append(("labelSelector", self._selector))
+        """A listing or a watch of the collection; the response unread."""
+        if self._selector:
+            query.append(("labelSelector", self._selector))
         return self._rest.send("GET", self._path, query=query, timeout=timeout)
 
     def _list(self) -> str:
-        """Every selected Secret, in pages; returns the listing's resourceVersion."""
+        """Every selected object, in pages; returns the listing's resourceVersion."""
         token: str | None = None
         count = 0
         while True:
