@@ -455,6 +455,19 @@ class Replicas:
     def window(self, index: int, since: float, until: float) -> list[tuple[float, ...]]:
         return list(self.samplers[index].window(since, until))
 
+    def reset_peaks(self) -> float:
+        """Start a phase's peak: each replica's VmHWM set back to its RSS (clear_refs 5);
+        returns when. Without it a phase's peak is its process's peak so far."""
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                pathlib.Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return time.time()
+
+    def peak(self, since: float, until: float) -> float | None:
+        """The largest replica's VmHWM sampled between two times (MiB)."""
+        peaks = [s[3] for i in range(self.count) for s in self.window(i, since, until)]
+        return round(max(peaks), 1) if peaks else None
+
     def membership(self, index: int, metrics_text: str) -> dict[str, Any]:
         """What one replica's metrics say about its shards (only with leader election)."""
         if not self.ha:
@@ -820,8 +833,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["restart"],
         )
 
+        # Each later phase's own memory peak, as well as the process's since the restart.
+        peaks = {"restart": ops.peak(t_start, time.time())}
         # (f) Time to Ready, one at a time, with N present.
+        since = ops.reset_peaks()
         result["time_to_ready"] = time_to_ready(cluster, server, creds, secrets_, args.ttr)
+        peaks["time_to_ready"] = ops.peak(since, time.time())
         print_section("time to Ready (one at a time)", result["time_to_ready"])
 
         # (b, d) Steady state.
@@ -832,12 +849,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"steady state: lifetime {lifetime} s, forcing one refresh each at "
             f"{args.refresh_rate}/s ({spread:.0f} s) to spread the cycles"
         )
-        t_trigger = time.time()
+        t_trigger = ops.reset_peaks()
         asyncio.run(
             request_refreshes(cluster, names, f"steady-{int(t_trigger)}", args.refresh_rate)
         )
         start = t_trigger + max(spread, lifetime * (2 / 3 - 0.1)) + 5
         time.sleep(max(0.0, start - time.time()))
+        peaks["forced_refreshes"] = ops.peak(t_trigger, time.time())
+        ops.reset_peaks()
         spies = profiles(ops, "steady", n, args.window)
         hist0 = [histogram(text, "tokensync_refresh_lateness_seconds") for text in ops.metrics()]
         api0, tok0, cpu0 = api_requests(cluster, resources), server.requests, ops.cpu()
@@ -872,7 +891,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_cores": round((sum(cpu1) - sum(cpu0)) / (t1 - t0), 3),
             "other_cores": cores_between(others0, others1, t1 - t0),
             "rss_steady_mib": max((r for r in rss_steady if r is not None), default=None),
+            # VmHWM: the process's peak since the restart (every phase since).
             "rss_peak_mib": max(rss_peak),
+            "rss_peak_by_phase_mib": peaks | {"steady_window": ops.peak(t0, t1)},
             "token_requests_per_refresh": round((tok1 - tok0) / max(refreshes, 1), 3),
             "api_requests_per_refresh": {
                 k: round(v / max(refreshes, 1), 3) for k, v in api.items()

@@ -1,6 +1,6 @@
 """Opted-in Secrets as the operator's watch delivered them a short while ago.
 
-The watch of labelled Secrets (``secretwatch``, started by ``runtime``; decision 0059)
+The watch of labelled Secrets (``listwatch``, started by ``runtime``; decision 0059)
 already carries each Secret's data, reduced by :func:`summarize`. A credential's attempt
 that follows such an event closely (every first attempt of a cold start, a credential
 created next to its Secret, a refresh triggered by a rotation) uses it instead of reading
@@ -9,7 +9,7 @@ the Secret again (decision 0025).
 An entry is trusted for :data:`TRUST_SECONDS` after the event that brought it, or after
 the latest listing that found it at the same version (:meth:`SeenSecrets.confirm`, every
 :data:`CONFIRM_SECONDS`). Changes and deletions arrive as events and replace or drop
-entries at once; the time bound is for what a watch does not say: kopf lists again after
+entries at once; the time bound is for what a watch does not say: the watch lists again after
 the watch falls behind (410 Gone) and reports no deletion for a Secret that vanished in
 between, and the next listing drops it. Without a confirmation the attempt reads the
 Secret from the API, as every attempt did before; a referenced Secret that is confirmed
