@@ -103,12 +103,26 @@ class Attempts:
         rotated = (attempt.source_version or None) != (record.state.source_version or None)
         requested = record.needs_refresh_now() or rotated or record.replace_asked()
         existing = await self._targets.check(record, spec.target)
+        found = target.whole_times(existing) if existing is not None else None
+        # The first attempt since this replica took the shard over, and the target holds a
+        # newer token than the status its watch delivered: the previous holder's last status
+        # write may not have arrived yet. Status is read before anything is decided from it:
+        # acting on the lagging view wrote that status again, or, when the new token lived
+        # longer than the old one allows, fetched another (decision 0050).
+        if (
+            record.unconfirmed
+            and provenance.ahead_of(record.state, found)
+            and await self._confirm(record)
+        ):
+            rotated = (attempt.source_version or None) != (record.state.source_version or None)
+            requested = record.needs_refresh_now() or rotated or record.replace_asked()
+        record.unconfirmed = False
         if existing is not None:
             # Read after a start, or after the target watch saw it changed (decision 0035):
             # its annotations are checked against status before they are believed.
             adopted = provenance.adoptable(
                 record.state,
-                target.whole_times(existing),
+                found,
                 target=spec.target.name,
                 now=self._clock(),
                 refresh_requested=requested,
@@ -216,6 +230,15 @@ class Attempts:
             client_secret_key=result.client_secret_key,
             refused_keys=result.refused_keys,
         )
+
+    async def _confirm(self, record: tracking.Record) -> bool:
+        """Read the ClientCredential and take its status as the state (Record.confirm). A
+        read that fails leaves the state as the watch gave it."""
+        try:
+            body = await self._kube.read_credential(record.namespace, record.name)
+        except failures.ApiError:
+            return False
+        return record.confirm(body)
 
     async def _material(
         self, namespace: str, spec: model.ClientCredentialSpec, attempt: progress.Attempt

@@ -261,10 +261,43 @@ def _adopted(
         message=f"token valid until {model.format_time(found.expires_at)}",
         now=now,
     )
-    return dataclasses.replace(
-        held,
-        log=f"adopted the token of {progress.CREDENTIAL} from its Secret {found.target} "
-        f"({found.why}), next refresh at {model.format_time(found.refresh_at)}",
+    log = (
+        f"adopted the token of {progress.CREDENTIAL} from its Secret {found.target} "
+        f"({found.why}), next refresh at {model.format_time(found.refresh_at)}"
+    )
+    if _describes(state, attempt, found):
+        # Status says all of this already (the previous holder of a shard wrote it, or a
+        # re-check found the Secret as status describes it): a patch would change nothing.
+        kept = dataclasses.replace(held.state, conditions=state.conditions)
+        return dataclasses.replace(
+            held, state=kept, status={}, log=f"{log}; status describes it already"
+        )
+    return dataclasses.replace(held, log=log)
+
+
+def _describes(state: progress.State, attempt: progress.Attempt, found: progress.Adopted) -> bool:
+    """Does status (as ``state`` holds it) describe the adopted token already: its three
+    times to the second, Ready=True TokenIssued for this generation with a message that
+    names this token's expiry, the same refresh request and client Secret version, and no
+    failure?"""
+    ready = status.ready_condition(state.conditions)
+    issued, expires, refresh = state.issued_at, state.expires_at, state.next_refresh_at
+    if issued is None or expires is None or refresh is None or ready is None:
+        return False
+    stamp = model.format_time  # status's times are whole seconds
+    return (
+        stamp(issued) == stamp(found.issued_at)
+        and stamp(expires) == stamp(found.expires_at)
+        and stamp(refresh) == stamp(found.refresh_at)
+        and state.handled_generation == attempt.generation
+        and state.handled_request == attempt.request
+        and (state.source_version or None) == (attempt.source_version or None)
+        and state.failed_attempts == 0
+        and state.failure_reason is None
+        and ready.status == "True"
+        and ready.reason == Reason.TOKEN_ISSUED
+        and ready.observed_generation == attempt.generation
+        and (ready.message or "").startswith(f"token valid until {stamp(found.expires_at)}")
     )
 
 

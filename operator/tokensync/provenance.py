@@ -87,6 +87,15 @@ def supersedes(
     return second(times[0]) >= second(issued_at)
 
 
+def ahead_of(state: progress.State, times: Times | None) -> bool:
+    """Does a target holding a token with ``times`` (None: not whole) hold a newer one than
+    ``state`` describes, to the second? After a takeover that means the state, read from
+    a watch, may lag the previous holder's last status write (decision 0050)."""
+    if times is None:
+        return False
+    return state.issued_at is None or second(times[0]) > second(state.issued_at)
+
+
 def adoptable(
     state: progress.State,
     times: Times | None,

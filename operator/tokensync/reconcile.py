@@ -183,6 +183,9 @@ class Reconciler:
     def take_over(self, shard: int) -> None:
         """This replica now serves ``shard``: refresh what is due, no listing needed."""
         for record in self._tracker.in_shard(shard):
+            # Its state is status as the watch delivered it, which may lag the previous
+            # holder's last write: the first attempt here checks it (Record.unconfirmed).
+            record.unconfirmed = True
             self._arm(record)
             if record.needs_refresh_now():
                 self._queue.trigger(record.key)
@@ -198,6 +201,7 @@ class Reconciler:
             self._expiries.cancel(record.key)
             self._metrics.forget(record.namespace, record.name)
             record.target_uid = None
+            record.unconfirmed = False
 
     def busy(self, shard: int) -> bool:
         """A refresh of one of the shard's credentials is under way. One that is due but not

@@ -85,6 +85,11 @@ class Record:
     refresh_generation: int | None = None
     #: The shard it belongs to (``leases.shard_of``; decision 0050).
     shard: int = 0
+    #: Its shard was just taken over and no attempt here has read its target yet:
+    #: :attr:`state` is status as this replica's watch last delivered it, which may lag the
+    #: previous holder's last write. A newer token found in the target has status read again
+    #: before anything is decided (:meth:`confirm`, decision 0050).
+    unconfirmed: bool = False
     #: (namespace, name): set once, as the namespace and name never change.
     key: Key = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -176,6 +181,21 @@ class Record:
         self.wrote(seen.digest)
         self.holds(seen.token_id)
         self.target_written = seen.written
+
+    def confirm(self, body: Mapping[str, Any] | None) -> bool:
+        """The ClientCredential as just read from the API server, after a takeover found a
+        newer token in the target than :attr:`state` knows (decision 0050): its status
+        replaces the state kept from the watch, as a start reads it (decision 0005). Only
+        the same object at the generation this record knows: a spec this process has not
+        seen yet is the watch's to deliver. False: the state is left as it was."""
+        meta = (body or {}).get("metadata") or {}
+        if body is None or meta.get("uid") != self.uid:
+            return False
+        if int(meta.get("generation") or 0) != self.generation:
+            return False
+        self.state = progress.State.from_status(body.get("status") or {})
+        self.resource_version = meta.get("resourceVersion") or self.resource_version
+        return True
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Record:

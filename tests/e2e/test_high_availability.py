@@ -773,9 +773,16 @@ class SpreadLifetimes:
         return {**answer, "expires_in": lifetime}
 
 
+def described(write: Write) -> str:
+    """One write as the audit log has it: who, what, the answer (``op-a PATCH
+    clientcredentials/status 409``)."""
+    return f"{write.replica} {write.verb} {write.target} {write.code}"
+
+
 def served_twice(writes: Iterable[Write]) -> dict[str, list[tuple[float, str, str]]]:
-    """Credentials written by two replicas less than half a cycle apart: (when, first
-    replica, second replica) for each such pair."""
+    """Credentials written by two replicas less than half a cycle apart: (when, the first
+    write, the second) for each such pair, each write :func:`described`, so that a failure
+    says what was written."""
     by_credential: dict[str, list[Write]] = collections.defaultdict(list)
     for write in writes:
         by_credential[credential_of(write)].append(write)
@@ -785,7 +792,7 @@ def served_twice(writes: Iterable[Write]) -> dict[str, list[tuple[float, str, st
         for first, second in itertools.pairwise(made):
             if first.replica != second.replica and second.at - first.at < CYCLE_MIN / 2:
                 found.setdefault(name, []).append(
-                    (second.at, str(first.replica), str(second.replica))
+                    (round(second.at - first.at, 3), described(first), described(second))
                 )
     return found
 
@@ -972,7 +979,7 @@ def test_resharding_moves_credentials_without_serving_one_twice(
             f"replaced +{r.replaced - marks['scale to 3']:.1f} s by "
             f"{writer.replica if writer else None}"
         )
-    assert not twice, sorted(twice)[:20]
+    assert not twice, sorted(twice.items())[:20]
     # No credential waits for a move longer than a lease duration (issue 18 section 2):
     # no shard goes without a server that long, nor does any credential's refresh.
     assert gap <= LEASE_DURATION, gap

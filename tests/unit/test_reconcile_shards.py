@@ -4,11 +4,14 @@ schedules it from its status, with no listing; handing it over stops it."""
 
 from __future__ import annotations
 
+import base64
+import copy
 import dataclasses
 import datetime
 import types
 from typing import Any
 
+import httpx
 import pytest
 from test_target_watch import TARGET, secret, seen
 
@@ -21,6 +24,9 @@ from tokensync import (
     possession,
     reconcile,
     scheduler,
+    status,
+    target,
+    timing,
 )
 
 T0 = datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC)
@@ -192,3 +198,208 @@ async def test_an_attempt_whose_shard_was_handed_over_while_it_waited_sends_noth
             policy=None,  # type: ignore[arg-type]
             record=record,  # type: ignore[arg-type]
         )
+
+
+# -- a takeover whose watch lags the previous holder's last write ------------------------------
+
+#: The previous holder refreshed the credential here, just before it handed the shard over.
+REFRESHED = T0 + 2310 * S
+#: When the new holder's first attempt runs: its watch still shows the status before that.
+TAKEN = T0 + 2312 * S
+
+
+class ApiServer:
+    """The API server as the previous holder left it: the client Secret, the target Secret
+    with the token it wrote last, and the ClientCredential whose status describes that
+    token. Reads are answered, writes recorded (none is expected)."""
+
+    def __init__(self, name: str, credential: dict[str, Any], token: dict[str, Any]) -> None:
+        self.name = name
+        self.credential = credential
+        self.secrets: dict[str, dict[str, Any]] = {
+            "c": {
+                "metadata": {
+                    "namespace": NS,
+                    "name": "c",
+                    "resourceVersion": "7",
+                    "labels": {model.CLIENT_SECRET_LABEL: "true"},
+                    "annotations": {model.ALLOWED_DESTINATIONS_ANNOTATION: "idp.example"},
+                },
+                "data": {
+                    "client_id": base64.b64encode(b"payments").decode(),
+                    "client_secret": base64.b64encode(b"s3cret").decode(),
+                },
+            },
+            f"{name}-token": token,
+        }
+        self.writes: list[str] = []
+        self.credential_reads = 0
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.secrets.get(name)
+        return copy.deepcopy(found) if found else None
+
+    async def read_credential(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.credential_reads += 1
+        return copy.deepcopy(self.credential)
+
+    async def patch_status(self, namespace: str, name: str, patch: Any, **_: Any) -> Any:
+        self.writes.append(f"status {sorted(patch)}")
+        return {"metadata": {"resourceVersion": "99"}}
+
+    async def patch_secret(self, namespace: str, name: str, body: Any) -> Any:
+        self.writes.append(f"Secret {name}")
+        return copy.deepcopy(body)
+
+    async def create_secret(self, namespace: str, body: Any) -> Any:
+        self.writes.append(f"Secret {body['metadata']['name']} (create)")
+        return copy.deepcopy(body)
+
+    async def post_event(self, **_: Any) -> None:
+        self.writes.append("Event")
+
+
+class TokenEndpoint:
+    """Stands in for transport.HttpClients; counts token requests."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            self.requests += 1
+            return httpx.Response(
+                200, json={"access_token": "again", "token_type": "Bearer", "expires_in": 3600}
+            )
+
+        self.client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+
+    def for_tls(self, **_: Any) -> httpx.AsyncClient:
+        return self.client
+
+
+def refreshed(name: str, lifetime: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The previous holder's last refresh, at :data:`REFRESHED`: the ClientCredential with
+    the status it wrote, and the target Secret it wrote just before."""
+    expires = REFRESHED + lifetime * S
+    refresh = timing.refresh_at(
+        issued_at=REFRESHED, expires_at=expires, policy=model.RefreshPolicy(), jitter=0.5
+    )
+    message = f"token valid until {model.format_time(expires)}"
+    conditions = status.set_condition(
+        (), type_=status.READY, status=True, reason="TokenIssued", message=message,
+        generation=1, now=T0,
+    )  # fmt: skip
+    credential = body(name)
+    credential["metadata"]["resourceVersion"] = "51"
+    credential["status"] = {
+        "observedGeneration": 1,
+        "handledRefreshRequest": None,
+        "target": f"{name}-token",
+        "lastRefreshAt": model.format_time(REFRESHED),
+        "expiresAt": model.format_time(expires),
+        "nextRefreshAt": model.format_time(refresh),
+        "failedAttempts": 0,
+        "lastFailureReason": None,
+        "clientSecretVersion": "7",
+        "conditions": status.rendered(conditions),
+    }
+    token = target.for_create(
+        target.render_target(
+            namespace=NS,
+            credential=name,
+            credential_uid=f"uid-{name}",
+            target=model.TargetSpec(name=f"{name}-token"),
+            access_token="written-by-the-previous-holder",
+            token_type="Bearer",
+            expires_at=expires,
+            scope=None,
+            issued_at=REFRESHED,
+            refresh_at=refresh,
+        )
+    )
+    token["metadata"].update(uid="uid-target", resourceVersion="50")
+    return credential, token
+
+
+@pytest.mark.parametrize(
+    "lifetime",
+    [
+        3600,  # as long as the last: adopted, and its status was written again
+        7200,  # longer than the stale status allows to trust: a second token was fetched
+    ],
+)
+async def test_a_takeover_whose_watch_lags_the_previous_holder_writes_nothing(
+    lifetime: int,
+) -> None:
+    """The previous holder refreshed a credential and handed its shard over; the replica
+    that took it still had the status from before that refresh (its watch lagged), so the
+    credential looked due. Its first attempt finds the newer token in the target, reads
+    status again, and then writes nothing and asks for no token: the previous holder's
+    status describes that token already (the chaos test's "served by two replicas in one
+    cycle", decision 0050)."""
+    name = names_in(1, 1)[0]
+    credential, token = refreshed(name, lifetime)
+    api, endpoint = ApiServer(name, credential, token), TokenEndpoint()
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    served: set[int] = set()
+    rec = reconcile.Reconciler(
+        kube_api=api,  # type: ignore[arg-type]
+        http=endpoint,  # type: ignore[arg-type]
+        metrics_=metrics.Metrics(),
+        queue=queue,
+        pacer=scheduler.HostPacer(rate=1000, burst=1000),
+        settings=config.Config(shards=SHARDS),
+        clock=lambda: TAKEN,
+        draw=lambda: 0.5,
+        serving=lambda shard: shard in served,
+    )
+    stale = body(name)  # what the watch delivered last: the token of T0, due at T0 + 2300 s
+    stale["metadata"]["resourceVersion"] = "40"
+    stale["status"].update(
+        clientSecretVersion="7", conditions=credential["status"]["conditions"], failedAttempts=0
+    )
+    rec.observe(stale)
+    served.add(1)
+    rec.take_over(1)
+    due = queue.due_at((NS, name))
+    assert due is not None
+    assert due <= TAKEN.timestamp()  # due, as far as the lagging view can tell
+    await rec.refresh((NS, name), due)
+    await endpoint.client.aclose()
+
+    assert api.writes == []
+    assert endpoint.requests == 0
+    assert api.credential_reads == 1
+    record = rec._tracker.get((NS, name))
+    assert record is not None
+    assert record.state.issued_at == REFRESHED
+    next_refresh = model.parse_time(credential["status"]["nextRefreshAt"])
+    assert next_refresh is not None
+    assert queue.due_at((NS, name)) == next_refresh.timestamp()  # the new token's time
+
+
+async def test_a_takeover_with_a_current_view_reads_no_status_and_writes_none() -> None:
+    """The watch had delivered the previous holder's last status: an attempt that runs all
+    the same finds the target as status describes it, reads no status and writes none."""
+    name = names_in(1, 1)[0]
+    credential, token = refreshed(name, 3600)
+    api, endpoint = ApiServer(name, credential, token), TokenEndpoint()
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    served: set[int] = set()
+    rec = reconcile.Reconciler(
+        kube_api=api,  # type: ignore[arg-type]
+        http=endpoint,  # type: ignore[arg-type]
+        metrics_=metrics.Metrics(),
+        queue=queue,
+        pacer=scheduler.HostPacer(rate=1000, burst=1000),
+        settings=config.Config(shards=SHARDS),
+        clock=lambda: TAKEN,
+        draw=lambda: 0.5,
+        serving=lambda shard: shard in served,
+    )
+    rec.observe(credential)
+    served.add(1)
+    rec.take_over(1)
+    await rec.refresh((NS, name), TAKEN.timestamp())
+    await endpoint.client.aclose()
+    assert (api.credential_reads, api.writes, endpoint.requests) == (0, [], 0)
