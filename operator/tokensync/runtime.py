@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import prometheus_client
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
@@ -300,11 +299,7 @@ class Runtime:
 
     def start(self) -> None:
         if self.config.metrics_port is not None:
-            prometheus_client.start_http_server(
-                self.config.metrics_port,
-                addr=self.config.metrics_address,
-                registry=self.metrics.registry,
-            )
+            metrics.serve(self.metrics, self.config.metrics_port, self.config.metrics_address)
             logger.info("metrics on port %d", self.config.metrics_port)
         self._task = asyncio.create_task(self.queue.run(self.reconciler.refresh))
         self._freeze_task = asyncio.create_task(self._freezer.run())
