@@ -930,6 +930,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ops,
                 lifetime=lifetime,
                 token_rate=args.token_rate,
+                resources=resources,
             )
             print_section(
                 "backlog: every credential's refresh requested while stopped", result["backlog"]
@@ -963,6 +964,7 @@ def backlog(
     *,
     lifetime: float,
     token_rate: float,
+    resources: tuple[str, ...],
 ) -> dict[str, Any]:
     """A backlog: the operator stopped, every credential's refresh requested meanwhile, the
     operator started; the time until each has handled its request
@@ -976,6 +978,7 @@ def backlog(
     asyncio.run(request_refreshes(cluster, names, value, BACKLOG_SUBMIT_RATE))
     submitted = time.time() - submit0
     tokens0, cpu0, t0 = server.requests, process_cpu(cluster), time.time()
+    api0 = api_requests(cluster, resources)
     ops.start(run=3)
     cpu_op0 = ops.cpu()
 
@@ -986,6 +989,7 @@ def backlog(
     done = wait_for(lambda: handled() >= len(names), timeout=max(900.0, 3 * lifetime), step=0.5)
     t1 = done or time.time()
     cpu1, cpu_op1 = process_cpu(cluster), ops.cpu()
+    api = split_leases(api_delta(api0, api_requests(cluster, resources)))[0]
     return {
         "credentials": len(names),
         "requests_submitted_in_seconds": round(submitted, 1),
@@ -995,6 +999,7 @@ def backlog(
         "lifetime_seconds": lifetime,
         "drained_within_a_lifetime": bool(done and t1 - t0 <= lifetime),
         "token_requests": server.requests - tokens0,
+        "api_requests": api,
         "peak_token_requests_per_second": server.peak_rate(t0, t1),
         "token_requests_per_10_seconds": server.series(t0, t1, 10),
         "operator_cores": round((sum(cpu_op1) - sum(cpu_op0)) / (t1 - t0), 3),
