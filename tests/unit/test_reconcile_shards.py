@@ -321,6 +321,25 @@ def refreshed(name: str, lifetime: int) -> tuple[dict[str, Any], dict[str, Any]]
     return credential, token
 
 
+def taking_over(
+    api: ApiServer, endpoint: TokenEndpoint, served: set[int]
+) -> tuple[reconcile.Reconciler, scheduler.RefreshQueue[reconcile.Key]]:
+    """A replica at TAKEN that serves the shards in ``served``, against these fakes."""
+    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
+    rec = reconcile.Reconciler(
+        kube_api=api,  # type: ignore[arg-type]
+        http=endpoint,  # type: ignore[arg-type]
+        metrics_=metrics.Metrics(),
+        queue=queue,
+        pacer=scheduler.HostPacer(rate=1000, burst=1000),
+        settings=config.Config(shards=SHARDS),
+        clock=lambda: TAKEN,
+        draw=lambda: 0.5,
+        serving=lambda shard: shard in served,
+    )
+    return rec, queue
+
+
 @pytest.mark.parametrize(
     "lifetime",
     [
@@ -340,19 +359,8 @@ async def test_a_takeover_whose_watch_lags_the_previous_holder_writes_nothing(
     name = names_in(1, 1)[0]
     credential, token = refreshed(name, lifetime)
     api, endpoint = ApiServer(name, credential, token), TokenEndpoint()
-    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
     served: set[int] = set()
-    rec = reconcile.Reconciler(
-        kube_api=api,  # type: ignore[arg-type]
-        http=endpoint,  # type: ignore[arg-type]
-        metrics_=metrics.Metrics(),
-        queue=queue,
-        pacer=scheduler.HostPacer(rate=1000, burst=1000),
-        settings=config.Config(shards=SHARDS),
-        clock=lambda: TAKEN,
-        draw=lambda: 0.5,
-        serving=lambda shard: shard in served,
-    )
+    rec, queue = taking_over(api, endpoint, served)
     stale = body(name)  # what the watch delivered last: the token of T0, due at T0 + 2300 s
     stale["metadata"]["resourceVersion"] = "40"
     stale["status"].update(
@@ -384,19 +392,8 @@ async def test_a_takeover_with_a_current_view_reads_no_status_and_writes_none() 
     name = names_in(1, 1)[0]
     credential, token = refreshed(name, 3600)
     api, endpoint = ApiServer(name, credential, token), TokenEndpoint()
-    queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(workers=1)
     served: set[int] = set()
-    rec = reconcile.Reconciler(
-        kube_api=api,  # type: ignore[arg-type]
-        http=endpoint,  # type: ignore[arg-type]
-        metrics_=metrics.Metrics(),
-        queue=queue,
-        pacer=scheduler.HostPacer(rate=1000, burst=1000),
-        settings=config.Config(shards=SHARDS),
-        clock=lambda: TAKEN,
-        draw=lambda: 0.5,
-        serving=lambda shard: shard in served,
-    )
+    rec, _ = taking_over(api, endpoint, served)
     rec.observe(credential)
     served.add(1)
     rec.take_over(1)
