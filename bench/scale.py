@@ -13,8 +13,7 @@ f. Time to Ready for 100 credentials created one at a time (with N present) vs t
    create and watch delivery added), with the median time to each step.
 b/d. Steady state: lifetimes set so that about --refresh-rate refreshes happen per second;
    refresh lateness (operator histogram, and Secret write seen by a watch minus the due time
-   in status; status holds whole seconds, and since decision 0063 the operator refreshes at
-   that second rather than up to a second after it), CPU and RSS, and cost per refresh.
+   in status, which is truncated to the second), CPU and RSS, and cost per refresh.
 g. Backlog (skipped with --no-backlog): the operator stopped, every credential's refresh
    requested, the operator started; the time until all have handled it, against N /
    --token-rate and against the token lifetime (issue 19: a backlog drains within one
@@ -1189,7 +1188,7 @@ def plot() -> pathlib.Path:
         xscale="log",
         xlabel="credentials",
         ylabel="seconds",
-        title="refresh lateness: Secret written - due in status",
+        title="refresh lateness: Secret written - due\n(upper bound: due times are stored to the second)",
     )
     left.legend()
     right.plot(

