@@ -653,14 +653,20 @@ async def _merge_patch(http: httpx.AsyncClient, path: str, body: dict[str, Any])
 
 
 def profile(op: OperatorProcess, name: str, seconds: float) -> subprocess.Popen[bytes] | None:
-    """With BENCH_PYSPY=<dir>: sample the operator with py-spy (speedscope JSON) meanwhile.
+    """With BENCH_PYSPY=<dir>: sample the operator with py-spy (speedscope JSON) meanwhile;
+    with BENCH_PYSPY_PHASES=cold,steady,backlog (a comma list) only in those phases.
 
     Only samples holding the GIL are kept (``--gil``): the operator is bound by the GIL, and
     threads waiting for a response in C code (SSL reads) would otherwise count as busy.
     """
     target = os.environ.get("BENCH_PYSPY")
     exe = pathlib.Path(sys.executable).parent / "py-spy"
-    if not target or not exe.exists():
+    phases = os.environ.get("BENCH_PYSPY_PHASES")  # e.g. "backlog": only those phases
+    if (
+        not target
+        or not exe.exists()
+        or (phases and name.split("-", maxsplit=1)[0] not in phases.split(","))
+    ):
         return None
     pathlib.Path(target).mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
@@ -981,6 +987,7 @@ def backlog(
     api0 = api_requests(cluster, resources)
     ops.start(run=3)
     cpu_op0 = ops.cpu()
+    spies = profiles(ops, "backlog", len(names), 40)  # the ramp: its first 40 s
 
     def handled() -> int:
         with creds.lock:
@@ -990,6 +997,8 @@ def backlog(
     t1 = done or time.time()
     cpu1, cpu_op1 = process_cpu(cluster), ops.cpu()
     api = split_leases(api_delta(api0, api_requests(cluster, resources)))[0]
+    for spy in spies:
+        spy.wait(60)
     return {
         "credentials": len(names),
         "requests_submitted_in_seconds": round(submitted, 1),
