@@ -13,7 +13,7 @@ f. Time to Ready for 100 credentials created one at a time (with N present) vs t
    create and watch delivery added), with the median time to each step.
 b/d. Steady state: lifetimes set so that about --refresh-rate refreshes happen per second;
    refresh lateness (operator histogram, and Secret write seen by a watch minus the due time
-   in status, which is truncated to the second), CPU and RSS, and cost per refresh.
+   in status, to the millisecond since decision 0064), CPU and RSS, and cost per refresh.
 g. Backlog (skipped with --no-backlog): the operator stopped, every credential's refresh
    requested, the operator started; the time until all have handled it, against N /
    --token-rate and against the token lifetime (issue 19: a backlog drains within one
@@ -1197,7 +1197,7 @@ def plot() -> pathlib.Path:
         xscale="log",
         xlabel="credentials",
         ylabel="seconds",
-        title="refresh lateness: Secret written - due\n(upper bound: due times are stored to the second)",
+        title="refresh lateness: Secret written - due\n(due times in status to the millisecond; before decision 0064 to the second, an upper bound)",
     )
     left.legend()
     right.plot(

@@ -80,6 +80,21 @@ def format_time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_due(moment: datetime.datetime) -> str:
+    """RFC 3339 in UTC to the millisecond (truncated), trailing zeros left out as Go's
+    RFC3339Nano leaves them out, so a whole second reads as :func:`format_time` writes it.
+
+    For the times the operator acts at, ``status.nextRefreshAt`` and the refresh-at
+    annotation (decision 0064): due times are spread within each second, and status read
+    back after a restart, or compared with the time a Secret changed, is then the time the
+    operator uses, not up to a second earlier.
+    """
+    utc = moment.astimezone(datetime.UTC)
+    whole = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    millis = utc.microsecond // 1000
+    return f"{whole}.{millis:03d}".rstrip("0") + "Z" if millis else f"{whole}Z"
+
+
 #: The strings :func:`word` shares, at most :data:`WORDS_MAX` of them.
 _words: dict[str, str] = {}
 WORDS_MAX = 1024

@@ -22,7 +22,8 @@ CLOCK_SKEW = datetime.timedelta(seconds=30)
 #: How much longer than the token status knows a token found in the Secret may live; a
 #: provider that lengthens its tokens costs one token request more, once.
 LIFETIME_SLACK = 0.1
-#: The Secret's annotations are whole seconds: the refresh time read back may be off by this.
+#: The issue and expiry annotations are whole seconds, and the refresh time was too before
+#: decision 0064: a refresh time read back may be off by this.
 _ROUNDING = datetime.timedelta(seconds=2)
 _LAST_DRAW = 0.999999
 
@@ -62,7 +63,8 @@ def trusted(
 
 
 def second(moment: datetime.datetime) -> datetime.datetime:
-    """Status and the annotations hold whole seconds: two tokens compare at that precision."""
+    """Status and the annotations hold issue and expiry times in whole seconds: two tokens
+    compare at that precision."""
     return moment.replace(microsecond=0)
 
 

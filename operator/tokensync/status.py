@@ -53,6 +53,16 @@ def rendered(conditions: Sequence[model.Condition]) -> list[dict[str, Any]]:
     return [condition.as_status() for condition in conditions]
 
 
+#: The status times the operator acts at: to the millisecond (``model.format_due``).
+_DUE_TIMES = frozenset({"nextRefreshAt"})
+
+
 def times(**moments: datetime.datetime | None) -> dict[str, str | None]:
-    """Status timestamp fields (``expiresAt=...``) formatted, None kept to clear a field."""
-    return {key: model.format_time(value) if value else None for key, value in moments.items()}
+    """Status timestamp fields (``expiresAt=...``) formatted, None kept to clear a field.
+    Whole seconds, except the due time (``nextRefreshAt``) to the millisecond."""
+    return {
+        key: (model.format_due if key in _DUE_TIMES else model.format_time)(value)
+        if value
+        else None
+        for key, value in moments.items()
+    }

@@ -98,7 +98,7 @@ def render_target(
     if issued_at is not None:
         annotations[ISSUED_AT_ANNOTATION] = model.format_time(issued_at)
     if refresh_at is not None:
-        annotations[REFRESH_AT_ANNOTATION] = model.format_time(refresh_at)
+        annotations[REFRESH_AT_ANNOTATION] = model.format_due(refresh_at)
     if token_id is not None:
         annotations[TOKEN_ID_ANNOTATION] = possession.format_id(token_id)
     token = shape.Token(

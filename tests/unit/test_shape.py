@@ -481,3 +481,13 @@ def test_seen_carries_the_written_keys() -> None:
     assert seen is not None
     assert seen.written == target.written(secret)
     assert seen.times is not None
+
+
+def test_the_refresh_time_annotation_reads_back_to_the_millisecond() -> None:
+    due = ISSUED + datetime.timedelta(minutes=40, microseconds=712_345)
+    rendered = body(NETRC, refresh_at=due)
+    annotations = rendered["metadata"]["annotations"]
+    assert annotations[target.REFRESH_AT_ANNOTATION].endswith(".712Z")
+    issued, _, refresh = target.token_times(stored(rendered)) or (None, None, None)
+    assert refresh == due.replace(microsecond=712_000)
+    assert issued == ISSUED.replace(microsecond=0)  # the issue time stays whole seconds

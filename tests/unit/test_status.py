@@ -174,3 +174,43 @@ def test_times() -> None:
 def test_times_round_trip_through_parse_time_to_the_second(moment: datetime.datetime) -> None:
     written = status.times(at=moment)["at"]
     assert model.parse_time(written) == moment.replace(microsecond=0)
+
+
+def test_the_due_time_is_written_to_the_millisecond_and_the_others_to_the_second() -> None:
+    moment = T0 + datetime.timedelta(microseconds=712_999)
+    assert status.times(expiresAt=moment, lastRefreshAt=moment, nextRefreshAt=moment) == {
+        "expiresAt": "2026-11-22T22:15:00Z",
+        "lastRefreshAt": "2026-11-22T22:15:00Z",
+        "nextRefreshAt": "2026-11-22T22:15:00.712Z",  # truncated: never later than the due time
+    }
+
+
+@pytest.mark.parametrize(
+    ("micros", "expected"),
+    [
+        (0, "2026-11-22T22:15:00Z"),  # a whole second reads as format_time writes it
+        (999, "2026-11-22T22:15:00Z"),
+        (1_000, "2026-11-22T22:15:00.001Z"),
+        (500_000, "2026-11-22T22:15:00.5Z"),  # trailing zeros left out, as Go's RFC3339Nano
+        (120_000, "2026-11-22T22:15:00.12Z"),
+        (999_999, "2026-11-22T22:15:00.999Z"),
+    ],
+)
+def test_format_due(micros: int, expected: str) -> None:
+    assert model.format_due(T0 + datetime.timedelta(microseconds=micros)) == expected
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime.datetime(1970, 1, 2),
+        max_value=datetime.datetime(9999, 12, 30),
+        timezones=st.just(datetime.UTC),
+    )
+)
+def test_due_times_round_trip_through_parse_time_to_the_millisecond(
+    moment: datetime.datetime,
+) -> None:
+    written = model.format_due(moment)
+    assert model.parse_time(written) == moment.replace(
+        microsecond=moment.microsecond // 1000 * 1000
+    )
