@@ -31,7 +31,7 @@ class Config:
     #: Refreshes running at once.
     workers: int = 16
     #: Kubernetes API requests at once (the client's thread pool, decision 0006).
-    kube_workers: int = 8
+    kube_workers: int = 16
     token_rate_per_host: float = 20.0
     # No burst: requests evenly spaced, so no 1-s window holds more than the rate. A burst
     # of B lets a window hold up to B - 1 more (decision 0022).
