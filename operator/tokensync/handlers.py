@@ -25,9 +25,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.enabled = False  # our own Events are posted on transitions only
     memo.runtime = runtime.Runtime(memo.config)
     try:
-        await memo.runtime.serve()  # first: a port taken stops the start, nothing is running
+        # First: a port taken ends the start (the process exits), with nothing running yet;
+        # kopf would otherwise try the whole start again a minute later, unhealthy meanwhile.
+        await memo.runtime.serve()
     except OSError as exc:
-        raise kopf.PermanentError(f"the refresh endpoint cannot listen: {exc}") from None
+        raise kopf.PermanentError(f"the metrics or refresh endpoint cannot listen: {exc}") from None
     memo.runtime.start()
 
 

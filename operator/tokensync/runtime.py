@@ -298,9 +298,6 @@ class Runtime:
         self._membership_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self.config.metrics_port is not None:
-            metrics.serve(self.metrics, self.config.metrics_port, self.config.metrics_address)
-            logger.info("metrics on port %d", self.config.metrics_port)
         self._task = asyncio.create_task(self.queue.run(self.reconciler.refresh))
         self._freeze_task = asyncio.create_task(self._freezer.run())
         self._resync_task = asyncio.create_task(self._resync_forever())
@@ -343,7 +340,11 @@ class Runtime:
         logger.info("watching %d credentials: ready to take shards", len(listed))
 
     async def serve(self) -> None:
-        """Open the refresh endpoint; raises when its port cannot be bound."""
+        """Open the metrics and the refresh endpoints; raises OSError when a port cannot be
+        bound, before anything else runs."""
+        if self.config.metrics_port is not None:
+            metrics.serve(self.metrics, self.config.metrics_port, self.config.metrics_address)
+            logger.info("metrics on port %d", self.config.metrics_port)
         if self.refresh_api is not None:
             await self.refresh_api.start()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
+import socket
 import time
 import uuid
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from support import testenv
+from localcluster.cluster import free_port
+from support import operatorproc, testenv
 from support.fixtures import operator, token_server
 from support.operatorproc import OperatorProcess
 from support.polling import wait_for
@@ -277,6 +279,26 @@ def test_restart_fetches_nothing_still_valid(
     time.sleep(3)
     fetched = [i for i in env.server.issued if i.access_token not in before]
     assert fetched == [], operator.log()[-5000:]
+
+
+def test_a_start_whose_port_was_taken_meanwhile_is_made_again(
+    operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test harness's own retry (support.operatorproc): a port picked free and taken
+    before the operator binds it costs a start, not the test."""
+    operator.stop()
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))  # as the operator binds its ports: on every address
+        held.listen()
+        taken = held.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr(operatorproc, "free_port", lambda: next(picks, None) or free_port())
+        before = len(operator.log())
+        operator.start()
+        assert operator.metrics_port != taken
+        # One start ended at once, naming why (a taken port is fatal, not retried by kopf).
+        assert "the metrics or refresh endpoint cannot listen" in operator.log()[before:]
+    assert operator.metrics()  # the operator started on the new ports serves them
 
 
 def test_no_secret_in_logs_events_status_or_metrics(env: Env, operator: OperatorProcess) -> None:

@@ -31,6 +31,14 @@ from localcluster import LocalCluster
 from localcluster.cluster import free_port
 from support.polling import wait_for
 
+#: Starts made on new ports when one picked was taken before the operator bound it.
+PORT_ATTEMPTS = 3
+
+
+class _PortTaken(RuntimeError):
+    """The operator exited at start because one of its ports was taken meanwhile."""
+
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 RBAC = REPO_ROOT / "deploy" / "base" / "rbac.yaml"
 NAMESPACE_MANIFEST = REPO_ROOT / "deploy" / "base" / "namespace.yaml"
@@ -193,8 +201,23 @@ class OperatorProcess:
         self.refresh_port = 0
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
+        """Start the operator and wait until it is healthy. Its three ports are picked free
+        just before, and the operator binds them seconds later: an outgoing connection of
+        any process on the machine can take one meanwhile (the ephemeral range is shared).
+        Such a start is made again on new ports, up to :data:`PORT_ATTEMPTS` times."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> OperatorProcess:
         self.metrics_port, self.health_port = free_port(), free_port()
         self.refresh_port = free_port()
+        # The log is appended to by every start: only this start's part says why it ended.
+        before = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -224,7 +247,11 @@ class OperatorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited at start:\n{self.log()[-3000:]}")
+                text = self.log()[-3000:]
+                ours = self.log_path.read_bytes()[before:].decode(errors="replace")
+                if "address already in use" in ours.lower():
+                    raise _PortTaken(f"operator exited at start:\n{text}")
+                raise RuntimeError(f"operator exited at start:\n{text}")
             if self._get(f"http://127.0.0.1:{self.health_port}/healthz") is not None:
                 return self
             time.sleep(0.1)
