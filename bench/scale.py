@@ -627,17 +627,17 @@ async def request_refreshes(
     patches took 345 s at a rate of 2,000/s, longer than the backlog's token lifetime)."""
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     in_flight = asyncio.Semaphore(SUBMIT_IN_FLIGHT)
-
-    async def one(name: str) -> None:
-        patch = {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": value}}}
-        try:
-            await _merge_patch(http, f"{CC_PATH}/{name}", patch)
-        finally:
-            in_flight.release()
-
+    patch = {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": value}}}
     async with httpx.AsyncClient(
         base_url=cluster.server, verify=admin_ssl(cluster), limits=limits, timeout=60
     ) as http:
+
+        async def one(name: str) -> None:
+            try:
+                await _merge_patch(http, f"{CC_PATH}/{name}", patch)
+            finally:
+                in_flight.release()
+
         start = time.monotonic()
         tasks = []
         for i, name in enumerate(names):

@@ -205,13 +205,10 @@ class OperatorProcess:
         just before, and the operator binds them seconds later: an outgoing connection of
         any process on the machine can take one meanwhile (the ephemeral range is shared).
         Such a start is made again on new ports, up to :data:`PORT_ATTEMPTS` times."""
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            try:
+        for _ in range(PORT_ATTEMPTS - 1):
+            with contextlib.suppress(_PortTaken):
                 return self._start(timeout)
-            except _PortTaken:
-                if attempt == PORT_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
+        return self._start(timeout)
 
     def _start(self, timeout: float) -> OperatorProcess:
         self.metrics_port, self.health_port = free_port(), free_port()
@@ -247,11 +244,11 @@ class OperatorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                text = self.log()[-3000:]
                 ours = self.log_path.read_bytes()[before:].decode(errors="replace")
-                if "address already in use" in ours.lower():
-                    raise _PortTaken(f"operator exited at start:\n{text}")
-                raise RuntimeError(f"operator exited at start:\n{text}")
+                taken = "address already in use" in ours.lower()
+                raise (_PortTaken if taken else RuntimeError)(
+                    f"operator exited at start:\n{ours[-3000:]}"
+                )
             if self._get(f"http://127.0.0.1:{self.health_port}/healthz") is not None:
                 return self
             time.sleep(0.1)
