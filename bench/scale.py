@@ -960,20 +960,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for spy in spies:
             spy.wait(30)
         logs = sorted(work.glob("operator-*.log"))
-        errors = [
-            sum(1 for line in p.read_text(errors="replace").splitlines() if " ERROR " in line)
-            for p in logs
-        ]
-        result["operator_error_lines"] = sum(errors)
+        counts = {p.name: log_counts(p) for p in logs}
+        result["operator_error_lines"] = sum(c["ERROR"] for c in counts.values())
         if ops.ha:
-            result["operator_error_lines_per_log"] = {
-                p.name: e for p, e in zip(logs, errors, strict=True)
-            }
+            result["operator_error_lines_per_log"] = {n: c["ERROR"] for n, c in counts.items()}
+        # Per start (1: cold start; 2: restart to steady window; 3: backlog): WARNING lines
+        # and, among them, tokens that expired before their refresh.
+        result["operator_log_lines"] = counts
+        print_section("operator log lines per start", counts)
         result["bench_watch_reconnects"] = dict(creds.reconnects + secrets_.reconnects)
         creds.stop()
         secrets_.stop()
     ops.close()
     return result
+
+
+def log_counts(path: pathlib.Path) -> dict[str, int]:
+    """An operator log's ERROR and WARNING lines, and the tokens it reports expired."""
+    counts = dict.fromkeys(("ERROR", "WARNING", "expired"), 0)
+    for line in path.read_text(errors="replace").splitlines():
+        if " ERROR " in line:
+            counts["ERROR"] += 1
+        elif " WARNING " in line:
+            counts["WARNING"] += 1
+            counts["expired"] += ": token expired at " in line
+    return counts
 
 
 def backlog(

@@ -115,6 +115,10 @@ def expired(
         reschedule=False,
         ready=False,
         events=(progress.Event("Warning", Reason.EXPIRED, text),),
+        # Logged too: Events are dropped beyond their rate, and a burst of expiries (a
+        # backlog that outlasts tokens) is when they are.
+        log=f"{progress.CREDENTIAL}: {text}",
+        log_level=logging.WARNING,
     )
 
 

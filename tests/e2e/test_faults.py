@@ -269,7 +269,9 @@ def test_transient_errors_keep_the_last_good_token(
         assert needle not in haystack
 
 
-def test_token_expires_during_an_outage(env: Env, faults: FaultServer) -> None:
+def test_token_expires_during_an_outage(
+    env: Env, faults: FaultServer, operator: OperatorProcess
+) -> None:
     exp = int(time.time()) + 8
     token = jwt_expiring_at(exp)
     faults.push(Fault.token(access_token=token, expires_in=None))
@@ -307,6 +309,12 @@ def test_token_expires_during_an_outage(env: Env, faults: FaultServer) -> None:
     assert rfc3339(expired["lastTransitionTime"]) >= exp
     assert "ConnectionFailed" in expired["message"]
     assert env.target("api-token") == good, "the expired token must stay, not be emptied"
+    # Logged as well: Events beyond their rate are dropped, the log line is not.
+    env.wait_for(
+        lambda: f"WARNING tokensync.reconcile: {env.ns}/api: token expired at " in operator.log(),
+        timeout=5,
+        what="the expiry in the operator's log",
+    )
 
     # Every status write before the Expired one had Ready True.
     objects = history.objects()

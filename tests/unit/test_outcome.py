@@ -4,6 +4,7 @@ retry bounds over many draws. Pure: no I/O, the clock and the draw are arguments
 from __future__ import annotations
 
 import datetime
+import logging
 
 import pytest
 from hypothesis import given
@@ -147,6 +148,10 @@ def test_expired_is_reported_once() -> None:
     assert first.status["conditions"][0]["message"] == (
         f"token expired at {model.format_time(T0 - S)}; refresh in progress"
     )
+    assert first.log == (
+        f"{progress.CREDENTIAL}: token expired at {model.format_time(T0 - S)}; refresh in progress"
+    )
+    assert first.log_level == logging.WARNING
     assert outcome.expired(first.state, generation=3, now=T0, message="again") is None
 
 
