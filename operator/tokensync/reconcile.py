@@ -323,11 +323,15 @@ class Reconciler:
             if not found.deleted:
                 record.holds(found.token_id)
             return
-        if self._queue.is_running(record.key):
+        if self._queue.is_active(record.key):
             # Judged when the attempt in flight ends (Tracker.stale_after_run): its write
             # may supersede this change, or this change may have come after its write.
             self._tracker.target_seen_while_running(record.key, found)
             return
+        # One that only waits for a worker has read and written nothing yet: judged now, so
+        # that its attempt need not read a target the listing just delivered (a start with
+        # every credential due at once made thousands of such reads).
+        waiting = self._queue.is_running(record.key)
         verdict = tracking.judge(record, found)
         if verdict is tracking.Verdict.AGREES:
             record.accept(found)
@@ -339,9 +343,9 @@ class Reconciler:
                 # client Secret is gone too and no token is fetched for a dying namespace.
                 at = self._clock().timestamp() + TARGET_DELETED_GRACE
                 due = self._queue.due_at(record.key)
-                if due is None or due > at:
+                if not waiting and (due is None or due > at):
                     self._queue.schedule(record.key, at=at)
-            else:
+            elif not waiting:  # a waiting one runs soon anyway, and reads it first
                 self._queue.trigger(record.key)
             logger.info(
                 "target Secret %s/%s of %s was %s outside this process: re-checked %s",

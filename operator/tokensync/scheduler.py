@@ -80,7 +80,12 @@ class RefreshQueue(Generic[K]):
         return self._pending.at(key)
 
     def is_running(self, key: K) -> bool:
+        """Due and not done: waiting for a worker, or with one (see :meth:`is_active`)."""
         return key in self._running
+
+    def is_active(self, key: K) -> bool:
+        """A worker is doing its work now."""
+        return key in self._active
 
     def active(self) -> frozenset[K]:
         """The keys whose work a worker is doing now (at most ``workers``)."""

@@ -299,6 +299,56 @@ async def test_a_change_while_the_attempt_runs_is_judged_when_it_ends() -> None:
     assert len(runs) == 3
 
 
+@pytest.mark.parametrize("edited", [False, True])
+async def test_a_target_listed_while_its_credential_waits_for_a_worker_is_judged_at_once(
+    edited: bool,
+) -> None:
+    """A start with every credential due at once: the credentials wait for a worker when
+    their targets are listed. Nothing is in flight for them, so the listing is believed at
+    once and their attempts read no target; a target changed by someone else is read by
+    the attempt that is coming anyway, not by a second one."""
+    rec, queue = reconciler()
+    release = asyncio.Event()
+    runs: list[reconcile.Key] = []
+    other = (NS, "holds-the-only-worker")
+
+    async def attempt(key: reconcile.Key, due: float) -> None:
+        runs.append(key)
+        if key == other:
+            await release.wait()
+
+    rec._refresh = attempt  # type: ignore[method-assign]
+    queue.cancel(KEY)  # due (its nextRefreshAt is T0) only once the worker is taken
+    queue.trigger(other)
+    task = asyncio.create_task(queue.run(rec.refresh))
+    try:
+        for _ in range(100):
+            if queue.is_active(other):
+                break
+            await asyncio.sleep(0.001)
+        queue.trigger(KEY)
+        for _ in range(100):
+            if queue.is_running(KEY):
+                break
+            await asyncio.sleep(0.001)
+        assert queue.is_running(KEY)
+        assert not queue.is_active(KEY)
+        # Edited: another token than the one status describes.
+        rec.target_seen(seen(secret(issued=T0 + S if edited else T0, version="7"), "LISTED"))
+        record = rec._tracker.get(KEY)
+        assert record is not None
+        if edited:
+            assert record.target_uid is None  # its attempt reads the target first
+        else:
+            assert (record.target_uid, record.target_version) == ("uid-target", "7")
+        release.set()
+        await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert runs == [other, KEY]  # one attempt: none again after it
+
+
 async def test_a_target_listed_before_its_credential_is_judged_when_it_comes() -> None:
     """On a start the watch of targets may list before the credentials' watch lists them."""
     rec, queue = reconciler()
