@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import datetime
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -225,6 +226,14 @@ def reconciler() -> tuple[reconcile.Reconciler, scheduler.RefreshQueue[reconcile
     return rec, queue
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the queue's tasks run until ``condition`` holds (at most about 0.1 s)."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+
+
 async def test_a_target_as_status_describes_it_is_remembered_not_rechecked() -> None:
     rec, queue = reconciler()
     rec.target_seen(seen(secret(version="7"), "LISTED"))
@@ -276,10 +285,7 @@ async def test_a_change_while_the_attempt_runs_is_judged_when_it_ends() -> None:
     queue.trigger(KEY)
     task = asyncio.create_task(queue.run(rec.refresh))
     try:
-        for _ in range(100):
-            if queue.is_running(KEY):
-                break
-            await asyncio.sleep(0.001)
+        await until(lambda: queue.is_running(KEY))
         # Deleted before the attempt's write (an older uid): the write recreated it.
         rec.target_seen(seen(secret(version="9", uid="uid-before"), "DELETED"))
         release.set()
@@ -322,15 +328,9 @@ async def test_a_target_listed_while_its_credential_waits_for_a_worker_is_judged
     queue.trigger(other)
     task = asyncio.create_task(queue.run(rec.refresh))
     try:
-        for _ in range(100):
-            if queue.is_active(other):
-                break
-            await asyncio.sleep(0.001)
+        await until(lambda: queue.is_active(other))
         queue.trigger(KEY)
-        for _ in range(100):
-            if queue.is_running(KEY):
-                break
-            await asyncio.sleep(0.001)
+        await until(lambda: queue.is_running(KEY))
         assert queue.is_running(KEY)
         assert not queue.is_active(KEY)
         # Edited: another token than the one status describes.
