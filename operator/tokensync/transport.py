@@ -27,6 +27,11 @@ the tunnel against that name, with the credential's CA bundle and client certifi
 a direct connection. The proxy itself is the admin's and may be on a private address: it is
 connected to without the destination rules (decision 0049). httpx's own reading of the
 environment stays off: it would apply no rule to the destination.
+
+No client keeps cookies (:class:`NoCookies`). A client is shared by every credential that
+sends to the same hosts, so a cookie one token endpoint set in answer to one tenant's
+request would go out with the next tenant's, and a jar without bound would grow with every
+cookie an endpoint cares to set.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import http.cookiejar
 import os
 import socket
 import ssl
@@ -321,6 +327,17 @@ class _RoutingTransport(httpx.AsyncBaseTransport):
             await transport.aclose()
 
 
+class NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing: ``Set-Cookie`` in an answer is ignored, so no
+    request carries a cookie (headers.RESERVED refuses a ``Cookie`` header too)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+
 def guarded_client(
     *,
     verify: ssl.SSLContext | bool,
@@ -330,8 +347,8 @@ def guarded_client(
     egress: proxies.Proxies = proxies.NONE,
 ) -> httpx.AsyncClient:
     """An HTTP client that connects only where the destination rules allow (and follows no
-    redirects), through ``egress``'s proxy where it names one: the only kind tokensync
-    sends anything with."""
+    redirects) and keeps no cookies, through ``egress``'s proxy where it names one: the
+    only kind tokensync sends anything with."""
     transport: httpx.AsyncBaseTransport = _GuardedTransport(
         verify=verify, limits=limits, backend=GuardedBackend(allowance)
     )
@@ -340,7 +357,10 @@ def guarded_client(
             verify=verify, limits=limits, allowance=allowance, egress=egress
         )
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout), follow_redirects=False, transport=transport
+        timeout=httpx.Timeout(timeout),
+        follow_redirects=False,
+        transport=transport,
+        cookies=NoCookies(),
     )
 
 
