@@ -10,7 +10,11 @@ section 2, decision 0034). :class:`FairReady` hands out due keys so that
 - no group and no destination host (*lane*) holds more than ``share`` workers at once: a
   slow host, or a namespace aimed at many slow hosts, is slow in its own share of the pool
   and nowhere else. A key whose lane is full waits *parked*, holding no worker, and is
-  handed out when its lane has room again.
+  handed out when its lane has room again;
+- within a group, the key with the lowest *rank* goes first (for refreshes: the one whose
+  token expires first), and keys of equal rank in the order they became due. A backlog
+  (every refresh due at once after a restart, or forced) then drains in the order its
+  tokens expire, so the fewest expire before their refresh.
 
 Pure bookkeeping, no clock and no I/O: the refresh queue says what is due and what ended.
 """
@@ -18,29 +22,45 @@ Pure bookkeeping, no clock and no I/O: the refresh queue says what is due and wh
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 Classify = Callable[[K], Hashable]
+Rank = Callable[[K], float]
+#: A waiting key: its rank, its place in arrival order, the key, and since when it is due.
+Item = tuple[float, int, K, float]
 
 
 class FairReady(Generic[K]):
     """Due keys, handed out round-robin across groups, within each group's and lane's share.
 
-    ``group(key)`` and ``lane(key)`` are read once, when the key is handed out; ``None`` as a
-    lane means no lane (unlimited). Within a group keys go in the order they became due.
+    ``group(key)`` and ``rank(key)`` are read once, when the key is added, ``lane(key)`` when
+    it is handed out; ``None`` as a lane means no lane (unlimited). Within a group keys go
+    lowest rank first, and in the order they became due among equal ranks (without
+    ``rank``, all rank equal).
     """
 
-    def __init__(self, *, share: int, group: Classify[K], lane: Classify[K]) -> None:
+    def __init__(
+        self,
+        *,
+        share: int,
+        group: Classify[K],
+        lane: Classify[K],
+        rank: Rank[K] | None = None,
+    ) -> None:
         if share < 1:
             raise ValueError("share must be at least 1")
         self._share = share
         self._group = group
         self._lane = lane
-        self._ready: dict[Hashable, collections.deque[tuple[K, float]]] = {}
+        self._rank = rank
+        self._arrivals = itertools.count()
+        self._ready: dict[Hashable, list[Item[K]]] = {}  # a heap per group
         self._turns: collections.deque[Hashable] = collections.deque()  # groups with ready keys
-        self._parked: dict[Hashable, collections.deque[tuple[K, float]]] = {}
+        self._parked: dict[Hashable, collections.deque[Item[K]]] = {}
         self._held: collections.Counter[Hashable] = collections.Counter()  # running per group
         self._busy: collections.Counter[Hashable] = collections.Counter()  # running per lane
         self._running: dict[K, tuple[Hashable, Hashable]] = {}
@@ -51,7 +71,8 @@ class FairReady(Generic[K]):
 
     def add(self, key: K, due: float) -> None:
         """``key`` is due (since ``due``) and not running."""
-        self._enqueue(self._group(key), (key, due))
+        rank = self._rank(key) if self._rank is not None else 0.0
+        self._enqueue(self._group(key), (rank, next(self._arrivals), key, due))
 
     def take(self) -> tuple[K, float] | None:
         """The next key to run, or None when nothing may run now. Call :meth:`done` after."""
@@ -81,16 +102,17 @@ class FairReady(Generic[K]):
             waiting = parked.popleft()
             if not parked:
                 del self._parked[lane]
-            # Due before anything that arrived since: first in its group again.
-            self._enqueue(self._group(waiting[0]), waiting, first=True)
+            # Back in its group with its rank and arrival: ahead of what arrived since.
+            self._enqueue(self._group(waiting[2]), waiting)
 
     def _first_runnable(self, group: Hashable) -> tuple[K, float] | None:
         items = self._ready[group]
         while items:
-            key, due = items.popleft()
+            item = heapq.heappop(items)
+            _, _, key, due = item
             lane = self._lane(key)
             if lane is not None and self._busy[lane] >= self._share:
-                self._parked.setdefault(lane, collections.deque()).append((key, due))
+                self._parked.setdefault(lane, collections.deque()).append(item)
                 continue
             self._held[group] += 1
             if lane is not None:
@@ -99,15 +121,12 @@ class FairReady(Generic[K]):
             return key, due
         return None
 
-    def _enqueue(self, group: Hashable, item: tuple[K, float], *, first: bool = False) -> None:
+    def _enqueue(self, group: Hashable, item: Item[K]) -> None:
         items = self._ready.get(group)
         if items is None:
-            items = self._ready[group] = collections.deque()
+            items = self._ready[group] = []
             self._turns.append(group)
-        if first:
-            items.appendleft(item)
-        else:
-            items.append(item)
+        heapq.heappush(items, item)
 
 
 def _decrement(counter: collections.Counter[Hashable], key: Hashable) -> None:

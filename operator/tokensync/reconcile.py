@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import random
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -50,6 +51,21 @@ TARGET_DELETED_GRACE = 1.0
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def refresh_queue(
+    workers: int, reconciler: Callable[[], Reconciler]
+) -> scheduler.RefreshQueue[Key]:
+    """The refresh queue the reconciler of ``reconciler()`` feeds (built after it, since it
+    needs the queue): due credentials are handed out in turns across namespaces, no namespace
+    or host holds more than half the workers (decision 0034), and within a namespace the
+    token that expires first is refreshed first (decision 0066)."""
+    return scheduler.RefreshQueue(
+        workers=workers,
+        group=lambda key: key[0],
+        lane=lambda key: reconciler().lane(key),
+        rank=lambda key: reconciler().urgency(key),
+    )
 
 
 class Reconciler:
@@ -136,6 +152,14 @@ class Reconciler:
             return (urllib.parse.urlsplit(url).hostname or "").lower() or None
         except ValueError:
             return None  # refused by the attempt's URL check, before any request
+
+    def urgency(self, key: Key) -> float:
+        """When a due credential's token expires (a POSIX timestamp), for the order of the
+        refresh queue within a namespace: the earliest first, and a credential without a
+        token before any (decision 0066)."""
+        record = self._tracker.get(key)
+        expires_at = record.state.expires_at if record else None
+        return expires_at.timestamp() if expires_at is not None else -math.inf
 
     # -- watch events ------------------------------------------------------------------
 

@@ -174,12 +174,8 @@ class Runtime:
         self.config = settings
         fix_mmap_threshold()  # before the first listing (decision 0056)
         self.metrics = metrics.Metrics()
-        # Fair across namespaces; no namespace or host holds over half the workers (0034).
-        self.queue: scheduler.RefreshQueue[reconcile.Key] = scheduler.RefreshQueue(
-            workers=settings.workers,
-            group=lambda key: key[0],
-            lane=lambda key: self.reconciler.lane(key),  # noqa: PLW0108 -- built below
-        )
+        # Fair across namespaces, earliest expiry first within one (decisions 0034, 0066).
+        self.queue = reconcile.refresh_queue(settings.workers, lambda: self.reconciler)
         self.pacer = scheduler.HostPacer(
             rate=settings.token_rate_per_host,
             burst=settings.token_burst_per_host,

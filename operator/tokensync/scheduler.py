@@ -39,7 +39,8 @@ class RefreshQueue(Generic[K]):
 
     With ``group`` (a key's tenant) and ``lane`` (the host its work waits on), due keys are
     handed out in turns across groups, and no group or lane holds more than half the
-    workers (``fairness.FairReady``); without them, in the order they became due.
+    workers (``fairness.FairReady``); without them, in the order they became due. With
+    ``rank``, a group's lowest-ranked due key goes first (the refreshes: earliest expiry).
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class RefreshQueue(Generic[K]):
         clock: Callable[[], float] = time.time,
         group: fairness.Classify[K] | None = None,
         lane: fairness.Classify[K] | None = None,
+        rank: fairness.Rank[K] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -63,6 +65,7 @@ class RefreshQueue(Generic[K]):
             share=max(1, workers // 2) if fair else workers,
             group=group or _one_group,
             lane=lane or _no_lane,
+            rank=rank,
         )
         self._available = asyncio.Event()
         self._wake = asyncio.Event()

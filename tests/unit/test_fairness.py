@@ -76,3 +76,37 @@ def test_no_lane_means_no_host_limit() -> None:
 def test_share_must_be_positive() -> None:
     with pytest.raises(ValueError, match="share"):
         fairness.FairReady[str](share=0, group=lambda k: k, lane=lambda k: k)
+
+
+def ranked(share: int, ranks: dict[str, float]) -> fairness.FairReady[Key]:
+    return fairness.FairReady[Key](
+        share=share, group=lambda k: k[0], lane=lambda k: k[1], rank=lambda k: ranks[k[2]]
+    )
+
+
+def test_within_a_namespace_the_lowest_rank_goes_first_and_ties_in_arrival_order() -> None:
+    ranks = {"late": 300.0, "soon": 10.0, "new": float("-inf"), "tie1": 300.0, "q0": 900.0}
+    fair = ranked(share=100, ranks=ranks)
+    for due, name in enumerate(["late", "soon", "tie1", "new"]):
+        fair.add(("a", f"h-{name}", name), due=float(due))
+    fair.add(("quiet", "q", "q0"), due=9.0)
+    # Namespaces still take turns; within "a": no token first, then earliest expiry, and
+    # the two that expire together in the order they became due.
+    assert take_all(fair) == ["new", "q0", "soon", "late", "tie1"]
+
+
+def test_a_parked_key_goes_back_with_its_rank_when_its_host_has_room() -> None:
+    ranks = {"s0": 0.0, "parked": 100.0, "sooner": 50.0, "later": 200.0}
+    fair = ranked(share=1, ranks=ranks)
+    fair.add(("a", "slow", "s0"), due=0.0)
+    assert take_all(fair) == ["s0"]  # holds the slow host
+    fair.add(("b", "slow", "parked"), due=1.0)
+    assert take_all(fair) == []  # its host is full: parked, holding no worker
+    fair.add(("b", "fast", "later"), due=2.0)
+    fair.add(("b", "fast", "sooner"), due=3.0)
+    fair.done(("a", "slow", "s0"))  # the slow host has room: "parked" is ready again
+    taken = []
+    while (item := fair.take()) is not None:
+        taken.append(item[0][2])
+        fair.done(item[0])  # one at a time: the namespace's share is one
+    assert taken == ["sooner", "parked", "later"]  # by expiry, not by arrival
