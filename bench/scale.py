@@ -17,7 +17,8 @@ b/d. Steady state: lifetimes set so that about --refresh-rate refreshes happen p
 g. Backlog (skipped with --no-backlog): the operator stopped, every credential's refresh
    requested, the operator started; the time until all have handled it, against N /
    --token-rate and against the token lifetime (issue 19: a backlog drains within one
-   lifetime), and the CPU of each process meanwhile.
+   lifetime), the CPU of each process meanwhile, and the tokens whose refresh came only
+   after they expired (decision 0066: earliest expiry first).
 
 Figures go to stdout and to bench/out/<timestamp>.json; ``--plot`` draws lateness and memory
 against N from the newest result file for each N.
@@ -222,6 +223,8 @@ class CredentialWatcher(Watcher):
         self.ready_at: dict[str, float] = {}
         self.dues: dict[str, list[float]] = collections.defaultdict(list)
         self.handled: dict[str, str | None] = {}
+        self.handled_since: dict[str, float] = {}  # when handledRefreshRequest last changed
+        self.expires_at: dict[str, float] = {}
 
     def handle(self, type_: str, obj: dict[str, Any], now: float) -> None:
         name = obj["metadata"]["name"]
@@ -237,7 +240,13 @@ class CredentialWatcher(Watcher):
         if due is not None and (not dues or dues[-1] != due):
             dues.append(due)
             del dues[:-4]
-        self.handled[name] = st.get("handledRefreshRequest")
+        handled = st.get("handledRefreshRequest")
+        if handled != self.handled.get(name):
+            self.handled_since[name] = now
+        self.handled[name] = handled
+        expires = parse_time(st.get("expiresAt"))
+        if expires is not None:
+            self.expires_at[name] = expires
 
 
 class SecretWatcher(Watcher):
@@ -1011,6 +1020,8 @@ def backlog(
     submitted = time.time() - submit0
     tokens0, cpu0, t0 = server.requests, process_cpu(cluster), time.time()
     api0 = api_requests(cluster, resources)
+    with creds.lock:
+        expiry = {name: creds.expires_at.get(name) for name in names}
     ops.start(run=3)
     cpu_op0 = ops.cpu()
     spies = profiles(ops, "backlog", len(names), 40)  # the ramp: its first 40 s
@@ -1025,11 +1036,14 @@ def backlog(
     api = split_leases(api_delta(api0, api_requests(cluster, resources)))[0]
     for spy in spies:
         spy.wait(60)
+    with creds.lock:
+        handled_at = {n: creds.handled_since[n] for n in names if creds.handled.get(n) == value}
     return {
         "credentials": len(names),
         "requests_submitted_in_seconds": round(submitted, 1),
         "drained_seconds": round(t1 - t0, 1) if done else None,
         "handled": handled(),
+        **expiries(expiry, handled_at, t0),
         "floor_seconds": round(len(names) / token_rate, 1),
         "lifetime_seconds": lifetime,
         "drained_within_a_lifetime": bool(done and t1 - t0 <= lifetime),
@@ -1039,6 +1053,31 @@ def backlog(
         "token_requests_per_10_seconds": server.series(t0, t1, 10),
         "operator_cores": round((sum(cpu_op1) - sum(cpu_op0)) / (t1 - t0), 3),
         "other_cores": cores_between(cpu0, cpu1, t1 - t0),
+    }
+
+
+def expiries(
+    expiry: dict[str, float | None], handled_at: dict[str, float], t0: float
+) -> dict[str, Any]:
+    """How the backlog's order met the tokens' expiries: the seconds each token had left
+    when the operator started (``t0``), and the tokens whose refresh (their request handled,
+    as seen on the watch) came after they expired, with the longest such gap."""
+    left = sorted(at - t0 for at in expiry.values() if at is not None)
+    overrun = [
+        handled_at[name] - at
+        for name, at in expiry.items()
+        if at is not None and name in handled_at and handled_at[name] > at
+    ]
+    return {
+        "token_seconds_left_at_start": {
+            "min": round(left[0], 1),
+            "p50": round(statistics.median(left), 1),
+            "max": round(left[-1], 1),
+        }
+        if left
+        else None,
+        "expired_before_refresh": len(overrun),
+        "expired_longest_seconds": round(max(overrun, default=0.0), 1),
     }
 
 
