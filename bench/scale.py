@@ -884,7 +884,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # In an order of their own (seeded), so that the tokens' expiries are not in the
         # order of the names, which is the order a listing delivers them in: a backlog's
         # order then matters as it does on a real cluster (decision 0066).
-        shuffled = random.Random(19).sample(names, len(names))
+        shuffled = random.Random(19).sample(names, len(names))  # noqa: S311 -- an order, not a secret
         asyncio.run(
             request_refreshes(cluster, shuffled, f"steady-{int(t_trigger)}", args.refresh_rate)
         )
