@@ -134,7 +134,7 @@ def cold_start(
     others = {name: p.pid for name, p in cluster.processes.items()}
     others["harness and token endpoint"] = os.getpid()
     api0, tok0, cpu0 = scale.api_requests(cluster), server.requests, cpu_seconds(others)
-    started = time.time()
+    machine0, started = scale.machine_cpu(), time.time()
     pprof = apiserver_profile(cluster, args.pprof_seconds, f"apiserver-{namespace}.pb.gz")
     op = OperatorProcess(
         kubeconfig=kubeconfig,
@@ -148,6 +148,7 @@ def cold_start(
     done = scale.wait_for(lambda: len(creds.ready_at) >= args.n, args.timeout, step=0.1)
     (cpu, rss, hwm), cpu1 = scale.Sampler.read(pid), cpu_seconds(others)
     ended = done or time.time()
+    machine = scale.machine_cores(machine0, ended - started)
     peak = server.peak_rate(started, ended)
     time.sleep(2)  # the last status writes reach the counters
     api = scale.api_delta(api0, scale.api_requests(cluster))
@@ -166,6 +167,11 @@ def cold_start(
         "other_cpu_seconds": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu0},
         "token_requests": server.requests - tok0,
         "peak_token_requests_per_second": peak,
+        # The start: the seconds before the first Ready, and the tokens of the first and
+        # the second 5 s (whole seconds from the start's), against the rate's 5 s worth.
+        "seconds_to_first_ready": round(min(creds.ready_at.values(), default=ended) - started, 2),
+        "token_requests_first_5_10_seconds": server.series(started, started + 9, 5),
+        "machine": machine,
         "api_requests": api,
         "pool_full_warnings": log.read_text(errors="replace").count("Connection pool is full"),
     }
@@ -217,6 +223,7 @@ def main() -> int:
             "seconds_to_all_ready",
             "cpu_seconds",
             "peak_token_requests_per_second",
+            "seconds_to_first_ready",
             "rss_mib_when_all_ready",
         ):
             values = [r[key] for r in mine]

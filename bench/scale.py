@@ -784,7 +784,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # (a, e) Cold start.
         api0, tok0 = api_requests(cluster, resources), server.requests
-        others0, t_start = process_cpu(cluster), time.time()
+        others0, machine0, t_start = process_cpu(cluster), machine_cpu(), time.time()
         ops.start(run=1)
         spies = profiles(ops, "cold", n, 60 if n < 5000 else 150)
         t_all = wait_for(
@@ -795,6 +795,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t_end = t_all or time.time()
         time.sleep(2)  # let the last status writes land in the counters
         api1, tok1 = api_requests(cluster, resources), server.requests
+        machine = machine_cores(machine0, time.time() - t_start)
         others1, t_now = process_cpu(cluster), time.time()
         cold_windows = [ops.window(i, t_start, t_now) for i in range(ops.count)]
         cold_cpu = [round(w[-1][1] - w[0][1], 1) if w else None for w in cold_windows]
@@ -812,6 +813,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Where the time goes: the rate floor is flat at --token-rate.
             "token_requests_per_10_seconds": server.series(t_start, t_end, 10),
             "other_cpu_seconds": {k: round(others1[k] - others0[k], 1) for k in others0},
+            "machine": machine,
             "rss_peak_mib": max(cold_peak),
             "cpu_seconds": cold_cpu[0]
             if not ops.ha
@@ -895,9 +897,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spies = profiles(ops, "steady", n, args.window)
         hist0 = [histogram(text, "tokensync_refresh_lateness_seconds") for text in ops.metrics()]
         api0, tok0, cpu0 = api_requests(cluster, resources), server.requests, ops.cpu()
-        others0, t0 = process_cpu(cluster), time.time()
+        others0, machine0, t0 = process_cpu(cluster), machine_cpu(), time.time()
         time.sleep(args.window)
         t1 = time.time()
+        machine = machine_cores(machine0, t1 - t0)
         api1, tok1, cpu1 = api_requests(cluster, resources), server.requests, ops.cpu()
         others1 = process_cpu(cluster)
         texts = ops.metrics()
@@ -925,6 +928,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "cpu_cores": round((sum(cpu1) - sum(cpu0)) / (t1 - t0), 3),
             "other_cores": cores_between(others0, others1, t1 - t0),
+            "machine": machine,
             "rss_steady_mib": max((r for r in rss_steady if r is not None), default=None),
             # VmHWM: the process's peak since the restart (every phase since).
             "rss_peak_mib": max(rss_peak),
@@ -1092,6 +1096,21 @@ def process_cpu(cluster: LocalCluster) -> dict[str, float]:
     pids = {name: proc.pid for name, proc in cluster.processes.items()}
     pids["harness and token endpoint"] = os.getpid()
     return {name: Sampler.read(pid)[0] for name, pid in pids.items()}
+
+
+def machine_cpu() -> dict[str, float]:
+    """The whole machine's CPU seconds so far (/proc/stat): busy, and stolen by the
+    hypervisor. A run on a VM whose neighbours take its CPU is slower for no fault of the
+    code; the steal says so."""
+    fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return {"busy": (user + nice + system + irq + softirq) / TICK, "steal": steal / TICK}
+
+
+def machine_cores(before: dict[str, float], seconds: float) -> dict[str, float]:
+    """Cores busy and stolen on average since ``before`` (a :func:`machine_cpu`)."""
+    after = machine_cpu()
+    return {f"{k}_cores": round((after[k] - before[k]) / max(seconds, 1e-9), 3) for k in before}
 
 
 def cores_between(
