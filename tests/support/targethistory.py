@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import itertools
 import json
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -157,11 +158,9 @@ class TargetHistory(threading.Thread):
         self.join(45)
 
 
-def expiries(
-    history: Mapping[str, list[Version]], *, until: float, slack: float = 1.0
-) -> dict[str, float]:
-    """Secrets that held a token past its expiry (by more than ``slack`` s, for the watch
-    delay and the annotation's whole seconds) before ``until``: name to the longest time."""
+def lateness(history: Mapping[str, list[Version]], *, until: float) -> dict[str, float]:
+    """Each Secret's longest time between a token's expiry annotation and the next token seen
+    (or ``until``): negative when every token was replaced ahead of its expiry."""
     found: dict[str, float] = {}
     for name, versions in history.items():
         for current, following in zip(versions, [*versions[1:], None], strict=True):
@@ -169,9 +168,16 @@ def expiries(
                 continue
             replaced = following.seen if following is not None else until
             late = replaced - current.expires_at
-            if late > slack:
-                found[name] = max(found.get(name, 0.0), late)
+            found[name] = max(found.get(name, -math.inf), late)
     return found
+
+
+def expiries(
+    history: Mapping[str, list[Version]], *, until: float, slack: float = 1.0
+) -> dict[str, float]:
+    """Secrets that held a token past its expiry (by more than ``slack`` s, for the watch
+    delay and the annotation's whole seconds) before ``until``: name to the longest time."""
+    return {name: late for name, late in lateness(history, until=until).items() if late > slack}
 
 
 def rollbacks(history: Mapping[str, list[Version]]) -> dict[str, int]:
