@@ -3,8 +3,9 @@
 On a shared 2-core machine the same cold start varies by a third from one run to the next
 (docs/performance.md), more than most changes are worth. Comparing two separate
 `bench/scale.py` runs then says little. This harness runs the revisions in turn, round
-after round, on the same kube-apiserver and token endpoint, each on a fresh namespace of
-N new credentials (the operator started with ``--namespace`` so that it sees only that
+after round (every other round in the reverse order, so that the control plane's drift
+from one start to the next cancels), on the same kube-apiserver and token endpoint, each
+on a fresh namespace of N new credentials (the operator started with ``--namespace`` so that it sees only that
 one), and reports per run: time until all are Ready, operator CPU, token and API requests,
 the busiest second at the endpoint, the operator's RSS, and urllib3's "Connection pool is full" warnings.
 With ``BENCH_PYSPY=<dir>`` each cold start is also profiled with py-spy (speedscope JSON);
@@ -200,9 +201,14 @@ def main() -> int:
         kubeconfig = install_operator_identity(cluster, api, work / "sa.kubeconfig")
         count = 0
         for round_ in range(args.rounds):
-            for rev, (revision, *flags) in variants.items():
+            # Every other round in the reverse order (ABBA): each cold start leaves its
+            # namespace's objects in etcd, and later starts on one control plane run slower
+            # (docs/performance.md, issue 19's twelfth part), a drift that would otherwise
+            # favour whichever revision goes first.
+            order = list(variants.items())[:: -1 if round_ % 2 else 1]
+            for rev, (revision, *flags) in order:
                 count += 1
-                run = {"revision": rev, "round": round_ + 1}
+                run = {"revision": rev, "round": round_ + 1, "position": count}
                 run |= cold_start(
                     cluster,
                     server,
